@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs what apple-auth-proxy needs to build and test, from Debian's archive only.
+# llhttp: Debian 12 ships 8.1.0, which predates request-smuggling fixes; when the system has
+# no llhttp 9.2.1 or newer, Debian 13's libllhttp-dev is downloaded with a private apt
+# configuration (the machine's sources are left alone) and unpacked into .deps/llhttp.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+deps_dir="$top/.deps"
+
+packages=(build-essential cmake pkg-config libevent-dev libssl-dev libcjson-dev libcmocka-dev
+          python3 python3-jwt python3-cryptography openssl curl ca-certificates)
+if [ "${WITH_TEST_TOOLS:-1}" = 1 ]; then
+  packages+=(clang libclang-rt-14-dev)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    echo "deps: missing packages; run as root:" >&2
+    echo "  apt-get update && apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+# llhttp >= 9.2.1
+llhttp_ok() {
+  local hdr=$1
+  [ -f "$hdr" ] || return 1
+  local maj min pat
+  maj=$(awk '/#define LLHTTP_VERSION_MAJOR/ {print $3}' "$hdr")
+  min=$(awk '/#define LLHTTP_VERSION_MINOR/ {print $3}' "$hdr")
+  pat=$(awk '/#define LLHTTP_VERSION_PATCH/ {print $3}' "$hdr")
+  [ -n "$maj" ] || return 1
+  [ $((maj * 10000 + min * 100 + pat)) -ge 90201 ]
+}
+if llhttp_ok /usr/include/llhttp.h && ls /usr/lib/*/libllhttp.a >/dev/null 2>&1; then
+  echo "deps: system llhttp is recent enough"
+  exit 0
+fi
+if llhttp_ok "$deps_dir/llhttp/usr/include/llhttp.h"; then
+  exit 0
+fi
+
+mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+if [ -z "$mirror" ]; then
+  mirror=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+fi
+[ -n "$mirror" ] || { echo "deps: cannot find the Debian mirror in /etc/apt" >&2; exit 1; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/dl"
+echo "deb $mirror trixie main" > "$work/sources.list"
+aptopts=(-o Dir::Etc::SourceList="$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
+         -o Dir::State::Lists="$work/lists" -o Dir::Cache="$work/cache"
+         -o APT::Sandbox::User=root -o Debug::NoLocking=1)
+echo "deps: fetching llhttp 9.2.1+ from Debian trixie ($mirror)"
+apt-get "${aptopts[@]}" update -qq
+(cd "$work/dl" && apt-get "${aptopts[@]}" download libllhttp-dev libllhttp9.2 >/dev/null)
+rm -rf "$deps_dir/llhttp"
+mkdir -p "$deps_dir/llhttp"
+for deb in "$work"/dl/*.deb; do dpkg -x "$deb" "$deps_dir/llhttp"; done
+llhttp_ok "$deps_dir/llhttp/usr/include/llhttp.h" || { echo "deps: the downloaded llhttp is older than 9.2.1" >&2; exit 1; }
+echo "deps: llhttp unpacked into $deps_dir/llhttp"

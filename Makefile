@@ -1,0 +1,39 @@
+# The front door: make deps | build | run | test | demo | bench (CMake does the work).
+BUILD_DIR ?= build
+CMAKE_FLAGS ?=
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+CONFIG ?=
+
+.PHONY: all deps configure build run test unit demo bench clean
+
+all: build
+
+deps:
+	@bash .ci/deps.sh
+
+$(BUILD_DIR)/CMakeCache.txt:
+	cmake -S . -B $(BUILD_DIR) $(CMAKE_FLAGS)
+
+configure: $(BUILD_DIR)/CMakeCache.txt
+
+build: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+run: build
+	./$(BUILD_DIR)/apple-auth-proxy serve $(if $(CONFIG),--config $(CONFIG))
+
+test: deps
+	$(MAKE) build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
+
+unit: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) -L unit
+
+demo: build
+	/usr/bin/python3 tests/upstream/demo.py --binary $(BUILD_DIR)/apple-auth-proxy
+
+bench: build
+	/usr/bin/python3 tests/bench/token_bench.py --binary $(BUILD_DIR)/apple-auth-proxy
+
+clean:
+	rm -rf $(BUILD_DIR)

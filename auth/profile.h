@@ -1,0 +1,74 @@
+/* profile: Apple's token profiles (APPLE.md) and minting one token for a credential. */
+#ifndef AAP_AUTH_PROFILE_H
+#define AAP_AUTH_PROFILE_H
+
+#include <stddef.h>
+#include <time.h>
+#include "auth/key.h"
+
+enum token_profile {
+    PROFILE_APP_STORE_CONNECT, /* "app-store-connect" */
+    PROFILE_APP_STORE_SERVER,  /* "app-store-server" */
+    PROFILE_WEATHERKIT,        /* "weatherkit" */
+    PROFILE_ENTERPRISE,        /* "enterprise" */
+    PROFILE_MUSIC,             /* "music" */
+    PROFILE_COUNT
+};
+
+#define TOKEN_DEFAULT_SKEW 60 /* seconds iat is backdated for clock skew */
+
+/* A credential: one Apple key and the identifiers its profile needs. Filled by conf/, read-only
+ * afterwards (shared by all threads). Strings are owned by the credential. */
+struct credential {
+    char *name;
+    enum token_profile profile;
+    char *key_id;     /* 10 characters */
+    char *issuer_id;  /* app-store-connect (absent: individual key), app-store-server, enterprise */
+    char *team_id;    /* weatherkit, music */
+    char *service_id; /* weatherkit */
+    char *bundle_id;  /* app-store-server (required) */
+    char **scope;     /* app-store-connect only: "METHOD /path?query" entries */
+    size_t nscope;
+    char **origin;    /* music only */
+    size_t norigin;
+    long lifetime;    /* exp - iat in seconds; 0 means the profile's default */
+    long skew;        /* seconds iat is backdated; TOKEN_DEFAULT_SKEW unless configured */
+    apple_key *key;   /* owned */
+};
+
+/* "app-store-connect" etc.; NULL for an out-of-range value. */
+const char *profile_name(enum token_profile p);
+/* Parses a profile name; returns -1 for an unknown one. */
+int profile_parse(const char *name, enum token_profile *out);
+/* The longest exp - iat Apple accepts for the profile (APPLE.md): app-store-connect 1200,
+ * app-store-server 3600, weatherkit 3600, enterprise 1200, music 15777000. */
+long profile_max_lifetime(enum token_profile p);
+/* The lifetime used when none is configured. Chosen so that exp stays at most 18 minutes ahead
+ * of now for App Store Connect with the default skew: iat = now - skew, exp = iat + lifetime,
+ * so the default is 18 * 60 + TOKEN_DEFAULT_SKEW = 1140 (<= 1200 with margin); others likewise
+ * keep exp - iat under the maximum. */
+long profile_default_lifetime(enum token_profile p);
+
+/* The effective lifetime of a credential's tokens (cred->lifetime or the profile default). */
+long credential_lifetime(const struct credential *cred);
+
+/* Checks the credential's fields against its profile (required identifiers present, scope only
+ * on app-store-connect, origin only on music, lifetime within 1..max, skew 0..300). Appends
+ * one message per problem to err (each prefixed with "credentials.NAME."), returns the count. */
+int credential_validate(const struct credential *cred, char *err, size_t errlen);
+
+/* Mints a token. scope overrides cred->scope when non-NULL (nscope entries; app-store-connect
+ * only). iat = now - skew, exp = iat + lifetime. Header and claims in Apple's documented order:
+ *   app-store-connect: {"alg","kid","typ"} {"iss" | "sub":"user","iat","exp","aud","scope"?}
+ *   app-store-server:  {"alg","kid","typ"} {"iss","iat","exp","aud","bid"}
+ *   weatherkit:        {"alg","kid","id"}  {"iss","iat","exp","sub"}
+ *   enterprise:        {"alg","kid","typ"} {"iss","iat","exp","aud"}
+ *   music:             {"alg","kid"}       {"iss","iat","exp","origin"?}
+ * Returns the compact JWT (malloc'd, caller frees) and the exp in *exp_out, or NULL with err. */
+char *token_mint(const struct credential *cred, const char *const *scope, size_t nscope,
+                 time_t now, time_t *exp_out, char *err, size_t errlen);
+
+/* Frees the strings and key of a credential embedded in another struct (not the struct). */
+void credential_deinit(struct credential *cred);
+
+#endif

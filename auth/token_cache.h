@@ -1,0 +1,54 @@
+/* token_cache: the thread-safe cache of minted tokens, one entry per credential and scope. */
+#ifndef AAP_AUTH_TOKEN_CACHE_H
+#define AAP_AUTH_TOKEN_CACHE_H
+
+#include <stddef.h>
+#include <time.h>
+#include "auth/profile.h"
+
+/* An immutable, reference-counted token. The proxy writes `line` (the whole header line
+ * "Authorization: Bearer <jwt>\r\n", built once per mint) into every request that uses it. */
+struct token {
+    const char *jwt;   /* points into line */
+    size_t jwt_len;
+    const char *line;  /* "Authorization: Bearer <jwt>\r\n" */
+    size_t line_len;
+    time_t iat, exp;
+    unsigned long generation; /* increases with every mint of the same entry */
+};
+
+typedef struct token_cache token_cache;
+
+/* refresh_margin: a token is replaced once now >= exp - refresh_margin (and never served once
+ * now >= exp - expiry_guard, with expiry_guard = 5 s so a token does not expire in flight).
+ * clock may be NULL (time(NULL)); tests pass their own. */
+token_cache *token_cache_new(long refresh_margin, time_t (*clock)(void));
+/* Frees the cache and its tokens (tokens still referenced stay valid until token_put). */
+void token_cache_free(token_cache *cache);
+
+/* Returns a referenced token for (cred, scope) (scope NULL: the credential's own scope),
+ * minting synchronously when the entry is missing, expired or inside the refresh margin.
+ * Concurrent callers for the same entry mint once: the others wait for that mint or, when
+ * the current token is still valid, get it without waiting. Release with token_put.
+ * Returns NULL with err set when minting fails. */
+struct token *token_cache_get(token_cache *cache, const struct credential *cred,
+                              const char *const *scope, size_t nscope, char *err, size_t errlen);
+void token_put(struct token *tok);
+
+/* Re-mints every entry inside its refresh margin (called from a timer so that requests never
+ * wait for a signature). Returns the number of entries re-minted, or -1 if one failed (the
+ * failing entry keeps its still-valid token). */
+int token_cache_refresh(token_cache *cache, char *err, size_t errlen);
+
+/* Called when Apple answered 401 to `tok`: if tok is still the entry's current token and the
+ * entry was not already re-minted for a 401 within the last `cooldown` seconds, drops it so the
+ * next get mints afresh and returns 1; otherwise 0 (a revoked key must not cause a signing storm). */
+int token_cache_invalidate(token_cache *cache, const struct credential *cred,
+                           const char *const *scope, size_t nscope, const struct token *tok,
+                           long cooldown);
+
+/* Counts for metrics: total mints so far, and the nearest expiry of the entries for cred. */
+unsigned long token_cache_mints(token_cache *cache, const struct credential *cred);
+time_t token_cache_expiry(token_cache *cache, const struct credential *cred);
+
+#endif
