@@ -1,0 +1,1142 @@
+/* client: one client connection and the exchange it is in.
+ *
+ *   accept
+ *     |
+ *     v            first byte             head parsed, routed, token taken
+ *   IDLE ------------------> HEAD ---------------------------------------> CONNECTING
+ *     ^   (idle timeout:       | (header timeout: 408,                         | upstream ready:
+ *     |    close)              |  bad head: 4xx)                               | head + token sent
+ *     |                        v                                               v
+ *     |                     CLOSING <------- error before the response ---- EXCHANGE
+ *     |                  (flush, half-close,      head (4xx/5xx JSON)      request body up,
+ *     |                   linger, free)                                   response down, both
+ *     |                        ^                                          with backpressure
+ *     +--- keep-alive ---------+------------- response complete ---------------+
+ *
+ * One exchange at a time: pipelined requests wait in the input buffer until the response
+ * before them is complete. Client and upstream connections are separate objects; the upstream
+ * connection (upstream.c) belongs to the client only for the length of one exchange.
+ * Objects are never freed inside a callback's call chain: functions set `dead`, and each
+ * top-level callback frees the client as its last step.
+ */
+#include "proxy/client.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include "proxy/http1.h"
+#include "proxy/http_error.h"
+#include "proxy/log.h"
+#include "proxy/route.h"
+#include "proxy/server.h"
+#include "proxy/upstream.h"
+
+/* Backpressure: stop reading one side when the other side's output holds this much, resume
+ * when it has drained to the low mark (libevent's le-proxy pattern). */
+#define OUT_HIGH (256 * 1024)
+#define OUT_LOW (64 * 1024)
+#define LINGER_MS 2000
+
+enum client_state { C_IDLE, C_HEAD, C_CONNECTING, C_EXCHANGE, C_CLOSING };
+
+struct client {
+    TAILQ_ENTRY(client) link;
+    struct worker *w;
+    struct wgen *gen; /* held for the exchange */
+    struct bufferevent *bev;
+    struct event *timer; /* header, idle and linger timeouts */
+    enum client_state state;
+    int dead;
+    struct http1_msg req, resp;
+    struct http1_limits req_limits, resp_limits;
+    struct upconn *up;
+    size_t route;
+    struct token *tok;
+    char *up_head; /* the re-serialised head without the token line and the final CRLF */
+    size_t up_head_len;
+    uint64_t req_remaining;  /* Content-Length bodies: bytes still to forward */
+    uint64_t resp_remaining;
+    unsigned req_done : 1;      /* the request (with its body) has been forwarded */
+    unsigned resp_started : 1;  /* the response head went to the client */
+    unsigned client_eof : 1;
+    unsigned retried : 1;       /* the stale pooled connection retry was used */
+    unsigned token_retried : 1; /* the 401 re-mint retry was used */
+    unsigned discard : 1;       /* swallowing a 401 to retry with a fresh token */
+    unsigned close_after : 1;
+    unsigned chunked_out : 1;   /* the response is re-chunked to the client */
+    unsigned is_head : 1;
+    unsigned idempotent : 1;
+    unsigned http10 : 1;
+    unsigned keep_alive : 1;
+    unsigned read_paused : 1;   /* client reading stopped for backpressure */
+    unsigned up_paused : 1;     /* upstream reading stopped for backpressure */
+    unsigned last_chunk : 1;
+    char peer[64];
+};
+
+static const struct conf_limits *limits(const struct client *c)
+{
+    return &c->w->gen->rt->conf->limits;
+}
+
+static struct timeval ms_tv(long ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    return tv;
+}
+
+static void arm_timer(struct client *c, long ms)
+{
+    struct timeval tv = ms_tv(ms);
+    evtimer_add(c->timer, &tv);
+}
+
+static void client_free(struct client *c)
+{
+    struct worker *w = c->w;
+    TAILQ_REMOVE(&w->clients, c, link);
+    w->nclients--;
+    if (c->up)
+        upstream_abort(c->up);
+    if (c->tok)
+        token_put(c->tok);
+    if (c->gen)
+        wgen_unref(c->gen);
+    free(c->up_head);
+    http1_msg_deinit(&c->req);
+    http1_msg_deinit(&c->resp);
+    if (c->bev)
+        bufferevent_free(c->bev);
+    if (c->timer)
+        event_free(c->timer);
+    server_client_leave(w->server);
+    free(c);
+    if (w->draining && w->nclients == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+static void end_exchange_objects(struct client *c)
+{
+    if (c->tok) {
+        token_put(c->tok);
+        c->tok = NULL;
+    }
+    free(c->up_head);
+    c->up_head = NULL;
+    if (c->gen) {
+        wgen_unref(c->gen);
+        c->gen = NULL;
+    }
+}
+
+/* Flush what is queued, half-close, read and discard what the client still sends for a short
+ * while, then free: closing with unread input would reset the connection and could destroy
+ * the error response on its way to the client. */
+static void start_closing(struct client *c)
+{
+    if (c->state == C_CLOSING)
+        return;
+    c->state = C_CLOSING;
+    if (c->up) {
+        upstream_abort(c->up);
+        c->up = NULL;
+    }
+    end_exchange_objects(c);
+    bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    {
+        /* A client that never reads its reply must not keep the connection forever. */
+        struct timeval stv = ms_tv(limits(c)->send_timeout_ms);
+        bufferevent_set_timeouts(c->bev, NULL, &stv);
+    }
+    evtimer_del(c->timer);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+        arm_timer(c, LINGER_MS);
+    }
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+static const char *code_for_status(int status)
+{
+    switch (status) {
+    case 408: return proxy_err_request_timeout;
+    case 413: return proxy_err_body_too_large;
+    case 414: return proxy_err_uri_too_long;
+    case 417: return proxy_err_expectation;
+    case 431: return proxy_err_headers_too_large;
+    case 501: return proxy_err_not_implemented;
+    default: return proxy_err_bad_request;
+    }
+}
+
+/* A response made by the proxy. keep: the connection stays usable (the request was read whole
+ * and no response has started); otherwise it closes after the reply. */
+static void reply_error(struct client *c, const char *code, const char *detail, int keep)
+{
+    int status = http_error_status(code);
+    c->w->stats.proxy_errors++;
+    c->w->stats.responses[status / 100]++;
+    if (c->resp_started) {
+        /* A response is already on its way: the only honest signal left is to cut it short. */
+        c->dead = 1;
+        return;
+    }
+    keep = keep && c->keep_alive && !c->client_eof && !c->w->draining;
+    http_error_write(bufferevent_get_output(c->bev), status, code, detail, !keep);
+    if (status >= 500)
+        log_msg(LOG_WARN, "client %s: %d %s: %s", c->peer, status, code, detail ? detail : "");
+    else
+        log_msg(LOG_DEBUG, "client %s: %d %s: %s", c->peer, status, code, detail ? detail : "");
+    if (!keep) {
+        start_closing(c);
+        return;
+    }
+    /* The request was consumed whole: go back to idle for the next one. */
+    if (c->up) {
+        upstream_abort(c->up);
+        c->up = NULL;
+    }
+    end_exchange_objects(c);
+    c->state = C_IDLE;
+    arm_timer(c, limits(c)->idle_timeout_ms);
+}
+
+static void process(struct client *c);
+static void feed_body(struct client *c);
+
+/* ---- the request body, forwarded upstream ---- */
+
+static int req_data(void *arg, const char *at, size_t len)
+{
+    struct client *c = arg;
+    struct evbuffer *out = bufferevent_get_output(c->up->bev);
+    unsigned long long max = limits(c)->max_body;
+    if (max && c->req.body_seen > max) {
+        c->req.error_status = 413;
+        c->req.error_detail = "the request body is larger than max_body_bytes";
+        return -1;
+    }
+    evbuffer_add(out, at, len);
+    return 0;
+}
+
+static int req_chunk(void *arg, uint64_t size)
+{
+    struct client *c = arg;
+    if (size == 0) {
+        c->last_chunk = 1; /* "0\r\n\r\n" is written at the end: trailers are dropped */
+        return 0;
+    }
+    evbuffer_add_printf(bufferevent_get_output(c->up->bev), "%" PRIx64 "\r\n", size);
+    return 0;
+}
+
+static int req_chunk_end(void *arg)
+{
+    struct client *c = arg;
+    if (!c->last_chunk)
+        evbuffer_add(bufferevent_get_output(c->up->bev), "\r\n", 2);
+    return 0;
+}
+
+static const struct http1_sink req_sink = {req_data, req_chunk, req_chunk_end};
+
+/* ---- the response, forwarded to the client ---- */
+
+static int resp_data(void *arg, const char *at, size_t len)
+{
+    struct client *c = arg;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (c->discard)
+        return 0;
+    if (c->chunked_out) {
+        evbuffer_add_printf(out, "%zx\r\n", len);
+        evbuffer_add(out, at, len);
+        evbuffer_add(out, "\r\n", 2);
+    } else {
+        evbuffer_add(out, at, len);
+    }
+    return 0;
+}
+
+static const struct http1_sink resp_sink = {resp_data, NULL, NULL};
+
+static int is_hop_by_hop(const char *name, size_t len)
+{
+    static const char *const names[] = {"connection", "keep-alive", "proxy-connection", "te",
+                                        "trailer",    "transfer-encoding", "upgrade",
+                                        "http2-settings", "proxy-authorization",
+                                        "proxy-authenticate"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (http1_name_is(name, len, names[i]))
+            return 1;
+    return 0;
+}
+
+/* Whether a Connection header of msg lists this name (RFC 9110 7.6.1). */
+static int connection_lists(const struct http1_msg *m, const char *name, size_t len)
+{
+    char lower[128];
+    size_t i;
+    if (len >= sizeof(lower))
+        return 0;
+    for (i = 0; i < len; i++)
+        lower[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] - 'A' + 'a' : name[i]);
+    lower[len] = '\0';
+    for (i = 0; i < m->nheaders; i++) {
+        const struct http1_header *h = &m->headers[i];
+        if (http1_name_is(h->name, h->name_len, "connection") &&
+            http1_list_has(h->value, h->value_len, lower))
+            return 1;
+    }
+    return 0;
+}
+
+static void write_response_head(struct client *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    const struct http1_msg *r = &c->resp;
+    int status = r->status;
+    int keep_cl = r->body == HTTP1_BODY_NONE && (c->is_head || status == 304);
+    size_t i;
+    if (r->reason_len)
+        evbuffer_add_printf(out, "HTTP/1.1 %d %.*s\r\n", status, (int)r->reason_len, r->reason);
+    else
+        evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
+    for (i = 0; i < r->nheaders; i++) {
+        const struct http1_header *h = &r->headers[i];
+        if (is_hop_by_hop(h->name, h->name_len) || connection_lists(r, h->name, h->name_len))
+            continue;
+        if (http1_name_is(h->name, h->name_len, "content-length") && !keep_cl)
+            continue;
+        evbuffer_add(out, h->name, h->name_len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, h->value, h->value_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    c->chunked_out = 0;
+    switch (r->body) {
+    case HTTP1_BODY_NONE:
+        if (!keep_cl && status != 204 && status >= 200)
+            evbuffer_add(out, "Content-Length: 0\r\n", 19);
+        break;
+    case HTTP1_BODY_LENGTH:
+        evbuffer_add_printf(out, "Content-Length: %" PRIu64 "\r\n", r->content_length);
+        break;
+    case HTTP1_BODY_CHUNKED:
+    case HTTP1_BODY_EOF:
+        if (c->http10) {
+            c->close_after = 1; /* HTTP/1.0 has no chunked coding: the close ends the body */
+        } else {
+            evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+            c->chunked_out = 1;
+        }
+        break;
+    }
+    if (!c->keep_alive || c->client_eof || c->w->draining || !c->req_done)
+        c->close_after = 1;
+    if (c->close_after)
+        evbuffer_add(out, "Connection: close\r\n", 19);
+    else if (c->http10)
+        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+    evbuffer_add(out, "\r\n", 2);
+    c->resp_started = 1;
+    c->w->stats.responses[status / 100 < 6 ? status / 100 : 0]++;
+}
+
+static void attach_upstream(struct client *c);
+static void acquire_upstream(struct client *c);
+
+static void finish_exchange(struct client *c)
+{
+    end_exchange_objects(c);
+    if (c->close_after || !c->req_done || c->client_eof || c->w->draining) {
+        start_closing(c);
+        return;
+    }
+    c->state = C_IDLE;
+    c->resp_started = 0;
+    arm_timer(c, limits(c)->idle_timeout_ms);
+    if (c->read_paused) {
+        c->read_paused = 0;
+        bufferevent_enable(c->bev, EV_READ);
+    }
+    /* A pipelined request may already be waiting. */
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+        process(c);
+}
+
+static void response_complete(struct client *c)
+{
+    struct evbuffer *upin = bufferevent_get_input(c->up->bev);
+    int reusable = c->resp.keep_alive && c->req_done && c->resp.body != HTTP1_BODY_EOF &&
+                   evbuffer_get_length(upin) == 0;
+    upstream_put(c->up, reusable);
+    c->up = NULL;
+    if (c->discard) {
+        /* Apple refused the cached token: it was dropped, so this mints a fresh one. */
+        char err[256];
+        size_t n;
+        const char *const *scope = runtime_route_scope(c->gen->rt, c->route, &n);
+        const struct credential *cred =
+            &c->gen->rt->conf->credentials[c->gen->rt->conf->routes[c->route].credential_index];
+        c->discard = 0;
+        c->token_retried = 1;
+        c->w->stats.token_retries++;
+        token_put(c->tok);
+        c->tok = token_cache_get(c->gen->rt->tokens, cred, scope, n, err, sizeof(err));
+        if (c->tok == NULL) {
+            reply_error(c, proxy_err_token, err, 0);
+            return;
+        }
+        acquire_upstream(c);
+        return;
+    }
+    if (c->chunked_out)
+        evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
+    finish_exchange(c);
+}
+
+/* The upstream broke the exchange. before_head: nothing of the response has arrived. */
+static void upstream_failed(struct client *c, const char *code, const char *detail)
+{
+    if (c->up) {
+        upstream_abort(c->up);
+        c->up = NULL;
+    }
+    if (c->resp_started) {
+        /* Cut the client off without a clean end so that it cannot mistake a truncated
+         * body for a whole one. */
+        log_msg(LOG_WARN, "client %s: response cut short: %s", c->peer, detail);
+        c->dead = 1;
+        return;
+    }
+    reply_error(c, code, detail, c->req_done);
+}
+
+static void pause_upstream_if_full(struct client *c)
+{
+    if (c->up && evbuffer_get_length(bufferevent_get_output(c->bev)) >= OUT_HIGH) {
+        bufferevent_disable(c->up->bev, EV_READ);
+        c->up_paused = 1;
+    }
+}
+
+/* force: process what is buffered even when the client's output is full (the upstream has
+ * closed, so what is buffered is all that will come; it is at most one read). */
+static void up_read_body_ex(struct client *c, int force)
+{
+    struct evbuffer *in = bufferevent_get_input(c->up->bev);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    while (c->up && evbuffer_get_length(in) > 0 && !c->dead) {
+        if (c->resp.body == HTTP1_BODY_LENGTH) {
+            /* Length-delimited: move the buffers across without parsing or copying. */
+            size_t n = evbuffer_get_length(in);
+            if (n > c->resp_remaining)
+                n = (size_t)c->resp_remaining;
+            if (c->discard)
+                evbuffer_drain(in, n);
+            else
+                evbuffer_remove_buffer(in, out, n);
+            c->resp_remaining -= n;
+            if (c->resp_remaining == 0) {
+                response_complete(c);
+                return;
+            }
+        } else {
+            struct evbuffer_iovec v;
+            size_t used = 0;
+            if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+                break;
+            int r = http1_parse_body(&c->resp, v.iov_base, v.iov_len, &used);
+            evbuffer_drain(in, used);
+            if (r < 0) {
+                upstream_failed(c, proxy_err_bad_upstream_response, c->resp.error_detail);
+                return;
+            }
+            if (r == 1) {
+                response_complete(c);
+                return;
+            }
+        }
+        if (!force) {
+            pause_upstream_if_full(c);
+            if (c->up_paused)
+                return;
+        }
+    }
+}
+
+static void up_read_body(struct client *c)
+{
+    up_read_body_ex(c, 0);
+}
+
+static void up_read_head(struct client *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->up->bev);
+    for (;;) {
+        size_t len = evbuffer_get_length(in);
+        size_t n = len < c->resp_limits.max_head + 1 ? len : c->resp_limits.max_head + 1;
+        if (n == 0)
+            return;
+        const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+        int r = http1_parse_head(&c->resp, data, n);
+        if (r == 0)
+            return;
+        if (r < 0) {
+            upstream_failed(c, proxy_err_bad_upstream_response, c->resp.error_detail);
+            return;
+        }
+        if (c->resp.status < 200) {
+            /* Interim responses (100 Continue, 103) are not relayed: the proxy answered the
+             * client's Expect itself. */
+            evbuffer_drain(in, c->resp.head_len);
+            http1_msg_init(&c->resp, HTTP_RESPONSE, &c->resp_limits);
+            continue;
+        }
+        if (c->resp.status == 401 && !c->token_retried && c->idempotent &&
+            c->req.body == HTTP1_BODY_NONE && c->req_done) {
+            size_t ns;
+            const char *const *scope = runtime_route_scope(c->gen->rt, c->route, &ns);
+            const struct credential *cred =
+                &c->gen->rt->conf
+                     ->credentials[c->gen->rt->conf->routes[c->route].credential_index];
+            if (token_cache_invalidate(c->gen->rt->tokens, cred, scope, ns, c->tok, 60) == 1) {
+                log_msg(LOG_WARN, "upstream %s answered 401 to the cached token of %s: minting "
+                        "a new one and retrying once", c->gen->rt->targets[
+                        c->gen->rt->route_target[c->route]].name, cred->name);
+                c->discard = 1;
+            }
+        }
+        if (!c->discard)
+            write_response_head(c);
+        evbuffer_drain(in, c->resp.head_len);
+        bufferevent_set_timeouts(c->up->bev, NULL, NULL);
+        {
+            struct timeval tv = ms_tv(limits(c)->upstream_response_timeout_ms);
+            struct timeval wtv = ms_tv(limits(c)->send_timeout_ms);
+            bufferevent_set_timeouts(c->up->bev, &tv, &wtv);
+        }
+        if (c->resp.phase == 2) {
+            response_complete(c);
+            return;
+        }
+        c->resp_remaining = c->resp.content_length;
+        up_read_body(c);
+        return;
+    }
+}
+
+static void up_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct client *c = arg;
+    if (c->state == C_EXCHANGE && c->up) {
+        if (c->resp.phase == 0)
+            up_read_head(c);
+        else
+            up_read_body(c);
+    }
+    if (c->dead)
+        client_free(c);
+}
+
+static void up_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct client *c = arg;
+    /* The upstream took the queued body: read more of it from the client. */
+    if (c->read_paused && !c->req_done) {
+        c->read_paused = 0;
+        bufferevent_enable(c->bev, EV_READ);
+        feed_body(c);
+    }
+    if (c->dead)
+        client_free(c);
+}
+
+static void up_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct client *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    if (what & BEV_EVENT_TIMEOUT) {
+        if (c->resp.phase == 0)
+            upstream_failed(c, proxy_err_upstream_timeout,
+                            (what & BEV_EVENT_READING) ? "the upstream did not answer in time"
+                                                       : "the upstream did not read the request "
+                                                         "in time");
+        else
+            upstream_failed(c, proxy_err_upstream_timeout, "the upstream stalled mid-response");
+        goto out;
+    }
+    /* EOF or error. */
+    if (c->resp.phase == 0) {
+        if (evbuffer_get_length(in) == 0 && c->up->reused && !c->retried &&
+            c->req.body_seen == 0 && (c->idempotent || c->req.body != HTTP1_BODY_NONE)) {
+            /* The pooled connection was closed by the upstream while idle: nothing of this
+             * request can have been processed, so it goes once more on a fresh connection. */
+            upstream_abort(c->up);
+            c->up = NULL;
+            c->retried = 1;
+            c->w->stats.upstream_retries++;
+            acquire_upstream(c);
+            goto out;
+        }
+        upstream_failed(c, proxy_err_upstream_unreachable,
+                        (what & BEV_EVENT_EOF)
+                            ? "the upstream closed the connection before the response head"
+                            : "the upstream connection failed before the response head");
+        goto out;
+    }
+    if (what & BEV_EVENT_EOF) {
+        /* What was read before the close may still be waiting behind backpressure. */
+        up_read_body_ex(c, 1);
+        if (c->up == NULL || c->dead || c->state != C_EXCHANGE)
+            goto out;
+        if (c->resp.body == HTTP1_BODY_EOF && http1_parse_eof(&c->resp) == 1) {
+            response_complete(c);
+            goto out;
+        }
+    }
+    if (c->up)
+        upstream_failed(c, proxy_err_bad_upstream_response,
+                        "the upstream closed the connection mid-response");
+out:
+    if (c->dead)
+        client_free(c);
+}
+
+/* ---- sending the request ---- */
+
+static void send_request(struct client *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->up->bev);
+    evbuffer_add(out, c->up_head, c->up_head_len);
+    evbuffer_add(out, c->tok->line, c->tok->line_len);
+    evbuffer_add(out, "\r\n", 2);
+    if (c->req.body == HTTP1_BODY_NONE) {
+        c->req_done = 1;
+    } else if (c->req.expect_continue &&
+               evbuffer_get_length(bufferevent_get_input(c->bev)) == 0 &&
+               c->req.body_seen == 0) {
+        evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    }
+}
+
+static void attach_upstream(struct client *c)
+{
+    struct timeval rtv = ms_tv(limits(c)->upstream_response_timeout_ms);
+    struct timeval wtv = ms_tv(limits(c)->send_timeout_ms);
+    bufferevent_setcb(c->up->bev, up_read_cb, up_write_cb, up_event_cb, c);
+    bufferevent_setwatermark(c->up->bev, EV_WRITE, OUT_LOW, 0);
+    bufferevent_set_timeouts(c->up->bev, &rtv, &wtv);
+    bufferevent_enable(c->up->bev, EV_READ | EV_WRITE);
+    c->up_paused = 0;
+    c->req_remaining = c->req.content_length;
+    c->state = C_EXCHANGE;
+    c->resp.request_is_head = c->is_head; /* kept by init: a HEAD response has no body */
+    http1_msg_init(&c->resp, HTTP_RESPONSE, &c->resp_limits);
+    c->resp.sink = &resp_sink;
+    c->resp.sink_arg = c;
+    send_request(c);
+    if (!c->req_done) {
+        struct timeval btv = ms_tv(limits(c)->client_body_timeout_ms);
+        struct timeval stv = ms_tv(limits(c)->send_timeout_ms);
+        bufferevent_set_timeouts(c->bev, &btv, &stv);
+        feed_body(c);
+    }
+}
+
+static void up_ready(struct upconn *conn, enum upstream_error err, const char *detail, void *arg)
+{
+    struct client *c = arg;
+    if (err != UPSTREAM_OK) {
+        const char *code = (err == UPSTREAM_ERR_TLS)                ? proxy_err_upstream_tls
+                           : (err == UPSTREAM_ERR_CONNECT_TIMEOUT ||
+                              err == UPSTREAM_ERR_TLS_TIMEOUT)      ? proxy_err_upstream_timeout
+                                                                    : proxy_err_upstream_unreachable;
+        c->up = NULL;
+        reply_error(c, code, detail, c->req.body == HTTP1_BODY_NONE);
+    } else {
+        c->up = conn;
+        attach_upstream(c);
+    }
+    if (c->dead)
+        client_free(c);
+}
+
+static void acquire_upstream(struct client *c)
+{
+    struct upool *pool = &c->gen->pools[c->gen->rt->route_target[c->route]];
+    struct upconn *conn = NULL;
+    c->state = C_CONNECTING;
+    int r = upstream_get(pool, up_ready, c, &conn);
+    if (r < 0) {
+        reply_error(c, proxy_err_upstream_unreachable, "out of memory", 0);
+        return;
+    }
+    if (r == 0) {
+        c->up = conn;
+        attach_upstream(c);
+    }
+}
+
+/* Forwards the request body that has arrived, as far as the upstream's buffer allows. */
+static void feed_body(struct client *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    while (!c->req_done && c->up && !c->dead && c->state == C_EXCHANGE) {
+        struct evbuffer *out = bufferevent_get_output(c->up->bev);
+        if (evbuffer_get_length(out) >= OUT_HIGH) {
+            bufferevent_disable(c->bev, EV_READ);
+            c->read_paused = 1;
+            return;
+        }
+        size_t avail = evbuffer_get_length(in);
+        if (avail == 0)
+            return;
+        if (c->req.body == HTTP1_BODY_LENGTH) {
+            size_t n = avail < c->req_remaining ? avail : (size_t)c->req_remaining;
+            evbuffer_remove_buffer(in, out, n);
+            c->req.body_seen += n;
+            c->req_remaining -= n;
+            if (c->req_remaining == 0)
+                c->req_done = 1;
+        } else {
+            struct evbuffer_iovec v;
+            size_t used = 0;
+            if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+                return;
+            int r = http1_parse_body(&c->req, v.iov_base, v.iov_len, &used);
+            evbuffer_drain(in, used);
+            if (r < 0) {
+                const char *code = code_for_status(c->req.error_status);
+                c->close_after = 1;
+                reply_error(c, code, c->req.error_detail, 0);
+                return;
+            }
+            if (r == 1) {
+                evbuffer_add(out, "0\r\n\r\n", 5);
+                c->req_done = 1;
+            }
+        }
+    }
+    if (c->req_done && !c->dead) {
+        struct timeval stv = ms_tv(limits(c)->send_timeout_ms);
+        bufferevent_set_timeouts(c->bev, NULL, &stv);
+    }
+}
+
+/* ---- the request head ---- */
+
+static int is_idempotent(const char *m, size_t n)
+{
+    return (n == 3 && (!memcmp(m, "GET", 3) || !memcmp(m, "PUT", 3))) ||
+           (n == 4 && !memcmp(m, "HEAD", 4)) || (n == 6 && !memcmp(m, "DELETE", 6)) ||
+           (n == 7 && !memcmp(m, "OPTIONS", 7)) || (n == 5 && !memcmp(m, "TRACE", 5));
+}
+
+/* RFC 3986 5.2.4: a path with "." or ".." segments could mean another resource after
+ * normalisation than the prefix it was routed by; such targets are refused. */
+static int has_dot_segment(const char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        size_t start = ++i; /* after a '/' */
+        while (i < n && p[i] != '/')
+            i++;
+        size_t seg = i - start;
+        if ((seg == 1 && p[start] == '.') || (seg == 2 && p[start] == '.' && p[start + 1] == '.'))
+            return 1;
+        if (seg >= 3 && (strncasecmp(p + start, "%2e", 3) == 0 ||
+                         (seg >= 4 && p[start] == '.' && strncasecmp(p + start + 1, "%2e", 3) == 0)))
+            return 1;
+    }
+    return 0;
+}
+
+static void build_upstream_head(struct client *c, const struct target *t, const char *path,
+                                size_t path_len)
+{
+    struct evbuffer *b = evbuffer_new();
+    const struct http1_msg *m = &c->req;
+    int had_cl = 0;
+    size_t i;
+    evbuffer_add(b, m->method, m->method_len);
+    evbuffer_add(b, " ", 1);
+    evbuffer_add(b, path, path_len);
+    evbuffer_add(b, " HTTP/1.1\r\nHost: ", 17);
+    evbuffer_add(b, t->host_header, t->host_header_len);
+    evbuffer_add(b, "\r\n", 2);
+    for (i = 0; i < m->nheaders; i++) {
+        const struct http1_header *h = &m->headers[i];
+        if (http1_name_is(h->name, h->name_len, "content-length")) {
+            had_cl = 1;
+            continue;
+        }
+        if (is_hop_by_hop(h->name, h->name_len) || http1_name_is(h->name, h->name_len, "host") ||
+            http1_name_is(h->name, h->name_len, "authorization") ||
+            http1_name_is(h->name, h->name_len, "expect") ||
+            connection_lists(m, h->name, h->name_len))
+            continue;
+        evbuffer_add(b, h->name, h->name_len);
+        evbuffer_add(b, ": ", 2);
+        evbuffer_add(b, h->value, h->value_len);
+        evbuffer_add(b, "\r\n", 2);
+    }
+    if (m->body == HTTP1_BODY_CHUNKED)
+        evbuffer_add(b, "Transfer-Encoding: chunked\r\n", 28);
+    else if (m->body == HTTP1_BODY_LENGTH || had_cl)
+        evbuffer_add_printf(b, "Content-Length: %" PRIu64 "\r\n", m->content_length);
+    c->up_head_len = evbuffer_get_length(b);
+    c->up_head = malloc(c->up_head_len ? c->up_head_len : 1);
+    if (c->up_head)
+        evbuffer_remove(b, c->up_head, c->up_head_len);
+    evbuffer_free(b);
+}
+
+/* The head is complete in data[0..head_len): route it, take the token, prepare the upstream
+ * head, and drain the head from the input. */
+static void start_exchange(struct client *c)
+{
+    struct http1_msg *m = &c->req;
+    struct runtime *rt;
+    const char *host = NULL, *path, *query;
+    size_t host_len = 0, path_len;
+    int absolute = 0;
+    char err[256];
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+
+    c->w->stats.requests++;
+    evtimer_del(c->timer);
+    c->gen = wgen_ref(c->w->gen);
+    rt = c->gen->rt;
+    c->http10 = m->version_major == 1 && m->version_minor == 0;
+    c->keep_alive = m->keep_alive;
+    c->is_head = m->method_len == 4 && memcmp(m->method, "HEAD", 4) == 0;
+    c->idempotent = is_idempotent(m->method, m->method_len);
+    c->req_done = c->resp_started = c->retried = c->token_retried = c->discard = 0;
+    c->close_after = c->chunked_out = c->last_chunk = 0;
+    c->req.sink = &req_sink;
+    c->req.sink_arg = c;
+
+    if (m->parser.method == HTTP_CONNECT) {
+        evbuffer_drain(in, m->head_len);
+        reply_error(c, proxy_err_connect,
+                    "CONNECT opens a TLS tunnel, and the proxy cannot add the Authorization "
+                    "header inside one: send plain http:// requests to the proxy instead",
+                    0);
+        return;
+    }
+    path = m->target;
+    path_len = m->target_len;
+    if (path_len > 7 && (strncasecmp(path, "http://", 7) == 0 ||
+                         (path_len > 8 && strncasecmp(path, "https://", 8) == 0))) {
+        /* absolute-form (what clients send through HTTP_PROXY): route by its host */
+        const char *auth = path + (path[4] == ':' ? 7 : 8);
+        const char *end = m->target + m->target_len;
+        const char *p = auth;
+        while (p < end && *p != '/' && *p != '?')
+            p++;
+        if (memchr(auth, '@', (size_t)(p - auth)) || p == auth) {
+            evbuffer_drain(in, m->head_len);
+            reply_error(c, proxy_err_bad_request, "invalid authority in the request target", 0);
+            return;
+        }
+        route_host_name(auth, (size_t)(p - auth), &host, &host_len);
+        absolute = 1;
+        path = p;
+        path_len = (size_t)(end - p);
+    } else if (path_len == 0 || path[0] != '/') {
+        evbuffer_drain(in, m->head_len);
+        reply_error(c, proxy_err_bad_request, "the request target must be a path or an http URL",
+                    0);
+        return;
+    } else if (m->has_host) {
+        route_host_name(m->host, m->host_len, &host, &host_len);
+    }
+    query = memchr(path, '?', path_len);
+    size_t bare_len = query ? (size_t)(query - path) : path_len;
+    if (memchr(path, '#', path_len) || has_dot_segment(path, bare_len)) {
+        evbuffer_drain(in, m->head_len);
+        reply_error(c, proxy_err_bad_request,
+                    "the request path has a fragment or dot-segments", 0);
+        return;
+    }
+    enum route_result rr =
+        route_find(rt->conf, host, host_len, absolute, path, bare_len, &c->route);
+    if (rr != ROUTE_FOUND) {
+        int keep = m->body == HTTP1_BODY_NONE;
+        evbuffer_drain(in, m->head_len);
+        if (rr == ROUTE_FOREIGN_HOST) {
+            snprintf(err, sizeof(err), "%.*s is not one of the configured upstreams",
+                     (int)(host_len > 200 ? 200 : host_len), host);
+            reply_error(c, proxy_err_forbidden_host, err, keep);
+        } else {
+            reply_error(c, proxy_err_no_route, "no configured route matches this path", keep);
+        }
+        return;
+    }
+    if (m->body == HTTP1_BODY_LENGTH && rt->conf->limits.max_body &&
+        m->content_length > rt->conf->limits.max_body) {
+        evbuffer_drain(in, m->head_len);
+        reply_error(c, proxy_err_body_too_large,
+                    "Content-Length is larger than max_body_bytes", 0);
+        return;
+    }
+    const struct conf_route *route = &rt->conf->routes[c->route];
+    const struct credential *cred = &rt->conf->credentials[route->credential_index];
+    size_t nscope;
+    const char *const *scope = runtime_route_scope(rt, c->route, &nscope);
+    c->tok = token_cache_get(rt->tokens, cred, scope, nscope, err, sizeof(err));
+    if (c->tok == NULL) {
+        log_msg(LOG_ERROR, "credential %s: cannot mint a token: %s", cred->name, err);
+        evbuffer_drain(in, m->head_len);
+        reply_error(c, proxy_err_token, "the token for this route could not be made",
+                    m->body == HTTP1_BODY_NONE);
+        return;
+    }
+    /* The forwarded path: strip_prefix removed, always starting with '/'. */
+    const char *fwd = path;
+    size_t fwd_len = path_len;
+    char *joined = NULL;
+    if (absolute && path_len == 0) {
+        fwd = "/";
+        fwd_len = 1;
+    } else if (absolute && path[0] == '?') {
+        joined = malloc(path_len + 2);
+        if (joined) {
+            joined[0] = '/';
+            memcpy(joined + 1, path, path_len);
+            fwd = joined;
+            fwd_len = path_len + 1;
+        }
+    }
+    if (route->strip_prefix) {
+        size_t sl = strlen(route->strip_prefix);
+        if (fwd_len >= sl && memcmp(fwd, route->strip_prefix, sl) == 0) {
+            fwd += sl;
+            fwd_len -= sl;
+            if (fwd_len == 0 || fwd[0] != '/') {
+                char *j2 = malloc(fwd_len + 2);
+                if (j2) {
+                    j2[0] = '/';
+                    memcpy(j2 + 1, fwd, fwd_len);
+                    free(joined);
+                    joined = j2;
+                    fwd = j2;
+                    fwd_len++;
+                }
+            }
+        }
+    }
+    build_upstream_head(c, &rt->targets[rt->route_target[c->route]], fwd, fwd_len);
+    free(joined);
+    evbuffer_drain(in, m->head_len);
+    if (c->up_head == NULL) {
+        reply_error(c, proxy_err_bad_request, "out of memory", 0);
+        return;
+    }
+    acquire_upstream(c);
+}
+
+static void process(struct client *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t len;
+    switch (c->state) {
+    case C_IDLE:
+    case C_HEAD:
+        len = evbuffer_get_length(in);
+        if (len == 0)
+            return;
+        if (c->state == C_IDLE) {
+            c->state = C_HEAD;
+            arm_timer(c, limits(c)->client_header_timeout_ms);
+        }
+        {
+            size_t n = len < c->req_limits.max_head + 1 ? len : c->req_limits.max_head + 1;
+            const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+            int r = http1_parse_head(&c->req, data, n);
+            if (r == 0)
+                return;
+            if (r < 0) {
+                reply_error(c, code_for_status(c->req.error_status), c->req.error_detail, 0);
+                return;
+            }
+        }
+        start_exchange(c);
+        return;
+    case C_EXCHANGE:
+        feed_body(c);
+        return;
+    case C_CONNECTING:
+        return; /* the body waits until the upstream is ready */
+    case C_CLOSING:
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
+}
+
+static void client_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct client *c = arg;
+    process(c);
+    if (c->dead)
+        client_free(c);
+}
+
+static void client_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct client *c = arg;
+    size_t left = evbuffer_get_length(bufferevent_get_output(bev));
+    if (c->state == C_CLOSING) {
+        if (left == 0) {
+            shutdown(bufferevent_getfd(bev), SHUT_WR);
+            arm_timer(c, LINGER_MS);
+        }
+    } else if (c->up_paused && c->up) {
+        c->up_paused = 0;
+        bufferevent_enable(c->up->bev, EV_READ);
+        up_read_body(c);
+    }
+    if (c->dead)
+        client_free(c);
+}
+
+static void client_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct client *c = arg;
+    if (what & BEV_EVENT_TIMEOUT) {
+        if ((what & BEV_EVENT_READING) && c->state == C_EXCHANGE && !c->req_done) {
+            reply_error(c, proxy_err_request_timeout, "the request body stalled", 0);
+        } else {
+            c->dead = 1; /* a client that does not read its response */
+        }
+    } else if (what & BEV_EVENT_EOF) {
+        c->client_eof = 1;
+        if (c->state == C_CLOSING || c->state == C_IDLE ||
+            (c->state == C_HEAD && evbuffer_get_length(bufferevent_get_input(bev)) == 0)) {
+            c->dead = c->state != C_CLOSING ||
+                      evbuffer_get_length(bufferevent_get_output(bev)) == 0;
+        } else if (c->state == C_HEAD) {
+            c->dead = 1; /* half a request head, then nothing */
+        } else if (!c->req_done) {
+            /* The client gave up mid-request: the upstream connection cannot be reused. */
+            c->dead = 1;
+        }
+        /* A half-close after a whole request: the response is still delivered. */
+    } else {
+        c->dead = 1;
+    }
+    if (c->dead)
+        client_free(c);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct client *c = arg;
+    switch (c->state) {
+    case C_HEAD:
+        reply_error(c, proxy_err_request_timeout,
+                    "the request head did not arrive within client_header_timeout", 0);
+        break;
+    case C_IDLE:
+    case C_CLOSING:
+        c->dead = 1;
+        break;
+    default:
+        break;
+    }
+    if (c->dead)
+        client_free(c);
+}
+
+int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen)
+{
+    const struct conf_limits *lim = &w->gen->rt->conf->limits;
+    struct client *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        return -1;
+    }
+    c->w = w;
+    c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    c->timer = evtimer_new(w->base, timer_cb, c);
+    if (c->bev == NULL || c->timer == NULL) {
+        if (c->bev)
+            bufferevent_free(c->bev);
+        else
+            close(fd);
+        if (c->timer)
+            event_free(c->timer);
+        free(c);
+        return -1;
+    }
+    if (addr->sa_family == AF_INET) {
+        const struct sockaddr_in *s = (const struct sockaddr_in *)addr;
+        char ip[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &s->sin_addr, ip, sizeof(ip));
+        snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, ntohs(s->sin_port));
+    } else if (addr->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)addr;
+        char ip[INET6_ADDRSTRLEN];
+        inet_ntop(AF_INET6, &s->sin6_addr, ip, sizeof(ip));
+        snprintf(c->peer, sizeof(c->peer), "[%s]:%d", ip, ntohs(s->sin6_port));
+    }
+    (void)addrlen;
+    c->req_limits.max_line = lim->max_request_line;
+    c->req_limits.max_head = lim->max_header_bytes;
+    c->req_limits.max_headers = lim->max_headers;
+    c->resp_limits.max_line = 0;
+    c->resp_limits.max_head = 64 * 1024;
+    c->resp_limits.max_headers = 256;
+    http1_msg_init(&c->req, HTTP_REQUEST, &c->req_limits);
+    TAILQ_INSERT_TAIL(&w->clients, c, link);
+    w->nclients++;
+    w->stats.connections_accepted++;
+    c->state = C_IDLE;
+    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
+    /* Input is bounded: the head limit plus one read; body reads pause on backpressure. */
+    bufferevent_setwatermark(c->bev, EV_READ, 0,
+                             lim->max_header_bytes + 1 > OUT_HIGH ? lim->max_header_bytes + 1
+                                                                  : OUT_HIGH);
+    bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW, 0);
+    {
+        struct timeval stv = ms_tv(lim->send_timeout_ms);
+        bufferevent_set_timeouts(c->bev, NULL, &stv);
+    }
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    /* The first request's head must arrive within the header timeout from the accept. */
+    c->state = C_HEAD;
+    arm_timer(c, lim->client_header_timeout_ms);
+    return 0;
+}
+
+void client_drain_all(struct worker *w)
+{
+    struct client *c, *next;
+    for (c = TAILQ_FIRST(&w->clients); c; c = next) {
+        next = TAILQ_NEXT(c, link);
+        if ((c->state == C_IDLE || c->state == C_HEAD) &&
+            evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+            client_free(c);
+    }
+}
+
+void client_free_all(struct worker *w)
+{
+    struct client *c;
+    while ((c = TAILQ_FIRST(&w->clients)) != NULL)
+        client_free(c);
+}

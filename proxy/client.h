@@ -1,0 +1,17 @@
+/* client: one client connection and the exchange it is in (see the diagram in client.c). */
+#ifndef AAP_PROXY_CLIENT_H
+#define AAP_PROXY_CLIENT_H
+
+#include <sys/socket.h>
+#include "proxy/worker.h"
+
+/* Takes the accepted socket (closed on failure). Returns 0 or -1. */
+int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen);
+
+/* Draining: idle connections close now, busy ones after their current exchange. */
+void client_drain_all(struct worker *w);
+
+/* Frees every client of a stopped worker (their upstream connections are closed). */
+void client_free_all(struct worker *w);
+
+#endif

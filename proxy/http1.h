@@ -1,0 +1,109 @@
+/* http1: strict HTTP/1.1 message parsing on llhttp plus the proxy's own framing rules (RFC 9112). */
+#ifndef AAP_PROXY_HTTP1_H
+#define AAP_PROXY_HTTP1_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <llhttp.h>
+
+/* Spans point into the caller's buffer given to http1_parse_head: valid until it changes. */
+struct http1_header {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+
+enum http1_body {
+    HTTP1_BODY_NONE,    /* no body follows the head */
+    HTTP1_BODY_LENGTH,  /* Content-Length bytes */
+    HTTP1_BODY_CHUNKED, /* chunked; re-framed by the caller through the sink */
+    HTTP1_BODY_EOF      /* responses only: until the connection closes */
+};
+
+struct http1_limits {
+    size_t max_line;    /* request line (requests) -> 414 */
+    size_t max_head;    /* whole head -> 431 (requests), 502 (responses) */
+    size_t max_headers; /* header count -> 431 / 502 */
+};
+
+/* Receives the body as it is parsed. For chunked bodies the sink gets each chunk's size before
+ * its data (size 0: the last chunk; trailers are parsed and discarded, never forwarded). */
+struct http1_sink {
+    int (*data)(void *arg, const char *at, size_t len);
+    int (*chunk)(void *arg, uint64_t size);
+    int (*chunk_end)(void *arg);
+};
+
+struct http1_msg {
+    llhttp_t parser;
+    const struct http1_limits *limits;
+    const struct http1_sink *sink;
+    void *sink_arg;
+
+    /* The head, filled by http1_parse_head. */
+    struct http1_header *headers;
+    size_t nheaders, cap_headers;
+    const char *method;   /* requests */
+    size_t method_len;
+    const char *target;   /* requests */
+    size_t target_len;
+    int status;           /* responses */
+    const char *reason;   /* responses */
+    size_t reason_len;
+    int version_major, version_minor;
+    size_t head_len;      /* bytes of the head, including the final CRLF */
+    enum http1_body body;
+    uint64_t content_length;
+    int keep_alive;
+    int expect_continue;  /* requests: Expect: 100-continue */
+    int request_is_head;  /* responses: set by the caller before parsing (no body follows) */
+    int has_host;
+    const char *host;     /* requests: the Host header value */
+    size_t host_len;
+
+    /* Parse state. */
+    int phase;            /* 0 head, 1 body, 2 complete */
+    int in_value;         /* last span was a header value (obs-fold detection) */
+    int head_too_big;
+    int line_too_long;
+    int too_many;
+    int bad_span;
+    size_t url_len;
+    uint64_t body_seen;
+
+    /* The error, when a call returns -1: an HTTP status for the reply (400, 413, 414, 417, 431,
+     * 501 for requests; 502 for responses) and a detail naming what was wrong. */
+    int error_status;
+    const char *error_detail;
+};
+
+/* type: HTTP_REQUEST or HTTP_RESPONSE. Keeps its own header array; deinit frees it. */
+void http1_msg_init(struct http1_msg *m, llhttp_type_t type, const struct http1_limits *limits);
+void http1_msg_deinit(struct http1_msg *m);
+
+/* Parses the head from the start of buf (the whole of what has arrived so far; call again
+ * from the start when more arrives). Returns 1 when the head is complete (m->head_len bytes of
+ * buf are the head; the body, if any, follows), 0 when more bytes are needed, -1 on an error
+ * (m->error_status and m->error_detail say which). */
+int http1_parse_head(struct http1_msg *m, const char *buf, size_t len);
+
+/* After a complete head: parses body bytes, calling the sink. Sets *used to the bytes consumed.
+ * Returns 1 when the message is complete (bytes after it are not consumed: the next pipelined
+ * message or, from an upstream, leftovers), 0 when more are needed, -1 on an error. */
+int http1_parse_body(struct http1_msg *m, const char *buf, size_t len, size_t *used);
+
+/* The peer closed: returns 1 when that completes the message (close-delimited response), -1 when
+ * the message is truncated. */
+int http1_parse_eof(struct http1_msg *m);
+
+/* Case-insensitive token comparison of a span with a NUL-terminated lower-case name. */
+int http1_name_is(const char *name, size_t len, const char *lower);
+
+/* Finds the first header with that (lower-case) name; NULL when absent. */
+const struct http1_header *http1_find(const struct http1_msg *m, const char *lower);
+
+/* Whether the comma-separated list value contains token (case-insensitive). */
+int http1_list_has(const char *value, size_t len, const char *lower);
+
+#endif

@@ -1,0 +1,38 @@
+/* http_error: the responses the proxy makes itself, in Apple's JSON error shape. */
+#ifndef AAP_PROXY_HTTP_ERROR_H
+#define AAP_PROXY_HTTP_ERROR_H
+
+#include <event2/buffer.h>
+
+/* Named error codes: compared by address, and the `code` field clients see. */
+extern const char proxy_err_bad_request[];        /* 400 PROXY_BAD_REQUEST */
+extern const char proxy_err_forbidden_host[];     /* 403 PROXY_FORBIDDEN_HOST */
+extern const char proxy_err_no_route[];           /* 404 PROXY_NO_ROUTE */
+extern const char proxy_err_connect[];            /* 405 PROXY_CONNECT_NOT_SUPPORTED */
+extern const char proxy_err_request_timeout[];    /* 408 PROXY_REQUEST_TIMEOUT */
+extern const char proxy_err_body_too_large[];     /* 413 PROXY_BODY_TOO_LARGE */
+extern const char proxy_err_uri_too_long[];       /* 414 PROXY_URI_TOO_LONG */
+extern const char proxy_err_expectation[];        /* 417 PROXY_EXPECTATION_FAILED */
+extern const char proxy_err_headers_too_large[];  /* 431 PROXY_HEADERS_TOO_LARGE */
+extern const char proxy_err_not_implemented[];    /* 501 PROXY_NOT_IMPLEMENTED */
+extern const char proxy_err_upstream_unreachable[]; /* 502 PROXY_UPSTREAM_UNREACHABLE */
+extern const char proxy_err_upstream_tls[];       /* 502 PROXY_UPSTREAM_TLS */
+extern const char proxy_err_bad_upstream_response[]; /* 502 PROXY_BAD_UPSTREAM_RESPONSE */
+extern const char proxy_err_token[];              /* 503 PROXY_TOKEN_UNAVAILABLE */
+extern const char proxy_err_overloaded[];         /* 503 PROXY_OVERLOADED */
+extern const char proxy_err_upstream_timeout[];   /* 504 PROXY_UPSTREAM_TIMEOUT */
+
+/* The reason phrase for a status ("Bad Gateway"); "Unknown" for others. */
+const char *http_reason(int status);
+
+/* Appends a complete response: status line, Content-Type: application/json, Content-Length,
+ * "Connection: close" when close is set, and the body
+ * {"errors":[{"status":"502","code":CODE,"title":TITLE,"detail":DETAIL}]}. The detail is
+ * JSON-escaped; it must never hold a token or key. */
+void http_error_write(struct evbuffer *out, int status, const char *code, const char *detail,
+                      int close);
+
+/* The status that goes with a code above. */
+int http_error_status(const char *code);
+
+#endif

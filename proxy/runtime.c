@@ -1,0 +1,163 @@
+/* runtime: one loaded configuration and what is derived from it, reference-counted. */
+#include "proxy/runtime.h"
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy/log.h"
+
+static int str_eq(const char *a, const char *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    return strcmp(a, b) == 0;
+}
+
+static SSL_CTX *tls_client_ctx(const char *ca_file, char *err, size_t errlen)
+{
+    static const unsigned char alpn[] = "\x08http/1.1";
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL)
+        goto fail;
+    if (!SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION))
+        goto fail;
+    /* Verification is always on: there is deliberately no setting that turns it off. */
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (ca_file) {
+        if (!SSL_CTX_load_verify_locations(ctx, ca_file, NULL)) {
+            unsigned long e = ERR_peek_last_error();
+            snprintf(err, errlen, "cannot load CA file %s: %s", ca_file,
+                     e ? ERR_reason_error_string(e) : "unknown error");
+            ERR_clear_error();
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+    } else if (!SSL_CTX_set_default_verify_paths(ctx)) {
+        goto fail;
+    }
+    if (SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1) != 0)
+        goto fail;
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    return ctx;
+fail:
+    if (err[0] == '\0')
+        snprintf(err, errlen, "cannot create the upstream TLS context");
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+const char *const *runtime_route_scope(const struct runtime *rt, size_t route, size_t *n)
+{
+    const struct conf_route *r = &rt->conf->routes[route];
+    const struct credential *c = &rt->conf->credentials[r->credential_index];
+    if (r->nscope) {
+        *n = r->nscope;
+        return (const char *const *)r->scope;
+    }
+    *n = c->nscope;
+    return (const char *const *)c->scope;
+}
+
+struct runtime *runtime_new(struct conf *conf, char *err, size_t errlen)
+{
+    struct runtime *rt = calloc(1, sizeof(*rt));
+    size_t i, j;
+    err[0] = '\0';
+    if (rt == NULL) {
+        conf_free(conf);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    rt->refs = 1;
+    rt->conf = conf;
+    rt->tokens = token_cache_new(conf->token_refresh_margin, NULL);
+    rt->targets = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->targets));
+    rt->route_target = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_target));
+    if (rt->tokens == NULL || rt->targets == NULL || rt->route_target == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (i = 0; i < conf->nroutes; i++) {
+        const struct conf_route *r = &conf->routes[i];
+        const char *chost = r->address_host ? r->address_host : r->upstream_host;
+        int cport = r->address_port ? r->address_port : r->upstream_port;
+        /* Targets are shared only when every field matches, including the CA file. */
+        for (j = 0; j < rt->ntargets; j++) {
+            const struct target *t = &rt->targets[j];
+            if (str_eq(t->name, r->upstream_host) && t->port == r->upstream_port &&
+                str_eq(t->connect_host, chost) && t->connect_port == cport &&
+                str_eq(t->ca_file, r->ca_file))
+                break;
+        }
+        if (j == rt->ntargets) {
+            struct target *t = &rt->targets[rt->ntargets];
+            char hh[300];
+            if (r->upstream_port == 443)
+                snprintf(hh, sizeof(hh), "%s", r->upstream_host);
+            else
+                snprintf(hh, sizeof(hh), "%s:%d", r->upstream_host, r->upstream_port);
+            t->name = strdup(r->upstream_host);
+            t->port = r->upstream_port;
+            t->host_header = strdup(hh);
+            t->host_header_len = strlen(hh);
+            t->connect_host = strdup(chost);
+            t->connect_port = cport;
+            t->ca_file = r->ca_file;
+            if (!t->name || !t->host_header || !t->connect_host) {
+                snprintf(err, errlen, "out of memory");
+                rt->ntargets++;
+                goto fail;
+            }
+            t->ssl_ctx = tls_client_ctx(r->ca_file, err, errlen);
+            rt->ntargets++;
+            if (t->ssl_ctx == NULL)
+                goto fail;
+        }
+        rt->route_target[i] = j;
+    }
+    /* Mint every route's token now: a broken key fails the start, not the first request. */
+    for (i = 0; i < conf->nroutes; i++) {
+        size_t n;
+        const char *const *scope = runtime_route_scope(rt, i, &n);
+        char terr[256];
+        const struct credential *c = &conf->credentials[conf->routes[i].credential_index];
+        struct token *tok = token_cache_get(rt->tokens, c, scope, n, terr, sizeof(terr));
+        if (tok == NULL) {
+            snprintf(err, errlen, "credential %s: %s", c->name, terr);
+            goto fail;
+        }
+        token_put(tok);
+    }
+    return rt;
+fail:
+    runtime_unref(rt);
+    return NULL;
+}
+
+struct runtime *runtime_ref(struct runtime *rt)
+{
+    __atomic_add_fetch(&rt->refs, 1, __ATOMIC_RELAXED);
+    return rt;
+}
+
+void runtime_unref(struct runtime *rt)
+{
+    size_t i;
+    if (rt == NULL || __atomic_sub_fetch(&rt->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    for (i = 0; i < rt->ntargets; i++) {
+        free(rt->targets[i].name);
+        free(rt->targets[i].host_header);
+        free(rt->targets[i].connect_host);
+        SSL_CTX_free(rt->targets[i].ssl_ctx);
+    }
+    free(rt->targets);
+    free(rt->route_target);
+    token_cache_free(rt->tokens);
+    conf_free(rt->conf);
+    free(rt);
+}

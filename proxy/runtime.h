@@ -1,0 +1,45 @@
+/* runtime: one loaded configuration and what is derived from it (upstream TLS contexts, the
+ * token cache), shared read-only by every worker and reference-counted so that in-flight
+ * exchanges finish on the configuration they started with. */
+#ifndef AAP_PROXY_RUNTIME_H
+#define AAP_PROXY_RUNTIME_H
+
+#include <stddef.h>
+#include <openssl/ssl.h>
+#include "auth/token_cache.h"
+#include "conf/conf.h"
+
+/* A distinct upstream endpoint: routes that share name, address and CA share a target (and so
+ * a connection pool in each worker). */
+struct target {
+    char *name;         /* the upstream's name: SNI, certificate check */
+    int port;
+    char *host_header;  /* "name" or "name:port" when the port is not 443 */
+    size_t host_header_len;
+    char *connect_host; /* where to connect (route "address" or name) */
+    int connect_port;
+    const char *ca_file; /* borrowed from the route; NULL: the system store */
+    SSL_CTX *ssl_ctx;
+};
+
+struct runtime {
+    int refs;           /* atomic */
+    struct conf *conf;  /* owned */
+    token_cache *tokens;
+    struct target *targets;
+    size_t ntargets;
+    size_t *route_target; /* route index -> target index */
+};
+
+/* Takes ownership of conf (also on failure). Builds TLS contexts (verification always on) and
+ * mints every route's token once, so that the first requests never wait for a signature.
+ * Returns NULL with a message in err. */
+struct runtime *runtime_new(struct conf *conf, char *err, size_t errlen);
+struct runtime *runtime_ref(struct runtime *rt);
+/* Drops a reference; the last one frees everything. runtime_unref(NULL) is a no-op. */
+void runtime_unref(struct runtime *rt);
+
+/* The scope for a route's tokens (the route's own, else the credential's); *n gets its size. */
+const char *const *runtime_route_scope(const struct runtime *rt, size_t route, size_t *n);
+
+#endif

@@ -1,0 +1,276 @@
+/* server: the process: listening sockets, worker threads, signals and the token refresher. */
+#include "proxy/server.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "proxy/log.h"
+#include "proxy/upstream.h"
+
+#define LISTEN_BACKLOG 1024
+
+int server_client_enter(struct server *s, size_t max)
+{
+    size_t n = __atomic_add_fetch(&s->nclients, 1, __ATOMIC_RELAXED);
+    if (max && n > max) {
+        __atomic_sub_fetch(&s->nclients, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    return 1;
+}
+
+void server_client_leave(struct server *s)
+{
+    __atomic_sub_fetch(&s->nclients, 1, __ATOMIC_RELAXED);
+}
+
+/* Opens one listening socket per worker on addr (SO_REUSEPORT: the kernel spreads connections
+ * across the workers). With port 0 the first bind picks the port and the others reuse it. */
+static int open_listeners(const struct conf_addr *addr, int nworkers, int *fds, int *bound_port,
+                          char *err, size_t errlen)
+{
+    struct addrinfo hints, *res = NULL;
+    char port[8];
+    int i, rc, one = 1;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    snprintf(port, sizeof(port), "%d", addr->port);
+    rc = getaddrinfo(addr->host, port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "listen %s: %s", addr->text, gai_strerror(rc));
+        return -1;
+    }
+    *bound_port = addr->port;
+    for (i = 0; i < nworkers; i++)
+        fds[i] = -1;
+    for (i = 0; i < nworkers; i++) {
+        struct sockaddr_storage ss;
+        memcpy(&ss, res->ai_addr, res->ai_addrlen);
+        if (ss.ss_family == AF_INET)
+            ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)*bound_port);
+        else
+            ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)*bound_port);
+        int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            goto fail;
+        fds[i] = fd;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+            goto fail;
+        if (res->ai_family == AF_INET6)
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        if (bind(fd, (struct sockaddr *)&ss, res->ai_addrlen) < 0)
+            goto fail;
+        if (listen(fd, LISTEN_BACKLOG) < 0)
+            goto fail;
+        if (*bound_port == 0) {
+            socklen_t sl = sizeof(ss);
+            getsockname(fd, (struct sockaddr *)&ss, &sl);
+            *bound_port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                                        : ((struct sockaddr_in6 *)&ss)->sin6_port);
+        }
+    }
+    freeaddrinfo(res);
+    return 0;
+fail:
+    {
+        int saved = errno;
+        snprintf(err, errlen, "listen %s: %s", addr->text, strerror(saved));
+        for (i = 0; i < nworkers; i++)
+            if (fds[i] >= 0)
+                close(fds[i]);
+        freeaddrinfo(res);
+    }
+    return -1;
+}
+
+static void refresh_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct server *s = arg;
+    char err[256];
+    if (token_cache_refresh(s->rt->tokens, err, sizeof(err)) < 0)
+        log_msg(LOG_ERROR, "token refresh failed (the current token is kept while valid): %s",
+                err);
+}
+
+static void stop_workers_now(struct server *s)
+{
+    for (int i = 0; i < s->nworkers; i++)
+        if (s->workers[i].base)
+            event_base_loopbreak(s->workers[i].base);
+    event_base_loopexit(s->base, NULL);
+}
+
+static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct server *s = arg;
+    log_msg(LOG_WARN, "drain timeout reached: closing the remaining connections");
+    stop_workers_now(s);
+}
+
+static void stop_check_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct server *s = arg;
+    for (int i = 0; i < s->nworkers; i++)
+        if (!__atomic_load_n(&s->workers[i].done, __ATOMIC_ACQUIRE))
+            return;
+    event_base_loopexit(s->base, NULL);
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    struct server *s = arg;
+    if (s->stopping) {
+        log_msg(LOG_WARN, "second signal: stopping now");
+        stop_workers_now(s);
+        return;
+    }
+    s->stopping = 1;
+    log_msg(LOG_INFO, "%s: no new connections; finishing in-flight exchanges (drain_timeout %ld s)",
+            sig == SIGTERM ? "SIGTERM" : "SIGINT", s->rt->conf->limits.drain_timeout_ms / 1000);
+    for (int i = 0; i < s->nworkers; i++)
+        worker_drain(&s->workers[i]);
+    struct timeval dtv = {s->rt->conf->limits.drain_timeout_ms / 1000,
+                          (s->rt->conf->limits.drain_timeout_ms % 1000) * 1000};
+    event_add(s->drain_timer, &dtv);
+    struct timeval ctv = {0, 50 * 1000};
+    event_add(s->stop_check, &ctv);
+}
+
+int server_run(struct conf *conf)
+{
+    struct server srv;
+    struct server *s = &srv;
+    char err[512];
+    int rc = 1, i;
+    size_t l;
+    int **fds = NULL;
+    long ncpu;
+
+    memset(s, 0, sizeof(*s));
+    signal(SIGPIPE, SIG_IGN);
+    if (evthread_use_pthreads() != 0) {
+        log_msg(LOG_ERROR, "cannot enable libevent threading");
+        conf_free(conf);
+        return 1;
+    }
+    s->rt = runtime_new(conf, err, sizeof(err));
+    if (s->rt == NULL) {
+        log_msg(LOG_ERROR, "%s", err);
+        return 1;
+    }
+    for (size_t t = 0; t < s->rt->ntargets; t++)
+        upstream_tls_ctx_prepare(s->rt->targets[t].ssl_ctx);
+    ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    s->nworkers = s->rt->conf->workers > 0 ? s->rt->conf->workers : (int)(ncpu > 0 ? ncpu : 1);
+    s->base = event_base_new();
+    s->workers = calloc((size_t)s->nworkers, sizeof(*s->workers));
+    fds = calloc(s->rt->conf->nlisten, sizeof(*fds));
+    if (s->base == NULL || s->workers == NULL || fds == NULL) {
+        log_msg(LOG_ERROR, "out of memory");
+        goto out;
+    }
+    for (l = 0; l < s->rt->conf->nlisten; l++) {
+        const struct conf_addr *a = &s->rt->conf->listen[l];
+        int port;
+        fds[l] = calloc((size_t)s->nworkers, sizeof(int));
+        if (fds[l] == NULL || open_listeners(a, s->nworkers, fds[l], &port, err, sizeof(err)) < 0) {
+            log_msg(LOG_ERROR, "%s", fds[l] ? err : "out of memory");
+            if (fds[l]) {
+                free(fds[l]);
+                fds[l] = NULL;
+            }
+            goto out;
+        }
+        /* The exact line scripts and tests wait for (the real port when 0 was asked). */
+        if (strchr(a->host, ':'))
+            fprintf(stderr, "apple-auth-proxy: listening on [%s]:%d\n", a->host, port);
+        else
+            fprintf(stderr, "apple-auth-proxy: listening on %s:%d\n", a->host, port);
+    }
+    for (i = 0; i < s->nworkers; i++) {
+        int wfds[64];
+        size_t n = 0;
+        for (l = 0; l < s->rt->conf->nlisten && n < 64; l++) {
+            wfds[n++] = fds[l][i];
+            fds[l][i] = -1;
+        }
+        if (worker_init(&s->workers[i], i, s, s->rt, wfds, n, err, sizeof(err)) < 0) {
+            log_msg(LOG_ERROR, "worker %d: %s", i, err);
+            goto out;
+        }
+    }
+    s->sig_term = evsignal_new(s->base, SIGTERM, signal_cb, s);
+    s->sig_int = evsignal_new(s->base, SIGINT, signal_cb, s);
+    s->refresh_timer = event_new(s->base, -1, EV_PERSIST, refresh_cb, s);
+    s->drain_timer = evtimer_new(s->base, drain_timeout_cb, s);
+    s->stop_check = event_new(s->base, -1, EV_PERSIST, stop_check_cb, s);
+    if (!s->sig_term || !s->sig_int || !s->refresh_timer || !s->drain_timer || !s->stop_check) {
+        log_msg(LOG_ERROR, "out of memory");
+        goto out;
+    }
+    {
+        struct timeval one = {1, 0};
+        event_add(s->sig_term, NULL);
+        event_add(s->sig_int, NULL);
+        event_add(s->refresh_timer, &one);
+    }
+    for (i = 0; i < s->nworkers; i++)
+        if (worker_start(&s->workers[i]) < 0) {
+            log_msg(LOG_ERROR, "cannot start worker thread %d", i);
+            stop_workers_now(s);
+            goto join;
+        }
+    log_msg(LOG_INFO, "apple-auth-proxy %s serving with %d worker%s, %zu route%s", AAP_VERSION,
+            s->nworkers, s->nworkers == 1 ? "" : "s", s->rt->conf->nroutes,
+            s->rt->conf->nroutes == 1 ? "" : "s");
+    event_base_dispatch(s->base);
+    rc = 0;
+join:
+    for (i = 0; i < s->nworkers; i++)
+        if (s->workers[i].started)
+            pthread_join(s->workers[i].thread, NULL);
+    if (rc == 0)
+        log_msg(LOG_INFO, "stopped");
+out:
+    if (s->workers)
+        for (i = 0; i < s->nworkers; i++)
+            worker_deinit(&s->workers[i]);
+    if (fds) {
+        for (l = 0; l < s->rt->conf->nlisten; l++)
+            if (fds[l]) {
+                for (i = 0; i < s->nworkers; i++)
+                    if (fds[l][i] >= 0)
+                        close(fds[l][i]);
+                free(fds[l]);
+            }
+        free(fds);
+    }
+    free(s->workers);
+    if (s->sig_term)
+        event_free(s->sig_term);
+    if (s->sig_int)
+        event_free(s->sig_int);
+    if (s->refresh_timer)
+        event_free(s->refresh_timer);
+    if (s->drain_timer)
+        event_free(s->drain_timer);
+    if (s->stop_check)
+        event_free(s->stop_check);
+    if (s->base)
+        event_base_free(s->base);
+    runtime_unref(s->rt);
+    return rc;
+}

@@ -1,0 +1,27 @@
+/* server: the process: listening sockets, worker threads, signals and the token refresher. */
+#ifndef AAP_PROXY_SERVER_H
+#define AAP_PROXY_SERVER_H
+
+#include <stddef.h>
+#include "proxy/runtime.h"
+#include "proxy/worker.h"
+
+struct server {
+    struct event_base *base;      /* the main thread's loop: signals, token refresh */
+    struct runtime *rt;           /* the current configuration */
+    struct worker *workers;
+    int nworkers;
+    size_t nclients;              /* client connections across workers (atomic) */
+    int stopping;                 /* SIGTERM/SIGINT received (atomic) */
+    struct event *sig_term, *sig_int, *refresh_timer, *drain_timer, *stop_check;
+};
+
+/* Runs the proxy with this configuration (ownership passes) until SIGTERM/SIGINT and a drain.
+ * Returns the process exit status: 0 after a clean stop, 1 on a start-up failure (logged). */
+int server_run(struct conf *conf);
+
+/* Counts a new client connection; 0 when it is over the limit (and not counted). */
+int server_client_enter(struct server *s, size_t max);
+void server_client_leave(struct server *s);
+
+#endif

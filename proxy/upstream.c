@@ -1,0 +1,428 @@
+/* upstream: TLS connections to Apple's hosts, opened without blocking and kept in per-worker
+ * keep-alive pools. */
+#include "proxy/upstream.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/util.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include "proxy/log.h"
+#include "proxy/server.h"
+
+enum { UP_RESOLVING, UP_CONNECTING, UP_HANDSHAKE, UP_ACTIVE, UP_IDLE, UP_ABANDONED };
+
+static int ex_index = -1;
+static pthread_once_t ex_once = PTHREAD_ONCE_INIT;
+
+static void ex_index_init(void)
+{
+    ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+static const struct conf_limits *limits_of(const struct upool *pool)
+{
+    return &pool->gen->rt->conf->limits;
+}
+
+static struct timeval ms_tv(long ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    return tv;
+}
+
+/* TLS 1.3 tickets arrive after the handshake: keep the newest for the next connection. */
+static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    struct upconn *c = ex_index >= 0 ? SSL_get_ex_data(ssl, ex_index) : NULL;
+    if (c == NULL || c->pool == NULL)
+        return 0;
+    if (c->pool->session)
+        SSL_SESSION_free(c->pool->session);
+    c->pool->session = sess;
+    return 1; /* we keep the reference */
+}
+
+void upstream_tls_ctx_prepare(SSL_CTX *ctx)
+{
+    pthread_once(&ex_once, ex_index_init);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, new_session_cb);
+}
+
+void upool_init(struct upool *pool, struct wgen *gen, struct target *target)
+{
+    memset(pool, 0, sizeof(*pool));
+    pool->gen = gen;
+    pool->target = target;
+    TAILQ_INIT(&pool->idle);
+}
+
+static void conn_free(struct upconn *c)
+{
+    if (c->io)
+        event_free(c->io);
+    if (c->timer)
+        event_free(c->timer);
+    if (c->bev) {
+        SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+        if (ssl)
+            SSL_set_ex_data(ssl, ex_index, NULL);
+        bufferevent_free(c->bev); /* closes the socket and frees the SSL */
+    } else if (c->fd >= 0) {
+        close(c->fd);
+    }
+    free(c);
+}
+
+void upool_deinit(struct upool *pool)
+{
+    struct upconn *c;
+    while ((c = TAILQ_FIRST(&pool->idle)) != NULL) {
+        TAILQ_REMOVE(&pool->idle, c, link);
+        conn_free(c);
+    }
+    pool->nidle = 0;
+    if (pool->session)
+        SSL_SESSION_free(pool->session);
+    pool->session = NULL;
+}
+
+/* Reports the outcome to the owner; the connection is freed first on failure. Runs only from
+ * event-loop callbacks, never from inside upstream_get. */
+static void report(struct upconn *c, enum upstream_error err, const char *detail)
+{
+    void (*cb)(struct upconn *, enum upstream_error, const char *, void *) = c->ready_cb;
+    void *arg = c->arg;
+    char msg[256];
+    c->ready_cb = NULL;
+    if (err == UPSTREAM_OK) {
+        c->state = UP_ACTIVE;
+        if (cb)
+            cb(c, UPSTREAM_OK, NULL, arg);
+        return;
+    }
+    snprintf(msg, sizeof(msg), "%s", detail ? detail : "");
+    c->pool->nactive--;
+    conn_free(c);
+    if (cb)
+        cb(NULL, err, msg, arg);
+}
+
+static void deferred_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upconn *c = arg;
+    report(c, c->err, c->detail);
+}
+
+/* A failure found while upstream_get is still on the stack: reported from the loop. */
+static void fail_later(struct upconn *c, enum upstream_error err, const char *detail)
+{
+    c->err = err;
+    snprintf(c->detail, sizeof(c->detail), "%s", detail);
+    event_active(c->timer, EV_TIMEOUT, 1);
+}
+
+static void handshake_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct upconn *c = arg;
+    struct target *t = c->pool->target;
+    char detail[256];
+    if (what & BEV_EVENT_CONNECTED) {
+        SSL *ssl = bufferevent_openssl_get_ssl(bev);
+        const unsigned char *alpn = NULL;
+        unsigned int alpn_len = 0;
+        SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+        if (alpn_len && !(alpn_len == 8 && memcmp(alpn, "http/1.1", 8) == 0)) {
+            snprintf(detail, sizeof(detail), "%s selected ALPN protocol %.*s, not http/1.1",
+                     t->name, (int)alpn_len, (const char *)alpn);
+            report(c, UPSTREAM_ERR_TLS, detail);
+            return;
+        }
+        c->pool->gen->worker->stats.upstream_handshakes++;
+        bufferevent_set_timeouts(bev, NULL, NULL);
+        bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+        report(c, UPSTREAM_OK, NULL);
+        return;
+    }
+    if (what & BEV_EVENT_TIMEOUT) {
+        snprintf(detail, sizeof(detail), "TLS handshake with %s (%s:%d) timed out", t->name,
+                 t->connect_host, t->connect_port);
+        report(c, UPSTREAM_ERR_TLS_TIMEOUT, detail);
+        return;
+    }
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+    unsigned long e = bufferevent_get_openssl_error(bev);
+    if (vr != X509_V_OK) {
+        snprintf(detail, sizeof(detail), "certificate verification failed for %s: %s", t->name,
+                 X509_verify_cert_error_string(vr));
+    } else if (e) {
+        char ebuf[160];
+        ERR_error_string_n(e, ebuf, sizeof(ebuf));
+        snprintf(detail, sizeof(detail), "TLS handshake with %s failed: %s", t->name, ebuf);
+    } else {
+        int saved = EVUTIL_SOCKET_ERROR();
+        snprintf(detail, sizeof(detail), "TLS handshake with %s failed: %s", t->name,
+                 (what & BEV_EVENT_EOF) || saved == 0 ? "connection closed by the upstream"
+                                                      : evutil_socket_error_to_string(saved));
+    }
+    ERR_clear_error();
+    report(c, UPSTREAM_ERR_TLS, detail);
+}
+
+static void start_tls(struct upconn *c)
+{
+    struct upool *pool = c->pool;
+    struct target *t = pool->target;
+    struct event_base *base = pool->gen->worker->base;
+    const struct conf_limits *lim = limits_of(pool);
+    SSL *ssl = SSL_new(t->ssl_ctx);
+    if (ssl == NULL) {
+        report(c, UPSTREAM_ERR_TLS, "cannot create a TLS session");
+        return;
+    }
+    SSL_set_ex_data(ssl, ex_index, c);
+    /* RFC 6125 name check on the upstream's configured name, never on the connect address;
+     * the subject CN is never consulted, so a certificate must carry the name in its SAN. */
+    SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
+                               X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
+    if (!SSL_set1_host(ssl, t->name) || !SSL_set_tlsext_host_name(ssl, t->name)) {
+        SSL_free(ssl);
+        report(c, UPSTREAM_ERR_TLS, "cannot set the upstream name on the TLS session");
+        return;
+    }
+    if (pool->session)
+        SSL_set_session(ssl, pool->session);
+    c->bev = bufferevent_openssl_socket_new(base, c->fd, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                            BEV_OPT_CLOSE_ON_FREE);
+    if (c->bev == NULL) {
+        SSL_free(ssl);
+        report(c, UPSTREAM_ERR_TLS, "cannot create the TLS connection");
+        return;
+    }
+    c->fd = -1; /* owned by the bufferevent now */
+    /* A close without close_notify is judged by the HTTP framing, not by TLS. */
+    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+    struct timeval tv = ms_tv(lim->upstream_handshake_timeout_ms);
+    bufferevent_set_timeouts(c->bev, &tv, &tv);
+    bufferevent_setcb(c->bev, NULL, NULL, handshake_event_cb, c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    c->state = UP_HANDSHAKE;
+}
+
+static void connect_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upconn *c = arg;
+    struct target *t = c->pool->target;
+    char detail[256];
+    if (what & EV_TIMEOUT) {
+        snprintf(detail, sizeof(detail), "connecting to %s (%s:%d) timed out", t->name,
+                 t->connect_host, t->connect_port);
+        report(c, UPSTREAM_ERR_CONNECT_TIMEOUT, detail);
+        return;
+    }
+    int soerr = 0;
+    socklen_t len = sizeof(soerr);
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0)
+        soerr = errno;
+    if (soerr != 0) {
+        snprintf(detail, sizeof(detail), "cannot connect to %s (%s:%d): %s", t->name,
+                 t->connect_host, t->connect_port, strerror(soerr));
+        report(c, UPSTREAM_ERR_CONNECT, detail);
+        return;
+    }
+    event_free(c->io);
+    c->io = NULL;
+    start_tls(c);
+}
+
+/* Opens the TCP connection; failures found here are reported later (fail_later). */
+static void start_connect(struct upconn *c, const struct sockaddr *sa, socklen_t salen)
+{
+    struct target *t = c->pool->target;
+    const struct conf_limits *lim = limits_of(c->pool);
+    char detail[256];
+    int one = 1;
+    c->fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        snprintf(detail, sizeof(detail), "cannot create a socket: %s", strerror(errno));
+        fail_later(c, UPSTREAM_ERR_CONNECT, detail);
+        return;
+    }
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->pool->gen->worker->stats.upstream_connects++;
+    if (connect(c->fd, sa, salen) < 0 && errno != EINPROGRESS) {
+        snprintf(detail, sizeof(detail), "cannot connect to %s (%s:%d): %s", t->name,
+                 t->connect_host, t->connect_port, strerror(errno));
+        fail_later(c, UPSTREAM_ERR_CONNECT, detail);
+        return;
+    }
+    c->state = UP_CONNECTING;
+    c->io = event_new(c->pool->gen->worker->base, c->fd, EV_WRITE, connect_cb, c);
+    struct timeval tv = ms_tv(lim->upstream_connect_timeout_ms);
+    if (c->io == NULL || event_add(c->io, &tv) < 0)
+        fail_later(c, UPSTREAM_ERR_CONNECT, "cannot watch the upstream socket");
+}
+
+static void dns_cb(int result, struct evutil_addrinfo *res, void *arg)
+{
+    struct upconn *c = arg;
+    c->dns_req = NULL;
+    if (c->state == UP_ABANDONED) {
+        if (res)
+            evutil_freeaddrinfo(res);
+        conn_free(c);
+        return;
+    }
+    if (result != 0 || res == NULL) {
+        char detail[256];
+        snprintf(detail, sizeof(detail), "cannot resolve %s: %s", c->pool->target->connect_host,
+                 evutil_gai_strerror(result));
+        if (res)
+            evutil_freeaddrinfo(res);
+        fail_later(c, UPSTREAM_ERR_RESOLVE, detail);
+        return;
+    }
+    start_connect(c, res->ai_addr, (socklen_t)res->ai_addrlen);
+    evutil_freeaddrinfo(res);
+}
+
+int upstream_get(struct upool *pool,
+                 void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *),
+                 void *arg, struct upconn **out)
+{
+    struct upconn *c;
+    struct worker *w = pool->gen->worker;
+    while ((c = TAILQ_FIRST(&pool->idle)) != NULL) {
+        TAILQ_REMOVE(&pool->idle, c, link);
+        pool->nidle--;
+        if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+            conn_free(c); /* the upstream sent something unasked: not trustworthy */
+            continue;
+        }
+        c->state = UP_ACTIVE;
+        c->reused = 1;
+        pool->nactive++;
+        bufferevent_set_timeouts(c->bev, NULL, NULL);
+        bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
+        w->stats.upstream_reused++;
+        *out = c;
+        return 0;
+    }
+    *out = NULL;
+    c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return -1;
+    c->pool = pool;
+    c->fd = -1;
+    c->state = UP_RESOLVING;
+    c->ready_cb = ready_cb;
+    c->arg = arg;
+    c->timer = evtimer_new(w->base, deferred_cb, c);
+    pool->nactive++;
+    if (c->timer == NULL) {
+        pool->nactive--;
+        free(c);
+        return -1;
+    }
+
+    struct target *t = pool->target;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, t->connect_host, &sin->sin_addr) == 1) {
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)t->connect_port);
+        start_connect(c, (struct sockaddr *)sin, sizeof(*sin));
+    } else if (inet_pton(AF_INET6, t->connect_host, &sin6->sin6_addr) == 1) {
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)t->connect_port);
+        start_connect(c, (struct sockaddr *)sin6, sizeof(*sin6));
+    } else {
+        struct evutil_addrinfo hints;
+        char port[8];
+        memset(&hints, 0, sizeof(hints));
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_protocol = IPPROTO_TCP;
+        hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
+        snprintf(port, sizeof(port), "%d", t->connect_port);
+        /* The callback may run before this returns (cached or local names): it never reports
+         * synchronously, see fail_later. */
+        struct evdns_getaddrinfo_request *req =
+            evdns_getaddrinfo(w->dns, t->connect_host, port, &hints, dns_cb, c);
+        if (c->state == UP_RESOLVING)
+            c->dns_req = req;
+    }
+    return 1;
+}
+
+static void idle_close(struct upconn *c)
+{
+    TAILQ_REMOVE(&c->pool->idle, c, link);
+    c->pool->nidle--;
+    conn_free(c);
+}
+
+/* A pooled connection must stay silent: data, EOF, an error or the idle timeout end it. */
+static void idle_read_cb(struct bufferevent *bev, void *arg)
+{
+    idle_close(arg);
+}
+
+static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    idle_close(arg);
+}
+
+void upstream_put(struct upconn *c, int reusable)
+{
+    struct upool *pool = c->pool;
+    const struct conf_limits *lim = limits_of(pool);
+    pool->nactive--;
+    c->exchanges++;
+    if (!reusable || pool->gen->worker->draining || lim->upstream_pool_size == 0 ||
+        evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+        conn_free(c);
+        return;
+    }
+    c->state = UP_IDLE;
+    bufferevent_setcb(c->bev, idle_read_cb, NULL, idle_event_cb, c);
+    struct timeval tv = ms_tv(lim->upstream_idle_timeout_ms);
+    bufferevent_set_timeouts(c->bev, &tv, NULL);
+    bufferevent_enable(c->bev, EV_READ);
+    TAILQ_INSERT_HEAD(&pool->idle, c, link);
+    pool->nidle++;
+    while (pool->nidle > lim->upstream_pool_size) {
+        struct upconn *old = TAILQ_LAST(&pool->idle, upconn_list);
+        idle_close(old);
+    }
+}
+
+void upstream_abort(struct upconn *c)
+{
+    c->ready_cb = NULL;
+    c->pool->nactive--;
+    if (c->state == UP_RESOLVING && c->dns_req) {
+        /* The resolver still holds c: it is freed when the answer (or cancellation) comes. */
+        c->state = UP_ABANDONED;
+        c->pool = NULL;
+        evdns_getaddrinfo_cancel(c->dns_req);
+        return;
+    }
+    conn_free(c);
+}

@@ -1,0 +1,81 @@
+/* upstream: TLS connections to Apple's hosts, opened without blocking and kept in per-worker
+ * keep-alive pools.
+ *
+ *   upstream_get --(idle conn)--------------------------------> returned at once (reused)
+ *        \--(none idle)--> RESOLVING -> CONNECTING -> HANDSHAKE -> ready_cb(conn, NULL)
+ *                               \____________\____________\____> ready_cb(NULL, error)
+ *   upstream_put(conn, reusable) --> IDLE in the pool (closed on data, EOF or idle timeout)
+ */
+#ifndef AAP_PROXY_UPSTREAM_H
+#define AAP_PROXY_UPSTREAM_H
+
+#include <stddef.h>
+#include <event2/bufferevent.h>
+#include <openssl/ssl.h>
+#include <sys/queue.h>
+
+#include "proxy/worker.h"
+
+struct upconn;
+TAILQ_HEAD(upconn_list, upconn);
+
+/* One worker's pool for one target. */
+struct upool {
+    struct wgen *gen;
+    struct target *target;
+    struct upconn_list idle;
+    size_t nidle;
+    size_t nactive;       /* connecting or serving an exchange */
+    SSL_SESSION *session; /* for resumption (TLS 1.2 and 1.3 tickets) */
+};
+
+/* Why opening a connection failed; each maps to one proxy error code. */
+enum upstream_error {
+    UPSTREAM_OK,
+    UPSTREAM_ERR_RESOLVE,          /* 502 PROXY_UPSTREAM_UNREACHABLE */
+    UPSTREAM_ERR_CONNECT,          /* 502 PROXY_UPSTREAM_UNREACHABLE */
+    UPSTREAM_ERR_CONNECT_TIMEOUT,  /* 504 PROXY_UPSTREAM_TIMEOUT */
+    UPSTREAM_ERR_TLS,              /* 502 PROXY_UPSTREAM_TLS */
+    UPSTREAM_ERR_TLS_TIMEOUT       /* 504 PROXY_UPSTREAM_TIMEOUT */
+};
+
+struct upconn {
+    struct upool *pool;
+    struct bufferevent *bev;   /* TLS; NULL until the TCP connection is up */
+    int fd;
+    int state;
+    int reused;                /* served at least one exchange before this one */
+    unsigned exchanges;
+    struct event *io;          /* waits for the TCP connect, with its timeout */
+    struct event *timer;       /* deferred failure reports */
+    struct evdns_getaddrinfo_request *dns_req;
+    void (*ready_cb)(struct upconn *conn, enum upstream_error err, const char *detail, void *arg);
+    void *arg;
+    enum upstream_error err;
+    char detail[256];
+    TAILQ_ENTRY(upconn) link;
+};
+
+void upool_init(struct upool *pool, struct wgen *gen, struct target *target);
+/* Closes the idle connections; active ones must have been put or aborted. */
+void upool_deinit(struct upool *pool);
+
+/* Returns 0 with an idle pooled connection in *out (conn->reused set; ready_cb never called),
+ * or 1 after starting a new one: ready_cb then reports, always from a later event-loop callback,
+ * the ready connection or the failure (after which the connection is gone). -1: out of memory. */
+int upstream_get(struct upool *pool,
+                 void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *),
+                 void *arg, struct upconn **out);
+
+/* Ends an exchange: a reusable connection (clean response end, nothing left over) returns to the
+ * pool, anything else is closed. The caller must not touch conn afterwards. */
+void upstream_put(struct upconn *conn, int reusable);
+
+/* Abandons a connection in any state (its ready_cb will not be called). */
+void upstream_abort(struct upconn *conn);
+
+/* Prepares an upstream SSL_CTX for session resumption into the pools (called once per context
+ * before any connection uses it). */
+void upstream_tls_ctx_prepare(SSL_CTX *ctx);
+
+#endif

@@ -1,0 +1,207 @@
+/* worker: one thread with its own event loop, listener sockets, upstream pools and counters. */
+#include "proxy/worker.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/thread.h>
+
+#include "proxy/client.h"
+#include "proxy/http_error.h"
+#include "proxy/log.h"
+#include "proxy/server.h"
+#include "proxy/upstream.h"
+
+static struct wgen *wgen_new(struct worker *w, struct runtime *rt)
+{
+    struct wgen *g = calloc(1, sizeof(*g));
+    size_t i;
+    if (g == NULL)
+        return NULL;
+    g->pools = calloc(rt->ntargets ? rt->ntargets : 1, sizeof(*g->pools));
+    if (g->pools == NULL) {
+        free(g);
+        return NULL;
+    }
+    g->refs = 1;
+    g->worker = w;
+    g->rt = runtime_ref(rt);
+    for (i = 0; i < rt->ntargets; i++)
+        upool_init(&g->pools[i], g, &rt->targets[i]);
+    return g;
+}
+
+struct wgen *wgen_ref(struct wgen *g)
+{
+    g->refs++; /* only the worker's own thread touches its generations */
+    return g;
+}
+
+void wgen_unref(struct wgen *g)
+{
+    size_t i;
+    if (g == NULL || --g->refs > 0)
+        return;
+    for (i = 0; i < g->rt->ntargets; i++)
+        upool_deinit(&g->pools[i]);
+    free(g->pools);
+    runtime_unref(g->rt);
+    free(g);
+}
+
+/* Past max_client_connections: answer 503 at once and close, without disturbing the
+ * connections already open. */
+static void refuse(int fd)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (b) {
+        http_error_write(b, 503, proxy_err_overloaded,
+                         "the proxy is at max_client_connections; retry shortly", 1);
+        size_t n = evbuffer_get_length(b);
+        const void *p = evbuffer_pullup(b, (ev_ssize_t)n);
+        ssize_t r = send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void)r;
+        evbuffer_free(b);
+    }
+    shutdown(fd, SHUT_WR);
+    close(fd);
+}
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr,
+                      int len, void *arg)
+{
+    struct worker *w = arg;
+    int one = 1;
+    if (w->draining) {
+        close(fd);
+        return;
+    }
+    if (!server_client_enter(w->server, w->gen->rt->conf->limits.max_client_connections)) {
+        w->stats.connections_refused++;
+        refuse(fd);
+        return;
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (client_new(w, fd, addr, (socklen_t)len) < 0)
+        server_client_leave(w->server);
+}
+
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    int err = EVUTIL_SOCKET_ERROR();
+    /* EMFILE and friends: keep serving the connections we have; the listener retries. */
+    log_msg(LOG_WARN, "accept failed: %s", evutil_socket_error_to_string(err));
+}
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    size_t i;
+    if (w->draining)
+        return;
+    w->draining = 1;
+    for (i = 0; i < w->nlisteners; i++)
+        evconnlistener_free(w->listeners[i]);
+    w->nlisteners = 0;
+    client_drain_all(w);
+    if (w->nclients == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+int worker_init(struct worker *w, int id, struct server *server, struct runtime *rt,
+                const int *fds, size_t nfds, char *err, size_t errlen)
+{
+    size_t i;
+    memset(w, 0, sizeof(*w));
+    w->id = id;
+    w->server = server;
+    TAILQ_INIT(&w->clients);
+    w->base = event_base_new();
+    if (w->base == NULL) {
+        snprintf(err, errlen, "cannot create an event base");
+        goto fail;
+    }
+    w->dns = evdns_base_new(w->base, 0);
+    if (w->dns == NULL) {
+        snprintf(err, errlen, "cannot create the DNS resolver");
+        goto fail;
+    }
+    if (evdns_base_resolv_conf_parse(w->dns, DNS_OPTIONS_ALL, "/etc/resolv.conf") != 0 && id == 0)
+        log_msg(LOG_WARN, "cannot read /etc/resolv.conf: upstream names may not resolve "
+                          "(IP addresses in a route's \"address\" still work)");
+    w->gen = wgen_new(w, rt);
+    w->listeners = calloc(nfds ? nfds : 1, sizeof(*w->listeners));
+    w->drain_ev = event_new(w->base, -1, 0, drain_cb, w);
+    if (w->gen == NULL || w->listeners == NULL || w->drain_ev == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (i = 0; i < nfds; i++) {
+        w->listeners[i] = evconnlistener_new(w->base, accept_cb, w,
+                                             LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1,
+                                             fds[i]);
+        if (w->listeners[i] == NULL) {
+            snprintf(err, errlen, "cannot listen: %s", strerror(errno));
+            for (; i < nfds; i++)
+                close(fds[i]);
+            goto fail;
+        }
+        evconnlistener_set_error_cb(w->listeners[i], accept_error_cb);
+        w->nlisteners++;
+    }
+    return 0;
+fail:
+    worker_deinit(w);
+    return -1;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    event_base_dispatch(w->base);
+    __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+int worker_start(struct worker *w)
+{
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+        return -1;
+    w->started = 1;
+    return 0;
+}
+
+void worker_drain(struct worker *w)
+{
+    event_active(w->drain_ev, EV_TIMEOUT, 1); /* thread-safe: evthread is enabled */
+}
+
+void worker_deinit(struct worker *w)
+{
+    size_t i;
+    client_free_all(w);
+    for (i = 0; i < w->nlisteners; i++)
+        evconnlistener_free(w->listeners[i]);
+    free(w->listeners);
+    w->listeners = NULL;
+    w->nlisteners = 0;
+    if (w->gen)
+        wgen_unref(w->gen);
+    w->gen = NULL;
+    if (w->drain_ev)
+        event_free(w->drain_ev);
+    w->drain_ev = NULL;
+    if (w->dns)
+        evdns_base_free(w->dns, 1);
+    w->dns = NULL;
+    if (w->base)
+        event_base_free(w->base);
+    w->base = NULL;
+}

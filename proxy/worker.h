@@ -1,0 +1,78 @@
+/* worker: one thread with its own event loop, listener sockets, upstream pools and counters. */
+#ifndef AAP_PROXY_WORKER_H
+#define AAP_PROXY_WORKER_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <event2/event.h>
+#include <event2/dns.h>
+#include <event2/listener.h>
+
+#include "proxy/runtime.h"
+
+struct server;
+struct client;
+struct upool;
+
+/* Counters written only by the worker's own thread (no locks on the request path); a scrape
+ * sums them across workers with relaxed atomic loads. */
+struct worker_stats {
+    uint64_t connections_accepted;
+    uint64_t connections_refused;  /* over max_client_connections */
+    uint64_t requests;             /* requests whose head was parsed */
+    uint64_t responses[6];         /* by class: [1]..[5] = 1xx..5xx */
+    uint64_t proxy_errors;         /* responses the proxy made itself */
+    uint64_t upstream_connects;    /* TCP connections opened upstream */
+    uint64_t upstream_handshakes;  /* TLS handshakes completed upstream */
+    uint64_t upstream_reused;      /* exchanges on a pooled connection */
+    uint64_t upstream_retries;     /* requests retried on a fresh connection */
+    uint64_t token_retries;        /* requests retried after Apple's 401 with a fresh token */
+    uint64_t bytes_from_clients, bytes_to_clients;
+};
+
+/* A worker's view of one runtime: the runtime and this worker's pools for its targets.
+ * Clients hold a reference while an exchange uses it. */
+struct wgen {
+    int refs;
+    struct worker *worker;
+    struct runtime *rt;
+    struct upool *pools; /* rt->ntargets of them */
+};
+
+TAILQ_HEAD(client_list, client);
+
+struct worker {
+    int id;
+    struct server *server;
+    struct event_base *base;
+    struct evdns_base *dns;
+    struct evconnlistener **listeners;
+    size_t nlisteners;
+    struct wgen *gen;         /* current configuration for new exchanges */
+    struct client_list clients;
+    size_t nclients;
+    int draining;
+    struct event *drain_ev;   /* activated from the main thread */
+    pthread_t thread;
+    int started;
+    int done;                 /* set (atomically) when the thread's loop has ended */
+    struct worker_stats stats;
+};
+
+/* Creates the worker's event base and DNS resolver and wraps the given listening sockets
+ * (ownership of the descriptors passes to the worker). Returns 0 or -1 with err. */
+int worker_init(struct worker *w, int id, struct server *server, struct runtime *rt,
+                const int *fds, size_t nfds, char *err, size_t errlen);
+/* Starts the worker's thread. */
+int worker_start(struct worker *w);
+/* Asks the worker (from any thread) to stop accepting and finish its exchanges. */
+void worker_drain(struct worker *w);
+/* Frees everything of a stopped worker. */
+void worker_deinit(struct worker *w);
+
+struct wgen *wgen_ref(struct wgen *g);
+void wgen_unref(struct wgen *g);
+
+#endif
