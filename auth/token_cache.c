@@ -1,0 +1,419 @@
+/* token_cache: minted tokens shared by all threads, reused until shortly before they expire. */
+#include "auth/token_cache.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+/* A token is never handed out this close to its exp: the request still has to cross the
+ * network and Apple's clock may be a little ahead of ours. */
+#define TOKEN_EXPIRY_GUARD 5
+#define BEARER_PREFIX      "Authorization: Bearer "
+
+/* One allocation per mint: the public token, its reference count and the header line. */
+struct token_block {
+    struct token pub; /* first, so token_put can find the block from the token */
+    atomic_ulong refs;
+    char text[]; /* BEARER_PREFIX jwt "\r\n" NUL */
+};
+
+/* One credential and scope list. Entries live until the cache is freed, so a pointer to one stays
+ * valid while the cache lock is dropped for signing. */
+struct cache_entry {
+    struct cache_entry *next;
+    const struct credential *cred;
+    char **scope; /* copies of the effective scope, so minting never reads the caller's arrays */
+    size_t nscope;
+    struct token_block *cur; /* NULL before the first mint and after a 401 drop */
+    int minting;             /* a thread is signing for this entry without the lock */
+    int dropped_for_401;
+    time_t last_401_drop;
+    unsigned long generation;
+    unsigned long mints;
+};
+
+/*
+ * One mutex guards the entry list and every entry's fields; it is held only for pointer and
+ * counter work, never during a signature. A thread that needs a token while none is usable
+ * marks the entry "minting", signs unlocked, and broadcasts `minted` when done; others either
+ * take the still-valid current token or wait on the condition variable. The entry list is a
+ * plain list: a proxy has a handful of credentials and scopes, and lookups compare pointers
+ * first.
+ */
+struct token_cache {
+    pthread_mutex_t lock;
+    pthread_cond_t minted;
+    long refresh_margin;
+    time_t (*now)(void);
+    struct cache_entry *entries;
+};
+
+static const char *const cache_no_scope[1] = {NULL};
+
+__attribute__((format(printf, 3, 4))) static void cache_err(char *err, size_t errlen,
+                                                            const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err == NULL || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static time_t cache_wall_clock(void)
+{
+    return time(NULL);
+}
+
+token_cache *token_cache_new(long refresh_margin, time_t (*clock_fn)(void))
+{
+    token_cache *cache = calloc(1, sizeof *cache);
+
+    if (cache == NULL)
+        return NULL;
+    if (pthread_mutex_init(&cache->lock, NULL) != 0)
+        goto fail;
+    if (pthread_cond_init(&cache->minted, NULL) != 0) {
+        pthread_mutex_destroy(&cache->lock);
+        goto fail;
+    }
+    cache->refresh_margin = refresh_margin > 0 ? refresh_margin : 0;
+    cache->now = clock_fn != NULL ? clock_fn : cache_wall_clock;
+    return cache;
+fail:
+    free(cache);
+    return NULL;
+}
+
+static void block_put(struct token_block *b)
+{
+    if (b == NULL)
+        return;
+    if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) {
+        /* A bearer token is a credential for its lifetime: do not leave it in freed memory. */
+        OPENSSL_cleanse(b->text, b->pub.line_len);
+        free(b);
+    }
+}
+
+void token_put(struct token *tok)
+{
+    block_put((struct token_block *)tok);
+}
+
+static void entry_free(struct cache_entry *e)
+{
+    size_t i;
+
+    block_put(e->cur);
+    for (i = 0; i < e->nscope; i++)
+        free(e->scope[i]);
+    free(e->scope);
+    free(e);
+}
+
+void token_cache_free(token_cache *cache)
+{
+    struct cache_entry *e, *next;
+
+    if (cache == NULL)
+        return;
+    for (e = cache->entries; e != NULL; e = next) {
+        next = e->next;
+        entry_free(e);
+    }
+    pthread_cond_destroy(&cache->minted);
+    pthread_mutex_destroy(&cache->lock);
+    free(cache);
+}
+
+/* The scope list is part of the key: a token scoped to "GET /v1/apps" must never be served for a
+ * request that needs another scope. Compared entry by entry, which is the "\n"-joined list
+ * compared without building it on every request. */
+static int entry_matches(const struct cache_entry *e, const struct credential *cred,
+                         const char *const *scope, size_t nscope)
+{
+    size_t i;
+
+    if (e->cred != cred || e->nscope != nscope)
+        return 0;
+    for (i = 0; i < nscope; i++)
+        if (strcmp(e->scope[i], scope[i]) != 0)
+            return 0;
+    return 1;
+}
+
+/* Called with the lock held. */
+static struct cache_entry *cache_find(token_cache *cache, const struct credential *cred,
+                                      const char *const *scope, size_t nscope)
+{
+    struct cache_entry *e;
+
+    for (e = cache->entries; e != NULL; e = e->next)
+        if (entry_matches(e, cred, scope, nscope))
+            return e;
+    return NULL;
+}
+
+/* Called with the lock held; scope entries are known to be non-NULL. */
+static struct cache_entry *cache_add(token_cache *cache, const struct credential *cred,
+                                     const char *const *scope, size_t nscope)
+{
+    struct cache_entry *e = calloc(1, sizeof *e);
+    size_t i;
+
+    if (e == NULL)
+        return NULL;
+    e->cred = cred;
+    if (nscope > 0) {
+        e->scope = calloc(nscope, sizeof *e->scope);
+        if (e->scope == NULL)
+            goto fail;
+        for (; e->nscope < nscope; e->nscope++) {
+            e->scope[e->nscope] = strdup(scope[e->nscope]);
+            if (e->scope[e->nscope] == NULL)
+                goto fail;
+        }
+    }
+    e->next = cache->entries;
+    cache->entries = e;
+    return e;
+fail:
+    for (i = 0; i < e->nscope; i++)
+        free(e->scope[i]);
+    free(e->scope);
+    free(e);
+    return NULL;
+}
+
+/* Signs a new token for the entry. Called WITHOUT the lock: reads only the entry's immutable
+ * fields (cred, scope), which no other thread changes while `minting` is set. */
+static struct token_block *cache_mint(const struct cache_entry *e, time_t now, char *err,
+                                      size_t errlen)
+{
+    const char *const *scope = e->nscope > 0 ? (const char *const *)e->scope : cache_no_scope;
+    struct token_block *b = NULL;
+    size_t jwt_len, line_len, plen = sizeof BEARER_PREFIX - 1;
+    time_t exp = 0;
+    char *jwt;
+
+    jwt = token_mint(e->cred, scope, e->nscope, now, &exp, err, errlen);
+    if (jwt == NULL)
+        goto out;
+    jwt_len = strlen(jwt);
+    line_len = plen + jwt_len + 2;
+    b = malloc(sizeof *b + line_len + 1);
+    if (b == NULL) {
+        cache_err(err, errlen, "out of memory");
+        goto out;
+    }
+    memcpy(b->text, BEARER_PREFIX, plen);
+    memcpy(b->text + plen, jwt, jwt_len);
+    memcpy(b->text + plen + jwt_len, "\r\n", 3);
+    b->pub.jwt = b->text + plen;
+    b->pub.jwt_len = jwt_len;
+    b->pub.line = b->text;
+    b->pub.line_len = line_len;
+    b->pub.iat = now - e->cred->skew;
+    b->pub.exp = exp;
+    b->pub.generation = 0;
+    /* The entry's own reference. */
+    atomic_init(&b->refs, 1);
+out:
+    if (jwt != NULL) {
+        OPENSSL_cleanse(jwt, strlen(jwt));
+        free(jwt);
+    }
+    return b;
+}
+
+/* Refreshing starts refresh_margin before exp, but never later than two thirds into a token's
+ * life (short lifetimes would otherwise have no window at all) and never inside the guard. */
+static long cache_margin(const token_cache *cache, const struct token *t)
+{
+    long m = cache->refresh_margin;
+    long third = (long)(t->exp - t->iat) / 3;
+
+    if (third < m)
+        m = third;
+    if (m < TOKEN_EXPIRY_GUARD)
+        m = TOKEN_EXPIRY_GUARD;
+    return m;
+}
+
+/* Called with the lock held: makes b the entry's current token. */
+static void entry_install(struct cache_entry *e, struct token_block *b)
+{
+    struct token_block *old = e->cur;
+
+    b->pub.generation = ++e->generation;
+    e->mints++;
+    e->cur = b;
+    block_put(old);
+}
+
+struct token *token_cache_get(token_cache *cache, const struct credential *cred,
+                              const char *const *scope, size_t nscope, char *err, size_t errlen)
+{
+    struct cache_entry *e;
+    struct token_block *b = NULL, *fresh;
+    time_t now;
+    size_t i;
+
+    if (scope == NULL) {
+        scope = (const char *const *)cred->scope;
+        nscope = cred->nscope;
+    }
+    for (i = 0; i < nscope; i++) {
+        if (scope[i] == NULL) {
+            cache_err(err, errlen, "credentials.%s: scope entry %zu is missing",
+                      cred->name != NULL ? cred->name : "?", i);
+            return NULL;
+        }
+    }
+    pthread_mutex_lock(&cache->lock);
+    e = cache_find(cache, cred, scope, nscope);
+    if (e == NULL)
+        e = cache_add(cache, cred, scope, nscope);
+    if (e == NULL) {
+        cache_err(err, errlen, "out of memory");
+        goto out;
+    }
+    for (;;) {
+        now = cache->now();
+        b = e->cur;
+        /* Outside the margin: the common case. Inside the margin but still good while someone
+         * else is already signing its successor: no reason to wait for them. */
+        if (b != NULL && (now < b->pub.exp - cache_margin(cache, &b->pub) ||
+                          (e->minting && now < b->pub.exp - TOKEN_EXPIRY_GUARD)))
+            goto out;
+        if (!e->minting)
+            break;
+        pthread_cond_wait(&cache->minted, &cache->lock);
+    }
+    e->minting = 1;
+    pthread_mutex_unlock(&cache->lock);
+    fresh = cache_mint(e, now, err, errlen);
+    pthread_mutex_lock(&cache->lock);
+    e->minting = 0;
+    if (fresh != NULL)
+        entry_install(e, fresh);
+    pthread_cond_broadcast(&cache->minted);
+    /* When signing failed, a current token that is still good is better than an error. */
+    b = e->cur;
+    now = cache->now();
+    if (b == NULL || now >= b->pub.exp - TOKEN_EXPIRY_GUARD) {
+        if (fresh != NULL)
+            cache_err(err, errlen,
+                      "credentials.%s: a new token expires within %d seconds; the token "
+                      "lifetime is too short for the clock skew",
+                      cred->name != NULL ? cred->name : "?", TOKEN_EXPIRY_GUARD);
+        b = NULL;
+    }
+out:
+    if (b != NULL)
+        atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&cache->lock);
+    return b != NULL ? &b->pub : NULL;
+}
+
+int token_cache_refresh(token_cache *cache, char *err, size_t errlen)
+{
+    struct cache_entry *e;
+    struct token_block *fresh;
+    int count = 0, failed = 0;
+    time_t now;
+
+    pthread_mutex_lock(&cache->lock);
+    /* New entries are only ever pushed at the head, so following next pointers stays valid
+     * across the unlocked signatures below. */
+    for (e = cache->entries; e != NULL; e = e->next) {
+        now = cache->now();
+        if (e->minting)
+            continue;
+        if (e->cur != NULL && now < e->cur->pub.exp - cache_margin(cache, &e->cur->pub))
+            continue;
+        e->minting = 1;
+        pthread_mutex_unlock(&cache->lock);
+        fresh = cache_mint(e, now, err, errlen);
+        pthread_mutex_lock(&cache->lock);
+        e->minting = 0;
+        if (fresh != NULL) {
+            entry_install(e, fresh);
+            count++;
+        } else {
+            failed = 1;
+        }
+        pthread_cond_broadcast(&cache->minted);
+    }
+    pthread_mutex_unlock(&cache->lock);
+    return failed ? -1 : count;
+}
+
+int token_cache_invalidate(token_cache *cache, const struct credential *cred,
+                           const char *const *scope, size_t nscope, const struct token *tok,
+                           long cooldown)
+{
+    struct cache_entry *e;
+    struct token_block *old = NULL;
+    time_t now;
+    int dropped = 0;
+
+    if (scope == NULL) {
+        scope = (const char *const *)cred->scope;
+        nscope = cred->nscope;
+    }
+    pthread_mutex_lock(&cache->lock);
+    e = cache_find(cache, cred, scope, nscope);
+    /* Only the token Apple refused: many requests may report the same 401, and the first one
+     * has already caused a new token. */
+    if (e == NULL || e->cur == NULL || &e->cur->pub != tok)
+        goto out;
+    now = cache->now();
+    /* A revoked key or a wrong issuer makes every token fail: re-signing on each 401 would only
+     * turn an outage into a signing storm. */
+    if (e->dropped_for_401 && now - e->last_401_drop < cooldown)
+        goto out;
+    old = e->cur;
+    e->cur = NULL;
+    e->dropped_for_401 = 1;
+    e->last_401_drop = now;
+    dropped = 1;
+out:
+    pthread_mutex_unlock(&cache->lock);
+    block_put(old);
+    return dropped;
+}
+
+unsigned long token_cache_mints(token_cache *cache, const struct credential *cred)
+{
+    struct cache_entry *e;
+    unsigned long n = 0;
+
+    pthread_mutex_lock(&cache->lock);
+    for (e = cache->entries; e != NULL; e = e->next)
+        if (e->cred == cred)
+            n += e->mints;
+    pthread_mutex_unlock(&cache->lock);
+    return n;
+}
+
+time_t token_cache_expiry(token_cache *cache, const struct credential *cred)
+{
+    struct cache_entry *e;
+    time_t nearest = 0;
+
+    pthread_mutex_lock(&cache->lock);
+    for (e = cache->entries; e != NULL; e = e->next)
+        if (e->cred == cred && e->cur != NULL && (nearest == 0 || e->cur->pub.exp < nearest))
+            nearest = e->cur->pub.exp;
+    pthread_mutex_unlock(&cache->lock);
+    return nearest;
+}
