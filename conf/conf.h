@@ -62,6 +62,9 @@ struct conf {
     struct conf_limits limits;
     long token_refresh_margin;  /* "token_refresh_margin" seconds, default 300 (capped to a third of
                                    the shortest lifetime by validation) */
+    char *access_log;           /* "access_log": {"path": ...}: NULL or "-" stdout, "off", or a
+                                   file reopened on SIGUSR1 */
+    int access_log_text;        /* "access_log": {"format": "text"} (default "json") */
     char *source;               /* the file it came from, or "environment" */
 };
 

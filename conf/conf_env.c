@@ -1,0 +1,394 @@
+/* conf_env: configuration from environment variables (fastlane's names), and the overrides. */
+#include "conf/conf.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "auth/key.h"
+#include "auth/profile.h"
+#include "conf/conf_priv.h"
+
+/* fastlane's names (fastlane/spaceship ConnectAPI::Token.from and app_store_connect_api_key),
+ * so a CI job that already feeds fastlane can feed the proxy unchanged. */
+#define ASC_KEY_ID       "APP_STORE_CONNECT_API_KEY_KEY_ID"
+#define ASC_ISSUER_ID    "APP_STORE_CONNECT_API_KEY_ISSUER_ID"
+#define ASC_KEY_FILEPATH "APP_STORE_CONNECT_API_KEY_KEY_FILEPATH"
+#define ASC_KEY          "APP_STORE_CONNECT_API_KEY_KEY"
+#define ASC_BASE64       "APP_STORE_CONNECT_API_KEY_IS_KEY_CONTENT_BASE64"
+#define ASC_DURATION     "APP_STORE_CONNECT_API_KEY_DURATION"
+#define ASC_IN_HOUSE     "APP_STORE_CONNECT_API_KEY_IN_HOUSE"
+#define WK_KEY_ID        "WEATHERKIT_KEY_ID"
+#define WK_TEAM_ID       "WEATHERKIT_TEAM_ID"
+#define WK_SERVICE_ID    "WEATHERKIT_SERVICE_ID"
+#define WK_KEY_FILEPATH  "WEATHERKIT_KEY_FILEPATH"
+#define WK_KEY           "WEATHERKIT_KEY"
+#define ENV_LISTEN       "APPLE_AUTH_PROXY_LISTEN"
+#define ENV_WORKERS      "APPLE_AUTH_PROXY_WORKERS"
+
+#define ASC_SET                                                                                    \
+    ASC_KEY_ID ", " ASC_ISSUER_ID " (absent for an individual key) and " ASC_KEY_FILEPATH          \
+               " or " ASC_KEY
+#define WK_SET WK_KEY_ID ", " WK_TEAM_ID ", " WK_SERVICE_ID " and " WK_KEY_FILEPATH " or " WK_KEY
+
+/* A set variable; an empty one counts as unset (how `docker run -e NAME=` reads). */
+static const char *conf_env_get(conf_getenv_fn getenv_fn, const char *name)
+{
+    const char *v = getenv_fn(name);
+
+    return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+static int conf_env_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* A copy without surrounding whitespace: secrets are often pasted with their final newline. */
+static char *conf_env_trimmed(const char *v, size_t n)
+{
+    while (n > 0 && conf_env_space(*v)) {
+        v++;
+        n--;
+    }
+    while (n > 0 && conf_env_space(v[n - 1]))
+        n--;
+    return strndup(v, n);
+}
+
+static int conf_env_bool(const char *v, int *out)
+{
+    static const char *const yes[] = {"true", "1", "yes"}, *const no[] = {"false", "0", "no"};
+    char *t = conf_env_trimmed(v, strlen(v));
+    int rc = -1;
+    size_t i;
+
+    if (t == NULL)
+        return -1;
+    for (i = 0; i < 3; i++) {
+        if (strcasecmp(t, yes[i]) == 0) {
+            *out = 1;
+            rc = 0;
+        } else if (strcasecmp(t, no[i]) == 0) {
+            *out = 0;
+            rc = 0;
+        }
+    }
+    free(t);
+    return rc;
+}
+
+/* A decimal integer in [min, max], surrounding whitespace allowed. */
+static int conf_env_long(const char *v, long min, long max, long *out)
+{
+    char *t = conf_env_trimmed(v, strlen(v));
+    long n = 0;
+    size_t i;
+    int rc = -1;
+
+    if (t == NULL)
+        return -1;
+    for (i = 0; t[i] >= '0' && t[i] <= '9' && i < 12; i++)
+        n = n * 10 + (t[i] - '0');
+    if (i > 0 && t[i] == '\0' && n >= min && n <= max) {
+        *out = n;
+        rc = 0;
+    }
+    free(t);
+    return rc;
+}
+
+/* Copies an identifier and checks its syntax, reporting under the variable's name. */
+static char *conf_env_ident(const char *var, const char *v, const char *(*check)(const char *s),
+                            struct conf_msgs *errs)
+{
+    char *t = conf_env_trimmed(v, strlen(v));
+    const char *why;
+
+    if (t == NULL) {
+        errs->oom = 1;
+        return NULL;
+    }
+    if ((why = check(t)) != NULL) {
+        char shown[72];
+
+        conf_printable(t, shown, sizeof shown);
+        conf_msgs_add(errs, var, "%s (got \"%s\")", why, shown);
+    }
+    return t;
+}
+
+static void conf_env_key(struct credential *cred, const char *file_var, const char *file,
+                         const char *text_var, const char *text, struct conf_msgs *errs,
+                         struct conf_msgs *warns)
+{
+    char err[768], warn[768];
+
+    err[0] = warn[0] = '\0';
+    if (file != NULL) {
+        if (key_load_file(file, &cred->key, err, sizeof err, warn, sizeof warn) != 0)
+            conf_msgs_add(errs, file_var, "%s", err);
+        if (warn[0] != '\0')
+            conf_msgs_add(warns, file_var, "%s", warn);
+    } else if (key_load_text(text, strlen(text), &cred->key, err, sizeof err) != 0) {
+        conf_msgs_add(errs, text_var, "%s", err);
+    }
+}
+
+/* Maps credential_validate's field names back to the variables the user set. */
+static const char *conf_env_rename_asc(const char *field)
+{
+    if (strcmp(field, "key_id") == 0)
+        return ASC_KEY_ID;
+    if (strcmp(field, "issuer_id") == 0)
+        return ASC_ISSUER_ID;
+    if (strcmp(field, "token_lifetime") == 0)
+        return ASC_DURATION;
+    return NULL;
+}
+
+static const char *conf_env_rename_weatherkit(const char *field)
+{
+    if (strcmp(field, "key_id") == 0)
+        return WK_KEY_ID;
+    if (strcmp(field, "team_id") == 0)
+        return WK_TEAM_ID;
+    if (strcmp(field, "service_id") == 0)
+        return WK_SERVICE_ID;
+    return NULL;
+}
+
+static void conf_env_asc(struct conf *conf, conf_getenv_fn g, struct conf_msgs *errs,
+                         struct conf_msgs *warns, int *found)
+{
+    const char *kid = conf_env_get(g, ASC_KEY_ID), *iss = conf_env_get(g, ASC_ISSUER_ID);
+    const char *file = conf_env_get(g, ASC_KEY_FILEPATH), *text = conf_env_get(g, ASC_KEY);
+    const char *b64 = conf_env_get(g, ASC_BASE64), *dur = conf_env_get(g, ASC_DURATION);
+    const char *inhouse = conf_env_get(g, ASC_IN_HOUSE);
+    struct credential c;
+    int bad = 0, base64 = 0, in_house = 0;
+
+    if (kid == NULL && iss == NULL && file == NULL && text == NULL)
+        return;
+    *found = 1;
+    if (kid == NULL) {
+        conf_msgs_add(errs, ASC_KEY_ID,
+                      "not set, but other APP_STORE_CONNECT_API_KEY_* "
+                      "variables are; App Store Connect needs " ASC_SET);
+        bad = 1;
+    }
+    if (file == NULL && text == NULL) {
+        conf_msgs_add(errs, ASC_KEY_FILEPATH,
+                      "not set (nor " ASC_KEY "); App Store Connect "
+                      "needs " ASC_SET);
+        bad = 1;
+    }
+    if (file != NULL && text != NULL) {
+        conf_msgs_add(errs, ASC_KEY, "set together with " ASC_KEY_FILEPATH "; set only one");
+        bad = 1;
+    }
+    /* The key text is recognised as PEM or base64 by itself; the flag is checked so that a
+     * typo in it is not silently ignored. */
+    if (b64 != NULL && conf_env_bool(b64, &base64) != 0) {
+        conf_msgs_add(errs, ASC_BASE64, "expected true or false");
+        bad = 1;
+    }
+    if (inhouse != NULL && conf_env_bool(inhouse, &in_house) != 0) {
+        conf_msgs_add(errs, ASC_IN_HOUSE, "expected true or false");
+        bad = 1;
+    }
+    if (bad)
+        return;
+    memset(&c, 0, sizeof c);
+    c.name = strdup("asc");
+    /* fastlane's in_house: an Apple Developer Enterprise Program key, another API and aud. */
+    c.profile = in_house ? PROFILE_ENTERPRISE : PROFILE_APP_STORE_CONNECT;
+    c.skew = TOKEN_DEFAULT_SKEW;
+    c.key_id = conf_env_ident(ASC_KEY_ID, kid, conf_check_key_id, errs);
+    if (iss != NULL)
+        c.issuer_id = conf_env_ident(ASC_ISSUER_ID, iss, conf_check_uuid, errs);
+    if (dur != NULL && conf_env_long(dur, 1, 1000000000L, &c.lifetime) != 0)
+        conf_msgs_add(errs, ASC_DURATION, "expected a positive number of seconds");
+    if (c.name == NULL)
+        errs->oom = 1;
+    conf_env_key(&c, ASC_KEY_FILEPATH, file, ASC_KEY, text, errs, warns);
+    conf_credential_validate(&c, errs, conf_env_rename_asc);
+    if (conf_credential_add(conf, &c) != 0)
+        errs->oom = 1;
+}
+
+static void conf_env_weatherkit(struct conf *conf, conf_getenv_fn g, struct conf_msgs *errs,
+                                struct conf_msgs *warns, int *found)
+{
+    static const char *const need[] = {WK_KEY_ID, WK_TEAM_ID, WK_SERVICE_ID};
+    const char *v[3];
+    const char *file = conf_env_get(g, WK_KEY_FILEPATH), *text = conf_env_get(g, WK_KEY);
+    struct credential c;
+    int bad = 0, any = file != NULL || text != NULL;
+    size_t i;
+
+    for (i = 0; i < 3; i++) {
+        v[i] = conf_env_get(g, need[i]);
+        any |= v[i] != NULL;
+    }
+    if (!any)
+        return;
+    *found = 1;
+    for (i = 0; i < 3; i++) {
+        if (v[i] != NULL)
+            continue;
+        conf_msgs_add(errs, need[i],
+                      "not set, but other WEATHERKIT_* variables are; WeatherKit "
+                      "needs " WK_SET);
+        bad = 1;
+    }
+    if (file == NULL && text == NULL) {
+        conf_msgs_add(errs, WK_KEY_FILEPATH, "not set (nor " WK_KEY "); WeatherKit needs " WK_SET);
+        bad = 1;
+    }
+    if (file != NULL && text != NULL) {
+        conf_msgs_add(errs, WK_KEY, "set together with " WK_KEY_FILEPATH "; set only one");
+        bad = 1;
+    }
+    if (bad)
+        return;
+    memset(&c, 0, sizeof c);
+    c.name = strdup("weatherkit");
+    c.profile = PROFILE_WEATHERKIT;
+    c.skew = TOKEN_DEFAULT_SKEW;
+    c.key_id = conf_env_ident(WK_KEY_ID, v[0], conf_check_key_id, errs);
+    c.team_id = conf_env_ident(WK_TEAM_ID, v[1], conf_check_team_id, errs);
+    c.service_id = conf_env_ident(WK_SERVICE_ID, v[2], conf_check_identifier, errs);
+    if (c.name == NULL)
+        errs->oom = 1;
+    conf_env_key(&c, WK_KEY_FILEPATH, file, WK_KEY, text, errs, warns);
+    conf_credential_validate(&c, errs, conf_env_rename_weatherkit);
+    if (conf_credential_add(conf, &c) != 0)
+        errs->oom = 1;
+}
+
+void conf_env_overrides(struct conf *conf, conf_getenv_fn g, struct conf_msgs *errs)
+{
+    const char *v = conf_env_get(g, ENV_LISTEN), *p;
+    struct conf_addr *list = NULL;
+    size_t n = 1, i = 0, j, bad = 0;
+    long workers;
+
+    if (v != NULL) {
+        for (p = v; *p != '\0'; p++)
+            n += *p == ',';
+        if (n > CONF_MAX_LISTEN) {
+            conf_msgs_add(errs, ENV_LISTEN, "at most %d addresses", CONF_MAX_LISTEN);
+            goto workers;
+        }
+        list = calloc(n, sizeof *list);
+        if (list == NULL) {
+            errs->oom = 1;
+            goto workers;
+        }
+        for (p = v; i < n; i++) {
+            size_t len = strcspn(p, ",");
+            char *entry = conf_env_trimmed(p, len);
+            char why[160], shown[72];
+
+            p += len + (p[len] == ',');
+            if (entry == NULL) {
+                errs->oom = 1;
+                bad++;
+                continue;
+            }
+            conf_printable(entry, shown, sizeof shown);
+            if (conf_addr_parse_why(entry, &list[i], 1, why, sizeof why) != 0) {
+                conf_msgs_add(errs, ENV_LISTEN,
+                              "%s (got \"%s\"; expected comma-separated "
+                              "host:port addresses)",
+                              why, shown);
+                bad++;
+            } else {
+                for (j = 0; j < i; j++)
+                    if (list[i].port != 0 && list[j].text != NULL &&
+                        strcmp(list[j].text, list[i].text) == 0)
+                        break;
+                if (j < i) {
+                    conf_msgs_add(errs, ENV_LISTEN, "\"%s\" is listed twice", shown);
+                    bad++;
+                }
+            }
+            free(entry);
+        }
+        if (bad > 0) {
+            for (i = 0; i < n; i++)
+                conf_addr_deinit(&list[i]);
+            free(list);
+        } else {
+            for (i = 0; i < conf->nlisten; i++)
+                conf_addr_deinit(&conf->listen[i]);
+            free(conf->listen);
+            conf->listen = list;
+            conf->nlisten = n;
+        }
+    }
+workers:
+    v = conf_env_get(g, ENV_WORKERS);
+    if (v == NULL)
+        return;
+    if (conf_env_long(v, 0, CONF_MAX_WORKERS, &workers) != 0)
+        conf_msgs_add(errs, ENV_WORKERS, "expected an integer from 0 to %d (0: one per core)",
+                      CONF_MAX_WORKERS);
+    else
+        conf->workers = (int)workers;
+}
+
+int conf_load_env(const char *(*getenv_fn)(const char *name), struct conf **out, char **errors,
+                  char **warnings)
+{
+    struct conf_msgs errs, warns;
+    struct conf *conf;
+    int found = 0;
+
+    memset(&errs, 0, sizeof errs);
+    memset(&warns, 0, sizeof warns);
+    if (getenv_fn == NULL)
+        getenv_fn = conf_getenv;
+    conf = conf_new_default("environment");
+    if (conf == NULL) {
+        errs.oom = 1;
+        goto out;
+    }
+    conf_env_asc(conf, getenv_fn, &errs, &warns, &found);
+    conf_env_weatherkit(conf, getenv_fn, &errs, &warns, &found);
+    if (!found)
+        conf_msgs_add(&errs, "no configuration",
+                      "pass --config FILE, set APPLE_AUTH_PROXY_CONFIG, or set " ASC_SET
+                      " (App Store Connect) / " WK_SET " (WeatherKit)");
+    /* WeatherKit's "/api/v1/" sorts before App Store Connect's "/": most specific first. */
+    conf_routes_derive(conf, &errs);
+    conf_env_overrides(conf, getenv_fn, &errs);
+    conf_listen_check(conf, &errs);
+    conf_finish(conf, 0, &errs, &warns);
+out:
+    return conf_result(conf, &errs, &warns, out, errors, warnings);
+}
+
+int conf_load(const char *path, struct conf **out, char **errors, char **warnings)
+{
+    struct conf_msgs errs, warns;
+    struct conf *conf;
+    const char *env_path;
+
+    if (path == NULL) {
+        env_path = conf_env_get(conf_getenv, "APPLE_AUTH_PROXY_CONFIG");
+        if (env_path == NULL)
+            return conf_load_env(conf_getenv, out, errors, warnings);
+        path = env_path;
+    }
+    memset(&errs, 0, sizeof errs);
+    memset(&warns, 0, sizeof warns);
+    conf = conf_parse_file(path, conf_getenv, &errs, &warns);
+    if (conf != NULL) {
+        conf_env_overrides(conf, conf_getenv, &errs);
+        conf_listen_check(conf, &errs);
+    }
+    return conf_result(conf, &errs, &warns, out, errors, warnings);
+}
