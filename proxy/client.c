@@ -35,10 +35,11 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 
+#include "proxy/accesslog.h"
 #include "proxy/http1.h"
 #include "proxy/http_error.h"
 #include "proxy/log.h"
-#include "proxy/route.h"
+#include "proxy/request.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
 
@@ -82,6 +83,20 @@ struct client {
     unsigned read_paused : 1;   /* client reading stopped for backpressure */
     unsigned up_paused : 1;     /* upstream reading stopped for backpressure */
     unsigned last_chunk : 1;
+    unsigned in_exchange : 1;   /* a request head was parsed and its record is not written */
+    /* The exchange's record, for the access log and the metrics. */
+    int status;                 /* sent to the client */
+    int label;                  /* metrics route label (0: none) */
+    int up_reused;              /* -1: no upstream connection was used */
+    const char *err_code;
+    const char *outcome;
+    uint64_t t_start_us;
+    double t_start;
+    uint64_t bytes_out;
+    char method[8];             /* for the metrics: "other" when longer */
+    size_t method_len;
+    char *log_line;             /* method, '\0', target: copied when the access log is on */
+    size_t log_method_len, log_target_len;
     char peer[64];
 };
 
@@ -96,6 +111,53 @@ static struct timeval ms_tv(long ms)
     return tv;
 }
 
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* Writes the exchange's record (once): metrics always, the access log when it is on. */
+static void exchange_end(struct client *c, const char *outcome)
+{
+    struct worker *w = c->w;
+    uint64_t dur;
+    if (!c->in_exchange)
+        return;
+    c->in_exchange = 0;
+    dur = mono_us() - c->t_start_us;
+    metrics_count_request(&w->metrics, c->label, c->method, c->method_len, c->status, dur);
+    if (accesslog_enabled() && w->alog) {
+        struct access_entry e;
+        const struct runtime *rt = c->gen ? c->gen->rt : NULL;
+        const struct conf_route *route =
+            rt && c->label ? &rt->conf->routes[c->route] : NULL;
+        memset(&e, 0, sizeof(e));
+        e.time = c->t_start;
+        e.remote = c->peer;
+        e.method = c->log_line;
+        e.method_len = c->log_method_len;
+        e.target = c->log_line ? c->log_line + c->log_method_len + 1 : NULL;
+        e.target_len = c->log_target_len;
+        e.route = route ? metrics_label_name(c->label) : NULL;
+        e.credential = route ? route->credential : NULL;
+        e.status = c->status;
+        e.error = c->err_code;
+        e.outcome = c->outcome ? c->outcome : outcome;
+        e.bytes_in = c->req.body_seen;
+        e.bytes_out = c->bytes_out;
+        e.duration = (double)dur / 1e6;
+        e.upstream_reused = c->up_reused;
+        e.quota_remaining = route ? runtime_quota_remaining(rt, route->credential_index) : -1;
+        accesslog_append(w->alog, &e);
+        if (evbuffer_get_length(w->alog) >= 64 * 1024)
+            accesslog_flush(w->alog);
+    }
+    free(c->log_line);
+    c->log_line = NULL;
+}
+
 static void arm_timer(struct client *c, long ms)
 {
     struct timeval tv = ms_tv(ms);
@@ -105,6 +167,7 @@ static void arm_timer(struct client *c, long ms)
 static void client_free(struct client *c)
 {
     struct worker *w = c->w;
+    exchange_end(c, c->resp_started ? "upstream_cut" : "client_abort");
     TAILQ_REMOVE(&w->clients, c, link);
     w->nclients--;
     if (c->up)
@@ -128,6 +191,7 @@ static void client_free(struct client *c)
 
 static void end_exchange_objects(struct client *c)
 {
+    exchange_end(c, "ok");
     if (c->tok) {
         token_put(c->tok);
         c->tok = NULL;
@@ -185,15 +249,22 @@ static const char *code_for_status(int status)
 static void reply_error(struct client *c, const char *code, const char *detail, int keep)
 {
     int status = http_error_status(code);
-    c->w->stats.proxy_errors++;
-    c->w->stats.responses[status / 100]++;
+    WSTAT_ADD(c->w, proxy_errors, 1);
+    metrics_count_error(&c->w->metrics, code);
     if (c->resp_started) {
         /* A response is already on its way: the only honest signal left is to cut it short. */
         c->dead = 1;
         return;
     }
     keep = keep && c->keep_alive && !c->client_eof && !c->w->draining;
-    http_error_write(bufferevent_get_output(c->bev), status, code, detail, !keep);
+    {
+        struct evbuffer *out = bufferevent_get_output(c->bev);
+        size_t before = evbuffer_get_length(out);
+        http_error_write(out, status, code, detail, !keep);
+        c->bytes_out += evbuffer_get_length(out) - before;
+    }
+    c->status = status;
+    c->err_code = code;
     if (status >= 500)
         log_msg(LOG_WARN, "client %s: %d %s: %s", c->peer, status, code, detail ? detail : "");
     else
@@ -260,6 +331,7 @@ static int resp_data(void *arg, const char *at, size_t len)
     struct evbuffer *out = bufferevent_get_output(c->bev);
     if (c->discard)
         return 0;
+    c->bytes_out += len;
     if (c->chunked_out) {
         evbuffer_add_printf(out, "%zx\r\n", len);
         evbuffer_add(out, at, len);
@@ -272,40 +344,54 @@ static int resp_data(void *arg, const char *at, size_t len)
 
 static const struct http1_sink resp_sink = {resp_data, NULL, NULL};
 
-static int is_hop_by_hop(const char *name, size_t len)
+/* App Store Connect: "X-Rate-Limit: user-hour-lim:3600;user-hour-rem:3599;" on every
+ * response; the latest figures are kept per credential (metrics, access log, quota reserve). */
+static void note_rate_limit(struct client *c)
 {
-    static const char *const names[] = {"connection", "keep-alive", "proxy-connection", "te",
-                                        "trailer",    "transfer-encoding", "upgrade",
-                                        "http2-settings", "proxy-authorization",
-                                        "proxy-authenticate"};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (http1_name_is(name, len, names[i]))
-            return 1;
-    return 0;
-}
-
-/* Whether a Connection header of msg lists this name (RFC 9110 7.6.1). */
-static int connection_lists(const struct http1_msg *m, const char *name, size_t len)
-{
-    char lower[128];
-    size_t i;
-    if (len >= sizeof(lower))
-        return 0;
-    for (i = 0; i < len; i++)
-        lower[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] - 'A' + 'a' : name[i]);
-    lower[len] = '\0';
-    for (i = 0; i < m->nheaders; i++) {
-        const struct http1_header *h = &m->headers[i];
-        if (http1_name_is(h->name, h->name_len, "connection") &&
-            http1_list_has(h->value, h->value_len, lower))
-            return 1;
+    const struct http1_header *h = http1_find(&c->resp, "x-rate-limit");
+    long lim = -1, rem = -1;
+    size_t i = 0;
+    if (h == NULL)
+        return;
+    while (i < h->value_len) {
+        size_t start = i;
+        while (i < h->value_len && h->value[i] != ';')
+            i++;
+        const char *item = h->value + start;
+        size_t n = i - start;
+        while (n && (*item == ' ' || *item == '\t')) {
+            item++;
+            n--;
+        }
+        long *dst = NULL;
+        size_t kl = 0;
+        if (n > 14 && strncasecmp(item, "user-hour-lim:", 14) == 0) {
+            dst = &lim;
+            kl = 14;
+        } else if (n > 14 && strncasecmp(item, "user-hour-rem:", 14) == 0) {
+            dst = &rem;
+            kl = 14;
+        }
+        if (dst) {
+            long v = 0;
+            size_t k;
+            for (k = kl; k < n && item[k] >= '0' && item[k] <= '9' && v < 1000000000L; k++)
+                v = v * 10 + (item[k] - '0');
+            if (k > kl)
+                *dst = v;
+        }
+        i++;
     }
-    return 0;
+    if (rem >= 0) {
+        const struct runtime *rt = c->gen->rt;
+        runtime_quota_update(c->gen->rt, rt->conf->routes[c->route].credential_index, lim, rem);
+    }
 }
 
 static void write_response_head(struct client *c)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t before = evbuffer_get_length(out);
     const struct http1_msg *r = &c->resp;
     int status = r->status;
     int keep_cl = r->body == HTTP1_BODY_NONE && (c->is_head || status == 304);
@@ -316,7 +402,7 @@ static void write_response_head(struct client *c)
         evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
     for (i = 0; i < r->nheaders; i++) {
         const struct http1_header *h = &r->headers[i];
-        if (is_hop_by_hop(h->name, h->name_len) || connection_lists(r, h->name, h->name_len))
+        if (http_is_hop_by_hop(h->name, h->name_len) || http_connection_lists(r, h->name, h->name_len))
             continue;
         if (http1_name_is(h->name, h->name_len, "content-length") && !keep_cl)
             continue;
@@ -352,7 +438,8 @@ static void write_response_head(struct client *c)
         evbuffer_add(out, "Connection: keep-alive\r\n", 24);
     evbuffer_add(out, "\r\n", 2);
     c->resp_started = 1;
-    c->w->stats.responses[status / 100 < 6 ? status / 100 : 0]++;
+    c->status = status;
+    c->bytes_out += evbuffer_get_length(out) - before;
 }
 
 static void attach_upstream(struct client *c);
@@ -393,7 +480,7 @@ static void response_complete(struct client *c)
             &c->gen->rt->conf->credentials[c->gen->rt->conf->routes[c->route].credential_index];
         c->discard = 0;
         c->token_retried = 1;
-        c->w->stats.token_retries++;
+        WSTAT_ADD(c->w, token_retries, 1);
         token_put(c->tok);
         c->tok = token_cache_get(c->gen->rt->tokens, cred, scope, n, err, sizeof(err));
         if (c->tok == NULL) {
@@ -419,6 +506,8 @@ static void upstream_failed(struct client *c, const char *code, const char *deta
         /* Cut the client off without a clean end so that it cannot mistake a truncated
          * body for a whole one. */
         log_msg(LOG_WARN, "client %s: response cut short: %s", c->peer, detail);
+        c->outcome = "upstream_cut";
+        c->err_code = code;
         c->dead = 1;
         return;
     }
@@ -445,10 +534,12 @@ static void up_read_body_ex(struct client *c, int force)
             size_t n = evbuffer_get_length(in);
             if (n > c->resp_remaining)
                 n = (size_t)c->resp_remaining;
-            if (c->discard)
+            if (c->discard) {
                 evbuffer_drain(in, n);
-            else
+            } else {
                 evbuffer_remove_buffer(in, out, n);
+                c->bytes_out += n;
+            }
             c->resp_remaining -= n;
             if (c->resp_remaining == 0) {
                 response_complete(c);
@@ -520,6 +611,7 @@ static void up_read_head(struct client *c)
                 c->discard = 1;
             }
         }
+        note_rate_limit(c);
         if (!c->discard)
             write_response_head(c);
         evbuffer_drain(in, c->resp.head_len);
@@ -588,7 +680,7 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
             upstream_abort(c->up);
             c->up = NULL;
             c->retried = 1;
-            c->w->stats.upstream_retries++;
+            WSTAT_ADD(c->w, upstream_retries, 1);
             acquire_upstream(c);
             goto out;
         }
@@ -642,6 +734,7 @@ static void attach_upstream(struct client *c)
     bufferevent_set_timeouts(c->up->bev, &rtv, &wtv);
     bufferevent_enable(c->up->bev, EV_READ | EV_WRITE);
     c->up_paused = 0;
+    c->up_reused = c->up->reused;
     c->req_remaining = c->req.content_length;
     c->state = C_EXCHANGE;
     c->resp.request_is_head = c->is_head; /* kept by init: a HEAD response has no body */
@@ -739,214 +832,84 @@ static void feed_body(struct client *c)
 
 /* ---- the request head ---- */
 
-static int is_idempotent(const char *m, size_t n)
-{
-    return (n == 3 && (!memcmp(m, "GET", 3) || !memcmp(m, "PUT", 3))) ||
-           (n == 4 && !memcmp(m, "HEAD", 4)) || (n == 6 && !memcmp(m, "DELETE", 6)) ||
-           (n == 7 && !memcmp(m, "OPTIONS", 7)) || (n == 5 && !memcmp(m, "TRACE", 5));
-}
-
-/* RFC 3986 5.2.4: a path with "." or ".." segments could mean another resource after
- * normalisation than the prefix it was routed by; such targets are refused. */
-static int has_dot_segment(const char *p, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        size_t start = ++i; /* after a '/' */
-        while (i < n && p[i] != '/')
-            i++;
-        size_t seg = i - start;
-        if ((seg == 1 && p[start] == '.') || (seg == 2 && p[start] == '.' && p[start + 1] == '.'))
-            return 1;
-        if (seg >= 3 && (strncasecmp(p + start, "%2e", 3) == 0 ||
-                         (seg >= 4 && p[start] == '.' && strncasecmp(p + start + 1, "%2e", 3) == 0)))
-            return 1;
-    }
-    return 0;
-}
-
-static void build_upstream_head(struct client *c, const struct target *t, const char *path,
-                                size_t path_len)
-{
-    struct evbuffer *b = evbuffer_new();
-    const struct http1_msg *m = &c->req;
-    int had_cl = 0;
-    size_t i;
-    evbuffer_add(b, m->method, m->method_len);
-    evbuffer_add(b, " ", 1);
-    evbuffer_add(b, path, path_len);
-    evbuffer_add(b, " HTTP/1.1\r\nHost: ", 17);
-    evbuffer_add(b, t->host_header, t->host_header_len);
-    evbuffer_add(b, "\r\n", 2);
-    for (i = 0; i < m->nheaders; i++) {
-        const struct http1_header *h = &m->headers[i];
-        if (http1_name_is(h->name, h->name_len, "content-length")) {
-            had_cl = 1;
-            continue;
-        }
-        if (is_hop_by_hop(h->name, h->name_len) || http1_name_is(h->name, h->name_len, "host") ||
-            http1_name_is(h->name, h->name_len, "authorization") ||
-            http1_name_is(h->name, h->name_len, "expect") ||
-            connection_lists(m, h->name, h->name_len))
-            continue;
-        evbuffer_add(b, h->name, h->name_len);
-        evbuffer_add(b, ": ", 2);
-        evbuffer_add(b, h->value, h->value_len);
-        evbuffer_add(b, "\r\n", 2);
-    }
-    if (m->body == HTTP1_BODY_CHUNKED)
-        evbuffer_add(b, "Transfer-Encoding: chunked\r\n", 28);
-    else if (m->body == HTTP1_BODY_LENGTH || had_cl)
-        evbuffer_add_printf(b, "Content-Length: %" PRIu64 "\r\n", m->content_length);
-    c->up_head_len = evbuffer_get_length(b);
-    c->up_head = malloc(c->up_head_len ? c->up_head_len : 1);
-    if (c->up_head)
-        evbuffer_remove(b, c->up_head, c->up_head_len);
-    evbuffer_free(b);
-}
-
-/* The head is complete in data[0..head_len): route it, take the token, prepare the upstream
- * head, and drain the head from the input. */
+/* The head is complete: plan it (route, token, upstream head), drain it from the input and
+ * start the exchange, or answer the proxy's error. */
 static void start_exchange(struct client *c)
 {
     struct http1_msg *m = &c->req;
+    struct request_plan plan;
     struct runtime *rt;
-    const char *host = NULL, *path, *query;
-    size_t host_len = 0, path_len;
-    int absolute = 0;
     char err[256];
-    struct evbuffer *in = bufferevent_get_input(c->bev);
 
-    c->w->stats.requests++;
+    WSTAT_ADD(c->w, requests, 1);
     evtimer_del(c->timer);
     c->gen = wgen_ref(c->w->gen);
     rt = c->gen->rt;
-    c->http10 = m->version_major == 1 && m->version_minor == 0;
+    c->in_exchange = 1;
+    c->t_start_us = mono_us();
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        c->t_start = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    }
+    c->status = 0;
+    c->label = 0;
+    c->up_reused = -1;
+    c->err_code = NULL;
+    c->outcome = NULL;
+    c->bytes_out = 0;
+    c->method_len = m->method_len < sizeof(c->method) ? m->method_len : 0;
+    memcpy(c->method, m->method, c->method_len);
+    if (accesslog_enabled()) {
+        size_t tl = m->target_len > 4096 ? 4096 : m->target_len;
+        free(c->log_line);
+        c->log_line = malloc(m->method_len + tl + 2);
+        if (c->log_line) {
+            memcpy(c->log_line, m->method, m->method_len);
+            c->log_line[m->method_len] = '\0';
+            memcpy(c->log_line + m->method_len + 1, m->target, tl);
+            c->log_line[m->method_len + 1 + tl] = '\0';
+            c->log_method_len = m->method_len;
+            c->log_target_len = tl;
+        }
+    }
     c->keep_alive = m->keep_alive;
-    c->is_head = m->method_len == 4 && memcmp(m->method, "HEAD", 4) == 0;
-    c->idempotent = is_idempotent(m->method, m->method_len);
     c->req_done = c->resp_started = c->retried = c->token_retried = c->discard = 0;
     c->close_after = c->chunked_out = c->last_chunk = 0;
     c->req.sink = &req_sink;
     c->req.sink_arg = c;
-
-    if (m->parser.method == HTTP_CONNECT) {
-        evbuffer_drain(in, m->head_len);
-        reply_error(c, proxy_err_connect,
-                    "CONNECT opens a TLS tunnel, and the proxy cannot add the Authorization "
-                    "header inside one: send plain http:// requests to the proxy instead",
-                    0);
+    if (request_plan(rt, m, &plan) < 0) {
+        evbuffer_drain(bufferevent_get_input(c->bev), m->head_len);
+        reply_error(c, proxy_err_bad_request, "out of memory", 0);
         return;
     }
-    path = m->target;
-    path_len = m->target_len;
-    if (path_len > 7 && (strncasecmp(path, "http://", 7) == 0 ||
-                         (path_len > 8 && strncasecmp(path, "https://", 8) == 0))) {
-        /* absolute-form (what clients send through HTTP_PROXY): route by its host */
-        const char *auth = path + (path[4] == ':' ? 7 : 8);
-        const char *end = m->target + m->target_len;
-        const char *p = auth;
-        while (p < end && *p != '/' && *p != '?')
-            p++;
-        if (memchr(auth, '@', (size_t)(p - auth)) || p == auth) {
-            evbuffer_drain(in, m->head_len);
-            reply_error(c, proxy_err_bad_request, "invalid authority in the request target", 0);
-            return;
-        }
-        route_host_name(auth, (size_t)(p - auth), &host, &host_len);
-        absolute = 1;
-        path = p;
-        path_len = (size_t)(end - p);
-    } else if (path_len == 0 || path[0] != '/') {
-        evbuffer_drain(in, m->head_len);
-        reply_error(c, proxy_err_bad_request, "the request target must be a path or an http URL",
-                    0);
-        return;
-    } else if (m->has_host) {
-        route_host_name(m->host, m->host_len, &host, &host_len);
-    }
-    query = memchr(path, '?', path_len);
-    size_t bare_len = query ? (size_t)(query - path) : path_len;
-    if (memchr(path, '#', path_len) || has_dot_segment(path, bare_len)) {
-        evbuffer_drain(in, m->head_len);
-        reply_error(c, proxy_err_bad_request,
-                    "the request path has a fragment or dot-segments", 0);
+    c->http10 = plan.http10;
+    c->is_head = plan.is_head;
+    c->idempotent = plan.idempotent;
+    c->route = plan.route;
+    if (plan.code == NULL || plan.code == proxy_err_body_too_large)
+        c->label = rt->route_label[plan.route];
+    evbuffer_drain(bufferevent_get_input(c->bev), m->head_len);
+    if (plan.code) {
+        reply_error(c, plan.code, plan.detail, plan.keep);
+        request_plan_deinit(&plan);
         return;
     }
-    enum route_result rr =
-        route_find(rt->conf, host, host_len, absolute, path, bare_len, &c->route);
-    if (rr != ROUTE_FOUND) {
-        int keep = m->body == HTTP1_BODY_NONE;
-        evbuffer_drain(in, m->head_len);
-        if (rr == ROUTE_FOREIGN_HOST) {
-            snprintf(err, sizeof(err), "%.*s is not one of the configured upstreams",
-                     (int)(host_len > 200 ? 200 : host_len), host);
-            reply_error(c, proxy_err_forbidden_host, err, keep);
-        } else {
-            reply_error(c, proxy_err_no_route, "no configured route matches this path", keep);
-        }
-        return;
-    }
-    if (m->body == HTTP1_BODY_LENGTH && rt->conf->limits.max_body &&
-        m->content_length > rt->conf->limits.max_body) {
-        evbuffer_drain(in, m->head_len);
-        reply_error(c, proxy_err_body_too_large,
-                    "Content-Length is larger than max_body_bytes", 0);
-        return;
-    }
-    const struct conf_route *route = &rt->conf->routes[c->route];
-    const struct credential *cred = &rt->conf->credentials[route->credential_index];
+    const struct credential *cred =
+        &rt->conf->credentials[rt->conf->routes[c->route].credential_index];
     size_t nscope;
     const char *const *scope = runtime_route_scope(rt, c->route, &nscope);
     c->tok = token_cache_get(rt->tokens, cred, scope, nscope, err, sizeof(err));
     if (c->tok == NULL) {
         log_msg(LOG_ERROR, "credential %s: cannot mint a token: %s", cred->name, err);
-        evbuffer_drain(in, m->head_len);
         reply_error(c, proxy_err_token, "the token for this route could not be made",
                     m->body == HTTP1_BODY_NONE);
+        request_plan_deinit(&plan);
         return;
     }
-    /* The forwarded path: strip_prefix removed, always starting with '/'. */
-    const char *fwd = path;
-    size_t fwd_len = path_len;
-    char *joined = NULL;
-    if (absolute && path_len == 0) {
-        fwd = "/";
-        fwd_len = 1;
-    } else if (absolute && path[0] == '?') {
-        joined = malloc(path_len + 2);
-        if (joined) {
-            joined[0] = '/';
-            memcpy(joined + 1, path, path_len);
-            fwd = joined;
-            fwd_len = path_len + 1;
-        }
-    }
-    if (route->strip_prefix) {
-        size_t sl = strlen(route->strip_prefix);
-        if (fwd_len >= sl && memcmp(fwd, route->strip_prefix, sl) == 0) {
-            fwd += sl;
-            fwd_len -= sl;
-            if (fwd_len == 0 || fwd[0] != '/') {
-                char *j2 = malloc(fwd_len + 2);
-                if (j2) {
-                    j2[0] = '/';
-                    memcpy(j2 + 1, fwd, fwd_len);
-                    free(joined);
-                    joined = j2;
-                    fwd = j2;
-                    fwd_len++;
-                }
-            }
-        }
-    }
-    build_upstream_head(c, &rt->targets[rt->route_target[c->route]], fwd, fwd_len);
-    free(joined);
-    evbuffer_drain(in, m->head_len);
-    if (c->up_head == NULL) {
-        reply_error(c, proxy_err_bad_request, "out of memory", 0);
-        return;
-    }
+    c->up_head = plan.head; /* ownership moves to the client */
+    c->up_head_len = plan.head_len;
+    plan.head = NULL;
     acquire_upstream(c);
 }
 
@@ -1104,7 +1067,7 @@ int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t 
     http1_msg_init(&c->req, HTTP_REQUEST, &c->req_limits);
     TAILQ_INSERT_TAIL(&w->clients, c, link);
     w->nclients++;
-    w->stats.connections_accepted++;
+    WSTAT_ADD(w, connections_accepted, 1);
     c->state = C_IDLE;
     bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
     /* Input is bounded: the head limit plus one read; body reads pause on backpressure. */

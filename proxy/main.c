@@ -304,7 +304,7 @@ static int cmd_serve(int argc, char **argv)
         conf->listen = addrs;
         conf->nlisten = nlisten;
     }
-    return server_run(conf);
+    return server_run(conf, path);
 }
 
 int main(int argc, char **argv)

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "proxy/log.h"
+#include "proxy/metrics.h"
 
 static int str_eq(const char *a, const char *b)
 {
@@ -77,9 +78,22 @@ struct runtime *runtime_new(struct conf *conf, char *err, size_t errlen)
     rt->tokens = token_cache_new(conf->token_refresh_margin, NULL);
     rt->targets = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->targets));
     rt->route_target = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_target));
-    if (rt->tokens == NULL || rt->targets == NULL || rt->route_target == NULL) {
+    rt->route_label = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_label));
+    rt->quota_limit = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(long));
+    rt->quota_remaining = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(long));
+    if (rt->tokens == NULL || rt->targets == NULL || rt->route_target == NULL ||
+        rt->route_label == NULL || rt->quota_limit == NULL || rt->quota_remaining == NULL) {
         snprintf(err, errlen, "out of memory");
         goto fail;
+    }
+    for (i = 0; i < conf->ncredentials; i++)
+        rt->quota_limit[i] = rt->quota_remaining[i] = -1;
+    for (i = 0; i < conf->nroutes; i++) {
+        const struct conf_route *r = &conf->routes[i];
+        char label[600];
+        snprintf(label, sizeof(label), "%s%s", r->host ? r->host : r->upstream_host,
+                 r->path_prefix);
+        rt->route_label[i] = metrics_label_id(label);
     }
     for (i = 0; i < conf->nroutes; i++) {
         const struct conf_route *r = &conf->routes[i];
@@ -96,10 +110,12 @@ struct runtime *runtime_new(struct conf *conf, char *err, size_t errlen)
         if (j == rt->ntargets) {
             struct target *t = &rt->targets[rt->ntargets];
             char hh[300];
+            int v6 = strchr(r->upstream_host, ':') != NULL; /* IP literal: brackets in Host */
             if (r->upstream_port == 443)
-                snprintf(hh, sizeof(hh), "%s", r->upstream_host);
+                snprintf(hh, sizeof(hh), v6 ? "[%s]" : "%s", r->upstream_host);
             else
-                snprintf(hh, sizeof(hh), "%s:%d", r->upstream_host, r->upstream_port);
+                snprintf(hh, sizeof(hh), v6 ? "[%s]:%d" : "%s:%d", r->upstream_host,
+                         r->upstream_port);
             t->name = strdup(r->upstream_host);
             t->port = r->upstream_port;
             t->host_header = strdup(hh);
@@ -157,7 +173,26 @@ void runtime_unref(struct runtime *rt)
     }
     free(rt->targets);
     free(rt->route_target);
+    free(rt->route_label);
+    free(rt->quota_limit);
+    free(rt->quota_remaining);
     token_cache_free(rt->tokens);
     conf_free(rt->conf);
     free(rt);
+}
+
+void runtime_quota_update(struct runtime *rt, size_t cred, long limit, long remaining)
+{
+    __atomic_store_n(&rt->quota_limit[cred], limit, __ATOMIC_RELAXED);
+    __atomic_store_n(&rt->quota_remaining[cred], remaining, __ATOMIC_RELAXED);
+}
+
+long runtime_quota_remaining(const struct runtime *rt, size_t cred)
+{
+    return __atomic_load_n(&rt->quota_remaining[cred], __ATOMIC_RELAXED);
+}
+
+long runtime_quota_limit(const struct runtime *rt, size_t cred)
+{
+    return __atomic_load_n(&rt->quota_limit[cred], __ATOMIC_RELAXED);
 }

@@ -29,7 +29,16 @@ struct runtime {
     struct target *targets;
     size_t ntargets;
     size_t *route_target; /* route index -> target index */
+    int *route_label;     /* route index -> metrics label id */
+    /* Apple's X-Rate-Limit figures per credential (index), updated from responses by any
+     * worker: -1 until Apple has said. */
+    long *quota_limit, *quota_remaining;
 };
+
+/* Records "X-Rate-Limit: user-hour-lim:N;user-hour-rem:M;" for credential index cred. */
+void runtime_quota_update(struct runtime *rt, size_t cred, long limit, long remaining);
+long runtime_quota_remaining(const struct runtime *rt, size_t cred);
+long runtime_quota_limit(const struct runtime *rt, size_t cred);
 
 /* Takes ownership of conf (also on failure). Builds TLS contexts (verification always on) and
  * mints every route's token once, so that the first requests never wait for a signature.

@@ -14,6 +14,8 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 
+#include "proxy/accesslog.h"
+#include "proxy/admin.h"
 #include "proxy/log.h"
 #include "proxy/upstream.h"
 
@@ -96,6 +98,85 @@ fail:
     return -1;
 }
 
+static int addrs_equal(const struct conf *a, const struct conf *b)
+{
+    if (a->nlisten != b->nlisten)
+        return 0;
+    for (size_t i = 0; i < a->nlisten; i++)
+        if (strcmp(a->listen[i].text, b->listen[i].text) != 0)
+            return 0;
+    return 1;
+}
+
+int server_reload(struct server *s)
+{
+    struct conf *conf = NULL;
+    char *errors = NULL, *warnings = NULL;
+    char err[512];
+    s->reloads++;
+    if (conf_load(s->config_path, &conf, &errors, &warnings) < 0) {
+        const char *p = errors ? errors : "invalid configuration";
+        log_msg(LOG_ERROR, "reload rejected; the current configuration keeps serving:");
+        while (p && *p) {
+            const char *nl = strchr(p, '\n');
+            int n = nl ? (int)(nl - p) : (int)strlen(p);
+            if (n)
+                log_msg(LOG_ERROR, "  %.*s", n, p);
+            p = nl ? nl + 1 : NULL;
+        }
+        free(errors);
+        free(warnings);
+        s->reload_failures++;
+        return -1;
+    }
+    if (warnings) {
+        log_msg(LOG_WARN, "reload: %s", warnings);
+        free(warnings);
+    }
+    free(errors);
+    struct runtime *rt = runtime_new(conf, err, sizeof(err));
+    if (rt == NULL) {
+        log_msg(LOG_ERROR, "reload rejected; the current configuration keeps serving: %s", err);
+        s->reload_failures++;
+        return -1;
+    }
+    for (size_t t = 0; t < rt->ntargets; t++)
+        upstream_tls_ctx_prepare(rt->targets[t].ssl_ctx);
+    if (!addrs_equal(rt->conf, s->rt->conf))
+        log_msg(LOG_WARN, "reload: the listen addresses changed; they take effect at the next "
+                          "restart (the proxy keeps its current sockets)");
+    if ((rt->conf->admin_listen.text == NULL) != (s->rt->conf->admin_listen.text == NULL) ||
+        (rt->conf->admin_listen.text && s->rt->conf->admin_listen.text &&
+         strcmp(rt->conf->admin_listen.text, s->rt->conf->admin_listen.text) != 0))
+        log_msg(LOG_WARN, "reload: admin_listen changed; it takes effect at the next restart");
+    if (rt->conf->workers != s->rt->conf->workers)
+        log_msg(LOG_WARN, "reload: workers changed; it takes effect at the next restart");
+    for (int i = 0; i < s->nworkers; i++)
+        worker_reload(&s->workers[i], rt);
+    runtime_unref(s->rt);
+    s->rt = rt;
+    log_msg(LOG_INFO, "reloaded %s: %zu credential%s, %zu route%s", rt->conf->source,
+            rt->conf->ncredentials, rt->conf->ncredentials == 1 ? "" : "s", rt->conf->nroutes,
+            rt->conf->nroutes == 1 ? "" : "s");
+    return 0;
+}
+
+static void hup_cb(evutil_socket_t sig, short what, void *arg)
+{
+    struct server *s = arg;
+    if (!s->stopping)
+        server_reload(s);
+}
+
+static void usr1_cb(evutil_socket_t sig, short what, void *arg)
+{
+    char err[256];
+    if (accesslog_reopen(err, sizeof(err)) < 0)
+        log_msg(LOG_ERROR, "SIGUSR1: %s", err);
+    else
+        log_msg(LOG_INFO, "SIGUSR1: access log reopened");
+}
+
 static void refresh_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct server *s = arg;
@@ -149,7 +230,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     event_add(s->stop_check, &ctv);
 }
 
-int server_run(struct conf *conf)
+int server_run(struct conf *conf, const char *config_path)
 {
     struct server srv;
     struct server *s = &srv;
@@ -160,6 +241,7 @@ int server_run(struct conf *conf)
     long ncpu;
 
     memset(s, 0, sizeof(*s));
+    s->config_path = config_path;
     signal(SIGPIPE, SIG_IGN);
     if (evthread_use_pthreads() != 0) {
         log_msg(LOG_ERROR, "cannot enable libevent threading");
@@ -173,6 +255,13 @@ int server_run(struct conf *conf)
     }
     for (size_t t = 0; t < s->rt->ntargets; t++)
         upstream_tls_ctx_prepare(s->rt->targets[t].ssl_ctx);
+    if (accesslog_open(s->rt->conf->access_log, s->rt->conf->access_log_text ? ACCESSLOG_TEXT
+                                                                              : ACCESSLOG_JSON,
+                       err, sizeof(err)) < 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        runtime_unref(s->rt);
+        return 1;
+    }
     ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     s->nworkers = s->rt->conf->workers > 0 ? s->rt->conf->workers : (int)(ncpu > 0 ? ncpu : 1);
     s->base = event_base_new();
@@ -212,12 +301,22 @@ int server_run(struct conf *conf)
             goto out;
         }
     }
+    {
+        int disabled;
+        s->admin = admin_new(s, &disabled, err, sizeof(err));
+        if (s->admin == NULL && !disabled) {
+            log_msg(LOG_ERROR, "%s", err);
+            goto out;
+        }
+    }
     s->sig_term = evsignal_new(s->base, SIGTERM, signal_cb, s);
     s->sig_int = evsignal_new(s->base, SIGINT, signal_cb, s);
+    s->sig_hup = evsignal_new(s->base, SIGHUP, hup_cb, s);
+    s->sig_usr1 = evsignal_new(s->base, SIGUSR1, usr1_cb, s);
     s->refresh_timer = event_new(s->base, -1, EV_PERSIST, refresh_cb, s);
     s->drain_timer = evtimer_new(s->base, drain_timeout_cb, s);
     s->stop_check = event_new(s->base, -1, EV_PERSIST, stop_check_cb, s);
-    if (!s->sig_term || !s->sig_int || !s->refresh_timer || !s->drain_timer || !s->stop_check) {
+    if (!s->sig_term || !s->sig_int || !s->sig_hup || !s->sig_usr1 || !s->refresh_timer || !s->drain_timer || !s->stop_check) {
         log_msg(LOG_ERROR, "out of memory");
         goto out;
     }
@@ -225,6 +324,8 @@ int server_run(struct conf *conf)
         struct timeval one = {1, 0};
         event_add(s->sig_term, NULL);
         event_add(s->sig_int, NULL);
+        event_add(s->sig_hup, NULL);
+        event_add(s->sig_usr1, NULL);
         event_add(s->refresh_timer, &one);
     }
     for (i = 0; i < s->nworkers; i++)
@@ -263,6 +364,11 @@ out:
         event_free(s->sig_term);
     if (s->sig_int)
         event_free(s->sig_int);
+    if (s->sig_hup)
+        event_free(s->sig_hup);
+    if (s->sig_usr1)
+        event_free(s->sig_usr1);
+    admin_free(s->admin);
     if (s->refresh_timer)
         event_free(s->refresh_timer);
     if (s->drain_timer)
@@ -272,5 +378,6 @@ out:
     if (s->base)
         event_base_free(s->base);
     runtime_unref(s->rt);
+    accesslog_close();
     return rc;
 }

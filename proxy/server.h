@@ -13,12 +13,21 @@ struct server {
     int nworkers;
     size_t nclients;              /* client connections across workers (atomic) */
     int stopping;                 /* SIGTERM/SIGINT received (atomic) */
-    struct event *sig_term, *sig_int, *refresh_timer, *drain_timer, *stop_check;
+    struct event *sig_term, *sig_int, *sig_hup, *sig_usr1, *refresh_timer, *drain_timer,
+        *stop_check;
+    struct admin *admin;
+    const char *config_path;      /* what SIGHUP re-reads (NULL: environment resolution) */
+    unsigned long reloads, reload_failures;
 };
 
 /* Runs the proxy with this configuration (ownership passes) until SIGTERM/SIGINT and a drain.
+ * config_path is what SIGHUP re-reads (NULL: $APPLE_AUTH_PROXY_CONFIG or the environment).
  * Returns the process exit status: 0 after a clean stop, 1 on a start-up failure (logged). */
-int server_run(struct conf *conf);
+int server_run(struct conf *conf, const char *config_path);
+
+/* SIGHUP: re-reads the configuration and keys; a valid one takes over for new requests, an
+ * invalid one is logged and the current one keeps serving. Returns 0 when applied. */
+int server_reload(struct server *s);
 
 /* Counts a new client connection; 0 when it is over the limit (and not counted). */
 int server_client_enter(struct server *s, size_t max);

@@ -32,6 +32,11 @@ static void ex_index_init(void)
     ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
+static struct worker *worker_of(const struct upool *pool)
+{
+    return pool->gen->worker;
+}
+
 static const struct conf_limits *limits_of(const struct upool *pool)
 {
     return &pool->gen->rt->conf->limits;
@@ -92,6 +97,7 @@ void upool_deinit(struct upool *pool)
     struct upconn *c;
     while ((c = TAILQ_FIRST(&pool->idle)) != NULL) {
         TAILQ_REMOVE(&pool->idle, c, link);
+        WSTAT_ADD(worker_of(pool), upstream_idle, -1);
         conn_free(c);
     }
     pool->nidle = 0;
@@ -116,6 +122,7 @@ static void report(struct upconn *c, enum upstream_error err, const char *detail
     }
     snprintf(msg, sizeof(msg), "%s", detail ? detail : "");
     c->pool->nactive--;
+    WSTAT_ADD(worker_of(c->pool), upstream_active, -1);
     conn_free(c);
     if (cb)
         cb(NULL, err, msg, arg);
@@ -151,7 +158,7 @@ static void handshake_event_cb(struct bufferevent *bev, short what, void *arg)
             report(c, UPSTREAM_ERR_TLS, detail);
             return;
         }
-        c->pool->gen->worker->stats.upstream_handshakes++;
+        WSTAT_ADD(worker_of(c->pool), upstream_handshakes, 1);
         bufferevent_set_timeouts(bev, NULL, NULL);
         bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
         report(c, UPSTREAM_OK, NULL);
@@ -263,7 +270,7 @@ static void start_connect(struct upconn *c, const struct sockaddr *sa, socklen_t
         return;
     }
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    c->pool->gen->worker->stats.upstream_connects++;
+    WSTAT_ADD(worker_of(c->pool), upstream_connects, 1);
     if (connect(c->fd, sa, salen) < 0 && errno != EINPROGRESS) {
         snprintf(detail, sizeof(detail), "cannot connect to %s (%s:%d): %s", t->name,
                  t->connect_host, t->connect_port, strerror(errno));
@@ -316,9 +323,11 @@ int upstream_get(struct upool *pool,
         c->state = UP_ACTIVE;
         c->reused = 1;
         pool->nactive++;
+        WSTAT_ADD(w, upstream_idle, -1);
+        WSTAT_ADD(w, upstream_active, 1);
         bufferevent_set_timeouts(c->bev, NULL, NULL);
         bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
-        w->stats.upstream_reused++;
+        WSTAT_ADD(w, upstream_reused, 1);
         *out = c;
         return 0;
     }
@@ -332,12 +341,12 @@ int upstream_get(struct upool *pool,
     c->ready_cb = ready_cb;
     c->arg = arg;
     c->timer = evtimer_new(w->base, deferred_cb, c);
-    pool->nactive++;
     if (c->timer == NULL) {
-        pool->nactive--;
         free(c);
         return -1;
     }
+    pool->nactive++;
+    WSTAT_ADD(w, upstream_active, 1);
 
     struct target *t = pool->target;
     struct sockaddr_storage ss;
@@ -375,6 +384,7 @@ static void idle_close(struct upconn *c)
 {
     TAILQ_REMOVE(&c->pool->idle, c, link);
     c->pool->nidle--;
+    WSTAT_ADD(worker_of(c->pool), upstream_idle, -1);
     conn_free(c);
 }
 
@@ -394,6 +404,7 @@ void upstream_put(struct upconn *c, int reusable)
     struct upool *pool = c->pool;
     const struct conf_limits *lim = limits_of(pool);
     pool->nactive--;
+    WSTAT_ADD(worker_of(pool), upstream_active, -1);
     c->exchanges++;
     if (!reusable || pool->gen->worker->draining || lim->upstream_pool_size == 0 ||
         evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
@@ -407,6 +418,7 @@ void upstream_put(struct upconn *c, int reusable)
     bufferevent_enable(c->bev, EV_READ);
     TAILQ_INSERT_HEAD(&pool->idle, c, link);
     pool->nidle++;
+    WSTAT_ADD(worker_of(pool), upstream_idle, 1);
     while (pool->nidle > lim->upstream_pool_size) {
         struct upconn *old = TAILQ_LAST(&pool->idle, upconn_list);
         idle_close(old);
@@ -417,6 +429,7 @@ void upstream_abort(struct upconn *c)
 {
     c->ready_cb = NULL;
     c->pool->nactive--;
+    WSTAT_ADD(worker_of(c->pool), upstream_active, -1);
     if (c->state == UP_RESOLVING && c->dns_req) {
         /* The resolver still holds c: it is freed when the answer (or cancellation) comes. */
         c->state = UP_ABANDONED;

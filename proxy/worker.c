@@ -13,6 +13,7 @@
 #include <event2/buffer.h>
 #include <event2/thread.h>
 
+#include "proxy/accesslog.h"
 #include "proxy/client.h"
 #include "proxy/http_error.h"
 #include "proxy/log.h"
@@ -84,7 +85,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
         return;
     }
     if (!server_client_enter(w->server, w->gen->rt->conf->limits.max_client_connections)) {
-        w->stats.connections_refused++;
+        WSTAT_ADD(w, connections_refused, 1);
         refuse(fd);
         return;
     }
@@ -98,6 +99,45 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
     int err = EVUTIL_SOCKET_ERROR();
     /* EMFILE and friends: keep serving the connections we have; the listener retries. */
     log_msg(LOG_WARN, "accept failed: %s", evutil_socket_error_to_string(err));
+}
+
+static void alog_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    accesslog_flush(w->alog);
+}
+
+static void reload_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    struct runtime *rt;
+    pthread_mutex_lock(&w->pending_lock);
+    rt = w->pending_rt;
+    w->pending_rt = NULL;
+    pthread_mutex_unlock(&w->pending_lock);
+    if (rt == NULL)
+        return;
+    struct wgen *g = wgen_new(w, rt);
+    runtime_unref(rt); /* the wgen holds its own reference */
+    if (g == NULL) {
+        log_msg(LOG_ERROR, "worker %d: out of memory applying the new configuration", w->id);
+        return;
+    }
+    /* Exchanges in flight hold the old generation; its pools close when they are done. */
+    wgen_unref(w->gen);
+    w->gen = g;
+}
+
+void worker_reload(struct worker *w, struct runtime *rt)
+{
+    struct runtime *old;
+    runtime_ref(rt);
+    pthread_mutex_lock(&w->pending_lock);
+    old = w->pending_rt;
+    w->pending_rt = rt;
+    pthread_mutex_unlock(&w->pending_lock);
+    runtime_unref(old);
+    event_active(w->reload_ev, EV_TIMEOUT, 1);
 }
 
 static void drain_cb(evutil_socket_t fd, short what, void *arg)
@@ -139,9 +179,21 @@ int worker_init(struct worker *w, int id, struct server *server, struct runtime 
     w->gen = wgen_new(w, rt);
     w->listeners = calloc(nfds ? nfds : 1, sizeof(*w->listeners));
     w->drain_ev = event_new(w->base, -1, 0, drain_cb, w);
-    if (w->gen == NULL || w->listeners == NULL || w->drain_ev == NULL) {
+    w->reload_ev = event_new(w->base, -1, 0, reload_cb, w);
+    pthread_mutex_init(&w->pending_lock, NULL);
+    w->lock_init = 1;
+    if (w->gen == NULL || w->listeners == NULL || w->drain_ev == NULL || w->reload_ev == NULL) {
         snprintf(err, errlen, "out of memory");
         goto fail;
+    }
+    if (accesslog_enabled()) {
+        struct timeval tv = {0, 200 * 1000};
+        w->alog = evbuffer_new();
+        w->alog_timer = event_new(w->base, -1, EV_PERSIST, alog_timer_cb, w);
+        if (w->alog == NULL || w->alog_timer == NULL || event_add(w->alog_timer, &tv) < 0) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
     }
     for (i = 0; i < nfds; i++) {
         w->listeners[i] = evconnlistener_new(w->base, accept_cb, w,
@@ -166,6 +218,8 @@ static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     event_base_dispatch(w->base);
+    if (w->alog)
+        accesslog_flush(w->alog);
     __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
     return NULL;
 }
@@ -187,6 +241,14 @@ void worker_deinit(struct worker *w)
 {
     size_t i;
     client_free_all(w);
+    if (w->alog) {
+        accesslog_flush(w->alog);
+        evbuffer_free(w->alog);
+        w->alog = NULL;
+    }
+    if (w->alog_timer)
+        event_free(w->alog_timer);
+    w->alog_timer = NULL;
     for (i = 0; i < w->nlisteners; i++)
         evconnlistener_free(w->listeners[i]);
     free(w->listeners);
@@ -198,6 +260,15 @@ void worker_deinit(struct worker *w)
     if (w->drain_ev)
         event_free(w->drain_ev);
     w->drain_ev = NULL;
+    if (w->reload_ev)
+        event_free(w->reload_ev);
+    w->reload_ev = NULL;
+    if (w->lock_init) {
+        runtime_unref(w->pending_rt);
+        w->pending_rt = NULL;
+        pthread_mutex_destroy(&w->pending_lock);
+        w->lock_init = 0;
+    }
     if (w->dns)
         evdns_base_free(w->dns, 1);
     w->dns = NULL;

@@ -10,6 +10,7 @@
 #include <event2/dns.h>
 #include <event2/listener.h>
 
+#include "proxy/metrics.h"
 #include "proxy/runtime.h"
 
 struct server;
@@ -22,15 +23,20 @@ struct worker_stats {
     uint64_t connections_accepted;
     uint64_t connections_refused;  /* over max_client_connections */
     uint64_t requests;             /* requests whose head was parsed */
-    uint64_t responses[6];         /* by class: [1]..[5] = 1xx..5xx */
     uint64_t proxy_errors;         /* responses the proxy made itself */
     uint64_t upstream_connects;    /* TCP connections opened upstream */
     uint64_t upstream_handshakes;  /* TLS handshakes completed upstream */
     uint64_t upstream_reused;      /* exchanges on a pooled connection */
     uint64_t upstream_retries;     /* requests retried on a fresh connection */
     uint64_t token_retries;        /* requests retried after Apple's 401 with a fresh token */
-    uint64_t bytes_from_clients, bytes_to_clients;
+    uint64_t upstream_active;      /* gauge: connecting or serving an exchange */
+    uint64_t upstream_idle;        /* gauge: waiting in a pool */
 };
+
+/* Adds to a counter or gauge of the worker's own (relaxed atomics: scrapes read concurrently). */
+#define WSTAT_ADD(w, field, v)                                                                     \
+    __atomic_store_n(&(w)->stats.field, __atomic_load_n(&(w)->stats.field, __ATOMIC_RELAXED) + (v), \
+                     __ATOMIC_RELAXED)
 
 /* A worker's view of one runtime: the runtime and this worker's pools for its targets.
  * Clients hold a reference while an exchange uses it. */
@@ -55,10 +61,17 @@ struct worker {
     size_t nclients;
     int draining;
     struct event *drain_ev;   /* activated from the main thread */
+    struct event *reload_ev;  /* activated from the main thread with pending_rt set */
+    pthread_mutex_t pending_lock;
+    struct runtime *pending_rt; /* a reference handed over by the main thread */
+    int lock_init;
     pthread_t thread;
     int started;
     int done;                 /* set (atomically) when the thread's loop has ended */
     struct worker_stats stats;
+    struct metrics_shard metrics;
+    struct evbuffer *alog;    /* access log lines waiting for the next flush */
+    struct event *alog_timer;
 };
 
 /* Creates the worker's event base and DNS resolver and wraps the given listening sockets
@@ -69,6 +82,9 @@ int worker_init(struct worker *w, int id, struct server *server, struct runtime 
 int worker_start(struct worker *w);
 /* Asks the worker (from any thread) to stop accepting and finish its exchanges. */
 void worker_drain(struct worker *w);
+/* Hands the worker a new configuration (a reference is taken); its new exchanges use it while
+ * those in flight finish on the old one. Thread-safe. */
+void worker_reload(struct worker *w, struct runtime *rt);
 /* Frees everything of a stopped worker. */
 void worker_deinit(struct worker *w);
 

@@ -1,0 +1,216 @@
+/* request: the pure part of forwarding a request: target parsing, routing and the upstream head
+ * the proxy re-serialises. No sockets and no event loop, so it is unit-tested and fuzzed. */
+#include "proxy/request.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+
+#include "proxy/http_error.h"
+#include "proxy/route.h"
+
+int http_is_hop_by_hop(const char *name, size_t len)
+{
+    static const char *const names[] = {"connection", "keep-alive", "proxy-connection", "te",
+                                        "trailer",    "transfer-encoding", "upgrade",
+                                        "http2-settings", "proxy-authorization",
+                                        "proxy-authenticate"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (http1_name_is(name, len, names[i]))
+            return 1;
+    return 0;
+}
+
+int http_connection_lists(const struct http1_msg *m, const char *name, size_t len)
+{
+    char lower[128];
+    size_t i;
+    if (len >= sizeof(lower))
+        return 0;
+    for (i = 0; i < len; i++)
+        lower[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] - 'A' + 'a' : name[i]);
+    lower[len] = '\0';
+    for (i = 0; i < m->nheaders; i++) {
+        const struct http1_header *h = &m->headers[i];
+        if (http1_name_is(h->name, h->name_len, "connection") &&
+            http1_list_has(h->value, h->value_len, lower))
+            return 1;
+    }
+    return 0;
+}
+
+static int is_idempotent(const char *m, size_t n)
+{
+    return (n == 3 && (!memcmp(m, "GET", 3) || !memcmp(m, "PUT", 3))) ||
+           (n == 4 && !memcmp(m, "HEAD", 4)) || (n == 6 && !memcmp(m, "DELETE", 6)) ||
+           (n == 7 && !memcmp(m, "OPTIONS", 7)) || (n == 5 && !memcmp(m, "TRACE", 5));
+}
+
+/* RFC 3986 5.2.4: a path with "." or ".." segments (also percent-encoded) could name another
+ * resource after normalisation than the prefix it was routed by; such targets are refused. */
+static int has_dot_segment(const char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        size_t start = ++i; /* after a '/' */
+        while (i < n && p[i] != '/')
+            i++;
+        size_t seg = i - start;
+        const char *s = p + start;
+        if ((seg == 1 && s[0] == '.') || (seg == 2 && s[0] == '.' && s[1] == '.'))
+            return 1;
+        if (seg == 3 && strncasecmp(s, "%2e", 3) == 0)
+            return 1;
+        if ((seg == 4 && ((s[0] == '.' && strncasecmp(s + 1, "%2e", 3) == 0) ||
+                          (strncasecmp(s, "%2e", 3) == 0 && s[3] == '.'))) ||
+            (seg == 6 && strncasecmp(s, "%2e%2e", 6) == 0))
+            return 1;
+    }
+    return 0;
+}
+
+static void fail(struct request_plan *p, const char *code, const char *detail, int keep)
+{
+    p->code = code;
+    snprintf(p->detail, sizeof(p->detail), "%s", detail);
+    p->keep = keep;
+}
+
+static int build_head(struct request_plan *p, const struct http1_msg *m, const struct target *t,
+                      const char *path, size_t path_len, const char *prefix)
+{
+    struct evbuffer *b = evbuffer_new();
+    int had_cl = 0;
+    size_t i;
+    if (b == NULL)
+        return -1;
+    evbuffer_add(b, m->method, m->method_len);
+    evbuffer_add(b, " ", 1);
+    if (prefix)
+        evbuffer_add(b, prefix, strlen(prefix));
+    evbuffer_add(b, path, path_len);
+    evbuffer_add(b, " HTTP/1.1\r\nHost: ", 17);
+    evbuffer_add(b, t->host_header, t->host_header_len);
+    evbuffer_add(b, "\r\n", 2);
+    for (i = 0; i < m->nheaders; i++) {
+        const struct http1_header *h = &m->headers[i];
+        if (http1_name_is(h->name, h->name_len, "content-length")) {
+            had_cl = 1;
+            continue;
+        }
+        if (http_is_hop_by_hop(h->name, h->name_len) ||
+            http1_name_is(h->name, h->name_len, "host") ||
+            http1_name_is(h->name, h->name_len, "authorization") ||
+            http1_name_is(h->name, h->name_len, "expect") ||
+            http_connection_lists(m, h->name, h->name_len))
+            continue;
+        evbuffer_add(b, h->name, h->name_len);
+        evbuffer_add(b, ": ", 2);
+        evbuffer_add(b, h->value, h->value_len);
+        evbuffer_add(b, "\r\n", 2);
+    }
+    if (m->body == HTTP1_BODY_CHUNKED)
+        evbuffer_add(b, "Transfer-Encoding: chunked\r\n", 28);
+    else if (m->body == HTTP1_BODY_LENGTH || had_cl)
+        evbuffer_add_printf(b, "Content-Length: %" PRIu64 "\r\n", m->content_length);
+    p->head_len = evbuffer_get_length(b);
+    p->head = malloc(p->head_len ? p->head_len : 1);
+    if (p->head)
+        evbuffer_remove(b, p->head, p->head_len);
+    evbuffer_free(b);
+    return p->head ? 0 : -1;
+}
+
+int request_plan(const struct runtime *rt, const struct http1_msg *m, struct request_plan *p)
+{
+    const char *host = NULL, *path = m->target, *query;
+    size_t host_len = 0, path_len = m->target_len;
+    int absolute = 0;
+    int no_body = m->body == HTTP1_BODY_NONE;
+    char err[200];
+
+    memset(p, 0, sizeof(*p));
+    p->http10 = m->version_major == 1 && m->version_minor == 0;
+    p->is_head = m->method_len == 4 && memcmp(m->method, "HEAD", 4) == 0;
+    p->idempotent = is_idempotent(m->method, m->method_len);
+
+    if (m->parser.method == HTTP_CONNECT) {
+        fail(p, proxy_err_connect,
+             "CONNECT opens a TLS tunnel, and the proxy cannot add the Authorization header "
+             "inside one: send plain http:// requests to the proxy instead",
+             0);
+        return 0;
+    }
+    if (path_len > 7 && (strncasecmp(path, "http://", 7) == 0 ||
+                         (path_len > 8 && strncasecmp(path, "https://", 8) == 0))) {
+        /* absolute-form (what clients send through HTTP_PROXY): routed by its own host */
+        const char *auth = path + (path[4] == ':' ? 7 : 8);
+        const char *end = m->target + m->target_len;
+        const char *q = auth;
+        while (q < end && *q != '/' && *q != '?')
+            q++;
+        if (q == auth || memchr(auth, '@', (size_t)(q - auth))) {
+            fail(p, proxy_err_bad_request, "invalid authority in the request target", 0);
+            return 0;
+        }
+        route_host_name(auth, (size_t)(q - auth), &host, &host_len);
+        absolute = 1;
+        path = q;
+        path_len = (size_t)(end - q);
+    } else if (path_len == 0 || path[0] != '/') {
+        fail(p, proxy_err_bad_request, "the request target must be a path or an http:// URL", 0);
+        return 0;
+    } else if (m->has_host) {
+        route_host_name(m->host, m->host_len, &host, &host_len);
+    }
+    query = memchr(path, '?', path_len);
+    size_t bare_len = query ? (size_t)(query - path) : path_len;
+    if (memchr(path, '#', path_len) || has_dot_segment(path, bare_len)) {
+        fail(p, proxy_err_bad_request, "the request path has a fragment or dot-segments", 0);
+        return 0;
+    }
+    /* An absolute-form target with an empty path means "/" (RFC 9112 3.2.2). */
+    const char *route_path = bare_len ? path : "/";
+    size_t route_len = bare_len ? bare_len : 1;
+    enum route_result rr =
+        route_find(rt->conf, host, host_len, absolute, route_path, route_len, &p->route);
+    if (rr == ROUTE_FOREIGN_HOST) {
+        snprintf(err, sizeof(err), "%.*s is not one of the configured upstreams",
+                 (int)(host_len > 150 ? 150 : host_len), host);
+        fail(p, proxy_err_forbidden_host, err, no_body);
+        return 0;
+    }
+    if (rr == ROUTE_NONE) {
+        fail(p, proxy_err_no_route, "no configured route matches this request", no_body);
+        return 0;
+    }
+    if (m->body == HTTP1_BODY_LENGTH && rt->conf->limits.max_body &&
+        m->content_length > rt->conf->limits.max_body) {
+        fail(p, proxy_err_body_too_large, "Content-Length is larger than max_body_bytes", 0);
+        return 0;
+    }
+    const struct conf_route *route = &rt->conf->routes[p->route];
+    const char *fwd = path;
+    size_t fwd_len = path_len;
+    const char *prefix = NULL;
+    if (route->strip_prefix) {
+        size_t sl = strlen(route->strip_prefix);
+        if (fwd_len >= sl && memcmp(fwd, route->strip_prefix, sl) == 0) {
+            fwd += sl;
+            fwd_len -= sl;
+        }
+    }
+    if (fwd_len == 0 || fwd[0] != '/')
+        prefix = "/"; /* the forwarded target always starts with '/' */
+    return build_head(p, m, &rt->targets[rt->route_target[p->route]], fwd, fwd_len, prefix);
+}
+
+void request_plan_deinit(struct request_plan *p)
+{
+    free(p->head);
+    p->head = NULL;
+}

@@ -1,0 +1,34 @@
+/* request: the pure part of forwarding a request: target parsing, routing and the upstream head
+ * the proxy re-serialises. No sockets and no event loop, so it is unit-tested and fuzzed. */
+#ifndef AAP_PROXY_REQUEST_H
+#define AAP_PROXY_REQUEST_H
+
+#include <stddef.h>
+#include "proxy/http1.h"
+#include "proxy/runtime.h"
+
+struct request_plan {
+    const char *code;  /* NULL: forward it; else the proxy error (http_error.h) to answer */
+    char detail[256];
+    int keep;          /* after an error: the connection stays usable (no body to skip) */
+    size_t route;
+    int is_head, idempotent, http10;
+    char *head;        /* malloc'd: request line, Host, forwarded headers and framing; the
+                          token line and the final CRLF are added when it is sent */
+    size_t head_len;
+};
+
+/* Plans a request whose head m is complete: CONNECT and malformed targets are refused, the
+ * route is chosen (absolute-form targets only to configured upstreams), the body limit is
+ * checked, and the head is re-serialised: hop-by-hop headers, everything Connection lists,
+ * Authorization, Proxy-Authorization, Host and Expect are dropped; Host is the upstream's;
+ * framing is the proxy's own. Returns 0 (p->code says whether to forward); -1 out of memory. */
+int request_plan(const struct runtime *rt, const struct http1_msg *m, struct request_plan *p);
+void request_plan_deinit(struct request_plan *p);
+
+/* RFC 9110 7.6.1 hop-by-hop fields, plus the proxy credentials that never cross the proxy. */
+int http_is_hop_by_hop(const char *name, size_t len);
+/* Whether a Connection header of m lists this field name. */
+int http_connection_lists(const struct http1_msg *m, const char *name, size_t len);
+
+#endif
