@@ -26,6 +26,7 @@
 #define WK_KEY           "WEATHERKIT_KEY"
 #define ENV_LISTEN       "APPLE_AUTH_PROXY_LISTEN"
 #define ENV_WORKERS      "APPLE_AUTH_PROXY_WORKERS"
+#define ENV_ADMIN        "APPLE_AUTH_PROXY_ADMIN_LISTEN"
 
 #define ASC_SET                                                                                    \
     ASC_KEY_ID ", " ASC_ISSUER_ID " (absent for an individual key) and " ASC_KEY_FILEPATH          \
@@ -330,6 +331,26 @@ void conf_env_overrides(struct conf *conf, conf_getenv_fn g, struct conf_msgs *e
         }
     }
 workers:
+    v = conf_env_get(g, ENV_ADMIN);
+    if (v != NULL) {
+        struct conf_addr a;
+        char why[160], shown[72];
+        char *t = conf_env_trimmed(v, strlen(v));
+        memset(&a, 0, sizeof a);
+        if (t == NULL) {
+            errs->oom = 1;
+        } else if (strcmp(t, "off") == 0) {
+            conf_addr_deinit(&conf->admin_listen);
+        } else if (conf_addr_parse_why(t, &a, 1, why, sizeof why) != 0) {
+            conf_printable(t, shown, sizeof shown);
+            conf_msgs_add(errs, ENV_ADMIN, "%s (got \"%s\"; expected host:port or off)", why,
+                          shown);
+        } else {
+            conf_addr_deinit(&conf->admin_listen);
+            conf->admin_listen = a;
+        }
+        free(t);
+    }
     v = conf_env_get(g, ENV_WORKERS);
     if (v == NULL)
         return;

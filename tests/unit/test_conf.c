@@ -1103,13 +1103,28 @@ static void test_config_files(void **state)
     /* conf_load: the path, APPLE_AUTH_PROXY_LISTEN over it. */
     assert_int_equal(setenv("APPLE_AUTH_PROXY_LISTEN", "0.0.0.0:9000, [::]:9000", 1), 0);
     assert_int_equal(setenv("APPLE_AUTH_PROXY_WORKERS", "3", 1), 0);
+    assert_int_equal(setenv("APPLE_AUTH_PROXY_ADMIN_LISTEN", "0.0.0.0:9902", 1), 0);
     assert_int_equal(conf_load(path, &conf, &errors, &warnings), 0);
     assert_int_equal(conf->nlisten, 2);
     assert_string_equal(conf->listen[0].text, "0.0.0.0:9000");
     assert_string_equal(conf->listen[1].host, "::");
     assert_int_equal(conf->workers, 3);
+    assert_string_equal(conf->admin_listen.text, "0.0.0.0:9902");
+    assert_int_equal(conf->admin_listen.port, 9902);
     conf_free(conf);
     free(warnings);
+    /* APPLE_AUTH_PROXY_ADMIN_LISTEN=off turns the admin listener off; garbage is an error. */
+    assert_int_equal(setenv("APPLE_AUTH_PROXY_ADMIN_LISTEN", "off", 1), 0);
+    assert_int_equal(conf_load(path, &conf, &errors, &warnings), 0);
+    assert_null(conf->admin_listen.text);
+    conf_free(conf);
+    free(warnings);
+    assert_int_equal(setenv("APPLE_AUTH_PROXY_ADMIN_LISTEN", "nonsense", 1), 0);
+    assert_int_equal(conf_load(path, &conf, &errors, &warnings), -1);
+    assert_contains(errors, "APPLE_AUTH_PROXY_ADMIN_LISTEN: ");
+    free(errors);
+    free(warnings);
+    unsetenv("APPLE_AUTH_PROXY_ADMIN_LISTEN");
     /* ... and $APPLE_AUTH_PROXY_CONFIG when there is no path. */
     assert_int_equal(setenv("APPLE_AUTH_PROXY_CONFIG", path, 1), 0);
     assert_int_equal(setenv("APPLE_AUTH_PROXY_LISTEN", "localhost", 1), 0);
