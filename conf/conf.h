@@ -5,11 +5,54 @@
 #include <stddef.h>
 #include "auth/profile.h"
 
-/* A listen address "host:port" or "[v6]:port", parsed. */
+/* A listen address "host:port" or "[v6]:port", parsed. Listeners given as objects
+ * {"address": ..., "tls": {"cert_file", "key_file", "client_ca_file"}} serve HTTPS; the tls_*
+ * fields are NULL for plain HTTP (and always for admin_listen). */
 struct conf_addr {
     char *text;  /* as written, e.g. "127.0.0.1:8080" */
     char *host;  /* "127.0.0.1", "::1", "localhost" */
     int port;    /* 1..65535 (0 is allowed for listeners: the kernel picks) */
+    char *tls_cert_file;      /* PEM certificate chain; set iff the listener is TLS */
+    char *tls_key_file;       /* PEM private key for it */
+    char *tls_client_ca_file; /* optional: client certificates are verified against these CAs
+                                 (mutual TLS; a verified certificate identifies a client by its
+                                 subject, see conf_client.cert_subject) */
+};
+
+/* One "allow" rule of a client: a request is allowed when its method is one of methods (all
+ * methods when nmethods is 0) and its path starts with path_prefix ("/" when absent). */
+struct conf_allow_rule {
+    char **methods; /* upper case */
+    size_t nmethods;
+    char *path_prefix;
+};
+
+/* An "allow_cidrs" entry: "10.1.0.0/16", "2001:db8::/32", or a bare address (/32, /128). */
+struct conf_cidr {
+    int family;             /* AF_INET or AF_INET6 */
+    unsigned char addr[16]; /* network address, host bits zero */
+    int prefix;
+    char *text;
+};
+
+/* A client identity of the gateway ("clients": {"NAME": {...}}). */
+struct conf_client {
+    char *name;
+    unsigned char key_sha256[32]; /* SHA-256 of the client's secret ("key_sha256": 64 hex) */
+    int has_key;
+    char *cert_subject;  /* optional: RFC 2253 subject of a client certificate (on a listener
+                            with client_ca_file) that identifies this client, e.g.
+                            "CN=release-bot,O=Example" */
+    struct conf_allow_rule *allow; /* none: every method and path */
+    size_t nallow;
+    char **credentials;  /* credential names this client may use; none: all */
+    size_t ncredentials;
+    size_t *credential_index; /* resolved indexes into conf.credentials */
+    struct conf_cidr *allow_cidrs; /* none: any source address */
+    size_t nallow_cidrs;
+    double rate_per_second; /* "rate": {"per_second", "burst"}; 0: no limit */
+    double rate_burst;      /* default: max(1, per_second) */
+    int priority;           /* "priority": true: exempt from credentials' quota_reserve */
 };
 
 struct conf_route {
@@ -27,6 +70,9 @@ struct conf_route {
     size_t nscope;
     char *credential;   /* credential name */
     size_t credential_index; /* index into conf.credentials */
+    int client_scopes;  /* "client_scopes": true (app-store-connect routes without their own
+                           scope): a client whose allow rules are all GET/HEAD gets tokens whose
+                           scope claim is "GET <path_prefix>" for each of its rules */
 };
 
 /* Limits and timeouts; every one is configurable under "limits" and documented in
@@ -62,6 +108,12 @@ struct conf {
     struct conf_limits limits;
     long token_refresh_margin;  /* "token_refresh_margin" seconds, default 300 (capped to a third of
                                    the shortest lifetime by validation) */
+    long *quota_reserve;        /* per credential (parallel to credentials): "quota_reserve" on
+                                   a credential, -1 when not set */
+    struct conf_client *clients; /* "clients": the gateway's client identities */
+    size_t nclients;
+    int allow_anonymous_clients; /* "allow_anonymous_clients": true, or the environment's
+                                    APPLE_AUTH_PROXY_ALLOW_ANONYMOUS_CLIENTS=true */
     char *access_log;           /* "access_log": {"path": ...}: NULL or "-" stdout, "off", or a
                                    file reopened on SIGUSR1 */
     int access_log_text;        /* "access_log": {"format": "text"} (default "json") */
@@ -89,6 +141,13 @@ int conf_load_env(const char *(*getenv_fn)(const char *name), struct conf **out,
 /* The command-line resolution: path if non-NULL, else $APPLE_AUTH_PROXY_CONFIG, else the
  * environment. APPLE_AUTH_PROXY_LISTEN overrides the listen addresses in every mode. */
 int conf_load(const char *path, struct conf **out, char **errors, char **warnings);
+
+/* The gateway's safety rule, checked after every override (--listen included): a listener on a
+ * non-loopback address while no client identity is configured is an error naming `clients` and
+ * the opt-out `"allow_anonymous_clients": true`; with the opt-out it is a warning. Loopback means
+ * 127.0.0.0/8, ::1 and "localhost". Messages are appended to *errors / *warnings (malloc'd,
+ * caller frees; they may already hold text). Returns 0, or -1 on an error. */
+int conf_check_exposure(const struct conf *conf, char **errors, char **warnings);
 
 /* Finds a credential by name; NULL when absent. */
 const struct credential *conf_credential(const struct conf *conf, const char *name);

@@ -34,8 +34,11 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/x509.h>
 
 #include "proxy/accesslog.h"
+#include "proxy/gateway.h"
 #include "proxy/http1.h"
 #include "proxy/http_error.h"
 #include "proxy/log.h"
@@ -97,7 +100,11 @@ struct client {
     size_t method_len;
     char *log_line;             /* method, '\0', target: copied when the access log is on */
     size_t log_method_len, log_target_len;
+    const char *client_name;    /* the gateway client (owned by the configuration) */
+    char *tls_subject;          /* a verified client certificate's subject (TLS listeners) */
+    unsigned tls : 1;           /* the connection is HTTPS */
     char peer[64];
+    struct sockaddr_storage peer_addr;
 };
 
 static const struct conf_limits *limits(const struct client *c)
@@ -116,6 +123,13 @@ static uint64_t mono_us(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static double now_real(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* Writes the exchange's record (once): metrics always, the access log when it is on. */
@@ -177,6 +191,7 @@ static void client_free(struct client *c)
     if (c->gen)
         wgen_unref(c->gen);
     free(c->up_head);
+    free(c->tls_subject);
     http1_msg_deinit(&c->req);
     http1_msg_deinit(&c->resp);
     if (c->bev)
@@ -204,6 +219,18 @@ static void end_exchange_objects(struct client *c)
     }
 }
 
+/* Everything queued for the client is written: half-close and linger (plain TCP), or end the
+ * TLS connection. */
+static void closing_flushed(struct client *c)
+{
+    if (c->tls) {
+        c->dead = 1;
+        return;
+    }
+    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+    arm_timer(c, LINGER_MS);
+}
+
 /* Flush what is queued, half-close, read and discard what the client still sends for a short
  * while, then free: closing with unread input would reset the connection and could destroy
  * the error response on its way to the client. */
@@ -224,11 +251,9 @@ static void start_closing(struct client *c)
         bufferevent_set_timeouts(c->bev, NULL, &stv);
     }
     evtimer_del(c->timer);
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
-        shutdown(bufferevent_getfd(c->bev), SHUT_WR);
-        arm_timer(c, LINGER_MS);
-    }
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        closing_flushed(c);
 }
 
 static const char *code_for_status(int status)
@@ -244,9 +269,18 @@ static const char *code_for_status(int status)
     }
 }
 
+static void reply_error_ex(struct client *c, const char *code, const char *detail, int keep,
+                           const char *extra);
+
 /* A response made by the proxy. keep: the connection stays usable (the request was read whole
  * and no response has started); otherwise it closes after the reply. */
 static void reply_error(struct client *c, const char *code, const char *detail, int keep)
+{
+    reply_error_ex(c, code, detail, keep, NULL);
+}
+
+static void reply_error_ex(struct client *c, const char *code, const char *detail, int keep,
+                           const char *extra)
 {
     int status = http_error_status(code);
     WSTAT_ADD(c->w, proxy_errors, 1);
@@ -260,7 +294,7 @@ static void reply_error(struct client *c, const char *code, const char *detail, 
     {
         struct evbuffer *out = bufferevent_get_output(c->bev);
         size_t before = evbuffer_get_length(out);
-        http_error_write(out, status, code, detail, !keep);
+        http_error_write_ex(out, status, code, detail, !keep, extra);
         c->bytes_out += evbuffer_get_length(out) - before;
     }
     c->status = status;
@@ -612,6 +646,15 @@ static void up_read_head(struct client *c)
             }
         }
         note_rate_limit(c);
+        if (c->resp.status == 429) {
+            /* Apple's Retry-After is respected for everyone using the credential. */
+            const struct http1_header *ra = http1_find(&c->resp, "retry-after");
+            double until = ra ? gateway_parse_retry_after(ra->value, ra->value_len, now_real())
+                              : -1;
+            if (until > 0)
+                runtime_block_until(c->gen->rt,
+                                    c->gen->rt->conf->routes[c->route].credential_index, until);
+        }
         if (!c->discard)
             write_response_head(c);
         evbuffer_drain(in, c->resp.head_len);
@@ -832,6 +875,58 @@ static void feed_body(struct client *c)
 
 /* ---- the request head ---- */
 
+/* The RFC 2253 subject of the client's certificate when one was presented and verified. */
+static char *peer_subject(struct client *c)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    X509 *cert = ssl ? SSL_get0_peer_certificate(ssl) : NULL;
+    BIO *bio;
+    char *out = NULL;
+    if (cert == NULL || SSL_get_verify_result(ssl) != X509_V_OK)
+        return NULL;
+    bio = BIO_new(BIO_s_mem());
+    if (bio == NULL)
+        return NULL;
+    if (X509_NAME_print_ex(bio, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) >= 0) {
+        char *data;
+        long n = BIO_get_mem_data(bio, &data);
+        out = n >= 0 ? strndup(data, (size_t)n) : NULL;
+    }
+    BIO_free(bio);
+    return out;
+}
+
+/* The scope of the exchange's tokens: the client's own under "client_scopes", else the
+ * route's. */
+static const char *const *client_scope(struct client *c, const struct conf_client *cl, size_t *n)
+{
+    const struct runtime *rt = c->gen->rt;
+    if (cl) {
+        size_t k = (size_t)(cl - rt->conf->clients) * rt->conf->nroutes + c->route;
+        if (rt->client_scope[k]) {
+            *n = rt->client_scope_n[k];
+            return (const char *const *)rt->client_scope[k];
+        }
+    }
+    return runtime_route_scope(rt, c->route, n);
+}
+
+/* A gateway refusal: 407 with the challenges, 429 with Retry-After, 403. */
+static void reply_verdict(struct client *c, const struct gateway_verdict *v, int keep)
+{
+    char extra[160];
+    extra[0] = '\0';
+    if (v->code == proxy_err_proxy_auth)
+        snprintf(extra, sizeof(extra), "Proxy-Authenticate: Basic realm=\"apple-auth-proxy\"\r\n"
+                                       "Proxy-Authenticate: Bearer realm=\"apple-auth-proxy\"\r\n");
+    else if (v->retry_after > 0)
+        snprintf(extra, sizeof(extra), "Retry-After: %ld\r\n", v->retry_after);
+    if (v->code == proxy_err_proxy_auth || v->code == proxy_err_client_forbidden)
+        log_msg(LOG_WARN, "client %s%s%s: refused: %s", c->peer, c->client_name ? " " : "",
+                c->client_name ? c->client_name : "", v->detail);
+    reply_error_ex(c, v->code, v->detail, keep, extra);
+}
+
 /* The head is complete: plan it (route, token, upstream head), drain it from the input and
  * start the exchange, or answer the proxy's error. */
 static void start_exchange(struct client *c)
@@ -847,11 +942,7 @@ static void start_exchange(struct client *c)
     rt = c->gen->rt;
     c->in_exchange = 1;
     c->t_start_us = mono_us();
-    {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        c->t_start = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-    }
+    c->t_start = now_real();
     c->status = 0;
     c->label = 0;
     c->up_reused = -1;
@@ -878,6 +969,21 @@ static void start_exchange(struct client *c)
     c->close_after = c->chunked_out = c->last_chunk = 0;
     c->req.sink = &req_sink;
     c->req.sink_arg = c;
+    c->client_name = NULL;
+    if (c->tls && c->tls_subject == NULL)
+        c->tls_subject = peer_subject(c);
+    const struct conf_client *cl = NULL;
+    struct gateway_verdict v;
+    /* Who is asking comes first: an unknown client learns nothing about the routes. */
+    gateway_identify(rt->conf, m, c->tls_subject, (const struct sockaddr *)&c->peer_addr, &cl, &v);
+    if (cl)
+        c->client_name = cl->name;
+    int keep = m->body == HTTP1_BODY_NONE;
+    if (v.code) {
+        evbuffer_drain(bufferevent_get_input(c->bev), m->head_len);
+        reply_verdict(c, &v, keep);
+        return;
+    }
     if (request_plan(rt, m, &plan) < 0) {
         evbuffer_drain(bufferevent_get_input(c->bev), m->head_len);
         reply_error(c, proxy_err_bad_request, "out of memory", 0);
@@ -889,21 +995,34 @@ static void start_exchange(struct client *c)
     c->route = plan.route;
     if (plan.code == NULL || plan.code == proxy_err_body_too_large)
         c->label = rt->route_label[plan.route];
-    evbuffer_drain(bufferevent_get_input(c->bev), m->head_len);
-    if (plan.code) {
-        reply_error(c, plan.code, plan.detail, plan.keep);
+    if (plan.code == NULL) {
+        /* Policy before any token is taken: the client's credentials and rules, its rate, and
+         * Apple's quota for the credential. plan.path points into the head: still there. */
+        gateway_authorize(rt->conf, cl, m->method, m->method_len, plan.path, plan.path_len,
+                          c->route, &v);
+        if (v.code == NULL && cl)
+            gateway_rate_take(rt->buckets, rt->conf, (size_t)(cl - rt->conf->clients),
+                              now_real(), &v);
+        if (v.code == NULL)
+            gateway_quota_check(rt, cl, c->route, now_real(), &v);
+    }
+    evbuffer_drain(bufferevent_get_input(c->bev), m->head_len); /* m's spans are gone now */
+    if (plan.code || v.code) {
+        if (plan.code)
+            reply_error(c, plan.code, plan.detail, plan.keep);
+        else
+            reply_verdict(c, &v, keep);
         request_plan_deinit(&plan);
         return;
     }
     const struct credential *cred =
         &rt->conf->credentials[rt->conf->routes[c->route].credential_index];
     size_t nscope;
-    const char *const *scope = runtime_route_scope(rt, c->route, &nscope);
+    const char *const *scope = client_scope(c, cl, &nscope);
     c->tok = token_cache_get(rt->tokens, cred, scope, nscope, err, sizeof(err));
     if (c->tok == NULL) {
         log_msg(LOG_ERROR, "credential %s: cannot mint a token: %s", cred->name, err);
-        reply_error(c, proxy_err_token, "the token for this route could not be made",
-                    m->body == HTTP1_BODY_NONE);
+        reply_error(c, proxy_err_token, "the token for this route could not be made", keep);
         request_plan_deinit(&plan);
         return;
     }
@@ -964,10 +1083,8 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
     struct client *c = arg;
     size_t left = evbuffer_get_length(bufferevent_get_output(bev));
     if (c->state == C_CLOSING) {
-        if (left == 0) {
-            shutdown(bufferevent_getfd(bev), SHUT_WR);
-            arm_timer(c, LINGER_MS);
-        }
+        if (left == 0)
+            closing_flushed(c);
     } else if (c->up_paused && c->up) {
         c->up_paused = 0;
         bufferevent_enable(c->up->bev, EV_READ);
@@ -1025,7 +1142,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
         client_free(c);
 }
 
-int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen)
+int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen,
+               SSL_CTX *tls)
 {
     const struct conf_limits *lim = &w->gen->rt->conf->limits;
     struct client *c = calloc(1, sizeof(*c));
@@ -1034,7 +1152,20 @@ int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t 
         return -1;
     }
     c->w = w;
-    c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (tls) {
+        SSL *ssl = SSL_new(tls);
+        c->bev = ssl ? bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                      BEV_OPT_CLOSE_ON_FREE)
+                     : NULL;
+        if (c->bev == NULL && ssl)
+            SSL_free(ssl);
+        if (c->bev) {
+            bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+            c->tls = 1;
+        }
+    } else {
+        c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
     c->timer = evtimer_new(w->base, timer_cb, c);
     if (c->bev == NULL || c->timer == NULL) {
         if (c->bev)
@@ -1046,6 +1177,8 @@ int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t 
         free(c);
         return -1;
     }
+    if ((size_t)addrlen <= sizeof(c->peer_addr))
+        memcpy(&c->peer_addr, addr, (size_t)addrlen);
     if (addr->sa_family == AF_INET) {
         const struct sockaddr_in *s = (const struct sockaddr_in *)addr;
         char ip[INET_ADDRSTRLEN];
@@ -1057,7 +1190,6 @@ int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t 
         inet_ntop(AF_INET6, &s->sin6_addr, ip, sizeof(ip));
         snprintf(c->peer, sizeof(c->peer), "[%s]:%d", ip, ntohs(s->sin6_port));
     }
-    (void)addrlen;
     c->req_limits.max_line = lim->max_request_line;
     c->req_limits.max_head = lim->max_header_bytes;
     c->req_limits.max_headers = lim->max_headers;

@@ -9,6 +9,11 @@
 const char proxy_err_bad_request[] = "PROXY_BAD_REQUEST";
 const char proxy_err_forbidden_host[] = "PROXY_FORBIDDEN_HOST";
 const char proxy_err_no_route[] = "PROXY_NO_ROUTE";
+const char proxy_err_client_forbidden[] = "PROXY_CLIENT_FORBIDDEN";
+const char proxy_err_proxy_auth[] = "PROXY_AUTHENTICATION_REQUIRED";
+const char proxy_err_rate_limited[] = "PROXY_RATE_LIMITED";
+const char proxy_err_quota_reserved[] = "PROXY_QUOTA_RESERVED";
+const char proxy_err_apple_retry_after[] = "PROXY_APPLE_RETRY_AFTER";
 const char proxy_err_connect[] = "PROXY_CONNECT_NOT_SUPPORTED";
 const char proxy_err_request_timeout[] = "PROXY_REQUEST_TIMEOUT";
 const char proxy_err_body_too_large[] = "PROXY_BODY_TOO_LARGE";
@@ -31,6 +36,11 @@ static const struct {
     {proxy_err_bad_request, 400, "The request is not valid HTTP/1.1."},
     {proxy_err_forbidden_host, 403, "The proxy does not forward to this host."},
     {proxy_err_no_route, 404, "No route matches this request."},
+    {proxy_err_client_forbidden, 403, "This client may not make this request."},
+    {proxy_err_proxy_auth, 407, "The gateway needs client credentials."},
+    {proxy_err_rate_limited, 429, "The client is over its request rate."},
+    {proxy_err_quota_reserved, 429, "The rest of Apple's hourly quota is reserved."},
+    {proxy_err_apple_retry_after, 429, "Apple asked to wait before more requests."},
     {proxy_err_connect, 405, "CONNECT is not supported."},
     {proxy_err_request_timeout, 408, "The request did not arrive in time."},
     {proxy_err_body_too_large, 413, "The request body is larger than the proxy allows."},
@@ -95,6 +105,12 @@ const char *http_reason(int status)
 void http_error_write(struct evbuffer *out, int status, const char *code, const char *detail,
                       int close)
 {
+    http_error_write_ex(out, status, code, detail, close, NULL);
+}
+
+void http_error_write_ex(struct evbuffer *out, int status, const char *code, const char *detail,
+                         int close, const char *extra_headers)
+{
     const char *title = "Error";
     char statusbuf[8];
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
@@ -114,8 +130,9 @@ void http_error_write(struct evbuffer *out, int status, const char *code, const 
     const char *b = body ? body : "{}";
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                        "Content-Length: %zu\r\n%s\r\n%s",
+                        "Content-Length: %zu\r\n%s%s\r\n%s",
                         status, http_reason(status), strlen(b),
-                        close ? "Connection: close\r\n" : "", b);
+                        close ? "Connection: close\r\n" : "", extra_headers ? extra_headers : "",
+                        b);
     free(body);
 }

@@ -7,6 +7,11 @@
 /* Named error codes: compared by address, and the `code` field clients see. */
 extern const char proxy_err_bad_request[];        /* 400 PROXY_BAD_REQUEST */
 extern const char proxy_err_forbidden_host[];     /* 403 PROXY_FORBIDDEN_HOST */
+extern const char proxy_err_client_forbidden[];   /* 403 PROXY_CLIENT_FORBIDDEN */
+extern const char proxy_err_proxy_auth[];         /* 407 PROXY_AUTHENTICATION_REQUIRED */
+extern const char proxy_err_rate_limited[];       /* 429 PROXY_RATE_LIMITED */
+extern const char proxy_err_quota_reserved[];     /* 429 PROXY_QUOTA_RESERVED */
+extern const char proxy_err_apple_retry_after[];  /* 429 PROXY_APPLE_RETRY_AFTER */
 extern const char proxy_err_no_route[];           /* 404 PROXY_NO_ROUTE */
 extern const char proxy_err_connect[];            /* 405 PROXY_CONNECT_NOT_SUPPORTED */
 extern const char proxy_err_request_timeout[];    /* 408 PROXY_REQUEST_TIMEOUT */
@@ -31,6 +36,9 @@ const char *http_reason(int status);
  * JSON-escaped; it must never hold a token or key. */
 void http_error_write(struct evbuffer *out, int status, const char *code, const char *detail,
                       int close);
+/* The same with extra header lines ("Name: value\r\n"..., or NULL). */
+void http_error_write_ex(struct evbuffer *out, int status, const char *code, const char *detail,
+                         int close, const char *extra_headers);
 
 /* The status that goes with a code above. */
 int http_error_status(const char *code);

@@ -1,6 +1,7 @@
 /* main: the command line: serve, token, check, --help, --version. */
 #include <cjson/cJSON.h>
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include "auth/b64.h"
 #include "auth/profile.h"
 #include "conf/conf.h"
+#include "proxy/gateway.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
 
@@ -22,12 +24,15 @@ static const char usage[] =
     "  apple-auth-proxy token [-c FILE] [--credential NAME] [--scope \"GET /v1/apps\"]...\n"
     "                         [--lifetime SECONDS] [--decode]\n"
     "  apple-auth-proxy check [-c FILE]\n"
+    "  apple-auth-proxy client-key [NAME]\n"
     "  apple-auth-proxy --help | --version\n"
     "\n"
     "serve   run the proxy (default 127.0.0.1:8080): requests get the Bearer token of their\n"
     "        route's credential and go to Apple over verified TLS\n"
     "token   print one token (the compact JWT alone, or with --decode its header and claims)\n"
     "check   validate the configuration and keys, mint one token per credential\n"
+    "client-key  make a secret for a gateway client and the key_sha256 line for the\n"
+    "        configuration (the secret goes to the client, only its hash to the proxy)\n"
     "\n"
     "Without --config the file named by APPLE_AUTH_PROXY_CONFIG is read; without either, the\n"
     "configuration comes from the environment (APP_STORE_CONNECT_API_KEY_KEY_ID, ...,\n"
@@ -259,6 +264,34 @@ static int cmd_check(int argc, char **argv)
     return rc;
 }
 
+/* A new gateway client secret: 32 random bytes as base64url (43 characters), and its SHA-256,
+ * which is all the configuration holds. */
+static int cmd_client_key(int argc, char **argv)
+{
+    unsigned char raw[32];
+    char secret[64], hash[65];
+    const char *name = argc > 0 ? argv[0] : "NAME";
+    if (argc > 1) {
+        fprintf(stderr, "apple-auth-proxy client-key: at most one argument (the client name)\n%s",
+                usage);
+        return EXIT_USAGE;
+    }
+    if (RAND_bytes(raw, sizeof(raw)) != 1) {
+        fprintf(stderr, "apple-auth-proxy: the random number generator failed\n");
+        return EXIT_RUNTIME;
+    }
+    b64url_encode(raw, sizeof(raw), secret);
+    OPENSSL_cleanse(raw, sizeof(raw));
+    gateway_hash_hex(secret, strlen(secret), hash);
+    printf("secret for the client (give it to %s only; it is not stored anywhere):\n  %s\n\n"
+           "for the proxy's configuration:\n  \"clients\": { \"%s\": { \"key_sha256\": \"%s\" } }\n\n"
+           "the client sends:\n  Proxy-Authorization: Bearer %s\n"
+           "or uses HTTP_PROXY=http://%s:%s@HOST:PORT\n",
+           name, secret, name, hash, secret, name, secret);
+    OPENSSL_cleanse(secret, sizeof(secret));
+    return 0;
+}
+
 static int cmd_serve(int argc, char **argv)
 {
     const char *path = NULL;
@@ -326,6 +359,8 @@ int main(int argc, char **argv)
         return cmd_token(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "check"))
         return cmd_check(argc - 2, argv + 2);
+    if (argc >= 2 && !strcmp(argv[1], "client-key"))
+        return cmd_client_key(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "serve"))
         return cmd_serve(argc - 2, argv + 2);
     if (argc >= 2 && argv[1][0] != '-') {

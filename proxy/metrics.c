@@ -25,7 +25,8 @@ static const char *const error_codes[] = {
     proxy_err_uri_too_long,       proxy_err_expectation,          proxy_err_headers_too_large,
     proxy_err_not_implemented,    proxy_err_upstream_unreachable, proxy_err_upstream_tls,
     proxy_err_bad_upstream_response, proxy_err_token,             proxy_err_overloaded,
-    proxy_err_upstream_timeout,
+    proxy_err_upstream_timeout,   proxy_err_client_forbidden,     proxy_err_proxy_auth,
+    proxy_err_rate_limited,       proxy_err_quota_reserved,       proxy_err_apple_retry_after,
 };
 #define NERRORS (sizeof(error_codes) / sizeof(error_codes[0]))
 

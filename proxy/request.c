@@ -176,6 +176,8 @@ int request_plan(const struct runtime *rt, const struct http1_msg *m, struct req
     /* An absolute-form target with an empty path means "/" (RFC 9112 3.2.2). */
     const char *route_path = bare_len ? path : "/";
     size_t route_len = bare_len ? bare_len : 1;
+    p->path = route_path;
+    p->path_len = route_len;
     enum route_result rr =
         route_find(rt->conf, host, host_len, absolute, route_path, route_len, &p->route);
     if (rr == ROUTE_FOREIGN_HOST) {

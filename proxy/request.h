@@ -12,6 +12,9 @@ struct request_plan {
     char detail[256];
     int keep;          /* after an error: the connection stays usable (no body to skip) */
     size_t route;
+    const char *path;  /* the path routed by (no query, before strip_prefix); points into the
+                          request head or a constant */
+    size_t path_len;
     int is_head, idempotent, http10;
     char *head;        /* malloc'd: request line, Host, forwarded headers and framing; the
                           token line and the final CRLF are added when it is sent */

@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "proxy/gateway.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
 
@@ -81,6 +83,17 @@ struct runtime *runtime_new(struct conf *conf, char *err, size_t errlen)
     rt->route_label = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_label));
     rt->quota_limit = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(long));
     rt->quota_remaining = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(long));
+    rt->quota_updated_ms = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(long long));
+    rt->blocked_until_ms = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(long long));
+    rt->buckets = gateway_buckets_new(conf);
+    size_t ncs = conf->nclients * conf->nroutes;
+    rt->client_scope = calloc(ncs ? ncs : 1, sizeof(*rt->client_scope));
+    rt->client_scope_n = calloc(ncs ? ncs : 1, sizeof(*rt->client_scope_n));
+    if (rt->quota_updated_ms == NULL || rt->blocked_until_ms == NULL || rt->buckets == NULL ||
+        rt->client_scope == NULL || rt->client_scope_n == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     if (rt->tokens == NULL || rt->targets == NULL || rt->route_target == NULL ||
         rt->route_label == NULL || rt->quota_limit == NULL || rt->quota_remaining == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -148,6 +161,26 @@ struct runtime *runtime_new(struct conf *conf, char *err, size_t errlen)
         }
         token_put(tok);
     }
+    /* The scoped tokens of GET-only clients on "client_scopes" routes, minted up front too. */
+    for (size_t cl = 0; cl < conf->nclients; cl++)
+        for (i = 0; i < conf->nroutes; i++) {
+            size_t n, k = cl * conf->nroutes + i;
+            char **scope = gateway_client_scope(conf, cl, i, &n);
+            char terr[256];
+            if (scope == NULL)
+                continue;
+            rt->client_scope[k] = scope;
+            rt->client_scope_n[k] = n;
+            const struct credential *c = &conf->credentials[conf->routes[i].credential_index];
+            struct token *tok = token_cache_get(rt->tokens, c, (const char *const *)scope, n,
+                                                terr, sizeof(terr));
+            if (tok == NULL) {
+                snprintf(err, errlen, "credential %s (client %s): %s", c->name,
+                         conf->clients[cl].name, terr);
+                goto fail;
+            }
+            token_put(tok);
+        }
     return rt;
 fail:
     runtime_unref(rt);
@@ -176,13 +209,45 @@ void runtime_unref(struct runtime *rt)
     free(rt->route_label);
     free(rt->quota_limit);
     free(rt->quota_remaining);
+    free(rt->quota_updated_ms);
+    free(rt->blocked_until_ms);
+    gateway_buckets_free(rt->buckets);
+    if (rt->client_scope)
+        for (i = 0; i < rt->conf->nclients * rt->conf->nroutes; i++)
+            if (rt->client_scope[i])
+                gateway_scope_free(rt->client_scope[i], rt->client_scope_n[i]);
+    free(rt->client_scope);
+    free(rt->client_scope_n);
     token_cache_free(rt->tokens);
     conf_free(rt->conf);
     free(rt);
 }
 
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void runtime_block_until(struct runtime *rt, size_t cred, double until)
+{
+    __atomic_store_n(&rt->blocked_until_ms[cred], (long long)(until * 1000), __ATOMIC_RELAXED);
+}
+
+double runtime_blocked_until(const struct runtime *rt, size_t cred)
+{
+    return (double)__atomic_load_n(&rt->blocked_until_ms[cred], __ATOMIC_RELAXED) / 1000.0;
+}
+
+double runtime_quota_updated(const struct runtime *rt, size_t cred)
+{
+    return (double)__atomic_load_n(&rt->quota_updated_ms[cred], __ATOMIC_RELAXED) / 1000.0;
+}
+
 void runtime_quota_update(struct runtime *rt, size_t cred, long limit, long remaining)
 {
+    __atomic_store_n(&rt->quota_updated_ms[cred], now_ms(), __ATOMIC_RELAXED);
     __atomic_store_n(&rt->quota_limit[cred], limit, __ATOMIC_RELAXED);
     __atomic_store_n(&rt->quota_remaining[cred], remaining, __ATOMIC_RELAXED);
 }

@@ -9,6 +9,8 @@
 #include "auth/token_cache.h"
 #include "conf/conf.h"
 
+struct gateway_buckets;
+
 /* A distinct upstream endpoint: routes that share name, address and CA share a target (and so
  * a connection pool in each worker). */
 struct target {
@@ -33,7 +35,17 @@ struct runtime {
     /* Apple's X-Rate-Limit figures per credential (index), updated from responses by any
      * worker: -1 until Apple has said. */
     long *quota_limit, *quota_remaining;
+    long long *quota_updated_ms;   /* when the figures last came */
+    long long *blocked_until_ms;   /* Apple's 429 Retry-After, per credential */
+    struct gateway_buckets *buckets; /* per-client rate limits */
+    char ***client_scope;          /* [client * nroutes + route]: "client_scopes" lists */
+    size_t *client_scope_n;
 };
+
+/* Apple said 429 with Retry-After: no request with the credential goes out before `until`. */
+void runtime_block_until(struct runtime *rt, size_t cred, double until);
+double runtime_blocked_until(const struct runtime *rt, size_t cred);
+double runtime_quota_updated(const struct runtime *rt, size_t cred);
 
 /* Records "X-Rate-Limit: user-hour-lim:N;user-hour-rem:M;" for credential index cred. */
 void runtime_quota_update(struct runtime *rt, size_t cred, long limit, long remaining);

@@ -13,6 +13,7 @@
 
 #include <event2/event.h>
 #include <event2/thread.h>
+#include <openssl/err.h>
 
 #include "proxy/accesslog.h"
 #include "proxy/admin.h"
@@ -96,6 +97,63 @@ fail:
         freeaddrinfo(res);
     }
     return -1;
+}
+
+/* The server context of an HTTPS listener: TLS 1.2+, ALPN http/1.1, and, with
+ * client_ca_file, client certificates verified against those CAs (optional for the client:
+ * a client without one can still identify itself with Proxy-Authorization). */
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned int inlen, void *arg)
+{
+    unsigned char *o;
+    if (SSL_select_next_proto(&o, outlen, (const unsigned char *)"\x08http/1.1", 9, in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK;
+    *out = o;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static SSL_CTX *listener_tls(const struct conf_addr *a, char *err, size_t errlen)
+{
+    static const unsigned char sid_ctx[] = "apple-auth-proxy";
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    const char *what = "cannot create a TLS context";
+    if (ctx == NULL)
+        goto fail;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    what = "cannot load cert_file";
+    if (SSL_CTX_use_certificate_chain_file(ctx, a->tls_cert_file) != 1)
+        goto fail;
+    what = "cannot load key_file";
+    if (SSL_CTX_use_PrivateKey_file(ctx, a->tls_key_file, SSL_FILETYPE_PEM) != 1)
+        goto fail;
+    what = "key_file does not match cert_file";
+    if (SSL_CTX_check_private_key(ctx) != 1)
+        goto fail;
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+    if (a->tls_client_ca_file) {
+        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(a->tls_client_ca_file);
+        what = "cannot load client_ca_file";
+        if (names == NULL || SSL_CTX_load_verify_locations(ctx, a->tls_client_ca_file, NULL) != 1) {
+            if (names)
+                sk_X509_NAME_pop_free(names, X509_NAME_free);
+            goto fail;
+        }
+        SSL_CTX_set_client_CA_list(ctx, names);
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    }
+    return ctx;
+fail:
+    {
+        unsigned long e = ERR_peek_last_error();
+        snprintf(err, errlen, "listen %s: %s%s%s", a->text, what, e ? ": " : "",
+                 e ? ERR_reason_error_string(e) : "");
+        ERR_clear_error();
+    }
+    SSL_CTX_free(ctx);
+    return NULL;
 }
 
 static int addrs_equal(const struct conf *a, const struct conf *b)
@@ -238,6 +296,7 @@ int server_run(struct conf *conf, const char *config_path)
     int rc = 1, i;
     size_t l;
     int **fds = NULL;
+    size_t nlisten = 0;
     long ncpu;
 
     memset(s, 0, sizeof(*s));
@@ -266,12 +325,26 @@ int server_run(struct conf *conf, const char *config_path)
     s->nworkers = s->rt->conf->workers > 0 ? s->rt->conf->workers : (int)(ncpu > 0 ? ncpu : 1);
     s->base = event_base_new();
     s->workers = calloc((size_t)s->nworkers, sizeof(*s->workers));
-    fds = calloc(s->rt->conf->nlisten, sizeof(*fds));
+    fds = calloc(s->rt->conf->nlisten ? s->rt->conf->nlisten : 1, sizeof(*fds));
     if (s->base == NULL || s->workers == NULL || fds == NULL) {
         log_msg(LOG_ERROR, "out of memory");
         goto out;
     }
-    for (l = 0; l < s->rt->conf->nlisten; l++) {
+    nlisten = s->rt->conf->nlisten; /* fixed for the process: reloads keep the sockets */
+    s->listen_tls = calloc(nlisten, sizeof(*s->listen_tls));
+    if (s->listen_tls == NULL) {
+        log_msg(LOG_ERROR, "out of memory");
+        goto out;
+    }
+    for (l = 0; l < nlisten; l++)
+        if (s->rt->conf->listen[l].tls_cert_file) {
+            s->listen_tls[l] = listener_tls(&s->rt->conf->listen[l], err, sizeof(err));
+            if (s->listen_tls[l] == NULL) {
+                log_msg(LOG_ERROR, "%s", err);
+                goto out;
+            }
+        }
+    for (l = 0; l < nlisten; l++) {
         const struct conf_addr *a = &s->rt->conf->listen[l];
         int port;
         fds[l] = calloc((size_t)s->nworkers, sizeof(int));
@@ -285,18 +358,22 @@ int server_run(struct conf *conf, const char *config_path)
         }
         /* The exact line scripts and tests wait for (the real port when 0 was asked). */
         if (strchr(a->host, ':'))
-            fprintf(stderr, "apple-auth-proxy: listening on [%s]:%d\n", a->host, port);
+            fprintf(stderr, "apple-auth-proxy: listening on [%s]:%d%s\n", a->host, port,
+                    s->listen_tls[l] ? " (https)" : "");
         else
-            fprintf(stderr, "apple-auth-proxy: listening on %s:%d\n", a->host, port);
+            fprintf(stderr, "apple-auth-proxy: listening on %s:%d%s\n", a->host, port,
+                    s->listen_tls[l] ? " (https)" : "");
     }
     for (i = 0; i < s->nworkers; i++) {
         int wfds[64];
+        SSL_CTX *wtls[64];
         size_t n = 0;
-        for (l = 0; l < s->rt->conf->nlisten && n < 64; l++) {
+        for (l = 0; l < nlisten && n < 64; l++) {
+            wtls[n] = s->listen_tls[l];
             wfds[n++] = fds[l][i];
             fds[l][i] = -1;
         }
-        if (worker_init(&s->workers[i], i, s, s->rt, wfds, n, err, sizeof(err)) < 0) {
+        if (worker_init(&s->workers[i], i, s, s->rt, wfds, wtls, n, err, sizeof(err)) < 0) {
             log_msg(LOG_ERROR, "worker %d: %s", i, err);
             goto out;
         }
@@ -350,7 +427,7 @@ out:
         for (i = 0; i < s->nworkers; i++)
             worker_deinit(&s->workers[i]);
     if (fds) {
-        for (l = 0; l < s->rt->conf->nlisten; l++)
+        for (l = 0; l < nlisten; l++)
             if (fds[l]) {
                 for (i = 0; i < s->nworkers; i++)
                     if (fds[l][i] >= 0)
@@ -360,6 +437,11 @@ out:
         free(fds);
     }
     free(s->workers);
+    if (s->listen_tls) {
+        for (l = 0; l < nlisten; l++)
+            SSL_CTX_free(s->listen_tls[l]);
+        free(s->listen_tls);
+    }
     if (s->sig_term)
         event_free(s->sig_term);
     if (s->sig_int)

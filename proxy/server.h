@@ -3,6 +3,7 @@
 #define AAP_PROXY_SERVER_H
 
 #include <stddef.h>
+#include <openssl/ssl.h>
 #include "proxy/runtime.h"
 #include "proxy/worker.h"
 
@@ -16,6 +17,7 @@ struct server {
     struct event *sig_term, *sig_int, *sig_hup, *sig_usr1, *refresh_timer, *drain_timer,
         *stop_check;
     struct admin *admin;
+    SSL_CTX **listen_tls;         /* per listen address: the HTTPS context, or NULL */
     const char *config_path;      /* what SIGHUP re-reads (NULL: environment resolution) */
     unsigned long reloads, reload_failures;
 };

@@ -78,7 +78,8 @@ static void refuse(int fd)
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr,
                       int len, void *arg)
 {
-    struct worker *w = arg;
+    struct wlistener *wl = arg;
+    struct worker *w = wl->worker;
     int one = 1;
     if (w->draining) {
         close(fd);
@@ -90,7 +91,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
         return;
     }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (client_new(w, fd, addr, (socklen_t)len) < 0)
+    if (client_new(w, fd, addr, (socklen_t)len, wl->tls) < 0)
         server_client_leave(w->server);
 }
 
@@ -148,7 +149,7 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
         return;
     w->draining = 1;
     for (i = 0; i < w->nlisteners; i++)
-        evconnlistener_free(w->listeners[i]);
+        evconnlistener_free(w->listeners[i].l);
     w->nlisteners = 0;
     client_drain_all(w);
     if (w->nclients == 0)
@@ -156,7 +157,7 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 int worker_init(struct worker *w, int id, struct server *server, struct runtime *rt,
-                const int *fds, size_t nfds, char *err, size_t errlen)
+                const int *fds, SSL_CTX *const *tls, size_t nfds, char *err, size_t errlen)
 {
     size_t i;
     memset(w, 0, sizeof(*w));
@@ -196,16 +197,18 @@ int worker_init(struct worker *w, int id, struct server *server, struct runtime 
         }
     }
     for (i = 0; i < nfds; i++) {
-        w->listeners[i] = evconnlistener_new(w->base, accept_cb, w,
-                                             LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1,
-                                             fds[i]);
-        if (w->listeners[i] == NULL) {
+        w->listeners[i].worker = w;
+        w->listeners[i].tls = tls[i];
+        w->listeners[i].l = evconnlistener_new(w->base, accept_cb, &w->listeners[i],
+                                               LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1,
+                                               fds[i]);
+        if (w->listeners[i].l == NULL) {
             snprintf(err, errlen, "cannot listen: %s", strerror(errno));
             for (; i < nfds; i++)
                 close(fds[i]);
             goto fail;
         }
-        evconnlistener_set_error_cb(w->listeners[i], accept_error_cb);
+        evconnlistener_set_error_cb(w->listeners[i].l, accept_error_cb);
         w->nlisteners++;
     }
     return 0;
@@ -250,7 +253,7 @@ void worker_deinit(struct worker *w)
         event_free(w->alog_timer);
     w->alog_timer = NULL;
     for (i = 0; i < w->nlisteners; i++)
-        evconnlistener_free(w->listeners[i]);
+        evconnlistener_free(w->listeners[i].l);
     free(w->listeners);
     w->listeners = NULL;
     w->nlisteners = 0;

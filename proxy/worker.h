@@ -9,6 +9,7 @@
 #include <event2/event.h>
 #include <event2/dns.h>
 #include <event2/listener.h>
+#include <openssl/ssl.h>
 
 #include "proxy/metrics.h"
 #include "proxy/runtime.h"
@@ -49,12 +50,19 @@ struct wgen {
 
 TAILQ_HEAD(client_list, client);
 
+/* A listening socket of a worker, with the TLS context of HTTPS listeners. */
+struct wlistener {
+    struct worker *worker;
+    SSL_CTX *tls;
+    struct evconnlistener *l;
+};
+
 struct worker {
     int id;
     struct server *server;
     struct event_base *base;
     struct evdns_base *dns;
-    struct evconnlistener **listeners;
+    struct wlistener *listeners;
     size_t nlisteners;
     struct wgen *gen;         /* current configuration for new exchanges */
     struct client_list clients;
@@ -77,7 +85,7 @@ struct worker {
 /* Creates the worker's event base and DNS resolver and wraps the given listening sockets
  * (ownership of the descriptors passes to the worker). Returns 0 or -1 with err. */
 int worker_init(struct worker *w, int id, struct server *server, struct runtime *rt,
-                const int *fds, size_t nfds, char *err, size_t errlen);
+                const int *fds, SSL_CTX *const *tls, size_t nfds, char *err, size_t errlen);
 /* Starts the worker's thread. */
 int worker_start(struct worker *w);
 /* Asks the worker (from any thread) to stop accepting and finish its exchanges. */

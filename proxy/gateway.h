@@ -1,0 +1,64 @@
+/* gateway: client identities, per-client policy, rate limits and Apple's quota, for a proxy
+ * shared by a team. Pure functions over the configuration plus small shared counters; no I/O. */
+#ifndef AAP_PROXY_GATEWAY_H
+#define AAP_PROXY_GATEWAY_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "conf/conf.h"
+#include "proxy/http1.h"
+
+struct runtime;
+
+/* The outcome of a gateway check: code NULL means allowed; otherwise the proxy error
+ * (http_error.h) to answer, its detail, and retry_after seconds for 429s (0: none). */
+struct gateway_verdict {
+    const char *code;
+    char detail[200];
+    long retry_after;
+};
+
+/* Identifies the client of a request when clients are configured: a verified TLS client
+ * certificate's subject (tls_subject, NULL when none), else Proxy-Authorization "Bearer SECRET"
+ * or "Basic base64(NAME:SECRET)" (NAME, when given, must be the client's). Secrets are hashed
+ * with SHA-256 and compared in constant time against every client. Then the source address
+ * must be inside the client's allow_cidrs. *client is NULL when no clients are configured. */
+void gateway_identify(const struct conf *conf, const struct http1_msg *m, const char *tls_subject,
+                      const struct sockaddr *peer, const struct conf_client **client,
+                      struct gateway_verdict *v);
+
+/* Whether the client may send METHOD PATH through route (its credentials and allow rules). */
+void gateway_authorize(const struct conf *conf, const struct conf_client *client,
+                       const char *method, size_t method_len, const char *path, size_t path_len,
+                       size_t route, struct gateway_verdict *v);
+
+/* Per-client token buckets, shared by the workers (one small lock per client). */
+struct gateway_buckets;
+struct gateway_buckets *gateway_buckets_new(const struct conf *conf);
+void gateway_buckets_free(struct gateway_buckets *b);
+/* Takes one request from the client's bucket (index in conf.clients); sets a 429 verdict with
+ * Retry-After when it is empty. */
+void gateway_rate_take(struct gateway_buckets *b, const struct conf *conf, size_t client,
+                       double now, struct gateway_verdict *v);
+
+/* Apple's quota for the route's credential: refuses (429) while Apple's own Retry-After runs,
+ * and, when the credential has a quota_reserve, once Apple's remaining count has fallen to it,
+ * for clients without priority. */
+void gateway_quota_check(struct runtime *rt, const struct conf_client *client, size_t route,
+                         double now, struct gateway_verdict *v);
+
+/* Parses Retry-After as Apple sends it: delta seconds, an HTTP-date, or (App Store Server API)
+ * epoch milliseconds. Returns the absolute Unix time it names, or -1 when it is unreadable. */
+double gateway_parse_retry_after(const char *value, size_t len, double now);
+
+/* The SHA-256 of secret as lower-case hex (65 bytes with the NUL): for `client-key`. */
+void gateway_hash_hex(const char *secret, size_t len, char out[65]);
+
+/* The scope entries for (client, route) under "client_scopes": "GET <path_prefix>" for each of
+ * the client's rules when all of them allow only GET and HEAD; NULL (no client scope)
+ * otherwise. The list is malloc'd (entries too); free with gateway_scope_free. */
+char **gateway_client_scope(const struct conf *conf, size_t client, size_t route, size_t *n);
+void gateway_scope_free(char **scope, size_t n);
+
+#endif
