@@ -70,6 +70,9 @@ struct conf_route {
     size_t nscope;
     char *credential;   /* credential name */
     size_t credential_index; /* index into conf.credentials */
+    int rewrite_links;  /* "rewrite_links": the upstream's origin in JSON response bodies is
+                           rewritten to the client's (pagination links keep going through the
+                           proxy); default true for app-store-connect routes, false elsewhere */
     int client_scopes;  /* "client_scopes": true (app-store-connect routes without their own
                            scope): a client whose allow rules are all GET/HEAD gets tokens whose
                            scope claim is "GET <path_prefix>" for each of its rules */

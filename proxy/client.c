@@ -41,6 +41,7 @@
 #include "proxy/gateway.h"
 #include "proxy/http1.h"
 #include "proxy/http_error.h"
+#include "proxy/linkrw.h"
 #include "proxy/log.h"
 #include "proxy/request.h"
 #include "proxy/server.h"
@@ -103,6 +104,9 @@ struct client {
     const char *client_name;    /* the gateway client (owned by the configuration) */
     char *tls_subject;          /* a verified client certificate's subject (TLS listeners) */
     unsigned tls : 1;           /* the connection is HTTPS */
+    char *origin;               /* "http://HOST" the client addressed, on rewrite_links routes */
+    char *origin_pending;       /* the same while the request is being checked */
+    struct linkrw *rw;          /* the response's link rewriter, when one applies */
     char peer[64];
     struct sockaddr_storage peer_addr;
 };
@@ -192,6 +196,9 @@ static void client_free(struct client *c)
         wgen_unref(c->gen);
     free(c->up_head);
     free(c->tls_subject);
+    free(c->origin);
+    free(c->origin_pending);
+    free(c->rw);
     http1_msg_deinit(&c->req);
     http1_msg_deinit(&c->resp);
     if (c->bev)
@@ -207,6 +214,12 @@ static void client_free(struct client *c)
 static void end_exchange_objects(struct client *c)
 {
     exchange_end(c, "ok");
+    free(c->origin);
+    c->origin = NULL;
+    free(c->origin_pending);
+    c->origin_pending = NULL;
+    free(c->rw);
+    c->rw = NULL;
     if (c->tok) {
         token_put(c->tok);
         c->tok = NULL;
@@ -359,12 +372,32 @@ static const struct http1_sink req_sink = {req_data, req_chunk, req_chunk_end};
 
 /* ---- the response, forwarded to the client ---- */
 
+static void emit_client(void *arg, const char *at, size_t len)
+{
+    struct client *c = arg;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (len == 0)
+        return;
+    c->bytes_out += len;
+    if (c->chunked_out) {
+        evbuffer_add_printf(out, "%zx\r\n", len);
+        evbuffer_add(out, at, len);
+        evbuffer_add(out, "\r\n", 2);
+    } else {
+        evbuffer_add(out, at, len);
+    }
+}
+
 static int resp_data(void *arg, const char *at, size_t len)
 {
     struct client *c = arg;
     struct evbuffer *out = bufferevent_get_output(c->bev);
     if (c->discard)
         return 0;
+    if (c->rw) {
+        linkrw_feed(c->rw, at, len, emit_client, c);
+        return 0;
+    }
     c->bytes_out += len;
     if (c->chunked_out) {
         evbuffer_add_printf(out, "%zx\r\n", len);
@@ -422,10 +455,31 @@ static void note_rate_limit(struct client *c)
     }
 }
 
+/* On rewrite_links routes, a JSON body without content coding gets its links rewritten (its
+ * length changes, so it goes out chunked). */
+static void start_rewriting(struct client *c)
+{
+    const struct http1_header *ct = http1_find(&c->resp, "content-type");
+    const struct http1_header *ce = http1_find(&c->resp, "content-encoding");
+    const struct target *t = &c->gen->rt->targets[c->gen->rt->route_target[c->route]];
+    char from[LINKRW_MAX_ORIGIN + 16];
+    if (c->origin == NULL || c->resp.body == HTTP1_BODY_NONE ||
+        !linkrw_applies(ct ? ct->value : NULL, ct ? ct->value_len : 0, ce ? ce->value : NULL,
+                        ce ? ce->value_len : 0))
+        return;
+    snprintf(from, sizeof(from), "https://%s", t->host_header);
+    c->rw = malloc(sizeof(*c->rw));
+    if (c->rw && linkrw_init(c->rw, from, c->origin) < 0) {
+        free(c->rw);
+        c->rw = NULL;
+    }
+}
+
 static void write_response_head(struct client *c)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t before = evbuffer_get_length(out);
+    start_rewriting(c);
     const struct http1_msg *r = &c->resp;
     int status = r->status;
     int keep_cl = r->body == HTTP1_BODY_NONE && (c->is_head || status == 304);
@@ -452,8 +506,12 @@ static void write_response_head(struct client *c)
             evbuffer_add(out, "Content-Length: 0\r\n", 19);
         break;
     case HTTP1_BODY_LENGTH:
-        evbuffer_add_printf(out, "Content-Length: %" PRIu64 "\r\n", r->content_length);
-        break;
+        if (!c->rw) {
+            evbuffer_add_printf(out, "Content-Length: %" PRIu64 "\r\n", r->content_length);
+            break;
+        }
+        /* a rewritten body's length is only known at its end: it goes out like these */
+        __attribute__((fallthrough));
     case HTTP1_BODY_CHUNKED:
     case HTTP1_BODY_EOF:
         if (c->http10) {
@@ -524,6 +582,8 @@ static void response_complete(struct client *c)
         acquire_upstream(c);
         return;
     }
+    if (c->rw)
+        linkrw_finish(c->rw, emit_client, c);
     if (c->chunked_out)
         evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
     finish_exchange(c);
@@ -563,7 +623,7 @@ static void up_read_body_ex(struct client *c, int force)
     struct evbuffer *in = bufferevent_get_input(c->up->bev);
     struct evbuffer *out = bufferevent_get_output(c->bev);
     while (c->up && evbuffer_get_length(in) > 0 && !c->dead) {
-        if (c->resp.body == HTTP1_BODY_LENGTH) {
+        if (c->resp.body == HTTP1_BODY_LENGTH && !c->rw) {
             /* Length-delimited: move the buffers across without parsing or copying. */
             size_t n = evbuffer_get_length(in);
             if (n > c->resp_remaining)
@@ -995,6 +1055,15 @@ static void start_exchange(struct client *c)
     c->route = plan.route;
     if (plan.code == NULL || plan.code == proxy_err_body_too_large)
         c->label = rt->route_label[plan.route];
+    if (plan.code == NULL && rt->conf->routes[plan.route].rewrite_links && plan.authority) {
+        /* The origin the client addressed, for rewriting links (copied: the head goes). */
+        size_t al = plan.authority_len > 256 ? 256 : plan.authority_len;
+        free(c->origin_pending);
+        c->origin_pending = malloc(al + 9);
+        if (c->origin_pending)
+            snprintf(c->origin_pending, al + 9, "%s://%.*s", c->tls ? "https" : "http", (int)al,
+                     plan.authority);
+    }
     if (plan.code == NULL) {
         /* Policy before any token is taken: the client's credentials and rules, its rate, and
          * Apple's quota for the credential. plan.path points into the head: still there. */
@@ -1025,6 +1094,10 @@ static void start_exchange(struct client *c)
         reply_error(c, proxy_err_token, "the token for this route could not be made", keep);
         request_plan_deinit(&plan);
         return;
+    }
+    if (rt->conf->routes[c->route].rewrite_links && c->origin_pending) {
+        c->origin = c->origin_pending;
+        c->origin_pending = NULL;
     }
     c->up_head = plan.head; /* ownership moves to the client */
     c->up_head_len = plan.head_len;

@@ -81,7 +81,7 @@ static void fail(struct request_plan *p, const char *code, const char *detail, i
 }
 
 static int build_head(struct request_plan *p, const struct http1_msg *m, const struct target *t,
-                      const char *path, size_t path_len, const char *prefix)
+                      const char *path, size_t path_len, const char *prefix, int identity)
 {
     struct evbuffer *b = evbuffer_new();
     int had_cl = 0;
@@ -106,6 +106,7 @@ static int build_head(struct request_plan *p, const struct http1_msg *m, const s
             http1_name_is(h->name, h->name_len, "host") ||
             http1_name_is(h->name, h->name_len, "authorization") ||
             http1_name_is(h->name, h->name_len, "expect") ||
+            (identity && http1_name_is(h->name, h->name_len, "accept-encoding")) ||
             http_connection_lists(m, h->name, h->name_len))
             continue;
         evbuffer_add(b, h->name, h->name_len);
@@ -158,6 +159,8 @@ int request_plan(const struct runtime *rt, const struct http1_msg *m, struct req
             return 0;
         }
         route_host_name(auth, (size_t)(q - auth), &host, &host_len);
+        p->authority = auth;
+        p->authority_len = (size_t)(q - auth);
         absolute = 1;
         path = q;
         path_len = (size_t)(end - q);
@@ -166,6 +169,8 @@ int request_plan(const struct runtime *rt, const struct http1_msg *m, struct req
         return 0;
     } else if (m->has_host) {
         route_host_name(m->host, m->host_len, &host, &host_len);
+        p->authority = m->host;
+        p->authority_len = m->host_len;
     }
     query = memchr(path, '?', path_len);
     size_t bare_len = query ? (size_t)(query - path) : path_len;
@@ -208,7 +213,10 @@ int request_plan(const struct runtime *rt, const struct http1_msg *m, struct req
     }
     if (fwd_len == 0 || fwd[0] != '/')
         prefix = "/"; /* the forwarded target always starts with '/' */
-    return build_head(p, m, &rt->targets[rt->route_target[p->route]], fwd, fwd_len, prefix);
+    /* Links in JSON bodies can only be rewritten in identity-coded bodies: on such routes the
+     * upstream is not offered compression. */
+    return build_head(p, m, &rt->targets[rt->route_target[p->route]], fwd, fwd_len, prefix,
+                      route->rewrite_links);
 }
 
 void request_plan_deinit(struct request_plan *p)

@@ -15,6 +15,9 @@ struct request_plan {
     const char *path;  /* the path routed by (no query, before strip_prefix); points into the
                           request head or a constant */
     size_t path_len;
+    const char *authority; /* the host[:port] the client addressed (absolute-form target, else
+                              Host; NULL for an HTTP/1.0 request without one) */
+    size_t authority_len;
     int is_head, idempotent, http10;
     char *head;        /* malloc'd: request line, Host, forwarded headers and framing; the
                           token line and the final CRLF are added when it is sent */
