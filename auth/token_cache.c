@@ -19,6 +19,7 @@
 struct token_block {
     struct token pub; /* first, so token_put can find the block from the token */
     atomic_ulong refs;
+    time_t minted;    /* when it was signed: iat is earlier by the clock skew */
     char text[]; /* BEARER_PREFIX jwt "\r\n" NUL */
 };
 
@@ -224,6 +225,7 @@ static struct token_block *cache_mint(const struct cache_entry *e, time_t now, c
     b->pub.iat = now - e->cred->skew;
     b->pub.exp = exp;
     b->pub.generation = 0;
+    b->minted = now;
     /* The entry's own reference. */
     atomic_init(&b->refs, 1);
 out:
@@ -234,12 +236,14 @@ out:
     return b;
 }
 
-/* Refreshing starts refresh_margin before exp, but never later than two thirds into a token's
- * life (short lifetimes would otherwise have no window at all) and never inside the guard. */
+/* Refreshing starts refresh_margin before exp, but never later than two thirds into the time
+ * the token is usable, from its signing to its exp (short lifetimes would otherwise have no
+ * window at all; iat is backdated by the skew and does not count), and never inside the guard. */
 static long cache_margin(const token_cache *cache, const struct token *t)
 {
+    const struct token_block *b = (const struct token_block *)t;
     long m = cache->refresh_margin;
-    long third = (long)(t->exp - t->iat) / 3;
+    long third = (long)(t->exp - b->minted) / 3;
 
     if (third < m)
         m = third;

@@ -606,6 +606,8 @@ static void upstream_failed(struct client *c, const char *code, const char *deta
         return;
     }
     reply_error(c, code, detail, c->req_done);
+    if (c->state == C_IDLE)
+        process(c); /* a pipelined request may be waiting */
 }
 
 static void pause_upstream_if_full(struct client *c)
@@ -863,6 +865,8 @@ static void up_ready(struct upconn *conn, enum upstream_error err, const char *d
                                                                     : proxy_err_upstream_unreachable;
         c->up = NULL;
         reply_error(c, code, detail, c->req.body == HTTP1_BODY_NONE);
+        if (c->state == C_IDLE)
+            process(c); /* a pipelined request may be waiting */
     } else {
         c->up = conn;
         attach_upstream(c);
@@ -1109,37 +1113,41 @@ static void process(struct client *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     size_t len;
-    switch (c->state) {
-    case C_IDLE:
-    case C_HEAD:
-        len = evbuffer_get_length(in);
-        if (len == 0)
-            return;
-        if (c->state == C_IDLE) {
-            c->state = C_HEAD;
-            arm_timer(c, limits(c)->client_header_timeout_ms);
-        }
-        {
-            size_t n = len < c->req_limits.max_head + 1 ? len : c->req_limits.max_head + 1;
-            const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-            int r = http1_parse_head(&c->req, data, n);
-            if (r == 0)
+    /* A loop, not recursion: requests the proxy answers itself (404, 403...) leave the
+     * connection idle with the next pipelined request possibly already buffered. */
+    while (!c->dead) {
+        switch (c->state) {
+        case C_IDLE:
+        case C_HEAD:
+            len = evbuffer_get_length(in);
+            if (len == 0)
                 return;
-            if (r < 0) {
-                reply_error(c, code_for_status(c->req.error_status), c->req.error_detail, 0);
-                return;
+            if (c->state == C_IDLE) {
+                c->state = C_HEAD;
+                arm_timer(c, limits(c)->client_header_timeout_ms);
             }
+            {
+                size_t n = len < c->req_limits.max_head + 1 ? len : c->req_limits.max_head + 1;
+                const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+                int r = http1_parse_head(&c->req, data, n);
+                if (r == 0)
+                    return;
+                if (r < 0) {
+                    reply_error(c, code_for_status(c->req.error_status), c->req.error_detail, 0);
+                    return;
+                }
+            }
+            start_exchange(c);
+            continue;
+        case C_EXCHANGE:
+            feed_body(c);
+            return;
+        case C_CONNECTING:
+            return; /* the body waits until the upstream is ready */
+        case C_CLOSING:
+            evbuffer_drain(in, evbuffer_get_length(in));
+            return;
         }
-        start_exchange(c);
-        return;
-    case C_EXCHANGE:
-        feed_body(c);
-        return;
-    case C_CONNECTING:
-        return; /* the body waits until the upstream is ready */
-    case C_CLOSING:
-        evbuffer_drain(in, evbuffer_get_length(in));
-        return;
     }
 }
 

@@ -194,8 +194,8 @@ static void test_guard_with_zero_margin(void **state)
     token_cache_free(cache);
 }
 
-/* The margin shrinks to a third of a short lifetime: 120 s with 60 s of skew leaves exp = now +
- * 60, refreshed after 20 s (margin 40) rather than on every request. */
+/* The margin shrinks to a third of the time a token is usable: 120 s with 60 s of skew leaves
+ * exp = now + 60, refreshed after 40 s (margin 20) rather than on every request. */
 static void test_margin_capped_to_third_of_lifetime(void **state)
 {
     struct credential c = asc();
@@ -206,15 +206,39 @@ static void test_margin_capped_to_third_of_lifetime(void **state)
     c.lifetime = 120;
     a = get(cache, &c);
     assert_int_equal(a->exp, T0 + 60);
-    set_now(T0 + 19);
+    set_now(T0 + 39);
     b = get(cache, &c);
     assert_ptr_equal(a, b);
     token_put(b);
-    set_now(T0 + 20);
+    set_now(T0 + 40);
     b = get(cache, &c);
     assert_ptr_not_equal(a, b);
     token_put(a);
     token_put(b);
+    token_cache_free(cache);
+}
+
+/* Regression: with clock_skew close to the lifetime (180 s, skew 120 s: usable for 60 s) the
+ * margin was a third of exp - iat (60 s), so every new token was already inside it and every
+ * request signed again. */
+static void test_regression_large_skew_not_reminted_per_request(void **state)
+{
+    struct credential c = asc();
+    token_cache *cache = token_cache_new(300, fake_clock);
+    struct token *a, *b;
+
+    (void)state;
+    c.lifetime = 180;
+    c.skew = 120;
+    a = get(cache, &c);
+    for (int t = 1; t < 40; t++) {
+        set_now(T0 + t);
+        b = get(cache, &c);
+        assert_ptr_equal(a, b);
+        token_put(b);
+    }
+    assert_int_equal(token_cache_mints(cache, &c), 1);
+    token_put(a);
     token_cache_free(cache);
 }
 
@@ -499,6 +523,7 @@ int main(void)
         cmocka_unit_test_setup(test_never_expired, reset_clock),
         cmocka_unit_test_setup(test_guard_with_zero_margin, reset_clock),
         cmocka_unit_test_setup(test_margin_capped_to_third_of_lifetime, reset_clock),
+        cmocka_unit_test_setup(test_regression_large_skew_not_reminted_per_request, reset_clock),
         cmocka_unit_test_setup(test_refresh_remints_inside_margin, reset_clock),
         cmocka_unit_test_setup(test_invalidate_with_cooldown, reset_clock),
         cmocka_unit_test_setup(test_scopes_are_separate_entries, reset_clock),
