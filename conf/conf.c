@@ -38,6 +38,10 @@ void conf_free(struct conf *conf)
     for (i = 0; i < conf->nroutes; i++)
         conf_route_deinit(&conf->routes[i]);
     free(conf->routes);
+    free(conf->quota_reserve);
+    for (i = 0; i < conf->nclients; i++)
+        conf_client_deinit(&conf->clients[i]);
+    free(conf->clients);
     free(conf->access_log);
     free(conf->source);
     free(conf);
@@ -57,9 +61,17 @@ const struct credential *conf_credential(const struct conf *conf, const char *na
 
 int conf_credential_add(struct conf *conf, struct credential *cred)
 {
-    struct credential *p =
-        realloc(conf->credentials, (conf->ncredentials + 1) * sizeof *conf->credentials);
+    /* quota_reserve is parallel to credentials: grown first, -1 (none) until set. */
+    long *q = realloc(conf->quota_reserve, (conf->ncredentials + 1) * sizeof *q);
+    struct credential *p;
 
+    if (q == NULL) {
+        credential_deinit(cred);
+        return -1;
+    }
+    conf->quota_reserve = q;
+    q[conf->ncredentials] = -1;
+    p = realloc(conf->credentials, (conf->ncredentials + 1) * sizeof *conf->credentials);
     if (p == NULL) {
         credential_deinit(cred);
         return -1;
@@ -83,6 +95,7 @@ static int conf_listen_dup(const struct conf_addr *v, size_t n, const char *text
     return 0;
 }
 
+/* Each entry is "host:port" (plain HTTP) or {"address": "host:port", "tls": {...}}. */
 static void conf_set_listen(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
                             const struct conf_field *f)
 {
@@ -90,13 +103,16 @@ static void conf_set_listen(struct conf_ctx *ctx, const cJSON *item, const char 
     struct conf_addr *v;
     const cJSON *c;
     size_t n, i = 0, bad = 0;
+    int single = cJSON_IsString(item) || cJSON_IsObject(item);
 
-    if (cJSON_IsString(item))
+    if (single)
         n = 1;
     else if (cJSON_IsArray(item))
         n = conf_count_children(item);
     else {
-        conf_msgs_add(ctx->errs, path, "expected an array of \"host:port\" strings");
+        conf_msgs_add(ctx->errs, path,
+                      "expected an array of \"host:port\" strings or {\"address\": ..., "
+                      "\"tls\": {...}} objects");
         return;
     }
     if (n == 0 || n > CONF_MAX_LISTEN) {
@@ -108,15 +124,27 @@ static void conf_set_listen(struct conf_ctx *ctx, const cJSON *item, const char 
         conf_oom(ctx);
         return;
     }
-    for (c = cJSON_IsString(item) ? item : item->child; i < n && c != NULL; c = c->next, i++) {
+    for (c = single ? item : item->child; i < n && c != NULL; c = c->next, i++) {
         char sub[CONF_PATH_MAX], why[160], shown[CONF_SHOWN];
 
-        if (cJSON_IsString(item))
+        if (single)
             snprintf(sub, sizeof sub, "%s", path);
         else
             conf_path_index(sub, sizeof sub, path, i);
+        if (cJSON_IsObject(c)) {
+            if (conf_listen_object(ctx, c, sub, &v[i], 0) != 0)
+                bad++;
+            else if (conf_listen_dup(v, i, v[i].text)) {
+                conf_printable(v[i].text, shown, sizeof shown);
+                conf_msgs_add(ctx->errs, sub, "\"%s\" is listed twice", shown);
+                bad++;
+            }
+            continue;
+        }
         if (!cJSON_IsString(c) || c->valuestring == NULL) {
-            conf_msgs_add(ctx->errs, sub, "expected a \"host:port\" string");
+            conf_msgs_add(ctx->errs, sub,
+                          "expected a \"host:port\" string or an {\"address\": ..., \"tls\": "
+                          "{...}} object");
             bad++;
             continue;
         }
@@ -151,6 +179,14 @@ static void conf_set_admin_listen(struct conf_ctx *ctx, const cJSON *item, const
 
     if (cJSON_IsNull(item)) {
         conf_addr_deinit(&conf->admin_listen);
+        return;
+    }
+    /* {"address": ...} is accepted like a listen entry; "tls" is refused there. */
+    if (cJSON_IsObject(item)) {
+        if (conf_listen_object(ctx, item, path, &a, 1) == 0) {
+            conf_addr_deinit(&conf->admin_listen);
+            conf->admin_listen = a;
+        }
         return;
     }
     if (!cJSON_IsString(item) || item->valuestring == NULL) {
@@ -294,6 +330,7 @@ struct conf_cred_in {
     const char *key_file;
     const char *key_text;
     const char *key_env;
+    long quota_reserve; /* -1: not set */
 };
 
 static void conf_set_profile(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
@@ -362,6 +399,14 @@ static const struct conf_field conf_credential_fields[] = {
      .unit = " (seconds)"},
     CRED_LIST("scope", scope, nscope, conf_check_scope),
     CRED_LIST("origin", origin, norigin, conf_check_origin),
+    /* Requests of Apple's hourly quota kept for clients with "priority" (the gateway). */
+    {.name = "quota_reserve",
+     .set = conf_set_number,
+     .offset = offsetof(struct conf_cred_in, quota_reserve),
+     .store = CONF_STORE_LONG,
+     .min = 0,
+     .max = 1e9,
+     .unit = " (requests)"},
 };
 #define CONF_NCRED_FIELDS (sizeof conf_credential_fields / sizeof conf_credential_fields[0])
 
@@ -501,6 +546,7 @@ static void conf_set_credentials(struct conf_ctx *ctx, const cJSON *item, const 
             continue;
         }
         memset(&in, 0, sizeof in);
+        in.quota_reserve = -1;
         in.cred.skew = TOKEN_DEFAULT_SKEW;
         in.cred.profile = PROFILE_COUNT; /* not yet known */
         in.cred.name = strdup(name);
@@ -518,8 +564,23 @@ static void conf_set_credentials(struct conf_ctx *ctx, const cJSON *item, const 
          * belong to auth/; their messages use the raw name, so only for valid names. */
         if (in.cred.profile < PROFILE_COUNT && why == NULL)
             conf_credential_validate(&in.cred, ctx->errs, NULL);
+        /* Only App Store Connect reports the hourly quota (X-Rate-Limit) a reserve is kept
+         * against; elsewhere the value would do nothing. */
+        if (in.quota_reserve >= 0 && in.cred.profile < PROFILE_COUNT &&
+            in.cred.profile != PROFILE_APP_STORE_CONNECT) {
+            char q[CONF_PATH_MAX];
+
+            conf_path_key(q, sizeof q, sub, "quota_reserve");
+            conf_msgs_add(ctx->warns, q,
+                          "only app-store-connect credentials have a quota to reserve from; "
+                          "ignored for this %s credential",
+                          profile_name(in.cred.profile));
+            in.quota_reserve = -1;
+        }
         if (conf_credential_add(conf, &in.cred) != 0)
             conf_oom(ctx);
+        else
+            conf->quota_reserve[conf->ncredentials - 1] = in.quota_reserve;
     }
     free(dup);
 }
@@ -566,6 +627,10 @@ static const struct conf_field conf_top_fields[] = {
      .max = CONF_MAX_WORKERS},
     {.name = "credentials", .set = conf_set_credentials},
     {.name = "routes", .set = conf_set_routes},
+    {.name = "clients", .set = conf_set_clients},
+    {.name = "allow_anonymous_clients",
+     .set = conf_set_bool,
+     .offset = offsetof(struct conf, allow_anonymous_clients)},
     {.name = "limits", .set = conf_set_limits},
     {.name = "access_log", .set = conf_set_access_log},
     /* At least 10 s: a token must not expire between being taken and reaching Apple. */
@@ -689,6 +754,7 @@ static struct conf *conf_parse_text(const char *json, size_t len, const char *so
         conf_routes_check(&ctx);
     else
         conf_routes_derive(conf, errs);
+    conf_clients_check(&ctx);
     conf_finish(conf, ctx.margin_given, errs, warns);
 out:
     if (root != NULL) {

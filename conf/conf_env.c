@@ -27,6 +27,7 @@
 #define ENV_LISTEN       "APPLE_AUTH_PROXY_LISTEN"
 #define ENV_WORKERS      "APPLE_AUTH_PROXY_WORKERS"
 #define ENV_ADMIN        "APPLE_AUTH_PROXY_ADMIN_LISTEN"
+#define ENV_ANONYMOUS    "APPLE_AUTH_PROXY_ALLOW_ANONYMOUS_CLIENTS"
 
 #define ASC_SET                                                                                    \
     ASC_KEY_ID ", " ASC_ISSUER_ID " (absent for an individual key) and " ASC_KEY_FILEPATH          \
@@ -269,6 +270,41 @@ static void conf_env_weatherkit(struct conf *conf, conf_getenv_fn g, struct conf
         errs->oom = 1;
 }
 
+/* The listen override names addresses; a file's listener at the same address keeps its TLS
+ * settings (moved from conf->listen to list). A TLS listener the override leaves out would
+ * otherwise become plain HTTP without a word (the Docker image sets APPLE_AUTH_PROXY_LISTEN):
+ * that is an error. Returns the number of errors. */
+static size_t conf_env_keep_tls(struct conf *conf, struct conf_addr *list, size_t n,
+                                struct conf_msgs *errs)
+{
+    size_t i, j, bad = 0;
+
+    for (i = 0; i < n; i++)
+        for (j = 0; j < conf->nlisten; j++) {
+            struct conf_addr *old = &conf->listen[j];
+
+            if (old->tls_cert_file == NULL || strcmp(old->text, list[i].text) != 0)
+                continue;
+            list[i].tls_cert_file = old->tls_cert_file;
+            list[i].tls_key_file = old->tls_key_file;
+            list[i].tls_client_ca_file = old->tls_client_ca_file;
+            old->tls_cert_file = old->tls_key_file = old->tls_client_ca_file = NULL;
+            break;
+        }
+    for (j = 0; j < conf->nlisten; j++) {
+        if (conf->listen[j].tls_cert_file == NULL)
+            continue;
+        conf_msgs_add(errs, ENV_LISTEN,
+                      "replaces listen[%zu] (%s), a TLS listener, with plain HTTP; add %s to "
+                      "APPLE_AUTH_PROXY_LISTEN to keep it (with its TLS settings), or set "
+                      "APPLE_AUTH_PROXY_LISTEN to an empty value to use the configuration's "
+                      "listen",
+                      j, conf->listen[j].text, conf->listen[j].text);
+        bad++;
+    }
+    return bad;
+}
+
 void conf_env_overrides(struct conf *conf, conf_getenv_fn g, struct conf_msgs *errs)
 {
     const char *v = conf_env_get(g, ENV_LISTEN), *p;
@@ -318,6 +354,8 @@ void conf_env_overrides(struct conf *conf, conf_getenv_fn g, struct conf_msgs *e
             }
             free(entry);
         }
+        if (bad == 0)
+            bad = conf_env_keep_tls(conf, list, n, errs);
         if (bad > 0) {
             for (i = 0; i < n; i++)
                 conf_addr_deinit(&list[i]);
@@ -351,6 +389,9 @@ workers:
         }
         free(t);
     }
+    v = conf_env_get(g, ENV_ANONYMOUS);
+    if (v != NULL && conf_env_bool(v, &conf->allow_anonymous_clients) != 0)
+        conf_msgs_add(errs, ENV_ANONYMOUS, "expected true or false (or 1/0, yes/no)");
     v = conf_env_get(g, ENV_WORKERS);
     if (v == NULL)
         return;

@@ -2,11 +2,13 @@
 #ifndef AAP_CONF_CONF_PRIV_H
 #define AAP_CONF_CONF_PRIV_H
 
-/* conf/ is one module (conf.h) in four files, each under a thousand lines:
- *   conf.c        files and strings, the top level, limits, credentials, conf_free
- *   conf_value.c  messages, the syntax of single values, addresses, URLs, the table reader
- *   conf_route.c  "routes", their checks against the credentials, default routes
- *   conf_env.c    environment-only mode and the APPLE_AUTH_PROXY_* overrides, conf_load */
+/* conf/ is one module (conf.h) in six files, each under a thousand lines:
+ *   conf.c          files and strings, the top level, limits, credentials, conf_free
+ *   conf_value.c    messages, the syntax of single values, addresses, URLs, the table reader
+ *   conf_route.c    "routes", their checks against the credentials, default routes
+ *   conf_env.c      environment-only mode and the APPLE_AUTH_PROXY_* overrides, conf_load
+ *   conf_gateway.c  the team gateway: "clients", listen objects with "tls", their checks
+ *   conf_exposure.c conf_check_exposure: non-loopback listeners need client identities */
 
 #include <stddef.h>
 #include <cjson/cJSON.h>
@@ -20,7 +22,8 @@
 #define CONF_MAX_CREDENTIALS 256
 #define CONF_MAX_ROUTES      1024
 #define CONF_MAX_LISTEN      64
-#define CONF_MAX_LIST        256 /* scope and origin entries */
+#define CONF_MAX_LIST        256 /* scope, origin, allow, methods and allow_cidrs entries */
+#define CONF_MAX_CLIENTS     1024
 
 #define CONF_DEFAULT_LISTEN         "127.0.0.1:8080"
 #define CONF_DEFAULT_ADMIN_LISTEN   "127.0.0.1:9901"
@@ -142,6 +145,9 @@ void conf_set_borrowed(struct conf_ctx *ctx, const cJSON *item, const char *path
                        const struct conf_field *f);
 void conf_set_strings(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
                       const struct conf_field *f);
+/* true or false into an int. */
+void conf_set_bool(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
+                   const struct conf_field *f);
 
 /* ---- the configuration ---- */
 
@@ -166,6 +172,21 @@ void conf_set_routes(struct conf_ctx *ctx, const cJSON *item, const char *path, 
 void conf_routes_check(struct conf_ctx *ctx);
 void conf_route_deinit(struct conf_route *r);
 
+/* ---- the gateway (conf_gateway.c) ---- */
+
+/* A "listen" entry written as an object, {"address": "host:port", "tls": {"cert_file",
+ * "key_file", "client_ca_file"}}, into addr (zeroed first). admin: for admin_listen, where
+ * "tls" is refused. Returns 0, or -1 after reporting (addr is then empty). */
+int conf_listen_object(struct conf_ctx *ctx, const cJSON *item, const char *path,
+                       struct conf_addr *addr, int admin);
+
+/* "clients": the setter for the top-level table, and the checks made once the credentials
+ * and listeners are known (credential names resolved, identities unique). */
+void conf_set_clients(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
+                      const struct conf_field *f);
+void conf_clients_check(struct conf_ctx *ctx);
+void conf_client_deinit(struct conf_client *c);
+
 /* Derives one route per credential from its profile (docs/configuration.md, "Default
  * routes"), most specific prefix first. Two credentials wanting the same prefix is an error. */
 void conf_routes_derive(struct conf *conf, struct conf_msgs *errs);
@@ -182,7 +203,9 @@ void conf_finish(struct conf *conf, int margin_given, struct conf_msgs *errs,
 struct conf *conf_parse_file(const char *path, conf_getenv_fn getenv_fn, struct conf_msgs *errs,
                              struct conf_msgs *warns);
 
-/* APPLE_AUTH_PROXY_LISTEN and APPLE_AUTH_PROXY_WORKERS, applied in every mode. */
+/* APPLE_AUTH_PROXY_LISTEN, _ADMIN_LISTEN, _WORKERS and _ALLOW_ANONYMOUS_CLIENTS, applied in
+ * every mode. A listen override keeps the TLS settings of a file's listener with the same
+ * address, and refuses to drop a TLS listener silently. */
 void conf_env_overrides(struct conf *conf, conf_getenv_fn getenv_fn, struct conf_msgs *errs);
 
 /* Checks between the listen addresses and admin_listen, made after the overrides. */

@@ -170,6 +170,12 @@ static const struct conf_field conf_route_fields[] = {
      .offset = offsetof(struct conf_route, scope),
      .count_offset = offsetof(struct conf_route, nscope),
      .check = conf_check_scope},
+    {.name = "client_scopes",
+     .set = conf_set_bool,
+     .offset = offsetof(struct conf_route, client_scopes)},
+    {.name = "rewrite_links",
+     .set = conf_set_bool,
+     .offset = offsetof(struct conf_route, rewrite_links)},
 };
 #define CONF_NROUTE_FIELDS (sizeof conf_route_fields / sizeof conf_route_fields[0])
 
@@ -203,6 +209,8 @@ void conf_set_routes(struct conf_ctx *ctx, const cJSON *item, const char *path, 
         return;
     }
     conf->nroutes = n;
+    for (k = 0; k < n; k++)
+        conf->routes[k].rewrite_links = -1; /* not given: decided by the profile */
     for (c = item->child; c != NULL && i < n; c = c->next, i++) {
         char sub[CONF_PATH_MAX], req[CONF_PATH_MAX];
 
@@ -278,6 +286,10 @@ void conf_routes_check(struct conf_ctx *ctx)
                 r->credential_index = (size_t)(cred - conf->credentials);
             }
         }
+        /* App Store Connect answers with absolute links to itself (links.next): rewritten by
+         * default so that a client following them stays on the proxy. */
+        if (r->rewrite_links < 0)
+            r->rewrite_links = cred != NULL && cred->profile == PROFILE_APP_STORE_CONNECT;
         if (r->strip_prefix != NULL && r->path_prefix != NULL &&
             strncmp(r->path_prefix, r->strip_prefix, strlen(r->strip_prefix)) != 0) {
             snprintf(sub, sizeof sub, "routes[%zu].strip_prefix", i);
@@ -290,6 +302,23 @@ void conf_routes_check(struct conf_ctx *ctx)
                           "only app-store-connect credentials take a scope "
                           "(credential \"%s\" is %s)",
                           cred->name, profile_name(cred->profile));
+        }
+        if (r->client_scopes) {
+            snprintf(sub, sizeof sub, "routes[%zu].client_scopes", i);
+            if (cred != NULL && cred->profile < PROFILE_COUNT &&
+                cred->profile != PROFILE_APP_STORE_CONNECT)
+                conf_msgs_add(ctx->errs, sub,
+                              "only app-store-connect credentials take a scope "
+                              "(credential \"%s\" is %s)",
+                              cred->name, profile_name(cred->profile));
+            if (r->nscope > 0)
+                conf_msgs_add(ctx->errs, sub,
+                              "cannot be combined with the route's own \"scope\": remove one "
+                              "of them");
+            if (conf->nclients == 0)
+                conf_msgs_add(ctx->warns, sub,
+                              "has no effect without \"clients\": tokens keep the "
+                              "credential's scope");
         }
         /* The mistake DESIGN.md opens with: one API's token sent to another API's host. */
         if (cred != NULL && cred->profile < PROFILE_COUNT && r->upstream_host != NULL) {
@@ -417,6 +446,7 @@ void conf_routes_derive(struct conf *conf, struct conf_msgs *errs)
         r->upstream_port = 443;
         r->credential = strdup(c->name);
         r->credential_index = order[i];
+        r->rewrite_links = c->profile == PROFILE_APP_STORE_CONNECT;
         if (r->path_prefix == NULL || r->upstream == NULL || r->upstream_host == NULL ||
             r->credential == NULL)
             errs->oom = 1;

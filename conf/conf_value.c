@@ -432,6 +432,9 @@ void conf_addr_deinit(struct conf_addr *addr)
         return;
     free(addr->text);
     free(addr->host);
+    free(addr->tls_cert_file);
+    free(addr->tls_key_file);
+    free(addr->tls_client_ca_file);
     memset(addr, 0, sizeof *addr);
 }
 
@@ -855,4 +858,14 @@ void conf_set_strings(struct conf_ctx *ctx, const cJSON *item, const char *path,
     }
     *dst = v;
     *count = n;
+}
+
+void conf_set_bool(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
+                   const struct conf_field *f)
+{
+    if (!cJSON_IsBool(item)) {
+        conf_msgs_add(ctx->errs, path, "expected true or false");
+        return;
+    }
+    *(int *)((char *)base + f->offset) = cJSON_IsTrue(item) ? 1 : 0;
 }

@@ -86,6 +86,20 @@ static struct conf *load(const char *path)
     return conf;
 }
 
+/* The gateway's safety rule (conf_check_exposure), reported like configuration errors. */
+static int check_exposure(const struct conf *conf)
+{
+    char *errors = NULL, *warnings = NULL;
+    int rc = conf_check_exposure(conf, &errors, &warnings);
+    if (warnings)
+        print_lines("apple-auth-proxy: warning: ", warnings);
+    if (errors)
+        print_lines("apple-auth-proxy: ", errors);
+    free(errors);
+    free(warnings);
+    return rc;
+}
+
 static cJSON *decode_segment(const char *seg, size_t len)
 {
     size_t n;
@@ -236,6 +250,8 @@ static int cmd_check(int argc, char **argv)
     struct conf *conf = load(path);
     if (conf == NULL)
         return EXIT_USAGE;
+    if (check_exposure(conf) < 0)
+        rc = EXIT_USAGE;
     printf("configuration %s: %zu credential%s, %zu route%s\n", conf->source, conf->ncredentials,
            conf->ncredentials == 1 ? "" : "s", conf->nroutes, conf->nroutes == 1 ? "" : "s");
     for (size_t k = 0; k < conf->ncredentials; k++) {
@@ -331,11 +347,40 @@ static int cmd_serve(int argc, char **argv)
                 conf_free(conf);
                 return EXIT_USAGE;
             }
+        /* An address that is a TLS listener in the configuration keeps its TLS settings; a TLS
+         * listener left out would otherwise turn into nothing without a word: an error. */
+        int bad = 0;
+        for (size_t k = 0; k < nlisten; k++)
+            for (size_t j = 0; j < conf->nlisten; j++) {
+                struct conf_addr *old = &conf->listen[j];
+                if (old->tls_cert_file == NULL || strcmp(old->text, addrs[k].text) != 0)
+                    continue;
+                addrs[k].tls_cert_file = old->tls_cert_file;
+                addrs[k].tls_key_file = old->tls_key_file;
+                addrs[k].tls_client_ca_file = old->tls_client_ca_file;
+                old->tls_cert_file = old->tls_key_file = old->tls_client_ca_file = NULL;
+                break;
+            }
+        for (size_t j = 0; j < conf->nlisten; j++)
+            if (conf->listen[j].tls_cert_file) {
+                fprintf(stderr, "apple-auth-proxy: --listen leaves out listen[%zu] (%s), a TLS "
+                                "listener; add --listen %s to keep it\n", j,
+                        conf->listen[j].text, conf->listen[j].text);
+                bad = 1;
+            }
         for (size_t k = 0; k < conf->nlisten; k++)
             conf_addr_deinit(&conf->listen[k]);
         free(conf->listen);
         conf->listen = addrs;
         conf->nlisten = nlisten;
+        if (bad) {
+            conf_free(conf);
+            return EXIT_USAGE;
+        }
+    }
+    if (check_exposure(conf) < 0) {
+        conf_free(conf);
+        return EXIT_USAGE;
     }
     return server_run(conf, path);
 }

@@ -156,12 +156,20 @@ fail:
     return NULL;
 }
 
+static int same_str(const char *a, const char *b)
+{
+    return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0;
+}
+
 static int addrs_equal(const struct conf *a, const struct conf *b)
 {
     if (a->nlisten != b->nlisten)
         return 0;
     for (size_t i = 0; i < a->nlisten; i++)
-        if (strcmp(a->listen[i].text, b->listen[i].text) != 0)
+        if (strcmp(a->listen[i].text, b->listen[i].text) != 0 ||
+            !same_str(a->listen[i].tls_cert_file, b->listen[i].tls_cert_file) ||
+            !same_str(a->listen[i].tls_key_file, b->listen[i].tls_key_file) ||
+            !same_str(a->listen[i].tls_client_ca_file, b->listen[i].tls_client_ca_file))
             return 0;
     return 1;
 }
@@ -190,8 +198,30 @@ int server_reload(struct server *s)
     if (warnings) {
         log_msg(LOG_WARN, "reload: %s", warnings);
         free(warnings);
+        warnings = NULL;
     }
     free(errors);
+    errors = NULL;
+    /* The sockets stay as they are, so the rule is checked against the addresses in use. */
+    {
+        struct conf_addr *keep = conf->listen;
+        size_t nkeep = conf->nlisten;
+        conf->listen = s->rt->conf->listen;
+        conf->nlisten = s->rt->conf->nlisten;
+        int exposed = conf_check_exposure(conf, &errors, &warnings);
+        conf->listen = keep;
+        conf->nlisten = nkeep;
+        free(warnings);
+        if (exposed < 0) {
+            log_msg(LOG_ERROR, "reload rejected; the current configuration keeps serving: %s",
+                    errors ? errors : "listeners exposed without client identities");
+            free(errors);
+            conf_free(conf);
+            s->reload_failures++;
+            return -1;
+        }
+        free(errors);
+    }
     struct runtime *rt = runtime_new(conf, err, sizeof(err));
     if (rt == NULL) {
         log_msg(LOG_ERROR, "reload rejected; the current configuration keeps serving: %s", err);
@@ -201,8 +231,8 @@ int server_reload(struct server *s)
     for (size_t t = 0; t < rt->ntargets; t++)
         upstream_tls_ctx_prepare(rt->targets[t].ssl_ctx);
     if (!addrs_equal(rt->conf, s->rt->conf))
-        log_msg(LOG_WARN, "reload: the listen addresses changed; they take effect at the next "
-                          "restart (the proxy keeps its current sockets)");
+        log_msg(LOG_WARN, "reload: the listen addresses or their TLS settings changed; they take "
+                          "effect at the next restart (the proxy keeps its current sockets)");
     if ((rt->conf->admin_listen.text == NULL) != (s->rt->conf->admin_listen.text == NULL) ||
         (rt->conf->admin_listen.text && s->rt->conf->admin_listen.text &&
          strcmp(rt->conf->admin_listen.text, s->rt->conf->admin_listen.text) != 0))

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1051,6 +1052,663 @@ static void test_many_errors_capped(void **state)
     free(tmpl);
 }
 
+/* ---- the team gateway: clients, TLS listeners, quota_reserve, client_scopes ------------------ */
+
+/* Not secrets: the SHA-256 values the configuration holds, in both cases of hex. */
+#define HASH_A "0123456789abcdef0123456789ABCDEF0123456789abcdef0123456789ABCDEF"
+#define HASH_B "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100"
+#define ASC_QUOTA_CRED                                                                             \
+    "\"asc\": {\"profile\": \"app-store-connect\", \"key_id\": \"2X9R4HXF34\", \"issuer_id\": "    \
+    "\"" ISSUER "\", \"private_key_file\": \"@KEY@\", \"quota_reserve\": 200}"
+#define GATEWAY_ROUTES                                                                             \
+    "\"routes\": [{\"path_prefix\": \"/api/v1/\", \"upstream\": "                                  \
+    "\"https://weatherkit.apple.com\", "                                                           \
+    "\"credential\": \"weather\"}, {\"path_prefix\": \"/\", \"upstream\": "                        \
+    "\"https://api.appstoreconnect.apple.com\", \"credential\": \"asc\", \"client_scopes\": "      \
+    "true}]"
+#define TLS_LISTEN                                                                                 \
+    "{\"address\": \"0.0.0.0:8443\", \"tls\": {\"cert_file\": \"@CA@\", \"key_file\": \"@KEY@\", " \
+    "\"client_ca_file\": \"@CA@\"}}"
+/* A file with one client; CLIENT is the body of "clients". */
+#define WITH_CLIENTS(clients) "{" CREDS ", \"clients\": {" clients "}}"
+#define ONE_CLIENT(body)      WITH_CLIENTS("\"x\": {" body "}")
+#define KEY_A                 "\"key_sha256\": \"" HASH_A "\""
+
+static void test_gateway_config(void **state)
+{
+    static const unsigned char hash_a[8] = {0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef};
+    static const unsigned char v6net[4] = {0x20, 0x01, 0x0d, 0xb8};
+    static const unsigned char v6one[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    char *warnings = NULL;
+    const struct conf_client *c;
+    struct conf *conf = load_ok_w(
+        "{\"listen\": [\"127.0.0.1:8080\", " TLS_LISTEN "], \"allow_anonymous_clients\": false, "
+        "\"credentials\": {" ASC_QUOTA_CRED ", " WK_CRED "}, " GATEWAY_ROUTES ", \"clients\": {"
+        "\"release-bot\": {" KEY_A ", \"allow\": [{\"methods\": [\"get\", \"HEAD\"], "
+        "\"path_prefix\": \"/v1/\"}, {\"methods\": [\"POST\"]}, {\"path_prefix\": \"/v2/\"}], "
+        "\"credentials\": [\"asc\"], \"rate\": {\"per_second\": 5, \"burst\": 20}, "
+        "\"priority\": false},"
+        "\"weather-svc\": {\"key_sha256\": \"" HASH_B "\", \"credentials\": [\"weather\", "
+        "\"asc\"], \"allow_cidrs\": [\"10.1.0.0/16\", \"::1\", \"2001:db8::/32\", \"192.168.1.7\", "
+        "\"::ffff:172.16.0.0/108\"], \"rate\": {\"per_second\": 0.5}, \"priority\": true},"
+        "\"ci-runner\": {\"cert_subject\": \"CN=ci-runner,O=Example\", \"rate\": "
+        "{\"per_second\": 20}}}}",
+        &warnings);
+
+    (void)state;
+    assert_null(warnings);
+    /* listen: a plain entry and a TLS one */
+    assert_int_equal(conf->nlisten, 2);
+    assert_string_equal(conf->listen[0].text, "127.0.0.1:8080");
+    assert_null(conf->listen[0].tls_cert_file);
+    assert_null(conf->listen[0].tls_key_file);
+    assert_null(conf->listen[0].tls_client_ca_file);
+    assert_string_equal(conf->listen[1].text, "0.0.0.0:8443");
+    assert_string_equal(conf->listen[1].host, "0.0.0.0");
+    assert_int_equal(conf->listen[1].port, 8443);
+    assert_string_equal(conf->listen[1].tls_cert_file, capath);
+    assert_string_equal(conf->listen[1].tls_key_file, keypath);
+    assert_string_equal(conf->listen[1].tls_client_ca_file, capath);
+    assert_null(conf->admin_listen.tls_cert_file);
+    assert_int_equal(conf->allow_anonymous_clients, 0);
+    /* quota_reserve is parallel to credentials */
+    assert_non_null(conf->quota_reserve);
+    assert_int_equal(conf->quota_reserve[0], 200);
+    assert_int_equal(conf->quota_reserve[1], -1);
+    assert_int_equal(conf->routes[0].client_scopes, 0);
+    assert_int_equal(conf->routes[1].client_scopes, 1);
+    assert_int_equal(conf->nclients, 3);
+
+    c = &conf->clients[0];
+    assert_string_equal(c->name, "release-bot");
+    assert_int_equal(c->has_key, 1);
+    assert_memory_equal(c->key_sha256, hash_a, 8);
+    assert_memory_equal(c->key_sha256 + 8, hash_a, 8);
+    assert_memory_equal(c->key_sha256 + 16, hash_a, 8); /* upper-case hex, same bytes */
+    assert_null(c->cert_subject);
+    assert_int_equal(c->nallow, 3);
+    assert_int_equal(c->allow[0].nmethods, 2);
+    assert_string_equal(c->allow[0].methods[0], "GET");
+    assert_string_equal(c->allow[0].methods[1], "HEAD");
+    assert_string_equal(c->allow[0].path_prefix, "/v1/");
+    assert_int_equal(c->allow[1].nmethods, 1);
+    assert_string_equal(c->allow[1].methods[0], "POST");
+    assert_string_equal(c->allow[1].path_prefix, "/"); /* absent: every path */
+    assert_int_equal(c->allow[2].nmethods, 0);         /* absent: every method */
+    assert_null(c->allow[2].methods);
+    assert_string_equal(c->allow[2].path_prefix, "/v2/");
+    assert_int_equal(c->ncredentials, 1);
+    assert_string_equal(c->credentials[0], "asc");
+    assert_int_equal(c->credential_index[0], 0);
+    assert_int_equal(c->nallow_cidrs, 0);
+    assert_true(c->rate_per_second == 5.0);
+    assert_true(c->rate_burst == 20.0);
+    assert_int_equal(c->priority, 0);
+
+    c = &conf->clients[1];
+    assert_string_equal(c->name, "weather-svc");
+    assert_int_equal(c->has_key, 1);
+    assert_int_equal(c->key_sha256[0], 0xff);
+    assert_int_equal(c->key_sha256[31], 0x00);
+    assert_int_equal(c->nallow, 0);
+    assert_int_equal(c->ncredentials, 2);
+    assert_int_equal(c->credential_index[0], 1);
+    assert_int_equal(c->credential_index[1], 0);
+    assert_int_equal(c->nallow_cidrs, 5);
+    assert_int_equal(c->allow_cidrs[0].family, AF_INET);
+    assert_int_equal(c->allow_cidrs[0].prefix, 16);
+    assert_int_equal(c->allow_cidrs[0].addr[0], 10);
+    assert_int_equal(c->allow_cidrs[0].addr[1], 1);
+    assert_int_equal(c->allow_cidrs[0].addr[2], 0);
+    assert_string_equal(c->allow_cidrs[0].text, "10.1.0.0/16");
+    assert_int_equal(c->allow_cidrs[1].family, AF_INET6);
+    assert_int_equal(c->allow_cidrs[1].prefix, 128);
+    assert_memory_equal(c->allow_cidrs[1].addr, v6one, 16);
+    assert_string_equal(c->allow_cidrs[1].text, "::1");
+    assert_int_equal(c->allow_cidrs[2].family, AF_INET6);
+    assert_int_equal(c->allow_cidrs[2].prefix, 32);
+    assert_memory_equal(c->allow_cidrs[2].addr, v6net, 4);
+    assert_int_equal(c->allow_cidrs[2].addr[4], 0);
+    assert_int_equal(c->allow_cidrs[3].family, AF_INET);
+    assert_int_equal(c->allow_cidrs[3].prefix, 32);
+    assert_int_equal(c->allow_cidrs[3].addr[3], 7);
+    /* An IPv4-mapped network is stored as the IPv4 one. */
+    assert_int_equal(c->allow_cidrs[4].family, AF_INET);
+    assert_int_equal(c->allow_cidrs[4].prefix, 12);
+    assert_int_equal(c->allow_cidrs[4].addr[0], 172);
+    assert_int_equal(c->allow_cidrs[4].addr[1], 16);
+    assert_true(c->rate_per_second == 0.5);
+    assert_true(c->rate_burst == 1.0); /* max(1, per_second) */
+    assert_int_equal(c->priority, 1);
+
+    c = &conf->clients[2];
+    assert_string_equal(c->name, "ci-runner");
+    assert_int_equal(c->has_key, 0);
+    assert_string_equal(c->cert_subject, "CN=ci-runner,O=Example");
+    assert_int_equal(c->ncredentials, 0);
+    assert_null(c->credential_index);
+    assert_true(c->rate_per_second == 20.0);
+    assert_true(c->rate_burst == 20.0);
+    conf_free(conf);
+
+    /* Without any of it: no clients, no TLS, no reserve. */
+    conf = load_ok("{" CREDS "}");
+    assert_int_equal(conf->nclients, 0);
+    assert_null(conf->clients);
+    assert_int_equal(conf->allow_anonymous_clients, 0);
+    assert_int_equal(conf->quota_reserve[0], -1);
+    assert_null(conf->listen[0].tls_cert_file);
+    assert_int_equal(conf->routes[0].client_scopes, 0);
+    assert_true(conf->clients == NULL);
+    conf_free(conf);
+    /* A single object as "listen", and admin_listen as an object without tls. */
+    conf = load_ok("{\"listen\": " TLS_LISTEN ", \"admin_listen\": {\"address\": "
+                   "\"127.0.0.1:9999\"}, \"allow_anonymous_clients\": true, " CREDS "}");
+    assert_int_equal(conf->nlisten, 1);
+    assert_string_equal(conf->listen[0].tls_key_file, keypath);
+    assert_string_equal(conf->admin_listen.text, "127.0.0.1:9999");
+    assert_int_equal(conf->allow_anonymous_clients, 1);
+    conf_free(conf);
+    /* client_ca_file is optional; "priority" and the rest default. */
+    conf = load_ok("{\"listen\": [{\"address\": \"[::]:0\", \"tls\": {\"cert_file\": \"@CA@\", "
+                   "\"key_file\": \"@KEY@\"}}], " CREDS ", \"clients\": {\"a\": {" KEY_A "}}}");
+    assert_null(conf->listen[0].tls_client_ca_file);
+    assert_int_equal(conf->clients[0].priority, 0);
+    assert_true(conf->clients[0].rate_per_second == 0);
+    assert_int_equal(conf->clients[0].nallow, 0);
+    conf_free(conf);
+}
+
+static void test_rewrite_links(void **state)
+{
+    struct conf *conf;
+
+    (void)state;
+    /* Default: on for app-store-connect routes (derived or written), off elsewhere. */
+    conf = load_ok("{\"credentials\": {" ASC_CRED ", " WK_CRED "}}");
+    assert_string_equal(conf->routes[0].credential, "weather");
+    assert_int_equal(conf->routes[0].rewrite_links, 0);
+    assert_int_equal(conf->routes[1].rewrite_links, 1);
+    conf_free(conf);
+    conf = load_ok("{\"credentials\": {" ASC_CRED ", " WK_CRED "}, " GATEWAY_ROUTES "}");
+    assert_int_equal(conf->routes[0].rewrite_links, 0);
+    assert_int_equal(conf->routes[1].rewrite_links, 1);
+    conf_free(conf);
+    /* As written, either way. */
+    conf = load_ok("{\"credentials\": {" ASC_CRED ", " WK_CRED "}, \"routes\": [{\"path_prefix\": "
+                   "\"/api/v1/\", \"upstream\": \"https://weatherkit.apple.com\", \"credential\": "
+                   "\"weather\", \"rewrite_links\": true}, {\"path_prefix\": \"/\", \"upstream\": "
+                   "\"https://api.appstoreconnect.apple.com\", \"credential\": \"asc\", "
+                   "\"rewrite_links\": false}]}");
+    assert_int_equal(conf->routes[0].rewrite_links, 1);
+    assert_int_equal(conf->routes[1].rewrite_links, 0);
+    conf_free(conf);
+    expect_error("{" CREDS ", \"routes\": [{\"path_prefix\": \"/\", \"upstream\": "
+                 "\"https://api.appstoreconnect.apple.com\", \"credential\": \"asc\", "
+                 "\"rewrite_links\": \"no\"}]}",
+                 "routes[0].rewrite_links: expected true or false");
+}
+
+static void test_gateway_listen_errors(void **state)
+{
+    (void)state;
+    expect_error(
+        "{\"listen\": [{\"tls\": {\"cert_file\": \"@CA@\", \"key_file\": \"@KEY@\"}}], " CREDS "}",
+        "listen[0].address: required");
+    expect_error("{\"listen\": [{\"adress\": \"0.0.0.0:1\"}], " CREDS "}",
+                 "listen[0].adress: unknown key (did you mean \"address\"?)");
+    expect_error("{\"listen\": [{\"address\": \"0.0.0.0\"}], " CREDS "}",
+                 "listen[0].address: expected host:port (no port)");
+    expect_error("{\"listen\": [{\"address\": \"0.0.0.0:1\", \"address\": \"0.0.0.0:2\"}], " CREDS
+                 "}",
+                 "listen[0].address: duplicate key");
+    expect_error("{\"listen\": [\"0.0.0.0:1\", {\"address\": \"0.0.0.0:1\"}], " CREDS "}",
+                 "listen[1]: \"0.0.0.0:1\" is listed twice");
+    expect_error(
+        "{\"listen\": [{\"address\": \"0.0.0.0:1\", \"tls\": {\"key_file\": \"@KEY@\"}}], " CREDS
+        "}",
+        "listen[0].tls.cert_file: required");
+    expect_error(
+        "{\"listen\": [{\"address\": \"0.0.0.0:1\", \"tls\": {\"cert_file\": \"@CA@\"}}], " CREDS
+        "}",
+        "listen[0].tls.key_file: required");
+    expect_error("{\"listen\": [{\"address\": \"0.0.0.0:1\", \"tls\": true}], " CREDS "}",
+                 "listen[0].tls: expected an object");
+    expect_error("{\"listen\": [{\"address\": \"0.0.0.0:1\", \"tls\": {\"cert_file\": "
+                 "\"@DIR@/none.pem\", \"key_file\": \"@KEY@\"}}], " CREDS "}",
+                 "/none.pem: No such file or directory");
+    expect_error("{\"listen\": [{\"address\": \"0.0.0.0:1\", \"tls\": {\"cert_file\": \"@CA@\", "
+                 "\"key_file\": \"@DIR@\"}}], " CREDS "}",
+                 "listen[0].tls.key_file: ");
+    expect_error("{\"listen\": [{\"address\": \"0.0.0.0:1\", \"tls\": {\"cert_file\": \"@CA@\", "
+                 "\"key_file\": \"@DIR@\"}}], " CREDS "}",
+                 ": not a regular file");
+    expect_error("{\"listen\": [{\"address\": \"0.0.0.0:1\", \"tls\": {\"cert_file\": \"@KEY@\", "
+                 "\"key_file\": \"@KEY@\"}}], " CREDS "}",
+                 "listen[0].tls.cert_file: ");
+    expect_error("{\"listen\": [{\"address\": \"0.0.0.0:1\", \"tls\": {\"cert_file\": \"@CA@\", "
+                 "\"key_file\": \"@KEY@\", \"client_ca_file\": \"@KEY@\"}}], " CREDS "}",
+                 "no PEM certificate (-----BEGIN CERTIFICATE-----) in it");
+    expect_error("{\"listen\": [{\"address\": \"0.0.0.0:1\", \"tls\": {\"cert_file\": \"@CA@\", "
+                 "\"key_file\": \"@KEY@\", \"client_ca_file\": \"@DIR@/nope.pem\"}}], " CREDS "}",
+                 "listen[0].tls.client_ca_file: ");
+    expect_error("{\"listen\": [{\"address\": \"0.0.0.0:1\", \"tls\": {\"cert_file\": \"@CA@\", "
+                 "\"key_file\": \"@KEY@\", \"ca_file\": \"@CA@\"}}], " CREDS "}",
+                 "listen[0].tls.ca_file: unknown key");
+    expect_error("{\"admin_listen\": {\"address\": \"127.0.0.1:9901\", \"tls\": {\"cert_file\": "
+                 "\"@CA@\", \"key_file\": \"@KEY@\"}}, " CREDS "}",
+                 "admin_listen.tls: not allowed on admin_listen");
+    expect_error("{\"allow_anonymous_clients\": \"yes\", " CREDS "}",
+                 "allow_anonymous_clients: expected true or false");
+}
+
+static void test_gateway_credential_route_errors(void **state)
+{
+    char *warnings = NULL;
+    struct conf *conf;
+
+    (void)state;
+    expect_error("{\"credentials\": {\"asc\": {\"profile\": \"app-store-connect\", \"key_id\": "
+                 "\"2X9R4HXF34\", \"private_key_file\": \"@KEY@\", \"quota_reserve\": -1}}}",
+                 "credentials.asc.quota_reserve: expected a non-negative integer");
+    expect_error("{\"credentials\": {\"asc\": {\"profile\": \"app-store-connect\", \"key_id\": "
+                 "\"2X9R4HXF34\", \"private_key_file\": \"@KEY@\", \"quota_reserve\": 2.5}}}",
+                 "credentials.asc.quota_reserve: expected a non-negative integer");
+    /* Only App Store Connect has a quota to reserve from: elsewhere a warning, and unset. */
+    conf =
+        load_ok_w("{\"credentials\": {\"weather\": {\"profile\": \"weatherkit\", \"key_id\": "
+                  "\"ABC123DEFG\", \"team_id\": \"DEF123GHIJ\", \"service_id\": "
+                  "\"com.example.w\", \"private_key_file\": \"@WKEY@\", \"quota_reserve\": 10}}}",
+                  &warnings);
+    assert_contains(warnings, "credentials.weather.quota_reserve: only app-store-connect "
+                              "credentials have a quota to reserve from; ignored for this "
+                              "weatherkit credential");
+    assert_int_equal(conf->quota_reserve[0], -1);
+    conf_free(conf);
+    free(warnings);
+    conf = load_ok("{\"credentials\": {" ASC_QUOTA_CRED "}}");
+    assert_int_equal(conf->quota_reserve[0], 200);
+    conf_free(conf);
+
+    expect_error("{" CREDS ", \"routes\": [{\"path_prefix\": \"/\", \"upstream\": "
+                 "\"https://api.appstoreconnect.apple.com\", \"credential\": \"asc\", "
+                 "\"client_scopes\": 1}]}",
+                 "routes[0].client_scopes: expected true or false");
+    expect_error("{\"credentials\": {" WK_CRED "}, \"routes\": [{\"path_prefix\": \"/\", "
+                 "\"upstream\": \"https://weatherkit.apple.com\", \"credential\": \"weather\", "
+                 "\"client_scopes\": true}], \"clients\": {\"a\": {" KEY_A "}}}",
+                 "routes[0].client_scopes: only app-store-connect credentials take a scope "
+                 "(credential \"weather\" is weatherkit)");
+    expect_error("{" CREDS ", \"routes\": [{\"path_prefix\": \"/\", \"upstream\": "
+                 "\"https://api.appstoreconnect.apple.com\", \"credential\": \"asc\", "
+                 "\"scope\": [\"GET /v1/apps\"], \"client_scopes\": true}], \"clients\": {\"a\": "
+                 "{" KEY_A "}}}",
+                 "routes[0].client_scopes: cannot be combined with the route's own \"scope\"");
+    conf = load_ok_w("{" CREDS ", \"routes\": [{\"path_prefix\": \"/\", \"upstream\": "
+                     "\"https://api.appstoreconnect.apple.com\", \"credential\": \"asc\", "
+                     "\"client_scopes\": true}]}",
+                     &warnings);
+    assert_contains(warnings, "routes[0].client_scopes: has no effect without \"clients\"");
+    conf_free(conf);
+    free(warnings);
+}
+
+static void test_gateway_client_errors(void **state)
+{
+    (void)state;
+    expect_error("{" CREDS ", \"clients\": []}", "clients: expected an object of named clients");
+    expect_error("{" CREDS ", \"clients\": {}}", "clients: expected at least one client");
+    expect_error(WITH_CLIENTS("\"bad name\": {" KEY_A "}"), "clients.bad name: client names use");
+    expect_error(WITH_CLIENTS("\"a:b\": {" KEY_A "}"), "clients.a:b: client names use");
+    expect_error(WITH_CLIENTS("\"x\": 1"), "clients.x: expected an object");
+    expect_error(WITH_CLIENTS("\"x\": {" KEY_A "}, \"x\": {" KEY_A "}"),
+                 "clients.x: duplicate key");
+    expect_error(ONE_CLIENT("\"priority\": true"), "clients.x: no identity: set \"key_sha256\"");
+    expect_error(ONE_CLIENT(KEY_A ", \"key_sha\": 1"),
+                 "clients.x.key_sha: unknown key (did you mean \"key_sha256\"?)");
+    expect_error(ONE_CLIENT(KEY_A ", " KEY_A), "clients.x.key_sha256: duplicate key");
+    expect_error(ONE_CLIENT(KEY_A ", \"priority\": \"yes\""),
+                 "clients.x.priority: expected true or false");
+}
+
+static void test_gateway_key_sha256_errors(void **state)
+{
+    /* What client-key prints as a secret: 43 characters of base64url. */
+    static const char secret[] = "Zm9vYmFyLXNlY3JldC1ub3QtYS1oYXNoLWF0LWFsbA_";
+    char tmpl[512], *errors;
+
+    (void)state;
+    assert_int_equal(strlen(secret), 43);
+    expect_error(ONE_CLIENT("\"key_sha256\": \"0123456789abcdef0123456789abcdef0123456789abcdef0"
+                            "123456789abcde\""),
+                 "clients.x.key_sha256: expected the SHA-256 of the secret as 64 hex digits "
+                 "(apple-auth-proxy client-key prints it) (got 63 hex digits)");
+    expect_error(ONE_CLIENT("\"key_sha256\": \"\""), "(got an empty string)");
+    expect_error(ONE_CLIENT("\"key_sha256\": 12"),
+                 "clients.x.key_sha256: expected a string of 64 hex digits");
+    snprintf(tmpl, sizeof tmpl, ONE_CLIENT("\"key_sha256\": \"%s\""), secret);
+    errors = load_fail(tmpl);
+    assert_contains(errors, "clients.x.key_sha256: expected the SHA-256 of the secret as 64 hex "
+                            "digits (apple-auth-proxy client-key prints it); this looks like the "
+                            "secret itself");
+    assert_lacks(errors, secret);
+    free(errors);
+    /* Anything else: not repeated either. */
+    errors = load_fail(ONE_CLIENT("\"key_sha256\": \"sha256:" HASH_A "\""));
+    assert_contains(errors, "clients.x.key_sha256: expected the SHA-256 of the secret");
+    assert_contains(errors, "is not a hash");
+    assert_lacks(errors, HASH_A);
+    free(errors);
+    /* One hash, one client: compared as bytes, so the case of the hex does not matter. */
+    expect_error(
+        WITH_CLIENTS("\"a\": {" KEY_A "}, \"b\": {\"key_sha256\": "
+                     "\"0123456789ABCDEF0123456789abcdef0123456789ABCDEF0123456789abcdef\"}"),
+        "clients.b.key_sha256: the same as clients.a's: each client needs its own secret");
+}
+
+static void test_gateway_cert_subject_errors(void **state)
+{
+    char *warnings = NULL;
+    struct conf *conf;
+
+    (void)state;
+    expect_error(ONE_CLIENT("\"cert_subject\": \"CN = ci, O = Example\""),
+                 "clients.x.cert_subject: expected an RFC 2253 subject such as "
+                 "\"CN=release-bot,O=Example\"");
+    expect_error(ONE_CLIENT("\"cert_subject\": \"CN = ci, O = Example\""),
+                 "not OpenSSL's default form");
+    expect_error(ONE_CLIENT("\"cert_subject\": \"/CN=ci/O=Example\""),
+                 "not the slash-separated form");
+    expect_error(ONE_CLIENT("\"cert_subject\": \"subject=CN=ci\""), "without \"subject=\"");
+    expect_error(ONE_CLIENT("\"cert_subject\": \"ci-runner\""), "ATTRIBUTE=value");
+    expect_error(ONE_CLIENT("\"cert_subject\": \"\""),
+                 "clients.x.cert_subject: expected a non-empty string");
+    expect_error("{\"listen\": [" TLS_LISTEN "], " CREDS ", \"clients\": {\"a\": "
+                 "{\"cert_subject\": \"CN=ci,O=Example\"}, \"b\": {\"cert_subject\": "
+                 "\"CN=ci,O=Example\"}}}",
+                 "clients.b.cert_subject: the same as clients.a's: a certificate identifies one "
+                 "client");
+    /* No listener verifies client certificates: the subject can never be presented. */
+    conf = load_ok_w(ONE_CLIENT("\"cert_subject\": \"CN=ci,O=Example\""), &warnings);
+    assert_contains(warnings, "clients.x.cert_subject: no listener verifies client certificates");
+    conf_free(conf);
+    free(warnings);
+}
+
+static void test_gateway_allow_errors(void **state)
+{
+    (void)state;
+    expect_error(ONE_CLIENT(KEY_A ", \"allow\": {}"),
+                 "clients.x.allow: expected an array of rules");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow\": []"),
+                 "clients.x.allow: expected at least one rule (leave \"allow\" out");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow\": [1]"), "clients.x.allow[0]: expected an object");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow\": [{}]"),
+                 "clients.x.allow[0]: expected \"methods\", \"path_prefix\" or both");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow\": [{\"method\": [\"GET\"]}]"),
+                 "clients.x.allow[0].method: unknown key (did you mean \"methods\"?)");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow\": [{\"methods\": []}]"),
+                 "clients.x.allow[0].methods: expected at least one method");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow\": [{\"methods\": \"GET\"}]"),
+                 "clients.x.allow[0].methods: expected an array of HTTP methods");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow\": [{\"methods\": [\"GET\", \"GE T\"]}]"),
+                 "clients.x.allow[0].methods[1]: expected an HTTP method such as GET or HEAD "
+                 "(got \"GE T\")");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow\": [{\"methods\": [\"\"]}]"),
+                 "clients.x.allow[0].methods[0]: expected a non-empty string");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow\": [{\"path_prefix\": \"v1/\"}]"),
+                 "clients.x.allow[0].path_prefix: must start with '/'");
+    expect_error(ONE_CLIENT(KEY_A ", \"credentials\": [\"nope\"]"),
+                 "clients.x.credentials[0]: no credential named \"nope\"");
+    expect_error(ONE_CLIENT(KEY_A ", \"credentials\": []"),
+                 "clients.x.credentials: expected at least one credential name");
+    expect_error(ONE_CLIENT(KEY_A ", \"credentials\": \"asc\""),
+                 "clients.x.credentials: expected an array of strings");
+    expect_error(ONE_CLIENT(KEY_A ", \"credentials\": [\"asc\", \"asc\"]"),
+                 "clients.x.credentials[1]: \"asc\" is listed twice");
+}
+
+static void test_gateway_cidr_rate_errors(void **state)
+{
+    (void)state;
+    expect_error(ONE_CLIENT(KEY_A ", \"allow_cidrs\": [\"10.1.2.3/16\"]"),
+                 "clients.x.allow_cidrs[0]: 10.1.2.3/16: host bits set; did you mean "
+                 "10.1.0.0/16?");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow_cidrs\": [\"2001:db8::1/32\"]"),
+                 "clients.x.allow_cidrs[0]: 2001:db8::1/32: host bits set; did you mean "
+                 "2001:db8::/32?");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow_cidrs\": [\"10.1.0.0/33\"]"),
+                 "clients.x.allow_cidrs[0]: bad prefix length after '/' (expected 0 to 32");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow_cidrs\": [\"::/129\"]"), "expected 0 to 128");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow_cidrs\": [\"10.0.0.0/\"]"), "bad prefix length");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow_cidrs\": [\"10.0.0.0/+8\"]"), "bad prefix length");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow_cidrs\": [\"10.1.0\"]"),
+                 "clients.x.allow_cidrs[0]: expected an IPv4 or IPv6 address or network");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow_cidrs\": [\"office\"]"),
+                 "expected an IPv4 or IPv6 address or network");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow_cidrs\": []"),
+                 "clients.x.allow_cidrs: expected at least one network");
+    expect_error(ONE_CLIENT(KEY_A ", \"allow_cidrs\": \"10.0.0.0/8\""),
+                 "clients.x.allow_cidrs: expected an array of networks");
+    conf_free(load_ok(ONE_CLIENT(KEY_A ", \"allow_cidrs\": [\"0.0.0.0/0\", \"::/0\"]")));
+
+    expect_error(ONE_CLIENT(KEY_A ", \"rate\": 5"), "clients.x.rate: expected an object");
+    expect_error(ONE_CLIENT(KEY_A ", \"rate\": {\"burst\": 5}"),
+                 "clients.x.rate.per_second: required");
+    expect_error(ONE_CLIENT(KEY_A ", \"rate\": {\"per_second\": 0}"),
+                 "clients.x.rate.per_second: must be more than 0");
+    expect_error(ONE_CLIENT(KEY_A ", \"rate\": {\"per_second\": -2}"),
+                 "clients.x.rate.per_second: must be more than 0");
+    expect_error(ONE_CLIENT(KEY_A ", \"rate\": {\"per_second\": 2000000}"),
+                 "clients.x.rate.per_second: must be at most 1000000");
+    expect_error(ONE_CLIENT(KEY_A ", \"rate\": {\"per_second\": \"5\"}"),
+                 "clients.x.rate.per_second: expected a number");
+    expect_error(ONE_CLIENT(KEY_A ", \"rate\": {\"per_second\": 5, \"burst\": 0.5}"),
+                 "clients.x.rate.burst: must be at least 1");
+    expect_error(ONE_CLIENT(KEY_A ", \"rate\": {\"per_second\": 5, \"per_minute\": 5}"),
+                 "clients.x.rate.per_minute: unknown key");
+}
+
+static void test_gateway_many_errors(void **state)
+{
+    char *errors = load_fail(WITH_CLIENTS(
+        "\"a\": {\"key_sha256\": \"abc\", \"allow_cidrs\": [\"10.0.0.1/8\"], \"rate\": {}}, "
+        "\"b\": {\"credentials\": [\"nope\"], \"allow\": [{\"methods\": []}]}"));
+
+    (void)state;
+    assert_contains(errors, "clients.a.key_sha256: ");
+    assert_contains(errors, "clients.a.allow_cidrs[0]: 10.0.0.1/8: host bits set");
+    assert_contains(errors, "clients.a.rate.per_second: required");
+    assert_contains(errors, "clients.b: no identity");
+    assert_contains(errors, "clients.b.credentials[0]: no credential named \"nope\"");
+    assert_contains(errors, "clients.b.allow[0].methods: expected at least one method");
+    assert_int_equal(count_lines(errors), 6);
+    free(errors);
+}
+
+static void test_gateway_env_overrides(void **state)
+{
+    const char *const yes[] = {"WEATHERKIT_KEY_ID",
+                               "ABC123DEFG",
+                               "WEATHERKIT_TEAM_ID",
+                               "DEF123GHIJ",
+                               "WEATHERKIT_SERVICE_ID",
+                               "com.example.w",
+                               "WEATHERKIT_KEY",
+                               pem,
+                               "APPLE_AUTH_PROXY_ALLOW_ANONYMOUS_CLIENTS",
+                               " Yes\n",
+                               NULL};
+    const char *const bad[] = {"WEATHERKIT_KEY_ID",
+                               "ABC123DEFG",
+                               "WEATHERKIT_TEAM_ID",
+                               "DEF123GHIJ",
+                               "WEATHERKIT_SERVICE_ID",
+                               "com.example.w",
+                               "WEATHERKIT_KEY",
+                               pem,
+                               "APPLE_AUTH_PROXY_ALLOW_ANONYMOUS_CLIENTS",
+                               "maybe",
+                               NULL};
+    char path[256], *json, *errors = NULL, *warnings = NULL;
+    struct conf *conf = NULL;
+    FILE *f;
+
+    (void)state;
+    assert_int_equal(load_env(yes, &conf, &errors), 0);
+    assert_int_equal(conf->allow_anonymous_clients, 1);
+    assert_int_equal(conf->quota_reserve[0], -1); /* parallel to credentials here too */
+    conf_free(conf);
+    assert_int_equal(load_env(bad, &conf, &errors), -1);
+    assert_contains(errors, "APPLE_AUTH_PROXY_ALLOW_ANONYMOUS_CLIENTS: expected true or false");
+    free(errors);
+
+    /* Over a file, through conf_load (the command line's path). */
+    snprintf(path, sizeof path, "%s/gateway.json", tmpdir);
+    json = subst("{\"listen\": [\"127.0.0.1:0\", " TLS_LISTEN "], \"allow_anonymous_clients\": "
+                 "true, " CREDS "}");
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(json, f);
+    fclose(f);
+    free(json);
+    unsetenv("APPLE_AUTH_PROXY_LISTEN");
+    assert_int_equal(setenv("APPLE_AUTH_PROXY_ALLOW_ANONYMOUS_CLIENTS", "false", 1), 0);
+    assert_int_equal(conf_load(path, &conf, &errors, &warnings), 0);
+    assert_int_equal(conf->allow_anonymous_clients, 0);
+    conf_free(conf);
+    free(warnings);
+    assert_int_equal(setenv("APPLE_AUTH_PROXY_ALLOW_ANONYMOUS_CLIENTS", "", 1), 0); /* unset */
+    assert_int_equal(conf_load(path, &conf, &errors, &warnings), 0);
+    assert_int_equal(conf->allow_anonymous_clients, 1);
+    conf_free(conf);
+    free(warnings);
+    unsetenv("APPLE_AUTH_PROXY_ALLOW_ANONYMOUS_CLIENTS");
+
+    /* APPLE_AUTH_PROXY_LISTEN keeps the TLS settings of the address it names again... */
+    assert_int_equal(setenv("APPLE_AUTH_PROXY_LISTEN", "0.0.0.0:8443,127.0.0.1:9", 1), 0);
+    assert_int_equal(conf_load(path, &conf, &errors, &warnings), 0);
+    assert_int_equal(conf->nlisten, 2);
+    assert_string_equal(conf->listen[0].text, "0.0.0.0:8443");
+    assert_string_equal(conf->listen[0].tls_cert_file, capath);
+    assert_string_equal(conf->listen[0].tls_key_file, keypath);
+    assert_string_equal(conf->listen[0].tls_client_ca_file, capath);
+    assert_null(conf->listen[1].tls_cert_file);
+    conf_free(conf);
+    free(warnings);
+    /* ... and refuses to turn a TLS listener into plain HTTP by leaving it out. */
+    assert_int_equal(setenv("APPLE_AUTH_PROXY_LISTEN", "0.0.0.0:8080", 1), 0);
+    assert_int_equal(conf_load(path, &conf, &errors, &warnings), -1);
+    assert_contains(errors, "APPLE_AUTH_PROXY_LISTEN: replaces listen[1] (0.0.0.0:8443), a TLS "
+                            "listener, with plain HTTP");
+    free(errors);
+    free(warnings);
+    unsetenv("APPLE_AUTH_PROXY_LISTEN");
+    unlink(path);
+}
+
+/* Loads a template and runs the exposure check on it, with text already in both buffers. */
+static int exposure(const char *tmpl, char **errors, char **warnings)
+{
+    struct conf *conf = load_ok(tmpl);
+    int rc;
+
+    *errors = strdup("earlier: error\n");
+    *warnings = strdup("earlier: warning"); /* no final newline: one is added */
+    assert_non_null(*errors);
+    assert_non_null(*warnings);
+    rc = conf_check_exposure(conf, errors, warnings);
+    conf_free(conf);
+    return rc;
+}
+
+static void test_exposure(void **state)
+{
+    char *errors = NULL, *warnings = NULL;
+    struct conf *conf;
+
+    (void)state;
+    /* Loopback only: nothing to say. */
+    assert_int_equal(exposure("{\"listen\": [\"127.0.0.1:1\", \"localhost:2\", \"127.0.0.2:3\", "
+                              "\"[::1]:4\", \"LocalHost:5\", \"127.255.255.254:6\"], " CREDS "}",
+                              &errors, &warnings),
+                     0);
+    assert_string_equal(errors, "earlier: error\n");
+    assert_string_equal(warnings, "earlier: warning");
+    free(errors);
+    free(warnings);
+    conf = load_ok("{" CREDS "}");
+    errors = warnings = NULL;
+    assert_int_equal(conf_check_exposure(conf, &errors, &warnings), 0);
+    assert_null(errors);
+    assert_null(warnings);
+    conf_free(conf);
+
+    /* Reachable from elsewhere, no clients: one error per address. */
+    assert_int_equal(exposure("{\"listen\": [\"127.0.0.1:1\", \"0.0.0.0:8080\", \"[::]:8080\", "
+                              "\"proxy.example:80\", \"10.0.0.5:80\", \"128.0.0.1:80\"], " CREDS
+                              "}",
+                              &errors, &warnings),
+                     -1);
+    assert_starts(errors, "earlier: error\nlisten[1]: 0.0.0.0:8080 is not a loopback address and "
+                          "no client identities are configured: add \"clients\" (see "
+                          "docs/deployment.md, the gateway) or set \"allow_anonymous_clients\": "
+                          "true to accept anyone who can reach it\n");
+    assert_contains(errors, "listen[2]: [::]:8080 is not a loopback address");
+    assert_contains(errors, "listen[3]: proxy.example:80 is not a loopback address");
+    assert_contains(errors, "listen[4]: 10.0.0.5:80 is not a loopback address");
+    assert_contains(errors, "listen[5]: 128.0.0.1:80 is not a loopback address");
+    assert_lacks(errors, "listen[0]");
+    assert_int_equal(count_lines(errors), 6);
+    assert_string_equal(warnings, "earlier: warning");
+    free(errors);
+    free(warnings);
+
+    /* With the opt-out: one warning, no error. */
+    assert_int_equal(exposure("{\"listen\": [\"0.0.0.0:8080\"], \"allow_anonymous_clients\": "
+                              "true, " CREDS "}",
+                              &errors, &warnings),
+                     0);
+    assert_string_equal(errors, "earlier: error\n");
+    assert_string_equal(warnings,
+                        "earlier: warning\nlisten[0]: allow_anonymous_clients is true and no "
+                        "client identities are configured: anyone who can reach 0.0.0.0:8080 can "
+                        "use the configured Apple keys\n");
+    free(errors);
+    free(warnings);
+    assert_int_equal(exposure("{\"listen\": [\"0.0.0.0:8080\", \"127.0.0.1:1\", \"[::]:8080\"], "
+                              "\"allow_anonymous_clients\": true, " CREDS "}",
+                              &errors, &warnings),
+                     0);
+    assert_contains(warnings, "\nlisten: allow_anonymous_clients is true and no client "
+                              "identities are configured: anyone who can reach 0.0.0.0:8080, "
+                              "[::]:8080 can use the configured Apple keys\n");
+    assert_int_equal(count_lines(warnings), 2);
+    free(errors);
+    free(warnings);
+
+    /* With a client: the gateway identifies everyone. */
+    assert_int_equal(exposure("{\"listen\": [\"0.0.0.0:8080\"], " CREDS ", \"clients\": {\"a\": "
+                              "{" KEY_A "}}}",
+                              &errors, &warnings),
+                     0);
+    assert_string_equal(errors, "earlier: error\n");
+    assert_string_equal(warnings, "earlier: warning");
+    free(errors);
+    free(warnings);
+
+    /* After an override such as --listen, which is why the check is separate. */
+    conf = load_ok("{" CREDS "}");
+    conf_addr_deinit(&conf->listen[0]);
+    assert_int_equal(conf_addr_parse("[::]:9000", &conf->listen[0], 1), 0);
+    errors = warnings = NULL;
+    assert_int_equal(conf_check_exposure(conf, &errors, &warnings), -1);
+    assert_starts(errors, "listen[0]: [::]:9000 is not a loopback address");
+    assert_null(warnings);
+    free(errors);
+    conf_free(conf);
+}
+
 /* ---- files ------------------------------------------------------------------------------------
  */
 
@@ -1387,6 +2045,18 @@ int main(void)
         cmocka_unit_test(test_env_both),
         cmocka_unit_test(test_env_partial),
         cmocka_unit_test(test_env_empty),
+        cmocka_unit_test(test_gateway_config),
+        cmocka_unit_test(test_rewrite_links),
+        cmocka_unit_test(test_gateway_listen_errors),
+        cmocka_unit_test(test_gateway_credential_route_errors),
+        cmocka_unit_test(test_gateway_client_errors),
+        cmocka_unit_test(test_gateway_key_sha256_errors),
+        cmocka_unit_test(test_gateway_cert_subject_errors),
+        cmocka_unit_test(test_gateway_allow_errors),
+        cmocka_unit_test(test_gateway_cidr_rate_errors),
+        cmocka_unit_test(test_gateway_many_errors),
+        cmocka_unit_test(test_gateway_env_overrides),
+        cmocka_unit_test(test_exposure),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
