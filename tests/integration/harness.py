@@ -62,7 +62,7 @@ UPSTREAMS = {
 }
 MAX_LIFETIME = {"app-store-connect": 1200, "app-store-server": 3600, "weatherkit": 3600,
                 "enterprise": 1200, "music": 15777000}
-LISTEN_RE = re.compile(r"^apple-auth-proxy: listening on (\S+):(\d+)\s*$")
+LISTEN_RE = re.compile(r"^apple-auth-proxy: listening on (\S+):(\d+)(?: \(https\))?\s*$")
 ADMIN_RE = re.compile(r"^apple-auth-proxy: admin listening on (\S+):(\d+)\s*$")
 
 # ------------------------------------------------------------------------------------------------
@@ -93,16 +93,37 @@ def tmp_path(name):
     return os.path.join(workdir(), name)
 
 
+# What a sanitizer build of the proxy prints when it finds a bug (ASan, LeakSanitizer at exit,
+# UBSan): any of these in a proxy's stderr fails the test run, even if every assertion passed.
+SANITIZER_RE = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error: |"
+                          r"WARNING: ThreadSanitizer")
+
+
 def _cleanup():
     for p in list(reversed(_procs)):
         try:
             p.stop()
         except Exception:
             pass
+    bad = []
+    for p in _procs:
+        if isinstance(p, Proxy):
+            try:
+                text = p.stderr_text()
+            except OSError:
+                continue
+            if SANITIZER_RE.search(text):
+                bad.append((p, text))
+    for p, text in bad:
+        sys.stderr.write("harness: the proxy (pid %d) reported a sanitizer error:\n%s\n" % (
+            p.pid, text[-20000:]))
     if _workdir and os.environ.get("AAP_KEEP_TMP") != "1":
         shutil.rmtree(_workdir, ignore_errors=True)
     elif _workdir:
         sys.stderr.write("harness: kept %s\n" % _workdir)
+    if bad:
+        sys.stderr.flush()
+        os._exit(1)
 
 
 atexit.register(_cleanup)
