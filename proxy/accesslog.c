@@ -1,4 +1,5 @@
 /* accesslog: one line per request, buffered per worker and written whole. */
+#include "proxy/evbuf.h"
 #include "proxy/accesslog.h"
 
 #include <errno.h>
@@ -123,7 +124,7 @@ size_t accesslog_mask_target(const char *target, size_t len, char *out, size_t o
 
 static void json_str(struct evbuffer *b, const char *s, size_t n)
 {
-    evbuffer_add(b, "\"", 1);
+    ADD_LITERAL(b, "\"");
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == '"' || c == '\\')
@@ -133,7 +134,7 @@ static void json_str(struct evbuffer *b, const char *s, size_t n)
         else
             evbuffer_add(b, &s[i], 1);
     }
-    evbuffer_add(b, "\"", 1);
+    ADD_LITERAL(b, "\"");
 }
 
 static void json_opt(struct evbuffer *b, const char *s)
@@ -141,7 +142,7 @@ static void json_opt(struct evbuffer *b, const char *s)
     if (s)
         json_str(b, s, strlen(s));
     else
-        evbuffer_add(b, "null", 4);
+        ADD_LITERAL(b, "null");
 }
 
 void accesslog_append(struct evbuffer *b, const struct access_entry *e)
@@ -166,29 +167,29 @@ void accesslog_append(struct evbuffer *b, const struct access_entry *e)
     }
     evbuffer_add_printf(b, "{\"time\":\"%s\",\"client\":", ts);
     json_opt(b, e->client);
-    evbuffer_add(b, ",\"remote\":", 10);
+    ADD_LITERAL(b, ",\"remote\":");
     json_opt(b, e->remote);
-    evbuffer_add(b, ",\"method\":", 10);
+    ADD_LITERAL(b, ",\"method\":");
     json_str(b, e->method ? e->method : "", e->method ? e->method_len : 0);
-    evbuffer_add(b, ",\"path\":", 8);
+    ADD_LITERAL(b, ",\"path\":");
     json_str(b, masked, mlen);
-    evbuffer_add(b, ",\"route\":", 9);
+    ADD_LITERAL(b, ",\"route\":");
     json_opt(b, e->route);
-    evbuffer_add(b, ",\"credential\":", 14);
+    ADD_LITERAL(b, ",\"credential\":");
     json_opt(b, e->credential);
     evbuffer_add_printf(b, ",\"status\":%d,\"error\":", e->status);
     json_opt(b, e->error);
-    evbuffer_add(b, ",\"outcome\":", 11);
+    ADD_LITERAL(b, ",\"outcome\":");
     json_opt(b, e->outcome);
     evbuffer_add_printf(b, ",\"bytes_in\":%llu,\"bytes_out\":%llu,\"duration\":%.6f,",
                         (unsigned long long)e->bytes_in, (unsigned long long)e->bytes_out,
                         e->duration);
     if (e->upstream_reused < 0)
-        evbuffer_add(b, "\"upstream_reused\":null,", 23);
+        ADD_LITERAL(b, "\"upstream_reused\":null,");
     else
         evbuffer_add_printf(b, "\"upstream_reused\":%s,", e->upstream_reused ? "true" : "false");
     if (e->quota_remaining < 0)
-        evbuffer_add(b, "\"apple_quota_remaining\":null}\n", 31);
+        ADD_LITERAL(b, "\"apple_quota_remaining\":null}\n");
     else
         evbuffer_add_printf(b, "\"apple_quota_remaining\":%ld}\n", e->quota_remaining);
 }

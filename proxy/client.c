@@ -19,6 +19,7 @@
  * Objects are never freed inside a callback's call chain: functions set `dead`, and each
  * top-level callback frees the client as its last step.
  */
+#include "proxy/evbuf.h"
 #include "proxy/client.h"
 
 #include <arpa/inet.h>
@@ -364,7 +365,7 @@ static int req_chunk_end(void *arg)
 {
     struct client *c = arg;
     if (!c->last_chunk)
-        evbuffer_add(bufferevent_get_output(c->up->bev), "\r\n", 2);
+        ADD_LITERAL(bufferevent_get_output(c->up->bev), "\r\n");
     return 0;
 }
 
@@ -382,7 +383,7 @@ static void emit_client(void *arg, const char *at, size_t len)
     if (c->chunked_out) {
         evbuffer_add_printf(out, "%zx\r\n", len);
         evbuffer_add(out, at, len);
-        evbuffer_add(out, "\r\n", 2);
+        ADD_LITERAL(out, "\r\n");
     } else {
         evbuffer_add(out, at, len);
     }
@@ -402,7 +403,7 @@ static int resp_data(void *arg, const char *at, size_t len)
     if (c->chunked_out) {
         evbuffer_add_printf(out, "%zx\r\n", len);
         evbuffer_add(out, at, len);
-        evbuffer_add(out, "\r\n", 2);
+        ADD_LITERAL(out, "\r\n");
     } else {
         evbuffer_add(out, at, len);
     }
@@ -495,15 +496,15 @@ static void write_response_head(struct client *c)
         if (http1_name_is(h->name, h->name_len, "content-length") && !keep_cl)
             continue;
         evbuffer_add(out, h->name, h->name_len);
-        evbuffer_add(out, ": ", 2);
+        ADD_LITERAL(out, ": ");
         evbuffer_add(out, h->value, h->value_len);
-        evbuffer_add(out, "\r\n", 2);
+        ADD_LITERAL(out, "\r\n");
     }
     c->chunked_out = 0;
     switch (r->body) {
     case HTTP1_BODY_NONE:
         if (!keep_cl && status != 204 && status >= 200)
-            evbuffer_add(out, "Content-Length: 0\r\n", 19);
+            ADD_LITERAL(out, "Content-Length: 0\r\n");
         break;
     case HTTP1_BODY_LENGTH:
         if (!c->rw) {
@@ -517,7 +518,7 @@ static void write_response_head(struct client *c)
         if (c->http10) {
             c->close_after = 1; /* HTTP/1.0 has no chunked coding: the close ends the body */
         } else {
-            evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+            ADD_LITERAL(out, "Transfer-Encoding: chunked\r\n");
             c->chunked_out = 1;
         }
         break;
@@ -525,10 +526,10 @@ static void write_response_head(struct client *c)
     if (!c->keep_alive || c->client_eof || c->w->draining || !c->req_done)
         c->close_after = 1;
     if (c->close_after)
-        evbuffer_add(out, "Connection: close\r\n", 19);
+        ADD_LITERAL(out, "Connection: close\r\n");
     else if (c->http10)
-        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
-    evbuffer_add(out, "\r\n", 2);
+        ADD_LITERAL(out, "Connection: keep-alive\r\n");
+    ADD_LITERAL(out, "\r\n");
     c->resp_started = 1;
     c->status = status;
     c->bytes_out += evbuffer_get_length(out) - before;
@@ -585,7 +586,7 @@ static void response_complete(struct client *c)
     if (c->rw)
         linkrw_finish(c->rw, emit_client, c);
     if (c->chunked_out)
-        evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
+        ADD_LITERAL(bufferevent_get_output(c->bev), "0\r\n\r\n");
     finish_exchange(c);
 }
 
@@ -820,13 +821,13 @@ static void send_request(struct client *c)
     struct evbuffer *out = bufferevent_get_output(c->up->bev);
     evbuffer_add(out, c->up_head, c->up_head_len);
     evbuffer_add(out, c->tok->line, c->tok->line_len);
-    evbuffer_add(out, "\r\n", 2);
+    ADD_LITERAL(out, "\r\n");
     if (c->req.body == HTTP1_BODY_NONE) {
         c->req_done = 1;
     } else if (c->req.expect_continue &&
                evbuffer_get_length(bufferevent_get_input(c->bev)) == 0 &&
                c->req.body_seen == 0) {
-        evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        ADD_LITERAL(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n");
     }
 }
 
@@ -926,7 +927,7 @@ static void feed_body(struct client *c)
                 return;
             }
             if (r == 1) {
-                evbuffer_add(out, "0\r\n\r\n", 5);
+                ADD_LITERAL(out, "0\r\n\r\n");
                 c->req_done = 1;
             }
         }

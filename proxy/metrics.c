@@ -1,4 +1,5 @@
 /* metrics: per-worker counters and the Prometheus text exposition that sums them. */
+#include "proxy/evbuf.h"
 #include "proxy/metrics.h"
 
 #include <pthread.h>
@@ -130,7 +131,7 @@ static void label_escaped(struct evbuffer *out, const char *s)
         if (*s == '\\' || *s == '"')
             evbuffer_add_printf(out, "\\%c", *s);
         else if (*s == '\n')
-            evbuffer_add(out, "\\n", 2);
+            ADD_LITERAL(out, "\\n");
         else
             evbuffer_add(out, s, 1);
     }

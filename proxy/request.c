@@ -1,5 +1,6 @@
 /* request: the pure part of forwarding a request: target parsing, routing and the upstream head
  * the proxy re-serialises. No sockets and no event loop, so it is unit-tested and fuzzed. */
+#include "proxy/evbuf.h"
 #include "proxy/request.h"
 
 #include <inttypes.h>
@@ -89,13 +90,13 @@ static int build_head(struct request_plan *p, const struct http1_msg *m, const s
     if (b == NULL)
         return -1;
     evbuffer_add(b, m->method, m->method_len);
-    evbuffer_add(b, " ", 1);
+    ADD_LITERAL(b, " ");
     if (prefix)
         evbuffer_add(b, prefix, strlen(prefix));
     evbuffer_add(b, path, path_len);
-    evbuffer_add(b, " HTTP/1.1\r\nHost: ", 17);
+    ADD_LITERAL(b, " HTTP/1.1\r\nHost: ");
     evbuffer_add(b, t->host_header, t->host_header_len);
-    evbuffer_add(b, "\r\n", 2);
+    ADD_LITERAL(b, "\r\n");
     for (i = 0; i < m->nheaders; i++) {
         const struct http1_header *h = &m->headers[i];
         if (http1_name_is(h->name, h->name_len, "content-length")) {
@@ -110,12 +111,12 @@ static int build_head(struct request_plan *p, const struct http1_msg *m, const s
             http_connection_lists(m, h->name, h->name_len))
             continue;
         evbuffer_add(b, h->name, h->name_len);
-        evbuffer_add(b, ": ", 2);
+        ADD_LITERAL(b, ": ");
         evbuffer_add(b, h->value, h->value_len);
-        evbuffer_add(b, "\r\n", 2);
+        ADD_LITERAL(b, "\r\n");
     }
     if (m->body == HTTP1_BODY_CHUNKED)
-        evbuffer_add(b, "Transfer-Encoding: chunked\r\n", 28);
+        ADD_LITERAL(b, "Transfer-Encoding: chunked\r\n");
     else if (m->body == HTTP1_BODY_LENGTH || had_cl)
         evbuffer_add_printf(b, "Content-Length: %" PRIu64 "\r\n", m->content_length);
     p->head_len = evbuffer_get_length(b);

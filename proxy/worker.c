@@ -87,6 +87,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     }
     if (!server_client_enter(w->server, w->gen->rt->conf->limits.max_client_connections)) {
         WSTAT_ADD(w, connections_refused, 1);
+        metrics_count_error(&w->metrics, proxy_err_overloaded);
         refuse(fd);
         return;
     }

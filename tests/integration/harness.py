@@ -62,6 +62,9 @@ UPSTREAMS = {
 }
 MAX_LIFETIME = {"app-store-connect": 1200, "app-store-server": 3600, "weatherkit": 3600,
                 "enterprise": 1200, "music": 15777000}
+# Set by CTest for -DSANITIZE=ON builds: peak-RSS bounds are not meaningful there.
+SANITIZED = os.environ.get("AAP_SANITIZED") == "1"
+
 LISTEN_RE = re.compile(r"^apple-auth-proxy: listening on (\S+):(\d+)(?: \(https\))?\s*$")
 ADMIN_RE = re.compile(r"^apple-auth-proxy: admin listening on (\S+):(\d+)\s*$")
 

@@ -1,0 +1,114 @@
+/* Unit tests for proxy/accesslog: line formats, secret masking, and no stray bytes. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy/accesslog.h"
+
+static char *line_of(const struct access_entry *e, size_t *len)
+{
+    struct evbuffer *b = evbuffer_new();
+    accesslog_append(b, e);
+    *len = evbuffer_get_length(b);
+    char *s = calloc(1, *len + 1);
+    evbuffer_remove(b, s, *len);
+    evbuffer_free(b);
+    return s;
+}
+
+/* Regression: a miscounted literal wrote the terminating NUL after every line whose Apple
+ * quota was unknown, so the next line began with a NUL byte. */
+static void test_regression_no_nul_bytes(void **state)
+{
+    char err[128];
+    assert_int_equal(accesslog_open("-", ACCESSLOG_JSON, err, sizeof(err)), 0);
+    for (int quota = -1; quota <= 7; quota += 8)
+        for (int reused = -1; reused <= 1; reused++) {
+            struct access_entry e = {.time = 1795914872.25, .remote = "127.0.0.1:1",
+                                     .method = "GET", .method_len = 3, .target = "/v1/apps",
+                                     .target_len = 8, .status = 200, .outcome = "ok",
+                                     .upstream_reused = reused, .quota_remaining = quota};
+            size_t len;
+            char *s = line_of(&e, &len);
+            assert_int_equal(strlen(s), len); /* no NUL inside */
+            assert_int_equal(s[len - 1], '\n');
+            cJSON *j = cJSON_Parse(s);
+            assert_non_null(j);
+            cJSON *q = cJSON_GetObjectItemCaseSensitive(j, "apple_quota_remaining");
+            if (quota < 0)
+                assert_true(cJSON_IsNull(q));
+            else
+                assert_int_equal((int)q->valuedouble, quota);
+            cJSON_Delete(j);
+            free(s);
+        }
+    accesslog_close();
+}
+
+static void test_masking(void **state)
+{
+    char out[256];
+    const char *t = "/v1/x?limit=2&token=abc&api_key=k&Signature=s&name=ok";
+    accesslog_mask_target(t, strlen(t), out, sizeof(out));
+    assert_string_equal(out, "/v1/x?limit=2&token=***&api_key=***&Signature=***&name=ok");
+    t = "/plain";
+    accesslog_mask_target(t, strlen(t), out, sizeof(out));
+    assert_string_equal(out, "/plain");
+    /* truncation keeps the output NUL-terminated and within the buffer */
+    char small[8];
+    t = "/abcdefghijk?token=zzz";
+    assert_true(accesslog_mask_target(t, strlen(t), small, sizeof(small)) < sizeof(small));
+    assert_int_equal(small[7], '\0');
+}
+
+static void test_escaping(void **state)
+{
+    char err[128];
+    assert_int_equal(accesslog_open("-", ACCESSLOG_JSON, err, sizeof(err)), 0);
+    struct access_entry e = {.time = 1, .method = "GET", .method_len = 3,
+                             .target = "/a\"b\\c\x01", .target_len = 7, .status = 400,
+                             .outcome = "ok", .upstream_reused = -1, .quota_remaining = -1,
+                             .client = "bot", .error = "PROXY_BAD_REQUEST"};
+    size_t len;
+    char *s = line_of(&e, &len);
+    cJSON *j = cJSON_Parse(s);
+    assert_non_null(j);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "path")->valuestring, "/a\"b\\c\x01");
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "client")->valuestring, "bot");
+    cJSON_Delete(j);
+    free(s);
+    accesslog_close();
+}
+
+static void test_text_format(void **state)
+{
+    char err[128];
+    assert_int_equal(accesslog_open("-", ACCESSLOG_TEXT, err, sizeof(err)), 0);
+    struct access_entry e = {.time = 1795914872.5, .remote = "127.0.0.1:9", .method = "POST",
+                             .method_len = 4, .target = "/x?password=p", .target_len = 13,
+                             .status = 201, .outcome = "ok", .upstream_reused = 1,
+                             .quota_remaining = -1};
+    size_t len;
+    char *s = line_of(&e, &len);
+    assert_non_null(strstr(s, "POST /x?password=*** 201"));
+    assert_null(strstr(s, "=p "));
+    assert_int_equal(strlen(s), len);
+    free(s);
+    accesslog_close();
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_regression_no_nul_bytes),
+        cmocka_unit_test(test_masking),
+        cmocka_unit_test(test_escaping),
+        cmocka_unit_test(test_text_format),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
