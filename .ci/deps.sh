@@ -7,10 +7,12 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 deps_dir="$top/.deps"
 
-packages=(build-essential cmake pkg-config libevent-dev libssl-dev libcjson-dev libcmocka-dev
-          python3 python3-jwt python3-cryptography openssl curl ca-certificates)
+packages=(build-essential cmake pkg-config libevent-dev libssl-dev libcjson-dev ca-certificates)
 if [ "${WITH_TEST_TOOLS:-1}" = 1 ]; then
-  packages+=(clang libclang-rt-14-dev)
+  # What `make test` and .ci/run need beyond the build: cmocka, the stand-in's PyJWT, openssl
+  # for test certificates, promtool for the metrics format, clang for the fuzz targets.
+  packages+=(libcmocka-dev python3 python3-jwt python3-cryptography python3-yaml openssl curl
+             clang libclang-rt-14-dev prometheus)
 fi
 
 missing=()
