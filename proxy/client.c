@@ -1176,6 +1176,20 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
         client_free(c);
 }
 
+/* Whether the rest of the request is already in the input buffer (so a half-close loses
+ * nothing): a body-less request, or a Content-Length body whose remaining bytes have arrived. */
+static int request_all_buffered(struct client *c)
+{
+    size_t have = evbuffer_get_length(bufferevent_get_input(c->bev));
+    if (c->req.body == HTTP1_BODY_NONE)
+        return 1;
+    if (c->req.body == HTTP1_BODY_LENGTH) {
+        uint64_t left = c->state == C_EXCHANGE ? c->req_remaining : c->req.content_length;
+        return have >= left;
+    }
+    return 0;
+}
+
 static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct client *c = arg;
@@ -1193,11 +1207,12 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
                       evbuffer_get_length(bufferevent_get_output(bev)) == 0;
         } else if (c->state == C_HEAD) {
             c->dead = 1; /* half a request head, then nothing */
-        } else if (!c->req_done) {
+        } else if (!c->req_done && !request_all_buffered(c)) {
             /* The client gave up mid-request: the upstream connection cannot be reused. */
             c->dead = 1;
         }
-        /* A half-close after a whole request: the response is still delivered. */
+        /* A half-close after a whole request (forwarded, or still waiting in the input for
+         * the upstream connection): the response is still delivered. */
     } else {
         c->dead = 1;
     }
