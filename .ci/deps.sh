@@ -11,7 +11,7 @@ packages=(build-essential cmake pkg-config libevent-dev libssl-dev libcjson-dev 
 if [ "${WITH_TEST_TOOLS:-1}" = 1 ]; then
   # What `make test` and .ci/run need beyond the build: cmocka, the stand-in's PyJWT, openssl
   # for test certificates, promtool for the metrics format, clang for the fuzz targets.
-  packages+=(libcmocka-dev python3 python3-jwt python3-cryptography python3-yaml openssl curl
+  packages+=(libcmocka-dev python3 python3-jwt python3-cryptography python3-yaml python3-requests openssl curl
              clang libclang-rt-14-dev prometheus)
 fi
 
