@@ -484,6 +484,15 @@ static void write_response_head(struct client *c)
     const struct http1_msg *r = &c->resp;
     int status = r->status;
     int keep_cl = r->body == HTTP1_BODY_NONE && (c->is_head || status == 304);
+    if (keep_cl && c->origin) {
+        /* A GET of this resource would be rewritten and sent chunked: its length here would
+         * be the upstream's, not what the client would get. */
+        const struct http1_header *ct = http1_find(r, "content-type");
+        const struct http1_header *ce = http1_find(r, "content-encoding");
+        if (linkrw_applies(ct ? ct->value : NULL, ct ? ct->value_len : 0, ce ? ce->value : NULL,
+                           ce ? ce->value_len : 0))
+            keep_cl = 0;
+    }
     size_t i;
     if (r->reason_len)
         evbuffer_add_printf(out, "HTTP/1.1 %d %.*s\r\n", status, (int)r->reason_len, r->reason);
@@ -503,8 +512,15 @@ static void write_response_head(struct client *c)
     c->chunked_out = 0;
     switch (r->body) {
     case HTTP1_BODY_NONE:
-        if (!keep_cl && status != 204 && status >= 200)
+        if (keep_cl)
+            break; /* the upstream's Content-Length was copied above */
+        if (c->is_head && status >= 200 && status != 204 && status != 304) {
+            /* a HEAD on a rewritten resource: the headers a GET would get */
+            if (!c->http10)
+                ADD_LITERAL(out, "Transfer-Encoding: chunked\r\n");
+        } else if (status != 204 && status >= 200) {
             ADD_LITERAL(out, "Content-Length: 0\r\n");
+        }
         break;
     case HTTP1_BODY_LENGTH:
         if (!c->rw) {
@@ -940,6 +956,28 @@ static void feed_body(struct client *c)
 
 /* ---- the request head ---- */
 
+/* "ip:port" (or "[v6]:port") of the listener the client connected to. */
+static int local_authority(struct client *c, char *out, size_t outlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char ip[INET6_ADDRSTRLEN];
+    if (getsockname(bufferevent_getfd(c->bev), (struct sockaddr *)&ss, &sl) != 0)
+        return -1;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+        snprintf(out, outlen, "%s:%d", ip, ntohs(a->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+        snprintf(out, outlen, "[%s]:%d", ip, ntohs(a->sin6_port));
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
 /* The RFC 2253 subject of the client's certificate when one was presented and verified. */
 static char *peer_subject(struct client *c)
 {
@@ -1060,14 +1098,21 @@ static void start_exchange(struct client *c)
     c->route = plan.route;
     if (plan.code == NULL || plan.code == proxy_err_body_too_large)
         c->label = rt->route_label[plan.route];
-    if (plan.code == NULL && rt->conf->routes[plan.route].rewrite_links && plan.authority) {
-        /* The origin the client addressed, for rewriting links (copied: the head goes). */
+    if (plan.code == NULL && rt->conf->routes[plan.route].rewrite_links) {
+        /* The origin the client addressed, for rewriting links (copied: the head goes). An
+         * HTTP/1.0 request may name none: then the address it connected to. */
+        char local[INET6_ADDRSTRLEN + 16];
+        const char *auth = plan.authority;
         size_t al = plan.authority_len > 256 ? 256 : plan.authority_len;
+        if (auth == NULL && local_authority(c, local, sizeof(local)) == 0) {
+            auth = local;
+            al = strlen(local);
+        }
         free(c->origin_pending);
-        c->origin_pending = malloc(al + 9);
+        c->origin_pending = auth ? malloc(al + 9) : NULL;
         if (c->origin_pending)
             snprintf(c->origin_pending, al + 9, "%s://%.*s", c->tls ? "https" : "http", (int)al,
-                     plan.authority);
+                     auth);
     }
     if (plan.code == NULL) {
         /* Policy before any token is taken: the client's credentials and rules, its rate, and

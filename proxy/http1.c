@@ -223,14 +223,17 @@ static int host_valid(const char *s, size_t len)
         if (i == len)
             return 1;
     }
-    /* ":" port */
+    /* ":" port, at most 65535 */
     i++;
     if (i == end || end - i > 5)
         return 0;
-    for (; i < end; i++)
+    long port = 0;
+    for (; i < end; i++) {
         if (s[i] < '0' || s[i] > '9')
             return 0;
-    return 1;
+        port = port * 10 + (s[i] - '0');
+    }
+    return port <= 65535;
 }
 
 static int check_request(struct http1_msg *m)

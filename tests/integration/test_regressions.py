@@ -67,5 +67,37 @@ class PipelinedBehindProxyError(unittest.TestCase):
         self.assertGreater(second, first, data[:400])
 
 
+class LinkRewriteEdges(unittest.TestCase):
+    """Two gaps in link rewriting: an HTTP/1.0 request without Host got Apple's absolute links
+    (leading the client around the proxy), and HEAD on a rewritten resource announced the
+    upstream's Content-Length although a GET of it is rewritten and sent chunked."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.st = h.Stack()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.st.stop()
+
+    def test_http10_without_host_gets_the_listener_origin(self):
+        with socket.create_connection(("127.0.0.1", self.st.port), timeout=10) as s:
+            s.sendall(b"GET /v1/apps?limit=1 HTTP/1.0\r\n\r\n")
+            data = read_all(s)
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data[:80])
+        self.assertNotIn(b"https://api.appstoreconnect.apple.com", data)
+        self.assertIn(("http://127.0.0.1:%d/v1/apps" % self.st.port).encode(), data)
+
+    def test_head_on_rewritten_resource_has_no_upstream_length(self):
+        with self.st.client() as c:
+            head = c.request("HEAD", "/v1/apps")
+            get = c.request("GET", "/v1/apps")
+        self.assertEqual(head.status, 200)
+        self.assertEqual(head.header_all("Content-Length"), [])
+        self.assertEqual(get.header_all("Content-Length"), [])
+        self.assertEqual(head.header_all("Transfer-Encoding"), ["chunked"])
+        self.assertEqual(get.header_all("Transfer-Encoding"), ["chunked"])
+
+
 if __name__ == "__main__":
     unittest.main()

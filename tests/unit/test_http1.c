@@ -169,6 +169,8 @@ static void test_header_syntax(void **state)
     expect_reject("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400); /* two Host */
     expect_reject("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400);
     expect_reject("GET / HTTP/1.1\r\nHost: a:99999x\r\n\r\n", 400);
+    expect_reject("GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n", 400); /* port over 65535 */
+    expect_reject("GET / HTTP/1.1\r\nHost: a:\r\n\r\n", 400);
     expect_reject("GET / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n", 417);
 }
 

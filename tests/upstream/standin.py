@@ -572,6 +572,8 @@ def h_history(req, m):
                   "environment": "Sandbox" if req.host == STOREKIT_SANDBOX_HOST else "Production",
                   "hasMore": False, "signedTransactions": []})
 
+import standin_recipes  # noqa: E402,F401  (registers the endpoints of docs/recipes.md)
+import standin_gateway  # noqa: E402,F401  (Apple's 429 + Retry-After forms, test_gateway.py)
 
 # ------------------------------------------------------------------------------------------------
 # Server
