@@ -36,6 +36,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
 #include <openssl/x509.h>
 
 #include "proxy/accesslog.h"
@@ -155,6 +156,7 @@ static void exchange_end(struct client *c, const char *outcome)
         memset(&e, 0, sizeof(e));
         e.time = c->t_start;
         e.remote = c->peer;
+        e.client = c->client_name;
         e.method = c->log_line;
         e.method_len = c->log_method_len;
         e.target = c->log_line ? c->log_line + c->log_method_len + 1 : NULL;
@@ -1119,11 +1121,13 @@ static void start_exchange(struct client *c)
          * Apple's quota for the credential. plan.path points into the head: still there. */
         gateway_authorize(rt->conf, cl, m->method, m->method_len, plan.path, plan.path_len,
                           c->route, &v);
+        /* Apple's quota first, so that a request refused for it costs the client nothing
+         * of its own rate. */
+        if (v.code == NULL)
+            gateway_quota_check(rt, cl, c->route, now_real(), &v);
         if (v.code == NULL && cl)
             gateway_rate_take(rt->buckets, rt->conf, (size_t)(cl - rt->conf->clients),
                               now_real(), &v);
-        if (v.code == NULL)
-            gateway_quota_check(rt, cl, c->route, now_real(), &v);
     }
     evbuffer_drain(bufferevent_get_input(c->bev), m->head_len); /* m's spans are gone now */
     if (plan.code || v.code) {
@@ -1238,6 +1242,25 @@ static int request_all_buffered(struct client *c)
 static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct client *c = arg;
+    if (what & BEV_EVENT_CONNECTED)
+        return; /* the TLS handshake with the client is done: requests come as reads */
+    if (c->tls && (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF))) {
+        SSL *ssl = bufferevent_openssl_get_ssl(bev);
+        if (ssl && !SSL_is_init_finished(ssl)) {
+            /* A refused or abandoned TLS handshake (an unknown client certificate, a client
+             * that does not trust the listener's): counted, and said at debug level. */
+            unsigned long e = bufferevent_get_openssl_error(bev);
+            char reason[160] = "connection closed";
+            if (e)
+                ERR_error_string_n(e, reason, sizeof(reason));
+            WSTAT_ADD(c->w, client_tls_failures, 1);
+            log_msg(LOG_DEBUG, "client %s: TLS handshake failed: %s", c->peer, reason);
+            ERR_clear_error();
+            c->dead = 1;
+            client_free(c);
+            return;
+        }
+    }
     if (what & BEV_EVENT_TIMEOUT) {
         if ((what & BEV_EVENT_READING) && c->state == C_EXCHANGE && !c->req_done) {
             reply_error(c, proxy_err_request_timeout, "the request body stalled", 0);

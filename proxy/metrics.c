@@ -293,6 +293,12 @@ void metrics_render(struct evbuffer *out, struct server *s)
                         "# TYPE apple_auth_proxy_client_connections_refused_total counter\n"
                         "apple_auth_proxy_client_connections_refused_total %llu\n",
                         (unsigned long long)STAT(s, connections_refused));
+    evbuffer_add_printf(out,
+                        "# HELP apple_auth_proxy_client_tls_handshake_failures_total TLS "
+                        "handshakes with clients that failed (HTTPS listeners).\n"
+                        "# TYPE apple_auth_proxy_client_tls_handshake_failures_total counter\n"
+                        "apple_auth_proxy_client_tls_handshake_failures_total %llu\n",
+                        (unsigned long long)STAT(s, client_tls_failures));
     evbuffer_add_printf(out, "# HELP apple_auth_proxy_errors_total Responses the proxy made "
                              "itself, by error code.\n"
                              "# TYPE apple_auth_proxy_errors_total counter\n");

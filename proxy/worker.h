@@ -30,6 +30,7 @@ struct worker_stats {
     uint64_t upstream_reused;      /* exchanges on a pooled connection */
     uint64_t upstream_retries;     /* requests retried on a fresh connection */
     uint64_t token_retries;        /* requests retried after Apple's 401 with a fresh token */
+    uint64_t client_tls_failures;  /* TLS handshakes with clients that failed */
     uint64_t upstream_active;      /* gauge: connecting or serving an exchange */
     uint64_t upstream_idle;        /* gauge: waiting in a pool */
 };
