@@ -156,20 +156,13 @@ fail:
     return NULL;
 }
 
-static int same_str(const char *a, const char *b)
-{
-    return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0;
-}
-
-static int addrs_equal(const struct conf *a, const struct conf *b)
+static int addrs_same_text(const struct conf *a, const struct conf *b)
 {
     if (a->nlisten != b->nlisten)
         return 0;
     for (size_t i = 0; i < a->nlisten; i++)
         if (strcmp(a->listen[i].text, b->listen[i].text) != 0 ||
-            !same_str(a->listen[i].tls_cert_file, b->listen[i].tls_cert_file) ||
-            !same_str(a->listen[i].tls_key_file, b->listen[i].tls_key_file) ||
-            !same_str(a->listen[i].tls_client_ca_file, b->listen[i].tls_client_ca_file))
+            (a->listen[i].tls_cert_file == NULL) != (b->listen[i].tls_cert_file == NULL))
             return 0;
     return 1;
 }
@@ -230,17 +223,47 @@ int server_reload(struct server *s)
     }
     for (size_t t = 0; t < rt->ntargets; t++)
         upstream_tls_ctx_prepare(rt->targets[t].ssl_ctx);
-    if (!addrs_equal(rt->conf, s->rt->conf))
-        log_msg(LOG_WARN, "reload: the listen addresses or their TLS settings changed; they take "
-                          "effect at the next restart (the proxy keeps its current sockets)");
+    if (!addrs_same_text(rt->conf, s->rt->conf))
+        log_msg(LOG_WARN, "reload: the listen addresses changed (or a listener switched between "
+                          "HTTP and HTTPS); that takes effect at the next restart (the proxy "
+                          "keeps its current sockets)");
     if ((rt->conf->admin_listen.text == NULL) != (s->rt->conf->admin_listen.text == NULL) ||
         (rt->conf->admin_listen.text && s->rt->conf->admin_listen.text &&
          strcmp(rt->conf->admin_listen.text, s->rt->conf->admin_listen.text) != 0))
         log_msg(LOG_WARN, "reload: admin_listen changed; it takes effect at the next restart");
     if (rt->conf->workers != s->rt->conf->workers)
         log_msg(LOG_WARN, "reload: workers changed; it takes effect at the next restart");
+    /* HTTPS listeners at unchanged addresses get contexts from the new files: renewed
+     * certificates and client CAs apply to the connections accepted from now on. */
+    SSL_CTX **tls = NULL;
+    if (addrs_same_text(rt->conf, s->rt->conf) && s->nlisten) {
+        tls = calloc(s->nlisten, sizeof(*tls));
+        for (size_t l = 0; tls && l < s->nlisten; l++) {
+            if (!rt->conf->listen[l].tls_cert_file || !s->listen_tls[l])
+                continue;
+            tls[l] = listener_tls(&rt->conf->listen[l], err, sizeof(err));
+            if (tls[l] == NULL) {
+                log_msg(LOG_ERROR, "reload rejected; the current configuration keeps serving: %s",
+                        err);
+                for (size_t k = 0; k < l; k++)
+                    SSL_CTX_free(tls[k]);
+                free(tls);
+                runtime_unref(rt);
+                s->reload_failures++;
+                return -1;
+            }
+        }
+    }
     for (int i = 0; i < s->nworkers; i++)
-        worker_reload(&s->workers[i], rt);
+        worker_reload(&s->workers[i], rt, tls);
+    if (tls) {
+        for (size_t l = 0; l < s->nlisten; l++)
+            if (tls[l]) {
+                SSL_CTX_free(s->listen_tls[l]);
+                s->listen_tls[l] = tls[l]; /* the workers took their own references */
+            }
+        free(tls);
+    }
     runtime_unref(s->rt);
     s->rt = rt;
     log_msg(LOG_INFO, "reloaded %s: %zu credential%s, %zu route%s", rt->conf->source,
@@ -361,6 +384,7 @@ int server_run(struct conf *conf, const char *config_path)
         goto out;
     }
     nlisten = s->rt->conf->nlisten; /* fixed for the process: reloads keep the sockets */
+    s->nlisten = nlisten;
     s->listen_tls = calloc(nlisten, sizeof(*s->listen_tls));
     if (s->listen_tls == NULL) {
         log_msg(LOG_ERROR, "out of memory");

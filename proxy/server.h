@@ -18,6 +18,7 @@ struct server {
         *stop_check;
     struct admin *admin;
     SSL_CTX **listen_tls;         /* per listen address: the HTTPS context, or NULL */
+    size_t nlisten;               /* listen addresses in use (fixed for the process) */
     const char *config_path;      /* what SIGHUP re-reads (NULL: environment resolution) */
     unsigned long reloads, reload_failures;
 };

@@ -113,10 +113,22 @@ static void reload_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
     struct runtime *rt;
+    SSL_CTX **tls;
     pthread_mutex_lock(&w->pending_lock);
     rt = w->pending_rt;
     w->pending_rt = NULL;
+    tls = w->pending_tls;
+    w->pending_tls = NULL;
     pthread_mutex_unlock(&w->pending_lock);
+    if (tls) {
+        /* Connections already open keep their own reference to the old context. */
+        for (size_t i = 0; i < w->nlisteners; i++)
+            if (tls[i]) {
+                SSL_CTX_free(w->listeners[i].tls);
+                w->listeners[i].tls = tls[i];
+            }
+        free(tls);
+    }
     if (rt == NULL)
         return;
     struct wgen *g = wgen_new(w, rt);
@@ -130,15 +142,34 @@ static void reload_cb(evutil_socket_t fd, short what, void *arg)
     w->gen = g;
 }
 
-void worker_reload(struct worker *w, struct runtime *rt)
+static void free_tls_list(SSL_CTX **tls, size_t n)
+{
+    if (tls == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        SSL_CTX_free(tls[i]);
+    free(tls);
+}
+
+void worker_reload(struct worker *w, struct runtime *rt, SSL_CTX *const *tls)
 {
     struct runtime *old;
+    SSL_CTX **copy = NULL, **old_tls;
+    if (tls) {
+        copy = calloc(w->nlisteners ? w->nlisteners : 1, sizeof(*copy));
+        for (size_t i = 0; copy && i < w->nlisteners; i++)
+            if (tls[i] && SSL_CTX_up_ref(tls[i]))
+                copy[i] = tls[i];
+    }
     runtime_ref(rt);
     pthread_mutex_lock(&w->pending_lock);
     old = w->pending_rt;
     w->pending_rt = rt;
+    old_tls = w->pending_tls;
+    w->pending_tls = copy;
     pthread_mutex_unlock(&w->pending_lock);
     runtime_unref(old);
+    free_tls_list(old_tls, w->nlisteners);
     event_active(w->reload_ev, EV_TIMEOUT, 1);
 }
 
@@ -149,9 +180,10 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
     if (w->draining)
         return;
     w->draining = 1;
-    for (i = 0; i < w->nlisteners; i++)
-        evconnlistener_free(w->listeners[i].l);
-    w->nlisteners = 0;
+    for (i = 0; i < w->nlisteners; i++) {
+        evconnlistener_free(w->listeners[i].l); /* closes the socket: no new connections */
+        w->listeners[i].l = NULL;
+    }
     client_drain_all(w);
     if (w->nclients == 0)
         event_base_loopexit(w->base, NULL);
@@ -199,7 +231,6 @@ int worker_init(struct worker *w, int id, struct server *server, struct runtime 
     }
     for (i = 0; i < nfds; i++) {
         w->listeners[i].worker = w;
-        w->listeners[i].tls = tls[i];
         w->listeners[i].l = evconnlistener_new(w->base, accept_cb, &w->listeners[i],
                                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1,
                                                fds[i]);
@@ -210,6 +241,7 @@ int worker_init(struct worker *w, int id, struct server *server, struct runtime 
             goto fail;
         }
         evconnlistener_set_error_cb(w->listeners[i].l, accept_error_cb);
+        w->listeners[i].tls = tls[i] && SSL_CTX_up_ref(tls[i]) ? tls[i] : NULL;
         w->nlisteners++;
     }
     return 0;
@@ -253,8 +285,11 @@ void worker_deinit(struct worker *w)
     if (w->alog_timer)
         event_free(w->alog_timer);
     w->alog_timer = NULL;
-    for (i = 0; i < w->nlisteners; i++)
-        evconnlistener_free(w->listeners[i].l);
+    for (i = 0; i < w->nlisteners; i++) {
+        if (w->listeners[i].l)
+            evconnlistener_free(w->listeners[i].l);
+        SSL_CTX_free(w->listeners[i].tls);
+    }
     free(w->listeners);
     w->listeners = NULL;
     w->nlisteners = 0;
@@ -270,6 +305,8 @@ void worker_deinit(struct worker *w)
     if (w->lock_init) {
         runtime_unref(w->pending_rt);
         w->pending_rt = NULL;
+        free_tls_list(w->pending_tls, w->nlisteners);
+        w->pending_tls = NULL;
         pthread_mutex_destroy(&w->pending_lock);
         w->lock_init = 0;
     }

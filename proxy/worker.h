@@ -73,6 +73,7 @@ struct worker {
     struct event *reload_ev;  /* activated from the main thread with pending_rt set */
     pthread_mutex_t pending_lock;
     struct runtime *pending_rt; /* a reference handed over by the main thread */
+    SSL_CTX **pending_tls;      /* new contexts for the HTTPS listeners (references), or NULL */
     int lock_init;
     pthread_t thread;
     int started;
@@ -92,8 +93,10 @@ int worker_start(struct worker *w);
 /* Asks the worker (from any thread) to stop accepting and finish its exchanges. */
 void worker_drain(struct worker *w);
 /* Hands the worker a new configuration (a reference is taken); its new exchanges use it while
- * those in flight finish on the old one. Thread-safe. */
-void worker_reload(struct worker *w, struct runtime *rt);
+ * those in flight finish on the old one. tls, when not NULL, holds a new server context for
+ * each listener (NULL entries: unchanged), taken by reference: connections accepted from then
+ * on use it (renewed certificates, a new client CA). Thread-safe. */
+void worker_reload(struct worker *w, struct runtime *rt, SSL_CTX *const *tls);
 /* Frees everything of a stopped worker. */
 void worker_deinit(struct worker *w);
 
