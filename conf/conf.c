@@ -35,6 +35,9 @@ void conf_free(struct conf *conf)
     for (i = 0; i < conf->ncredentials; i++)
         credential_deinit(&conf->credentials[i]);
     free(conf->credentials);
+    for (i = 0; i < conf->nkey_env_names; i++)
+        free(conf->key_env_names[i]);
+    free(conf->key_env_names);
     for (i = 0; i < conf->nroutes; i++)
         conf_route_deinit(&conf->routes[i]);
     free(conf->routes);
@@ -455,6 +458,18 @@ static void conf_cred_load_key(struct conf_ctx *ctx, const cJSON *obj, struct co
             conf_msgs_add(ctx->errs, sub, "%s", err);
     } else if (in->key_env != NULL) {
         const char *v = ctx->getenv_fn(in->key_env);
+        char **names = realloc(ctx->conf->key_env_names,
+                               (ctx->conf->nkey_env_names + 1) * sizeof *names);
+        if (names == NULL) {
+            conf_oom(ctx);
+        } else {
+            ctx->conf->key_env_names = names;
+            names[ctx->conf->nkey_env_names] = strdup(in->key_env);
+            if (names[ctx->conf->nkey_env_names] == NULL)
+                conf_oom(ctx);
+            else
+                ctx->conf->nkey_env_names++;
+        }
 
         if (v == NULL || v[0] == '\0')
             conf_msgs_add(ctx->errs, sub, "environment variable %s is not set", in->key_env);
@@ -837,9 +852,16 @@ out:
     return conf;
 }
 
+static const char *(*conf_getenv_hook)(const char *name);
+
+void conf_set_getenv(const char *(*fn)(const char *name))
+{
+    conf_getenv_hook = fn;
+}
+
 const char *conf_getenv(const char *name)
 {
-    return getenv(name);
+    return conf_getenv_hook ? conf_getenv_hook(name) : getenv(name);
 }
 
 int conf_result(struct conf *conf, struct conf_msgs *errs, struct conf_msgs *warns,

@@ -120,6 +120,10 @@ struct conf {
     char *access_log;           /* "access_log": {"path": ...}: NULL or "-" stdout, "off", or a
                                    file reopened on SIGUSR1 */
     int access_log_text;        /* "access_log": {"format": "text"} (default "json") */
+    char **key_env_names;       /* environment variables this configuration read key material
+                                   from (private_key_env), so the caller can remove them from
+                                   the process environment */
+    size_t nkey_env_names;
     char *source;               /* the file it came from, or "environment" */
 };
 
@@ -151,6 +155,11 @@ int conf_load(const char *path, struct conf **out, char **errors, char **warning
  * 127.0.0.0/8, ::1 and "localhost". Messages are appended to *errors / *warnings (malloc'd,
  * caller frees; they may already hold text). Returns 0, or -1 on an error. */
 int conf_check_exposure(const struct conf *conf, char **errors, char **warnings);
+
+/* Replaces getenv for every lookup conf makes (NULL restores getenv): the CLI keeps key
+ * material it has removed from the process environment in a private table, so a reload can
+ * still read it. */
+void conf_set_getenv(const char *(*fn)(const char *name));
 
 /* Finds a credential by name; NULL when absent. */
 const struct credential *conf_credential(const struct conf *conf, const char *name);

@@ -188,7 +188,7 @@ static void arm_timer(struct client *c, long ms)
 static void client_free(struct client *c)
 {
     struct worker *w = c->w;
-    exchange_end(c, c->resp_started ? "upstream_cut" : "client_abort");
+    exchange_end(c, "client_abort"); /* c->outcome says "upstream_cut" when that was the cause */
     TAILQ_REMOVE(&w->clients, c, link);
     w->nclients--;
     if (c->up)
@@ -216,6 +216,9 @@ static void client_free(struct client *c)
 
 static void end_exchange_objects(struct client *c)
 {
+    /* The exchange ended normally (a whole response, or the proxy's own reply): whatever the
+     * client did after sending its request (a half-close) did not cut it short. */
+    c->outcome = NULL;
     exchange_end(c, "ok");
     free(c->origin);
     c->origin = NULL;
@@ -1265,10 +1268,14 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
         if ((what & BEV_EVENT_READING) && c->state == C_EXCHANGE && !c->req_done) {
             reply_error(c, proxy_err_request_timeout, "the request body stalled", 0);
         } else {
-            c->dead = 1; /* a client that does not read its response */
+            if (c->in_exchange && !c->outcome)
+                c->outcome = "client_abort"; /* it stopped reading its response */
+            c->dead = 1;
         }
     } else if (what & BEV_EVENT_EOF) {
         c->client_eof = 1;
+        if (c->in_exchange && !c->outcome)
+            c->outcome = "client_abort"; /* unless the response still completes */
         if (c->state == C_CLOSING || c->state == C_IDLE ||
             (c->state == C_HEAD && evbuffer_get_length(bufferevent_get_input(bev)) == 0)) {
             c->dead = c->state != C_CLOSING ||
@@ -1282,6 +1289,8 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
         /* A half-close after a whole request (forwarded, or still waiting in the input for
          * the upstream connection): the response is still delivered. */
     } else {
+        if (c->in_exchange && !c->outcome)
+            c->outcome = "client_abort";
         c->dead = 1;
     }
     if (c->dead)

@@ -39,21 +39,64 @@ static const char usage[] =
     "WEATHERKIT_KEY_ID, ...). Exit status: 0 ok, 1 runtime failure, 2 usage or configuration\n"
     "error. Documentation: docs/configuration.md, docs/tokens.md, docs/troubleshooting.md.\n";
 
-/* Key material given in the environment is overwritten in place once loaded, so that it is not
- * left readable in /proc/PID/environ for the life of the proxy. */
+/* Key material given in the environment leaves it once loaded: the value moves to a private
+ * table (which configuration reloads read through conf_set_getenv) and the environment string
+ * is overwritten in place, so it is not left readable in /proc/PID/environ. */
+struct secret_var {
+    char *name;
+    char *value;
+};
+static struct secret_var *secrets;
+static size_t nsecrets;
+
+static const char *secret_getenv(const char *name)
+{
+    for (size_t i = 0; i < nsecrets; i++)
+        if (strcmp(secrets[i].name, name) == 0)
+            return secrets[i].value;
+    return getenv(name);
+}
+
 static void scrub_env(const char *name)
 {
     char *v = getenv(name);
-    if (v) {
-        OPENSSL_cleanse(v, strlen(v));
-        unsetenv(name);
+    struct secret_var *grown;
+    if (v == NULL)
+        return;
+    grown = realloc(secrets, (nsecrets + 1) * sizeof(*secrets));
+    if (grown) {
+        secrets = grown;
+        secrets[nsecrets].name = strdup(name);
+        secrets[nsecrets].value = strdup(v);
+        if (secrets[nsecrets].name && secrets[nsecrets].value) {
+            nsecrets++;
+        } else {
+            free(secrets[nsecrets].name);
+            free(secrets[nsecrets].value);
+        }
     }
+    OPENSSL_cleanse(v, strlen(v));
+    unsetenv(name);
 }
 
-static void scrub_key_env(void)
+static void scrub_key_env(const struct conf *conf)
 {
     scrub_env("APP_STORE_CONNECT_API_KEY_KEY");
     scrub_env("WEATHERKIT_KEY");
+    for (size_t i = 0; conf && i < conf->nkey_env_names; i++)
+        scrub_env(conf->key_env_names[i]);
+}
+
+static void secrets_free(void)
+{
+    for (size_t i = 0; i < nsecrets; i++) {
+        OPENSSL_cleanse(secrets[i].value, strlen(secrets[i].value));
+        free(secrets[i].value);
+        free(secrets[i].name);
+    }
+    free(secrets);
+    secrets = NULL;
+    nsecrets = 0;
 }
 
 static void print_lines(const char *prefix, const char *text)
@@ -82,7 +125,7 @@ static struct conf *load(const char *path)
     }
     free(errors);
     free(warnings);
-    scrub_key_env();
+    scrub_key_env(conf);
     return conf;
 }
 
@@ -385,7 +428,19 @@ static int cmd_serve(int argc, char **argv)
     return server_run(conf, path);
 }
 
+static int run(int argc, char **argv);
+
 int main(int argc, char **argv)
+{
+    int rc;
+    conf_set_getenv(secret_getenv);
+    rc = run(argc, argv);
+    conf_set_getenv(NULL);
+    secrets_free();
+    return rc;
+}
+
+static int run(int argc, char **argv)
 {
     const char *lvl = getenv("APPLE_AUTH_PROXY_LOG_LEVEL");
     enum log_level level;

@@ -1,0 +1,222 @@
+#!/usr/bin/python3
+"""demo: `make demo` -- the proxy at work against a local stand-in for Apple, no account needed.
+
+    /usr/bin/python3 tests/upstream/demo.py --binary build/apple-auth-proxy
+
+Makes a throwaway P-256 key and a test CA in a temporary directory, starts the stand-in for
+Apple (tests/upstream/standin.py: TLS on 127.0.0.1, checking tokens as Apple does) and the proxy
+(one worker, loopback only), then shows step by step:
+
+  1. Apple without a token: WeatherKit says 401 {"reason": "MISSING_AUTH"}, App Store Connect
+     401 NOT_AUTHORIZED;
+  2. the same requests through the proxy: 200;
+  3. the token the proxy added (`apple-auth-proxy token --decode`, and as the stand-in saw it);
+  4. where to go next.
+
+Everything is removed at the end. Exit status 0 when every step worked, 1 otherwise. Nothing
+leaves 127.0.0.1.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_DIR = os.path.dirname(os.path.dirname(HERE))
+
+WK_HOST = "weatherkit.apple.com"
+ASC_HOST = "api.appstoreconnect.apple.com"
+WK_PATH = "/api/v1/weather/en/37.3349/-122.0090?dataSets=currentWeather"
+ASC_PATH = "/v1/apps?limit=1"
+
+BOLD = "\033[1m" if sys.stdout.isatty() else ""
+RESET = "\033[0m" if sys.stdout.isatty() else ""
+
+
+class StepFailed(Exception):
+    pass
+
+
+def heading(n, text):
+    print()
+    print("%s== %s%s ==%s" % (BOLD, "%s. " % n if n else "", text, RESET))
+    print()
+
+
+def say(text=""):
+    print(text)
+
+
+def show_response(r, max_lines=14):
+    body = r.body.decode("utf-8", "replace")
+    try:
+        body = json.dumps(json.loads(body), indent=2)
+    except ValueError:
+        pass
+    lines = body.splitlines()
+    say("   HTTP %d %s" % (r.status, r.reason))
+    for line in lines[:max_lines]:
+        say("   " + line)
+    if len(lines) > max_lines:
+        say("   ... (%d more lines)" % (len(lines) - max_lines))
+
+
+def expect(cond, what):
+    if not cond:
+        raise StepFailed(what)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--binary", default=os.path.join(SOURCE_DIR, "build", "apple-auth-proxy"))
+    args = ap.parse_args(argv)
+    binary = os.path.abspath(args.binary)
+    if not os.access(binary, os.X_OK):
+        sys.stderr.write("demo: %s is not an executable (run `make build` first)\n" % binary)
+        return 1
+    os.environ["AAP_BINARY"] = binary
+    os.environ.setdefault("AAP_SOURCE_DIR", SOURCE_DIR)
+    sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "integration"))
+    import harness as h  # noqa: E402  (after AAP_BINARY is set)
+
+    t0 = time.monotonic()
+    step = "setup"
+    try:
+        heading(None, "Setting up (a throwaway key, a test CA, the stand-in for Apple, the proxy)")
+        key = h.make_key()
+        certs = h.get_certs()
+        up = h.start_standin("good")
+        creds = {
+            "asc": h.credential("app-store-connect", key),
+            "weather": h.credential("weatherkit", key, team_id="DEF123GHIJ",
+                                    service_id="com.example.weatherkit-client"),
+        }
+        routes = [h.route(up, "weatherkit", "weather", path_prefix="/api/v1/"),
+                  h.route(up, "app-store-connect", "asc", path_prefix="/")]
+        config = h.write_config(creds, routes, workers=1, listen=["127.0.0.1:0"])
+        px = h.start_proxy(config)
+        say("   key        %s (P-256, Key ID %s; made for this demo only)" % (
+            key.private_path, key.kid))
+        say("   test CA    %s" % certs["ca_cert"])
+        say("   stand-in   https://127.0.0.1:%d  -- answers as %s," % (up.port, ASC_HOST))
+        say("              %s and the other Apple hosts, and checks every token" % WK_HOST)
+        say("              the way Apple does (signature, claims, lifetime)")
+        say("   proxy      http://127.0.0.1:%d  -- %s serve --config %s" % (
+            px.port, os.path.relpath(binary), config))
+        say()
+        say("   The proxy's routes (a real configuration leaves out \"address\" and \"ca_file\",")
+        say("   which point it at the stand-in instead of Apple):")
+        for r in routes:
+            say("     %-12s -> %-38s credential %s" % (r["path_prefix"], r["upstream"],
+                                                        r["credential"]))
+
+        step = "1"
+        heading(1, "Calling Apple directly, without a token")
+        say("   $ curl https://%s%s" % (WK_HOST, WK_PATH))
+        with up.client(WK_HOST) as c:
+            r = c.request("GET", WK_PATH, host=WK_HOST)
+        show_response(r)
+        expect(r.status == 401 and r.json() == {"reason": "MISSING_AUTH"},
+               "WeatherKit without a token should answer 401 {\"reason\": \"MISSING_AUTH\"}")
+        say()
+        say("   $ curl https://%s%s" % (ASC_HOST, ASC_PATH))
+        with up.client(ASC_HOST) as c:
+            r = c.request("GET", ASC_PATH, host=ASC_HOST)
+        show_response(r)
+        expect(r.status == 401 and r.json()["errors"][0]["code"] == "NOT_AUTHORIZED",
+               "App Store Connect without a token should answer 401 NOT_AUTHORIZED")
+        say()
+        say("   Both APIs want an ES256 JSON Web Token, each its own kind: WeatherKit refuses")
+        say("   an App Store Connect token with the same MISSING_AUTH.")
+
+        step = "2"
+        heading(2, "The same requests through the proxy (plain HTTP, no token in the client)")
+        m = up.mark()
+        say("   $ curl http://127.0.0.1:%d%s" % (px.port, WK_PATH))
+        with px.client() as c:
+            r = c.request("GET", WK_PATH)
+        show_response(r)
+        expect(r.status == 200 and "currentWeather" in r.json(),
+               "WeatherKit through the proxy should answer 200 with currentWeather")
+        say()
+        say("   $ curl http://127.0.0.1:%d%s" % (px.port, ASC_PATH))
+        with px.client() as c:
+            r = c.request("GET", ASC_PATH)
+        show_response(r)
+        expect(r.status == 200 and r.json()["data"][0]["type"] == "apps",
+               "App Store Connect through the proxy should answer 200 with apps")
+        say()
+        say("   Apple's rate-limit header came back too: X-Rate-Limit: %s" %
+            r.header("X-Rate-Limit"))
+        seen = up.wait_for(lambda e: e["host"] == WK_HOST, since=m, kind="request")
+        expect(seen["token_ok"], "the stand-in refused the proxy's WeatherKit token: %s" %
+               seen["token_error"])
+
+        step = "3"
+        heading(3, "The token the proxy added")
+        say("   $ apple-auth-proxy token --decode --config %s --credential weather" %
+            os.path.basename(config))
+        rc, out, err = h.run_cli(["token", "--decode", "--config", config,
+                                  "--credential", "weather"])
+        expect(rc == 0, "token --decode failed (%d): %s" % (rc, err.strip()))
+        for line in out.rstrip().splitlines():
+            say("   " + line)
+        decoded = json.loads(out)
+        expect(decoded["header"].get("id") == "DEF123GHIJ.com.example.weatherkit-client",
+               "the WeatherKit token's header should carry id TeamID.ServiceID")
+        say()
+        auth = [v for k, v in seen["headers"] if k.lower() == "authorization"]
+        expect(len(auth) == 1, "the stand-in should see exactly one Authorization header")
+        token = auth[0].split(" ", 1)[1]
+        hdr_b64, claims_b64, sig_b64 = token.split(".")
+        sig = h.b64url_decode(sig_b64)
+        say("   As the stand-in received it (Authorization: Bearer %s...%s):" % (
+            token[:16], token[-6:]))
+        say("     header  %s" % json.dumps(seen["token_header"]))
+        say("     claims  %s" % json.dumps(seen["token_claims"]))
+        c = seen["token_claims"]
+        say("     exp - iat = %d s; iat is backdated a little for clocks that run ahead" % (
+            c["exp"] - c["iat"]))
+        say("     signature: %d base64url characters = %d raw bytes, R || S (ES256, RFC 7518)"
+            % (len(sig_b64), len(sig)))
+        say("     -- not the DER that OpenSSL returns, the most common Apple JWT bug")
+        say("     verified by the stand-in with PyJWT and the public key: %s" % (
+            "accepted" if seen["token_ok"] else "REFUSED"))
+        expect(len(sig) == 64, "the ES256 signature must be 64 raw bytes, got %d" % len(sig))
+        say()
+        say("   The proxy signs once and reuses the token until shortly before it expires;")
+        say("   nothing it writes (logs, errors, metrics) contains the token or the key.")
+
+        step = "4"
+        heading(4, "Where to go next")
+        say("   README.md                 run it against Apple: `make run` with fastlane's")
+        say("                             APP_STORE_CONNECT_API_KEY_* variables, or a config file")
+        say("   docs/configuration.md     every configuration key, routes, limits")
+        say("   docs/tokens.md            the token profiles, lifetimes and clock skew")
+        say("   docs/troubleshooting.md   MISSING_AUTH, NOT_AUTHORIZED, TLS errors, error codes")
+        say("   apple-auth-proxy check -c my.json    validate a configuration and its keys")
+        say()
+        px.stop()
+        up.stop()
+        say("Demo finished in %.1f s; the temporary key, CA and logs are removed." % (
+            time.monotonic() - t0))
+        return 0
+    except StepFailed as e:
+        sys.stderr.write("\ndemo: step %s FAILED: %s\n" % (step, e))
+    except Exception:  # noqa: BLE001 -- any failure is reported and makes the exit status 1
+        sys.stderr.write("\ndemo: step %s FAILED with an error:\n" % step)
+        traceback.print_exc()
+    for name in ("px", "up"):
+        p = locals().get(name)
+        if p is not None:
+            tail = p.stderr_text()[-1500:]
+            if tail.strip():
+                sys.stderr.write("--- %s stderr ---\n%s\n" % (
+                    "proxy" if name == "px" else "stand-in", tail))
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
