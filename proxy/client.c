@@ -284,6 +284,7 @@ static const char *code_for_status(int status)
     case 417: return proxy_err_expectation;
     case 431: return proxy_err_headers_too_large;
     case 501: return proxy_err_not_implemented;
+    case 505: return proxy_err_http_version;
     default: return proxy_err_bad_request;
     }
 }
@@ -358,6 +359,13 @@ static int req_data(void *arg, const char *at, size_t len)
 static int req_chunk(void *arg, uint64_t size)
 {
     struct client *c = arg;
+    unsigned long long max = limits(c)->max_body;
+    if (max && (size > max || c->req.body_seen + size > max)) {
+        /* Refused before the chunk's size line goes upstream. */
+        c->req.error_status = 413;
+        c->req.error_detail = "the request body is larger than max_body_bytes";
+        return -1;
+    }
     if (size == 0) {
         c->last_chunk = 1; /* "0\r\n\r\n" is written at the end: trailers are dropped */
         return 0;
@@ -822,7 +830,11 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
         up_read_body_ex(c, 1);
         if (c->up == NULL || c->dead || c->state != C_EXCHANGE)
             goto out;
-        if (c->resp.body == HTTP1_BODY_EOF && http1_parse_eof(&c->resp) == 1) {
+        /* A body that ends with the connection is only whole if TLS ended cleanly
+         * (close_notify): a bare FIN could be a truncation by someone on the path. */
+        SSL *ssl = bufferevent_openssl_get_ssl(bev);
+        int clean = ssl && (SSL_get_shutdown(ssl) & SSL_RECEIVED_SHUTDOWN);
+        if (c->resp.body == HTTP1_BODY_EOF && clean && http1_parse_eof(&c->resp) == 1) {
             response_complete(c);
             goto out;
         }
@@ -907,10 +919,11 @@ static void acquire_upstream(struct client *c)
         reply_error(c, proxy_err_upstream_unreachable, "out of memory", 0);
         return;
     }
-    if (r == 0) {
-        c->up = conn;
+    /* Held from now on, ready or not: if the client goes away first, client_free aborts the
+     * pending connection and its ready callback never runs on a freed client. */
+    c->up = conn;
+    if (r == 0)
         attach_upstream(c);
-    }
 }
 
 /* Forwards the request body that has arrived, as far as the upstream's buffer allows. */
@@ -926,7 +939,7 @@ static void feed_body(struct client *c)
         }
         size_t avail = evbuffer_get_length(in);
         if (avail == 0)
-            return;
+            break;
         if (c->req.body == HTTP1_BODY_LENGTH) {
             size_t n = avail < c->req_remaining ? avail : (size_t)c->req_remaining;
             evbuffer_remove_buffer(in, out, n);
@@ -938,7 +951,7 @@ static void feed_body(struct client *c)
             struct evbuffer_iovec v;
             size_t used = 0;
             if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-                return;
+                break;
             int r = http1_parse_body(&c->req, v.iov_base, v.iov_len, &used);
             evbuffer_drain(in, used);
             if (r < 0) {
@@ -956,6 +969,13 @@ static void feed_body(struct client *c)
     if (c->req_done && !c->dead) {
         struct timeval stv = ms_tv(limits(c)->send_timeout_ms);
         bufferevent_set_timeouts(c->bev, NULL, &stv);
+    } else if (!c->dead && !c->req_done && c->client_eof && !c->read_paused &&
+               evbuffer_get_length(in) == 0) {
+        /* The client closed before the end of its request: the upstream connection, holding
+         * a partial request, cannot be reused; the exchange is abandoned. */
+        if (!c->outcome)
+            c->outcome = "client_abort";
+        c->dead = 1;
     }
 }
 
@@ -1228,20 +1248,6 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
         client_free(c);
 }
 
-/* Whether the rest of the request is already in the input buffer (so a half-close loses
- * nothing): a body-less request, or a Content-Length body whose remaining bytes have arrived. */
-static int request_all_buffered(struct client *c)
-{
-    size_t have = evbuffer_get_length(bufferevent_get_input(c->bev));
-    if (c->req.body == HTTP1_BODY_NONE)
-        return 1;
-    if (c->req.body == HTTP1_BODY_LENGTH) {
-        uint64_t left = c->state == C_EXCHANGE ? c->req_remaining : c->req.content_length;
-        return have >= left;
-    }
-    return 0;
-}
-
 static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct client *c = arg;
@@ -1282,12 +1288,14 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
                       evbuffer_get_length(bufferevent_get_output(bev)) == 0;
         } else if (c->state == C_HEAD) {
             c->dead = 1; /* half a request head, then nothing */
-        } else if (!c->req_done && !request_all_buffered(c)) {
-            /* The client gave up mid-request: the upstream connection cannot be reused. */
-            c->dead = 1;
+        } else if (c->state == C_EXCHANGE && !c->req_done) {
+            /* What the client sent before closing may still complete the request: forward it;
+             * feed_body ends the connection if the request stays incomplete. */
+            feed_body(c);
         }
-        /* A half-close after a whole request (forwarded, or still waiting in the input for
-         * the upstream connection): the response is still delivered. */
+        /* A half-close after a whole request (forwarded, or waiting in the input while the
+         * upstream connection opens, checked when it is ready): the response is still
+         * delivered. */
     } else {
         if (c->in_exchange && !c->outcome)
             c->outcome = "client_abort";

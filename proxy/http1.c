@@ -307,6 +307,8 @@ static int check_response(struct http1_msg *m)
     size_t i, ncl = 0, nte = 0;
     const struct http1_header *cl = NULL, *te = NULL;
     m->status = m->parser.status_code;
+    if (m->status < 100 || m->status > 599)
+        return fail(m, 502, "the upstream sent a status code outside 100-599");
     if (m->status == 101)
         return fail(m, 502, "the upstream switched protocols");
     for (i = 0; i < m->nheaders; i++) {
@@ -339,6 +341,10 @@ static int check_response(struct http1_msg *m)
         if (!http1_name_is(v, n, "chunked"))
             return fail(m, 502, "the upstream sent an unsupported Transfer-Encoding");
     }
+    /* RFC 9110 15.2: an interim response ends with its header section; one that announces
+     * content is malformed, and what follows could be read as a forged final response. */
+    if (m->status < 200 && (cl || te))
+        return fail(m, 502, "the upstream sent an interim (1xx) response with a body");
     if (m->request_is_head || m->status < 200 || m->status == 204 || m->status == 304)
         m->body = HTTP1_BODY_NONE;
     else if (te)
@@ -350,6 +356,22 @@ static int check_response(struct http1_msg *m)
     return 0;
 }
 
+/* The proxy's framing decision must be llhttp's too: had they differed (a value llhttp reads
+ * differently, e.g. "chunked" followed by a tab), the body would be split in two ways. */
+static int check_agreement(struct http1_msg *m)
+{
+    const llhttp_t *p = &m->parser;
+    int status = is_request(m) ? 400 : 502;
+    int chunked = (p->flags & F_CHUNKED) != 0;
+    if ((m->body == HTTP1_BODY_CHUNKED) != chunked &&
+        !(m->body == HTTP1_BODY_NONE && !is_request(m)))
+        return fail(m, status, "ambiguous Transfer-Encoding");
+    if (m->body == HTTP1_BODY_LENGTH &&
+        (!(p->flags & F_CONTENT_LENGTH) || p->content_length != m->content_length))
+        return fail(m, status, "ambiguous Content-Length");
+    return 0;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     struct http1_msg *m = msg_of(p);
@@ -358,6 +380,12 @@ static int on_headers_complete(llhttp_t *p)
     m->version_major = p->http_major;
     m->version_minor = p->http_minor;
     m->keep_alive = llhttp_should_keep_alive(p);
+    if (p->http_major != 1 || p->http_minor > 1) {
+        /* HTTP/0.9 has no headers to rewrite and HTTP/2 is not spoken here. */
+        if (is_request(m))
+            return fail(m, 505, "only HTTP/1.0 and HTTP/1.1 requests are accepted");
+        return fail(m, 502, "the upstream answered with an HTTP version other than 1.x");
+    }
     if (is_request(m)) {
         if (check_request(m) < 0)
             return -1;
@@ -369,9 +397,13 @@ static int on_headers_complete(llhttp_t *p)
         if (check_response(m) < 0)
             return -1;
     }
+    if (check_agreement(m) < 0)
+        return -1;
     m->phase = 1;
     if (m->body == HTTP1_BODY_NONE)
-        return m->request_is_head ? 1 : 0; /* message_complete pauses right after */
+        /* message_complete pauses right after. A response the proxy decided has no body (HEAD,
+         * 1xx, 204, 304) must not have one read by llhttp either: 1 says so. */
+        return is_request(m) ? 0 : 1;
     return HPE_PAUSED;
 }
 

@@ -21,6 +21,7 @@ const char proxy_err_uri_too_long[] = "PROXY_URI_TOO_LONG";
 const char proxy_err_expectation[] = "PROXY_EXPECTATION_FAILED";
 const char proxy_err_headers_too_large[] = "PROXY_HEADERS_TOO_LARGE";
 const char proxy_err_not_implemented[] = "PROXY_NOT_IMPLEMENTED";
+const char proxy_err_http_version[] = "PROXY_HTTP_VERSION_NOT_SUPPORTED";
 const char proxy_err_upstream_unreachable[] = "PROXY_UPSTREAM_UNREACHABLE";
 const char proxy_err_upstream_tls[] = "PROXY_UPSTREAM_TLS";
 const char proxy_err_bad_upstream_response[] = "PROXY_BAD_UPSTREAM_RESPONSE";
@@ -48,6 +49,7 @@ static const struct {
     {proxy_err_expectation, 417, "The expectation cannot be met."},
     {proxy_err_headers_too_large, 431, "The request header section is larger than the proxy allows."},
     {proxy_err_not_implemented, 501, "The request uses a feature the proxy does not implement."},
+    {proxy_err_http_version, 505, "Only HTTP/1.0 and HTTP/1.1 are accepted."},
     {proxy_err_upstream_unreachable, 502, "The upstream could not be reached."},
     {proxy_err_upstream_tls, 502, "The upstream's TLS could not be verified."},
     {proxy_err_bad_upstream_response, 502, "The upstream sent an invalid response."},
@@ -98,6 +100,7 @@ const char *http_reason(int status)
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
     default: return "Unknown";
     }
 }

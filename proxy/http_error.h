@@ -20,6 +20,7 @@ extern const char proxy_err_uri_too_long[];       /* 414 PROXY_URI_TOO_LONG */
 extern const char proxy_err_expectation[];        /* 417 PROXY_EXPECTATION_FAILED */
 extern const char proxy_err_headers_too_large[];  /* 431 PROXY_HEADERS_TOO_LARGE */
 extern const char proxy_err_not_implemented[];    /* 501 PROXY_NOT_IMPLEMENTED */
+extern const char proxy_err_http_version[];       /* 505 PROXY_HTTP_VERSION_NOT_SUPPORTED */
 extern const char proxy_err_upstream_unreachable[]; /* 502 PROXY_UPSTREAM_UNREACHABLE */
 extern const char proxy_err_upstream_tls[];       /* 502 PROXY_UPSTREAM_TLS */
 extern const char proxy_err_bad_upstream_response[]; /* 502 PROXY_BAD_UPSTREAM_RESPONSE */

@@ -28,6 +28,7 @@ static const char *const error_codes[] = {
     proxy_err_bad_upstream_response, proxy_err_token,             proxy_err_overloaded,
     proxy_err_upstream_timeout,   proxy_err_client_forbidden,     proxy_err_proxy_auth,
     proxy_err_rate_limited,       proxy_err_quota_reserved,       proxy_err_apple_retry_after,
+    proxy_err_http_version,
 };
 #define NERRORS (sizeof(error_codes) / sizeof(error_codes[0]))
 
@@ -293,6 +294,12 @@ void metrics_render(struct evbuffer *out, struct server *s)
                         "# TYPE apple_auth_proxy_client_connections_refused_total counter\n"
                         "apple_auth_proxy_client_connections_refused_total %llu\n",
                         (unsigned long long)STAT(s, connections_refused));
+    evbuffer_add_printf(out,
+                        "# HELP apple_auth_proxy_accept_pauses_total Times accepting paused "
+                        "because the process ran out of descriptors.\n"
+                        "# TYPE apple_auth_proxy_accept_pauses_total counter\n"
+                        "apple_auth_proxy_accept_pauses_total %llu\n",
+                        (unsigned long long)STAT(s, accept_pauses));
     evbuffer_add_printf(out,
                         "# HELP apple_auth_proxy_client_tls_handshake_failures_total TLS "
                         "handshakes with clients that failed (HTTPS listeners).\n"

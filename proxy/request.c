@@ -81,6 +81,9 @@ static void fail(struct request_plan *p, const char *code, const char *detail, i
     p->keep = keep;
 }
 
+/* Header names with '_' are dropped (as nginx does by default): some servers read them as
+ * '-', so "Transfer_Encoding" or "Content_Length" could mean framing to them that the proxy
+ * never saw. */
 static int build_head(struct request_plan *p, const struct http1_msg *m, const struct target *t,
                       const char *path, size_t path_len, const char *prefix, int identity)
 {
@@ -108,6 +111,7 @@ static int build_head(struct request_plan *p, const struct http1_msg *m, const s
             http1_name_is(h->name, h->name_len, "authorization") ||
             http1_name_is(h->name, h->name_len, "expect") ||
             (identity && http1_name_is(h->name, h->name_len, "accept-encoding")) ||
+            memchr(h->name, '_', h->name_len) != NULL ||
             http_connection_lists(m, h->name, h->name_len))
             continue;
         evbuffer_add(b, h->name, h->name_len);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -288,6 +289,28 @@ static void usr1_cb(evutil_socket_t sig, short what, void *arg)
         log_msg(LOG_INFO, "SIGUSR1: access log reopened");
 }
 
+/* Every client connection costs one descriptor and its upstream exchange another: raise the
+ * soft limit to the hard one, and say when even that is below what max_client_connections
+ * implies (Debian's default soft limit is 1024). */
+static void raise_descriptor_limit(const struct conf *conf)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    rlim_t want = (rlim_t)conf->limits.max_client_connections * 2 + 64;
+    if (conf->limits.max_client_connections && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+        log_msg(LOG_WARN, "the descriptor limit is %llu but max_client_connections %zu needs about "
+                          "%llu; raise it (ulimit -n, LimitNOFILE=) or lower "
+                          "max_client_connections",
+                (unsigned long long)rl.rlim_cur, conf->limits.max_client_connections,
+                (unsigned long long)want);
+}
+
 static void refresh_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct server *s = arg;
@@ -355,6 +378,7 @@ int server_run(struct conf *conf, const char *config_path)
     memset(s, 0, sizeof(*s));
     s->config_path = config_path;
     signal(SIGPIPE, SIG_IGN);
+    raise_descriptor_limit(conf);
     if (evthread_use_pthreads() != 0) {
         log_msg(LOG_ERROR, "cannot enable libevent threading");
         conf_free(conf);

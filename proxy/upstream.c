@@ -206,7 +206,10 @@ static void start_tls(struct upconn *c)
      * the subject CN is never consulted, so a certificate must carry the name in its SAN. */
     SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
                                X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
-    if (!SSL_set1_host(ssl, t->name) || !SSL_set_tlsext_host_name(ssl, t->name)) {
+    /* RFC 6066 3: SNI carries host names only, never an IP literal. */
+    unsigned char ipbuf[16];
+    int is_ip = inet_pton(AF_INET, t->name, ipbuf) == 1 || inet_pton(AF_INET6, t->name, ipbuf) == 1;
+    if (!SSL_set1_host(ssl, t->name) || (!is_ip && !SSL_set_tlsext_host_name(ssl, t->name))) {
         SSL_free(ssl);
         report(c, UPSTREAM_ERR_TLS, "cannot set the upstream name on the TLS session");
         return;
@@ -377,6 +380,7 @@ int upstream_get(struct upool *pool,
         if (c->state == UP_RESOLVING)
             c->dns_req = req;
     }
+    *out = c;
     return 1;
 }
 

@@ -61,8 +61,10 @@ void upool_init(struct upool *pool, struct wgen *gen, struct target *target);
 void upool_deinit(struct upool *pool);
 
 /* Returns 0 with an idle pooled connection in *out (conn->reused set; ready_cb never called),
- * or 1 after starting a new one: ready_cb then reports, always from a later event-loop callback,
- * the ready connection or the failure (after which the connection is gone). -1: out of memory. */
+ * or 1 with a new, still opening connection in *out: ready_cb then reports, always from a later
+ * event-loop callback, that connection ready or the failure (after which it is gone). The
+ * caller holds *out either way and must upstream_abort it if it gives up first. -1: out of
+ * memory. */
 int upstream_get(struct upool *pool,
                  void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *),
                  void *arg, struct upconn **out);

@@ -96,11 +96,31 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
         server_client_leave(w->server);
 }
 
+static void resume_accepting(evutil_socket_t fd, short what, void *arg)
+{
+    struct wlistener *wl = arg;
+    if (wl->l && !wl->worker->draining)
+        evconnlistener_enable(wl->l);
+}
+
 static void accept_error_cb(struct evconnlistener *l, void *arg)
 {
+    struct wlistener *wl = arg;
     int err = EVUTIL_SOCKET_ERROR();
-    /* EMFILE and friends: keep serving the connections we have; the listener retries. */
-    log_msg(LOG_WARN, "accept failed: %s", evutil_socket_error_to_string(err));
+    /* Out of descriptors (EMFILE, ENFILE, ENOBUFS...): the pending connection stays in the
+     * kernel's queue, so retrying at once would spin and log without end. Pause this listener
+     * for a moment, say so once per pause, and keep serving the connections already open. */
+    evconnlistener_disable(l);
+    if (wl->pause_ev == NULL)
+        wl->pause_ev = evtimer_new(wl->worker->base, resume_accepting, wl);
+    if (wl->pause_ev) {
+        struct timeval tv = {0, 250 * 1000};
+        evtimer_add(wl->pause_ev, &tv);
+    }
+    WSTAT_ADD(wl->worker, accept_pauses, 1);
+    log_msg(LOG_WARN, "accept failed: %s; not accepting for 250 ms (raise the descriptor "
+                      "limit or lower max_client_connections)",
+            evutil_socket_error_to_string(err));
 }
 
 static void alog_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -288,6 +308,8 @@ void worker_deinit(struct worker *w)
     for (i = 0; i < w->nlisteners; i++) {
         if (w->listeners[i].l)
             evconnlistener_free(w->listeners[i].l);
+        if (w->listeners[i].pause_ev)
+            event_free(w->listeners[i].pause_ev);
         SSL_CTX_free(w->listeners[i].tls);
     }
     free(w->listeners);

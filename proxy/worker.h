@@ -31,6 +31,7 @@ struct worker_stats {
     uint64_t upstream_retries;     /* requests retried on a fresh connection */
     uint64_t token_retries;        /* requests retried after Apple's 401 with a fresh token */
     uint64_t client_tls_failures;  /* TLS handshakes with clients that failed */
+    uint64_t accept_pauses;        /* accepting paused for lack of descriptors */
     uint64_t upstream_active;      /* gauge: connecting or serving an exchange */
     uint64_t upstream_idle;        /* gauge: waiting in a pool */
 };
@@ -56,6 +57,7 @@ struct wlistener {
     struct worker *worker;
     SSL_CTX *tls;
     struct evconnlistener *l;
+    struct event *pause_ev; /* re-enables accepting after running out of descriptors */
 };
 
 struct worker {

@@ -147,6 +147,10 @@ static void test_framing_smuggling(void **state)
     expect_reject("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked\r\n\r\n", 501);
     expect_reject("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding\x01: chunked\r\n\r\n", 400);
     expect_reject("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\x0b\r\n\r\n", 400);
+    expect_reject("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\t\r\n\r\n", 400);
+    /* regression: only HTTP/1.0 and 1.1 requests */
+    expect_reject("GET /v1/apps\r\nHost: a\r\n\r\n", 505);
+    expect_reject("GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505);
     expect_reject("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunkedchunked\r\n\r\n", 501);
     expect_reject("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \"chunked\"\r\n\r\n", 400);
     expect_reject("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
@@ -316,6 +320,13 @@ static void test_bad_responses(void **state)
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
         "HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
         "HTTP/1.1 2000 OK\r\n\r\n",
+        /* regression: an interim response with a body could carry a forged final response */
+        "HTTP/1.1 199 X\r\nContent-Length: 57\r\n\r\n",
+        "HTTP/1.1 100 Continue\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "HTTP/1.1 099 Low\r\n\r\n",
+        "HTTP/2.0 200 OK\r\n\r\n",
+        /* regression: "chunked" with a tab after it: framing that llhttp reads differently */
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n",
         "garbage\r\n\r\n",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
