@@ -870,7 +870,9 @@ static void attach_upstream(struct client *c)
     struct timeval wtv = ms_tv(limits(c)->send_timeout_ms);
     bufferevent_setcb(c->up->bev, up_read_cb, up_write_cb, up_event_cb, c);
     bufferevent_setwatermark(c->up->bev, EV_WRITE, OUT_LOW, 0);
-    bufferevent_set_timeouts(c->up->bev, &rtv, &wtv);
+    /* The wait for the first byte of the answer starts when the request is all sent: a long
+     * upload is covered by client_body_timeout and send_timeout, not by this. */
+    bufferevent_set_timeouts(c->up->bev, c->req.body == HTTP1_BODY_NONE ? &rtv : NULL, &wtv);
     bufferevent_enable(c->up->bev, EV_READ | EV_WRITE);
     c->up_paused = 0;
     c->up_reused = c->up->reused;
@@ -969,6 +971,10 @@ static void feed_body(struct client *c)
     if (c->req_done && !c->dead) {
         struct timeval stv = ms_tv(limits(c)->send_timeout_ms);
         bufferevent_set_timeouts(c->bev, NULL, &stv);
+        if (c->up && c->resp.phase == 0) {
+            struct timeval rtv = ms_tv(limits(c)->upstream_response_timeout_ms);
+            bufferevent_set_timeouts(c->up->bev, &rtv, &stv);
+        }
     } else if (!c->dead && !c->req_done && c->client_eof && !c->read_paused &&
                evbuffer_get_length(in) == 0) {
         /* The client closed before the end of its request: the upstream connection, holding

@@ -84,7 +84,7 @@ void metrics_count_request(struct metrics_shard *m, int label, const char *metho
     uint32_t key, h;
     size_t i;
     if (status < 100 || status > 999)
-        status = 999;
+        status = 0; /* no response was sent (the client went away first): code="none" */
     if (label < 0 || label >= METRICS_MAX_LABELS)
         label = 0;
     key = 1 + ((uint32_t)label << 14 | (uint32_t)method_index(method, method_len) << 10 |
@@ -182,8 +182,12 @@ static void render_requests(struct evbuffer *out, struct server *s)
         int label = (int)(k >> 14), method = (int)((k >> 10) & 0xf), status = (int)(k & 0x3ff);
         evbuffer_add_printf(out, "apple_auth_proxy_requests_total{route=\"");
         label_escaped(out, labels[label] ? labels[label] : "");
-        evbuffer_add_printf(out, "\",method=\"%s\",code=\"%d\"} %llu\n", method_names[method],
-                            status, (unsigned long long)all[j].count);
+        if (status == 0)
+            evbuffer_add_printf(out, "\",method=\"%s\",code=\"none\"} %llu\n",
+                                method_names[method], (unsigned long long)all[j].count);
+        else
+            evbuffer_add_printf(out, "\",method=\"%s\",code=\"%d\"} %llu\n",
+                                method_names[method], status, (unsigned long long)all[j].count);
     }
     pthread_mutex_unlock(&labels_lock);
     free(all);
@@ -262,7 +266,7 @@ void metrics_render(struct evbuffer *out, struct server *s)
         const struct credential *c = &rt->conf->credentials[i];
         evbuffer_add_printf(out, "apple_auth_proxy_token_mints_total{credential=\"");
         label_escaped(out, c->name);
-        evbuffer_add_printf(out, "\"} %lu\n", token_cache_mints(rt->tokens, c));
+        evbuffer_add_printf(out, "\"} %lu\n", runtime_mints(rt, i));
     }
     evbuffer_add_printf(out, "# HELP apple_auth_proxy_token_expiry_seconds Seconds until the "
                              "credential's current token expires (0: none valid).\n"

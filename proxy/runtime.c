@@ -86,10 +86,12 @@ struct runtime *runtime_new(struct conf *conf, char *err, size_t errlen)
     rt->quota_updated_ms = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(long long));
     rt->blocked_until_ms = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(long long));
     rt->buckets = gateway_buckets_new(conf);
+    rt->mints_base = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(unsigned long));
     size_t ncs = conf->nclients * conf->nroutes;
     rt->client_scope = calloc(ncs ? ncs : 1, sizeof(*rt->client_scope));
     rt->client_scope_n = calloc(ncs ? ncs : 1, sizeof(*rt->client_scope_n));
     if (rt->quota_updated_ms == NULL || rt->blocked_until_ms == NULL || rt->buckets == NULL ||
+        rt->mints_base == NULL ||
         rt->client_scope == NULL || rt->client_scope_n == NULL) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -210,6 +212,7 @@ void runtime_unref(struct runtime *rt)
     free(rt->quota_limit);
     free(rt->quota_remaining);
     free(rt->quota_updated_ms);
+    free(rt->mints_base);
     free(rt->blocked_until_ms);
     gateway_buckets_free(rt->buckets);
     if (rt->client_scope)
@@ -260,4 +263,19 @@ long runtime_quota_remaining(const struct runtime *rt, size_t cred)
 long runtime_quota_limit(const struct runtime *rt, size_t cred)
 {
     return __atomic_load_n(&rt->quota_limit[cred], __ATOMIC_RELAXED);
+}
+
+unsigned long runtime_mints(const struct runtime *rt, size_t cred)
+{
+    return rt->mints_base[cred] + token_cache_mints(rt->tokens, &rt->conf->credentials[cred]);
+}
+
+void runtime_carry_counts(struct runtime *rt, const struct runtime *old)
+{
+    for (size_t i = 0; i < rt->conf->ncredentials; i++)
+        for (size_t j = 0; j < old->conf->ncredentials; j++)
+            if (strcmp(rt->conf->credentials[i].name, old->conf->credentials[j].name) == 0) {
+                rt->mints_base[i] = runtime_mints(old, j);
+                break;
+            }
 }

@@ -38,9 +38,16 @@ struct runtime {
     long long *quota_updated_ms;   /* when the figures last came */
     long long *blocked_until_ms;   /* Apple's 429 Retry-After, per credential */
     struct gateway_buckets *buckets; /* per-client rate limits */
+    unsigned long *mints_base;     /* per credential: mints by earlier configurations of the
+                                      same credential name (the metric survives reloads) */
     char ***client_scope;          /* [client * nroutes + route]: "client_scopes" lists */
     size_t *client_scope_n;
 };
+
+/* Tokens signed for credential index cred since the process started (across reloads). */
+unsigned long runtime_mints(const struct runtime *rt, size_t cred);
+/* Carries the counts of old's credentials over to those of rt with the same names. */
+void runtime_carry_counts(struct runtime *rt, const struct runtime *old);
 
 /* Apple said 429 with Retry-After: no request with the credential goes out before `until`. */
 void runtime_block_until(struct runtime *rt, size_t cred, double until);

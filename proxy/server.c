@@ -255,6 +255,7 @@ int server_reload(struct server *s)
             }
         }
     }
+    runtime_carry_counts(rt, s->rt);
     for (int i = 0; i < s->nworkers; i++)
         worker_reload(&s->workers[i], rt, tls);
     if (tls) {

@@ -181,10 +181,16 @@ static void handshake_event_cb(struct bufferevent *bev, short what, void *arg)
         ERR_error_string_n(e, ebuf, sizeof(ebuf));
         snprintf(detail, sizeof(detail), "TLS handshake with %s failed: %s", t->name, ebuf);
     } else {
+        /* Neither a certificate nor a TLS protocol error: the upstream closed or reset the
+         * connection during the handshake. That is reachability, not certificate trouble. */
         int saved = EVUTIL_SOCKET_ERROR();
-        snprintf(detail, sizeof(detail), "TLS handshake with %s failed: %s", t->name,
-                 (what & BEV_EVENT_EOF) || saved == 0 ? "connection closed by the upstream"
-                                                      : evutil_socket_error_to_string(saved));
+        snprintf(detail, sizeof(detail), "%s (%s:%d) closed the connection during the TLS "
+                 "handshake%s%s", t->name, t->connect_host, t->connect_port,
+                 (what & BEV_EVENT_EOF) || saved == 0 ? "" : ": ",
+                 (what & BEV_EVENT_EOF) || saved == 0 ? "" : evutil_socket_error_to_string(saved));
+        ERR_clear_error();
+        report(c, UPSTREAM_ERR_CONNECT, detail);
+        return;
     }
     ERR_clear_error();
     report(c, UPSTREAM_ERR_TLS, detail);
