@@ -25,7 +25,6 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness as h  # noqa: E402
 from hostile import (ASC, OK_BODY, Case, CaseTest, Forward, ProxyFixture, Reject,  # noqa: E402
                      RejectMidBody, add_cases, assert_alive, converse, h)
 
