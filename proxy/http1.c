@@ -299,6 +299,10 @@ static int check_request(struct http1_msg *m)
     } else {
         m->body = HTTP1_BODY_NONE;
     }
+    /* CONNECT is never forwarded (the proxy answers 405 and closes): whatever framing it
+     * claims, no body of it is read (llhttp treats what follows as a tunnel). */
+    if (m->parser.method == HTTP_CONNECT)
+        m->body = HTTP1_BODY_NONE;
     return 0;
 }
 
@@ -363,6 +367,8 @@ static int check_agreement(struct http1_msg *m)
     const llhttp_t *p = &m->parser;
     int status = is_request(m) ? 400 : 502;
     int chunked = (p->flags & F_CHUNKED) != 0;
+    if (is_request(m) && p->method == HTTP_CONNECT)
+        return 0;
     if ((m->body == HTTP1_BODY_CHUNKED) != chunked &&
         !(m->body == HTTP1_BODY_NONE && !is_request(m)))
         return fail(m, status, "ambiguous Transfer-Encoding");

@@ -247,6 +247,20 @@ static void test_upgrade_is_plain(void **state)
     http1_msg_deinit(&m);
 }
 
+/* Regression (fuzz_request): CONNECT with a chunked body was reported complete without its
+ * chunks; no body of a CONNECT is ever read (the proxy answers 405). */
+static void test_connect_has_no_body(void **state)
+{
+    struct http1_msg m;
+    int status;
+    const char *raw = "CONNECT a:443 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      "5\r\nhello\r\n0\r\n\r\n";
+    assert_int_equal(parse_req(raw, &m, &status), 1);
+    assert_int_equal(m.body, HTTP1_BODY_NONE);
+    assert_int_equal(m.parser.method, HTTP_CONNECT);
+    http1_msg_deinit(&m);
+}
+
 static void test_http10_keepalive(void **state)
 {
     struct http1_msg m;
@@ -353,6 +367,7 @@ int main(void)
         cmocka_unit_test(test_chunked_reframed), cmocka_unit_test(test_framing_smuggling),
         cmocka_unit_test(test_header_syntax),    cmocka_unit_test(test_limits),
         cmocka_unit_test(test_bad_chunks),       cmocka_unit_test(test_upgrade_is_plain),
+        cmocka_unit_test(test_connect_has_no_body),
         cmocka_unit_test(test_http10_keepalive), cmocka_unit_test(test_responses),
         cmocka_unit_test(test_bad_responses),    cmocka_unit_test(test_list_has),
     };
