@@ -66,7 +66,6 @@ struct client {
     enum client_state state;
     int dead;
     struct http1_msg req, resp;
-    struct http1_limits req_limits, resp_limits;
     struct upconn *up;
     size_t route;
     struct token *tok;
@@ -110,8 +109,16 @@ struct client {
     char *origin_pending;       /* the same while the request is being checked */
     struct linkrw *rw;          /* the response's link rewriter, when one applies */
     char peer[64];
-    struct sockaddr_storage peer_addr;
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in4;
+        struct sockaddr_in6 in6;
+    } peer_addr; /* for allow_cidrs (a sockaddr_storage would cost 100 bytes per connection) */
 };
+
+/* Upstream response heads: fixed limits (Apple's heads are small; a huge one is an attack). */
+static const struct http1_limits resp_limits = {.max_line = 0, .max_head = 64 * 1024,
+                                                .max_headers = 256};
 
 static const struct conf_limits *limits(const struct client *c)
 {
@@ -216,6 +223,10 @@ static void client_free(struct client *c)
 
 static void end_exchange_objects(struct client *c)
 {
+    /* The header arrays are only needed while a head is parsed and used: an idle keep-alive
+     * connection should cost as little as possible. */
+    http1_msg_deinit(&c->resp);
+    http1_msg_deinit(&c->req);
     /* The exchange ended normally (a whole response, or the proxy's own reply): whatever the
      * client did after sending its request (a half-close) did not cut it short. */
     c->outcome = NULL;
@@ -705,7 +716,7 @@ static void up_read_head(struct client *c)
     struct evbuffer *in = bufferevent_get_input(c->up->bev);
     for (;;) {
         size_t len = evbuffer_get_length(in);
-        size_t n = len < c->resp_limits.max_head + 1 ? len : c->resp_limits.max_head + 1;
+        size_t n = len < resp_limits.max_head + 1 ? len : resp_limits.max_head + 1;
         if (n == 0)
             return;
         const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
@@ -720,7 +731,7 @@ static void up_read_head(struct client *c)
             /* Interim responses (100 Continue, 103) are not relayed: the proxy answered the
              * client's Expect itself. */
             evbuffer_drain(in, c->resp.head_len);
-            http1_msg_init(&c->resp, HTTP_RESPONSE, &c->resp_limits);
+            http1_msg_init(&c->resp, HTTP_RESPONSE, &resp_limits);
             continue;
         }
         if (c->resp.status == 401 && !c->token_retried && c->idempotent &&
@@ -879,7 +890,7 @@ static void attach_upstream(struct client *c)
     c->req_remaining = c->req.content_length;
     c->state = C_EXCHANGE;
     c->resp.request_is_head = c->is_head; /* kept by init: a HEAD response has no body */
-    http1_msg_init(&c->resp, HTTP_RESPONSE, &c->resp_limits);
+    http1_msg_init(&c->resp, HTTP_RESPONSE, &resp_limits);
     c->resp.sink = &resp_sink;
     c->resp.sink_arg = c;
     send_request(c);
@@ -1109,7 +1120,7 @@ static void start_exchange(struct client *c)
     const struct conf_client *cl = NULL;
     struct gateway_verdict v;
     /* Who is asking comes first: an unknown client learns nothing about the routes. */
-    gateway_identify(rt->conf, m, c->tls_subject, (const struct sockaddr *)&c->peer_addr, &cl, &v);
+    gateway_identify(rt->conf, m, c->tls_subject, &c->peer_addr.sa, &cl, &v);
     if (cl)
         c->client_name = cl->name;
     int keep = m->body == HTTP1_BODY_NONE;
@@ -1206,7 +1217,10 @@ static void process(struct client *c)
                 arm_timer(c, limits(c)->client_header_timeout_ms);
             }
             {
-                size_t n = len < c->req_limits.max_head + 1 ? len : c->req_limits.max_head + 1;
+                /* The current configuration's limits (a reload may have changed them). */
+                const struct http1_limits *rl = &c->w->gen->req_limits;
+                size_t n = len < rl->max_head + 1 ? len : rl->max_head + 1;
+                c->req.limits = rl;
                 const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
                 int r = http1_parse_head(&c->req, data, n);
                 if (r == 0)
@@ -1378,13 +1392,7 @@ int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t 
         inet_ntop(AF_INET6, &s->sin6_addr, ip, sizeof(ip));
         snprintf(c->peer, sizeof(c->peer), "[%s]:%d", ip, ntohs(s->sin6_port));
     }
-    c->req_limits.max_line = lim->max_request_line;
-    c->req_limits.max_head = lim->max_header_bytes;
-    c->req_limits.max_headers = lim->max_headers;
-    c->resp_limits.max_line = 0;
-    c->resp_limits.max_head = 64 * 1024;
-    c->resp_limits.max_headers = 256;
-    http1_msg_init(&c->req, HTTP_REQUEST, &c->req_limits);
+    http1_msg_init(&c->req, HTTP_REQUEST, &w->gen->req_limits);
     TAILQ_INSERT_TAIL(&w->clients, c, link);
     w->nclients++;
     WSTAT_ADD(w, connections_accepted, 1);

@@ -34,6 +34,9 @@ static struct wgen *wgen_new(struct worker *w, struct runtime *rt)
     g->refs = 1;
     g->worker = w;
     g->rt = runtime_ref(rt);
+    g->req_limits.max_line = rt->conf->limits.max_request_line;
+    g->req_limits.max_head = rt->conf->limits.max_header_bytes;
+    g->req_limits.max_headers = rt->conf->limits.max_headers;
     for (i = 0; i < rt->ntargets; i++)
         upool_init(&g->pools[i], g, &rt->targets[i]);
     return g;

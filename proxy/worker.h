@@ -11,6 +11,7 @@
 #include <event2/listener.h>
 #include <openssl/ssl.h>
 
+#include "proxy/http1.h"
 #include "proxy/metrics.h"
 #include "proxy/runtime.h"
 
@@ -47,6 +48,7 @@ struct wgen {
     int refs;
     struct worker *worker;
     struct runtime *rt;
+    struct http1_limits req_limits; /* request head limits from rt's configuration */
     struct upool *pools; /* rt->ntargets of them */
 };
 
