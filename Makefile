@@ -32,8 +32,9 @@ unit: build
 demo: build
 	/usr/bin/python3 tests/upstream/demo.py --binary $(BUILD_DIR)/apple-auth-proxy
 
+# Side by side with nginx and HAProxy (docs/performance.md); installs its tools when root.
 bench: build
-	/usr/bin/python3 tests/bench/token_bench.py --binary $(BUILD_DIR)/apple-auth-proxy
+	/usr/bin/python3 tests/bench/bench.py --binary $(BUILD_DIR)/apple-auth-proxy
 
 # Minutes of mixed load while the upstream fails on a schedule (docs/testing.md); not in
 # `make test`. SOAK_SECONDS=120 make soak for a shorter run.

@@ -15,6 +15,11 @@ if [ "${WITH_TEST_TOOLS:-1}" = 1 ]; then
              clang libclang-rt-14-dev prometheus)
 fi
 
+if [ "${WITH_BENCH_TOOLS:-0}" = 1 ]; then
+  # make bench (tests/bench/bench.py installs these itself when run as root).
+  packages+=(nginx haproxy wrk nghttp2-client strace valgrind linux-perf)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

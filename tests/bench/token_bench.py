@@ -7,6 +7,7 @@ payload for the same duration, and prints both figures and their ratio. Keys are
 the spot; nothing is read from disk.
 """
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -71,11 +72,18 @@ def main():
     ap.add_argument("--binary", default="build/apple-auth-proxy",
                     help="the proxy binary; bench_token is found in the same build tree")
     ap.add_argument("--seconds", type=float, default=2.0, help="duration of each measurement")
+    ap.add_argument("--json", action="store_true",
+                    help="print the figures as one JSON object instead of a table (bench.py)")
     args = ap.parse_args()
 
     bench = find_bench_token(args.binary)
     c_rate, hit_rate = run_c(bench, args.seconds)
     py_rate, py_version = run_pyjwt(args.seconds)
+    if args.json:
+        print(json.dumps({"c_signs_per_s": c_rate, "c_cache_hits_per_s": hit_rate,
+                          "pyjwt_signs_per_s": py_rate, "pyjwt_version": py_version,
+                          "ratio": c_rate / py_rate if py_rate else None}))
+        return 0
 
     rows = [
         ("apple-auth-proxy token_mint (C, OpenSSL)", "%d" % c_rate),
