@@ -881,6 +881,9 @@ static void attach_upstream(struct client *c)
     struct timeval wtv = ms_tv(limits(c)->send_timeout_ms);
     bufferevent_setcb(c->up->bev, up_read_cb, up_write_cb, up_event_cb, c);
     bufferevent_setwatermark(c->up->bev, EV_WRITE, OUT_LOW, 0);
+    /* Large bodies move in large steps (libevent's default is 16 KiB per callback). */
+    bufferevent_set_max_single_read(c->up->bev, OUT_HIGH);
+    bufferevent_set_max_single_write(c->up->bev, OUT_HIGH);
     /* The wait for the first byte of the answer starts when the request is all sent: a long
      * upload is covered by client_body_timeout and send_timeout, not by this. */
     bufferevent_set_timeouts(c->up->bev, c->req.body == HTTP1_BODY_NONE ? &rtv : NULL, &wtv);
@@ -1403,6 +1406,8 @@ int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t 
                              lim->max_header_bytes + 1 > OUT_HIGH ? lim->max_header_bytes + 1
                                                                   : OUT_HIGH);
     bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW, 0);
+    bufferevent_set_max_single_read(c->bev, OUT_HIGH);
+    bufferevent_set_max_single_write(c->bev, OUT_HIGH);
     {
         struct timeval stv = ms_tv(lim->send_timeout_ms);
         bufferevent_set_timeouts(c->bev, NULL, &stv);

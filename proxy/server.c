@@ -325,7 +325,7 @@ static void stop_workers_now(struct server *s)
 {
     for (int i = 0; i < s->nworkers; i++)
         if (s->workers[i].base)
-            event_base_loopbreak(s->workers[i].base);
+            worker_stop(&s->workers[i]);
     event_base_loopexit(s->base, NULL);
 }
 
@@ -403,6 +403,8 @@ int server_run(struct conf *conf, const char *config_path)
     s->nworkers = s->rt->conf->workers > 0 ? s->rt->conf->workers : (int)(ncpu > 0 ? ncpu : 1);
     s->base = event_base_new();
     s->workers = calloc((size_t)s->nworkers, sizeof(*s->workers));
+    for (i = 0; s->workers && i < s->nworkers; i++)
+        s->workers[i].notify_fd = -1; /* worker_deinit may see workers never initialised */
     fds = calloc(s->rt->conf->nlisten ? s->rt->conf->nlisten : 1, sizeof(*fds));
     if (s->base == NULL || s->workers == NULL || fds == NULL) {
         log_msg(LOG_ERROR, "out of memory");

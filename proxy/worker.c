@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -132,9 +133,8 @@ static void alog_timer_cb(evutil_socket_t fd, short what, void *arg)
     accesslog_flush(w->alog);
 }
 
-static void reload_cb(evutil_socket_t fd, short what, void *arg)
+static void apply_reload(struct worker *w)
 {
-    struct worker *w = arg;
     struct runtime *rt;
     SSL_CTX **tls;
     pthread_mutex_lock(&w->pending_lock);
@@ -174,6 +174,13 @@ static void free_tls_list(SSL_CTX **tls, size_t n)
     free(tls);
 }
 
+static void notify(struct worker *w)
+{
+    uint64_t one = 1;
+    ssize_t r = write(w->notify_fd, &one, sizeof(one));
+    (void)r; /* a full counter still wakes the worker */
+}
+
 void worker_reload(struct worker *w, struct runtime *rt, SSL_CTX *const *tls)
 {
     struct runtime *old;
@@ -193,12 +200,11 @@ void worker_reload(struct worker *w, struct runtime *rt, SSL_CTX *const *tls)
     pthread_mutex_unlock(&w->pending_lock);
     runtime_unref(old);
     free_tls_list(old_tls, w->nlisteners);
-    event_active(w->reload_ev, EV_TIMEOUT, 1);
+    notify(w);
 }
 
-static void drain_cb(evutil_socket_t fd, short what, void *arg)
+static void start_draining(struct worker *w)
 {
-    struct worker *w = arg;
     size_t i;
     if (w->draining)
         return;
@@ -212,6 +218,8 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
         event_base_loopexit(w->base, NULL);
 }
 
+static void notify_cb(evutil_socket_t fd, short what, void *arg);
+
 int worker_init(struct worker *w, int id, struct server *server, struct runtime *rt,
                 const int *fds, SSL_CTX *const *tls, size_t nfds, char *err, size_t errlen)
 {
@@ -220,7 +228,16 @@ int worker_init(struct worker *w, int id, struct server *server, struct runtime 
     w->id = id;
     w->server = server;
     TAILQ_INIT(&w->clients);
-    w->base = event_base_new();
+    w->notify_fd = -1;
+    {
+        /* One thread uses this base: no locks on the request path. */
+        struct event_config *cfg = event_config_new();
+        if (cfg)
+            event_config_set_flag(cfg, EVENT_BASE_FLAG_NOLOCK);
+        w->base = cfg ? event_base_new_with_config(cfg) : NULL;
+        if (cfg)
+            event_config_free(cfg);
+    }
     if (w->base == NULL) {
         snprintf(err, errlen, "cannot create an event base");
         goto fail;
@@ -235,11 +252,14 @@ int worker_init(struct worker *w, int id, struct server *server, struct runtime 
                           "(IP addresses in a route's \"address\" still work)");
     w->gen = wgen_new(w, rt);
     w->listeners = calloc(nfds ? nfds : 1, sizeof(*w->listeners));
-    w->drain_ev = event_new(w->base, -1, 0, drain_cb, w);
-    w->reload_ev = event_new(w->base, -1, 0, reload_cb, w);
+    w->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    w->notify_ev = w->notify_fd >= 0 ? event_new(w->base, w->notify_fd, EV_READ | EV_PERSIST,
+                                                 notify_cb, w)
+                                     : NULL;
     pthread_mutex_init(&w->pending_lock, NULL);
     w->lock_init = 1;
-    if (w->gen == NULL || w->listeners == NULL || w->drain_ev == NULL || w->reload_ev == NULL) {
+    if (w->gen == NULL || w->listeners == NULL || w->notify_ev == NULL ||
+        event_add(w->notify_ev, NULL) < 0) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -293,7 +313,28 @@ int worker_start(struct worker *w)
 
 void worker_drain(struct worker *w)
 {
-    event_active(w->drain_ev, EV_TIMEOUT, 1); /* thread-safe: evthread is enabled */
+    __atomic_store_n(&w->want_drain, 1, __ATOMIC_RELEASE);
+    notify(w);
+}
+
+void worker_stop(struct worker *w)
+{
+    __atomic_store_n(&w->want_stop, 1, __ATOMIC_RELEASE);
+    notify(w);
+}
+
+/* Requests from the main thread: a new configuration, draining, stopping. */
+static void notify_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    uint64_t n;
+    ssize_t r = read(fd, &n, sizeof(n));
+    (void)r;
+    apply_reload(w);
+    if (__atomic_load_n(&w->want_drain, __ATOMIC_ACQUIRE))
+        start_draining(w);
+    if (__atomic_load_n(&w->want_stop, __ATOMIC_ACQUIRE))
+        event_base_loopbreak(w->base);
 }
 
 void worker_deinit(struct worker *w)
@@ -321,12 +362,12 @@ void worker_deinit(struct worker *w)
     if (w->gen)
         wgen_unref(w->gen);
     w->gen = NULL;
-    if (w->drain_ev)
-        event_free(w->drain_ev);
-    w->drain_ev = NULL;
-    if (w->reload_ev)
-        event_free(w->reload_ev);
-    w->reload_ev = NULL;
+    if (w->notify_ev)
+        event_free(w->notify_ev);
+    w->notify_ev = NULL;
+    if (w->notify_fd >= 0)
+        close(w->notify_fd);
+    w->notify_fd = -1;
     if (w->lock_init) {
         runtime_unref(w->pending_rt);
         w->pending_rt = NULL;

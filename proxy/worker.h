@@ -73,8 +73,11 @@ struct worker {
     struct client_list clients;
     size_t nclients;
     int draining;
-    struct event *drain_ev;   /* activated from the main thread */
-    struct event *reload_ev;  /* activated from the main thread with pending_rt set */
+    /* The main thread talks to the worker through an eventfd (the worker's event base has no
+     * locks: nothing else touches it from another thread): it sets a request, then writes. */
+    int notify_fd;
+    struct event *notify_ev;
+    int want_drain, want_stop; /* atomic */
     pthread_mutex_t pending_lock;
     struct runtime *pending_rt; /* a reference handed over by the main thread */
     SSL_CTX **pending_tls;      /* new contexts for the HTTPS listeners (references), or NULL */
@@ -96,6 +99,8 @@ int worker_init(struct worker *w, int id, struct server *server, struct runtime 
 int worker_start(struct worker *w);
 /* Asks the worker (from any thread) to stop accepting and finish its exchanges. */
 void worker_drain(struct worker *w);
+/* Asks the worker (from any thread) to stop its loop now (the drain timeout). */
+void worker_stop(struct worker *w);
 /* Hands the worker a new configuration (a reference is taken); its new exchanges use it while
  * those in flight finish on the old one. tls, when not NULL, holds a new server context for
  * each listener (NULL entries: unchanged), taken by reference: connections accepted from then
