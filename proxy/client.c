@@ -522,9 +522,11 @@ static void write_response_head(struct client *c)
         evbuffer_add_printf(out, "HTTP/1.1 %d %.*s\r\n", status, (int)r->reason_len, r->reason);
     else
         evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
+    int has_connection = http1_find(r, "connection") != NULL;
     for (i = 0; i < r->nheaders; i++) {
         const struct http1_header *h = &r->headers[i];
-        if (http_is_hop_by_hop(h->name, h->name_len) || http_connection_lists(r, h->name, h->name_len))
+        if (http_is_hop_by_hop(h->name, h->name_len) ||
+            (has_connection && http_connection_lists(r, h->name, h->name_len)))
             continue;
         if (http1_name_is(h->name, h->name_len, "content-length") && !keep_cl)
             continue;
@@ -761,8 +763,9 @@ static void up_read_head(struct client *c)
         if (!c->discard)
             write_response_head(c);
         evbuffer_drain(in, c->resp.head_len);
-        bufferevent_set_timeouts(c->up->bev, NULL, NULL);
-        {
+        if (!c->req_done) {
+            /* An answer before the whole request went up (a refusal mid-upload): its body
+             * reads need the timeout that is otherwise armed once the request is sent. */
             struct timeval tv = ms_tv(limits(c)->upstream_response_timeout_ms);
             struct timeval wtv = ms_tv(limits(c)->send_timeout_ms);
             bufferevent_set_timeouts(c->up->bev, &tv, &wtv);

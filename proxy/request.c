@@ -100,6 +100,8 @@ static int build_head(struct request_plan *p, const struct http1_msg *m, const s
     ADD_LITERAL(b, " HTTP/1.1\r\nHost: ");
     evbuffer_add(b, t->host_header, t->host_header_len);
     ADD_LITERAL(b, "\r\n");
+    /* Without a Connection header there is nothing it could list: skip that scan. */
+    int has_connection = http1_find(m, "connection") != NULL;
     for (i = 0; i < m->nheaders; i++) {
         const struct http1_header *h = &m->headers[i];
         if (http1_name_is(h->name, h->name_len, "content-length")) {
@@ -112,7 +114,7 @@ static int build_head(struct request_plan *p, const struct http1_msg *m, const s
             http1_name_is(h->name, h->name_len, "expect") ||
             (identity && http1_name_is(h->name, h->name_len, "accept-encoding")) ||
             memchr(h->name, '_', h->name_len) != NULL ||
-            http_connection_lists(m, h->name, h->name_len))
+            (has_connection && http_connection_lists(m, h->name, h->name_len)))
             continue;
         evbuffer_add(b, h->name, h->name_len);
         ADD_LITERAL(b, ": ");
