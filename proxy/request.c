@@ -185,6 +185,15 @@ int request_plan(const struct runtime *rt, const struct http1_msg *m, struct req
         fail(p, proxy_err_bad_request, "the request path has a fragment or dot-segments", 0);
         return 0;
     }
+    /* An encoded '/' or '\' would let "..%2F" become a dot-segment in a server that decodes
+     * before resolving, stepping outside the prefix the request was routed and allowed by.
+     * Apple's resource paths never need one. */
+    for (size_t i = 0; i + 2 < bare_len; i++)
+        if (path[i] == '%' && (strncasecmp(path + i, "%2f", 3) == 0 ||
+                               strncasecmp(path + i, "%5c", 3) == 0)) {
+            fail(p, proxy_err_bad_request, "the request path has an encoded '/' or '\\'", 0);
+            return 0;
+        }
     /* An absolute-form target with an empty path means "/" (RFC 9112 3.2.2). */
     const char *route_path = bare_len ? path : "/";
     size_t route_len = bare_len ? bare_len : 1;

@@ -97,6 +97,10 @@ BAD = [
     ("dot_segment_encoded", get(line=b"GET /v1/%2e%2e/admin HTTP/1.1")),
     ("dot_segment_mixed", get(line=b"GET /v1/.%2E/admin HTTP/1.1")),
     ("dot_segment_trailing", get(line=b"GET /v1/.. HTTP/1.1")),
+    # regression: "..%2F" is a dot-segment to a server that decodes before resolving
+    ("encoded_slash_dot_segment", get(line=b"GET /v1/apps/..%2F..%2Fusers HTTP/1.1")),
+    ("encoded_slash", get(line=b"GET /v1/apps%2fusers HTTP/1.1")),
+    ("encoded_backslash", get(line=b"GET /v1/apps/..%5Cusers HTTP/1.1")),
     ("asterisk_form", get(line=b"OPTIONS * HTTP/1.1")),
     ("http2_preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
     ("tls_client_hello", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32),
