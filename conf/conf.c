@@ -543,23 +543,12 @@ static void conf_set_credentials(struct conf_ctx *ctx, const cJSON *item, const 
     dup = conf_dup_flags(ctx, item, n);
     for (c = item->child; c != NULL; c = c->next, i++) {
         struct conf_cred_in in;
-        char sub[CONF_PATH_MAX], shown[CONF_SHOWN];
+        char sub[CONF_PATH_MAX];
         const char *name = c->string != NULL ? c->string : "";
-        const char *why = conf_check_credential_name(name);
 
-        conf_path_key(sub, sizeof sub, path, name);
-        if (dup != NULL && dup[i]) {
-            conf_msgs_add(ctx->errs, sub, "duplicate key");
+        if (conf_named_member(ctx, c, path, dup, i, conf_check_credential_name, sub,
+                              sizeof sub) != 0)
             continue;
-        }
-        if (why != NULL) {
-            conf_printable(name, shown, sizeof shown);
-            conf_msgs_add(ctx->errs, sub, "%s (got \"%s\")", why, shown);
-        }
-        if (!cJSON_IsObject(c)) {
-            conf_msgs_add(ctx->errs, sub, "expected an object");
-            continue;
-        }
         memset(&in, 0, sizeof in);
         in.quota_reserve = -1;
         in.cred.skew = TOKEN_DEFAULT_SKEW;
@@ -577,7 +566,7 @@ static void conf_set_credentials(struct conf_ctx *ctx, const cJSON *item, const 
         conf_cred_load_key(ctx, c, &in, sub);
         /* Profile rules (required and unused identifiers, lifetime within Apple's maximum)
          * belong to auth/; their messages use the raw name, so only for valid names. */
-        if (in.cred.profile < PROFILE_COUNT && why == NULL)
+        if (in.cred.profile < PROFILE_COUNT && conf_check_credential_name(name) == NULL)
             conf_credential_validate(&in.cred, ctx->errs, NULL);
         /* Only App Store Connect reports the hourly quota (X-Rate-Limit) a reserve is kept
          * against; elsewhere the value would do nothing. */

@@ -326,22 +326,12 @@ static void conf_set_methods(struct conf_ctx *ctx, const cJSON *item, const char
     char **v;
     size_t n, i = 0, bad = 0;
 
-    if (!cJSON_IsArray(item)) {
-        conf_msgs_add(ctx->errs, path,
-                      "expected an array of HTTP methods such as [\"GET\", \"HEAD\"]");
+    if (conf_array_begin(ctx, item, path, CONF_MAX_LIST, "entries",
+                         "expected an array of HTTP methods such as [\"GET\", \"HEAD\"]",
+                         "expected at least one method (leave \"methods\" out to allow every "
+                         "method)",
+                         &n) != 0)
         return;
-    }
-    n = conf_count_children(item);
-    if (n == 0) {
-        conf_msgs_add(ctx->errs, path,
-                      "expected at least one method (leave \"methods\" out to allow every "
-                      "method)");
-        return;
-    }
-    if (n > CONF_MAX_LIST) {
-        conf_msgs_add(ctx->errs, path, "at most %d entries", CONF_MAX_LIST);
-        return;
-    }
     v = calloc(n, sizeof *v);
     if (v == NULL) {
         conf_oom(ctx);
@@ -393,23 +383,13 @@ static void conf_set_allow(struct conf_ctx *ctx, const cJSON *item, const char *
     const cJSON *c;
     size_t n, i = 0;
 
-    if (!cJSON_IsArray(item)) {
-        conf_msgs_add(ctx->errs, path,
-                      "expected an array of rules such as [{\"methods\": [\"GET\"], "
-                      "\"path_prefix\": \"/v1/\"}]");
+    if (conf_array_begin(ctx, item, path, CONF_MAX_LIST, "rules",
+                         "expected an array of rules such as [{\"methods\": [\"GET\"], "
+                         "\"path_prefix\": \"/v1/\"}]",
+                         "expected at least one rule (leave \"allow\" out to allow every method "
+                         "and path)",
+                         &n) != 0)
         return;
-    }
-    n = conf_count_children(item);
-    if (n == 0) {
-        conf_msgs_add(ctx->errs, path,
-                      "expected at least one rule (leave \"allow\" out to allow every method "
-                      "and path)");
-        return;
-    }
-    if (n > CONF_MAX_LIST) {
-        conf_msgs_add(ctx->errs, path, "at most %d rules", CONF_MAX_LIST);
-        return;
-    }
     cl->allow = calloc(n, sizeof *cl->allow);
     if (cl->allow == NULL) {
         conf_oom(ctx);
@@ -517,22 +497,12 @@ static void conf_set_allow_cidrs(struct conf_ctx *ctx, const cJSON *item, const 
     const cJSON *c;
     size_t n, i = 0;
 
-    if (!cJSON_IsArray(item)) {
-        conf_msgs_add(ctx->errs, path,
-                      "expected an array of networks such as [\"10.1.0.0/16\", \"::1\"]");
+    if (conf_array_begin(ctx, item, path, CONF_MAX_LIST, "entries",
+                         "expected an array of networks such as [\"10.1.0.0/16\", \"::1\"]",
+                         "expected at least one network (leave \"allow_cidrs\" out to accept "
+                         "any source address)",
+                         &n) != 0)
         return;
-    }
-    n = conf_count_children(item);
-    if (n == 0) {
-        conf_msgs_add(ctx->errs, path,
-                      "expected at least one network (leave \"allow_cidrs\" out to accept any "
-                      "source address)");
-        return;
-    }
-    if (n > CONF_MAX_LIST) {
-        conf_msgs_add(ctx->errs, path, "at most %d entries", CONF_MAX_LIST);
-        return;
-    }
     cl->allow_cidrs = calloc(n, sizeof *cl->allow_cidrs);
     if (cl->allow_cidrs == NULL) {
         conf_oom(ctx);
@@ -717,23 +687,12 @@ void conf_set_clients(struct conf_ctx *ctx, const cJSON *item, const char *path,
     dup = conf_dup_flags(ctx, item, n);
     for (c = item->child; c != NULL && i < n; c = c->next, i++) {
         struct conf_client *cl;
-        char sub[CONF_PATH_MAX], shown[CONF_SHOWN];
+        char sub[CONF_PATH_MAX];
         const char *name = c->string != NULL ? c->string : "";
-        const char *why = conf_check_client_name(name);
 
-        conf_path_key(sub, sizeof sub, path, name);
-        if (dup != NULL && dup[i]) {
-            conf_msgs_add(ctx->errs, sub, "duplicate key");
+        if (conf_named_member(ctx, c, path, dup, i, conf_check_client_name, sub,
+                              sizeof sub) != 0)
             continue;
-        }
-        if (why != NULL) {
-            conf_printable(name, shown, sizeof shown);
-            conf_msgs_add(ctx->errs, sub, "%s (got \"%s\")", why, shown);
-        }
-        if (!cJSON_IsObject(c)) {
-            conf_msgs_add(ctx->errs, sub, "expected an object");
-            continue;
-        }
         cl = &conf->clients[conf->nclients++];
         cl->name = strdup(name);
         if (cl->name == NULL) {

@@ -135,6 +135,19 @@ void conf_number_store(void *dst, enum conf_store store, double v);
 const char *conf_string_value(struct conf_ctx *ctx, const cJSON *item, const char *path,
                               const char *(*check)(const char *s));
 
+/* The checks every list starts with: item is an array (else not_array is reported), not empty
+ * (else empty), at most max entries (else "at most MAX UNIT"). Returns 0 with its length in
+ * *n, or -1 after reporting. */
+int conf_array_begin(struct conf_ctx *ctx, const cJSON *item, const char *path, size_t max,
+                     const char *unit, const char *not_array, const char *empty, size_t *n);
+
+/* The checks for member i of an object of named objects (credentials, clients): a duplicate
+ * name, a name check refuses (reported, but the member is still read), a value that is not an
+ * object. Writes the member's path to sub. Returns 0 when the member is to be read, -1 to skip. */
+int conf_named_member(struct conf_ctx *ctx, const cJSON *c, const char *path,
+                      const unsigned char *dup, size_t i, const char *(*check)(const char *s),
+                      char *sub, size_t sublen);
+
 /* Setters for the tables. */
 void conf_set_number(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
                      const struct conf_field *f);

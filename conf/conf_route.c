@@ -188,21 +188,12 @@ void conf_set_routes(struct conf_ctx *ctx, const cJSON *item, const char *path, 
     size_t n, i = 0, k;
 
     ctx->routes_given = 1;
-    if (!cJSON_IsArray(item)) {
-        conf_msgs_add(ctx->errs, path, "expected an array of routes");
+    if (conf_array_begin(ctx, item, path, CONF_MAX_ROUTES, "routes",
+                         "expected an array of routes",
+                         "expected at least one route (or leave \"routes\" out "
+                         "to derive them from the credentials)",
+                         &n) != 0)
         return;
-    }
-    n = conf_count_children(item);
-    if (n == 0) {
-        conf_msgs_add(ctx->errs, path,
-                      "expected at least one route (or leave \"routes\" out "
-                      "to derive them from the credentials)");
-        return;
-    }
-    if (n > CONF_MAX_ROUTES) {
-        conf_msgs_add(ctx->errs, path, "at most %d routes", CONF_MAX_ROUTES);
-        return;
-    }
     conf->routes = calloc(n, sizeof *conf->routes);
     if (conf->routes == NULL) {
         conf_oom(ctx);

@@ -869,3 +869,46 @@ void conf_set_bool(struct conf_ctx *ctx, const cJSON *item, const char *path, vo
     }
     *(int *)((char *)base + f->offset) = cJSON_IsTrue(item) ? 1 : 0;
 }
+
+int conf_array_begin(struct conf_ctx *ctx, const cJSON *item, const char *path, size_t max,
+                     const char *unit, const char *not_array, const char *empty, size_t *n)
+{
+    if (!cJSON_IsArray(item)) {
+        conf_msgs_add(ctx->errs, path, "%s", not_array);
+        return -1;
+    }
+    *n = conf_count_children(item);
+    if (*n == 0) {
+        conf_msgs_add(ctx->errs, path, "%s", empty);
+        return -1;
+    }
+    if (*n > max) {
+        conf_msgs_add(ctx->errs, path, "at most %zu %s", max, unit);
+        return -1;
+    }
+    return 0;
+}
+
+int conf_named_member(struct conf_ctx *ctx, const cJSON *c, const char *path,
+                      const unsigned char *dup, size_t i, const char *(*check)(const char *s),
+                      char *sub, size_t sublen)
+{
+    char shown[CONF_SHOWN];
+    const char *name = c->string != NULL ? c->string : "";
+    const char *why = check(name);
+
+    conf_path_key(sub, sublen, path, name);
+    if (dup != NULL && dup[i]) {
+        conf_msgs_add(ctx->errs, sub, "duplicate key");
+        return -1;
+    }
+    if (why != NULL) {
+        conf_printable(name, shown, sizeof shown);
+        conf_msgs_add(ctx->errs, sub, "%s (got \"%s\")", why, shown);
+    }
+    if (!cJSON_IsObject(c)) {
+        conf_msgs_add(ctx->errs, sub, "expected an object");
+        return -1;
+    }
+    return 0;
+}
