@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h> /* before keyvalq_struct.h, which would define TAILQ_HEAD */
 #include <time.h>
 
 #include <event2/buffer.h>

@@ -18,4 +18,7 @@ void client_drain_all(struct worker *w);
 /* Frees every client of a stopped worker (their upstream connections are closed). */
 void client_free_all(struct worker *w);
 
+/* Frees the worker's spare per-request state (after client_free_all). */
+void client_worker_cleanup(struct worker *w);
+
 #endif

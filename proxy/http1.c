@@ -29,9 +29,10 @@ int http1_name_is(const char *name, size_t len, const char *lower)
 
 const struct http1_header *http1_find(const struct http1_msg *m, const char *lower)
 {
-    size_t i;
+    size_t i, n = strlen(lower);
     for (i = 0; i < m->nheaders; i++)
-        if (http1_name_is(m->headers[i].name, m->headers[i].name_len, lower))
+        if (m->headers[i].name_len == n &&
+            http1_name_is(m->headers[i].name, m->headers[i].name_len, lower))
             return &m->headers[i];
     return NULL;
 }

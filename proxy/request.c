@@ -16,14 +16,19 @@
 
 int http_is_hop_by_hop(const char *name, size_t len)
 {
-    static const char *const names[] = {"connection", "keep-alive", "proxy-connection", "te",
-                                        "trailer",    "transfer-encoding", "upgrade",
-                                        "http2-settings", "proxy-authorization",
-                                        "proxy-authenticate"};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (http1_name_is(name, len, names[i]))
-            return 1;
-    return 0;
+    /* By length first: every header of every request and response passes through here. */
+    switch (len) {
+    case 2: return http1_name_is(name, len, "te");
+    case 7: return http1_name_is(name, len, "trailer") || http1_name_is(name, len, "upgrade");
+    case 10:
+        return http1_name_is(name, len, "connection") || http1_name_is(name, len, "keep-alive");
+    case 14: return http1_name_is(name, len, "http2-settings");
+    case 16: return http1_name_is(name, len, "proxy-connection");
+    case 17: return http1_name_is(name, len, "transfer-encoding");
+    case 18: return http1_name_is(name, len, "proxy-authenticate");
+    case 19: return http1_name_is(name, len, "proxy-authorization");
+    default: return 0;
+    }
 }
 
 int http_connection_lists(const struct http1_msg *m, const char *name, size_t len)

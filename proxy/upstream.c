@@ -14,7 +14,6 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/util.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
@@ -81,11 +80,10 @@ static void conn_free(struct upconn *c)
         event_free(c->io);
     if (c->timer)
         event_free(c->timer);
-    if (c->bev) {
-        SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
-        if (ssl)
-            SSL_set_ex_data(ssl, ex_index, NULL);
-        bufferevent_free(c->bev); /* closes the socket and frees the SSL */
+    if (c->has_stream) {
+        if (c->s.ssl)
+            SSL_set_ex_data(c->s.ssl, ex_index, NULL);
+        stream_close(&c->s); /* closes the socket and frees the SSL */
     } else if (c->fd >= 0) {
         close(c->fd);
     }
@@ -128,6 +126,14 @@ static void report(struct upconn *c, enum upstream_error err, const char *detail
         cb(NULL, err, msg, arg);
 }
 
+/* Between leaving the pool and the new owner's stream_setcb (no event is handled between). */
+static void detached_cb(struct stream *s, unsigned ev, void *arg)
+{
+    (void)s;
+    (void)ev;
+    (void)arg;
+}
+
 static void deferred_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct upconn *c = arg;
@@ -142,16 +148,17 @@ static void fail_later(struct upconn *c, enum upstream_error err, const char *de
     event_active(c->timer, EV_TIMEOUT, 1);
 }
 
-static void handshake_event_cb(struct bufferevent *bev, short what, void *arg)
+static void handshake_cb(struct stream *s, unsigned ev, void *arg)
 {
     struct upconn *c = arg;
     struct target *t = c->pool->target;
     char detail[256];
-    if (what & BEV_EVENT_CONNECTED) {
-        SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    if (!s->handshaking && !(ev & (STREAM_EOF | STREAM_ERROR))) {
         const unsigned char *alpn = NULL;
         unsigned int alpn_len = 0;
-        SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+        if (!(ev & STREAM_CONNECTED) && !(ev & STREAM_ALARM))
+            return; /* nothing the owner-to-be must know */
+        SSL_get0_alpn_selected(s->ssl, &alpn, &alpn_len);
         if (alpn_len && !(alpn_len == 8 && memcmp(alpn, "http/1.1", 8) == 0)) {
             snprintf(detail, sizeof(detail), "%s selected ALPN protocol %.*s, not http/1.1",
                      t->name, (int)alpn_len, (const char *)alpn);
@@ -159,40 +166,33 @@ static void handshake_event_cb(struct bufferevent *bev, short what, void *arg)
             return;
         }
         WSTAT_ADD(worker_of(c->pool), upstream_handshakes, 1);
-        bufferevent_set_timeouts(bev, NULL, NULL);
-        bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+        stream_set_alarm(s, 0);
         report(c, UPSTREAM_OK, NULL);
         return;
     }
-    if (what & BEV_EVENT_TIMEOUT) {
+    if (s->handshaking && (ev & STREAM_ALARM) && !(ev & (STREAM_EOF | STREAM_ERROR))) {
         snprintf(detail, sizeof(detail), "TLS handshake with %s (%s:%d) timed out", t->name,
                  t->connect_host, t->connect_port);
         report(c, UPSTREAM_ERR_TLS_TIMEOUT, detail);
         return;
     }
-    SSL *ssl = bufferevent_openssl_get_ssl(bev);
-    long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
-    unsigned long e = bufferevent_get_openssl_error(bev);
+    long vr = SSL_get_verify_result(s->ssl);
     if (vr != X509_V_OK) {
         snprintf(detail, sizeof(detail), "certificate verification failed for %s: %s", t->name,
                  X509_verify_cert_error_string(vr));
-    } else if (e) {
+    } else if (s->ssl_error) {
         char ebuf[160];
-        ERR_error_string_n(e, ebuf, sizeof(ebuf));
+        ERR_error_string_n(s->ssl_error, ebuf, sizeof(ebuf));
         snprintf(detail, sizeof(detail), "TLS handshake with %s failed: %s", t->name, ebuf);
     } else {
         /* Neither a certificate nor a TLS protocol error: the upstream closed or reset the
          * connection during the handshake. That is reachability, not certificate trouble. */
-        int saved = EVUTIL_SOCKET_ERROR();
         snprintf(detail, sizeof(detail), "%s (%s:%d) closed the connection during the TLS "
                  "handshake%s%s", t->name, t->connect_host, t->connect_port,
-                 (what & BEV_EVENT_EOF) || saved == 0 ? "" : ": ",
-                 (what & BEV_EVENT_EOF) || saved == 0 ? "" : evutil_socket_error_to_string(saved));
-        ERR_clear_error();
+                 s->sys_errno ? ": " : "", s->sys_errno ? strerror(s->sys_errno) : "");
         report(c, UPSTREAM_ERR_CONNECT, detail);
         return;
     }
-    ERR_clear_error();
     report(c, UPSTREAM_ERR_TLS, detail);
 }
 
@@ -200,7 +200,7 @@ static void start_tls(struct upconn *c)
 {
     struct upool *pool = c->pool;
     struct target *t = pool->target;
-    struct event_base *base = pool->gen->worker->base;
+    struct worker *w = pool->gen->worker;
     const struct conf_limits *lim = limits_of(pool);
     SSL *ssl = SSL_new(t->ssl_ctx);
     if (ssl == NULL) {
@@ -222,20 +222,14 @@ static void start_tls(struct upconn *c)
     }
     if (pool->session)
         SSL_set_session(ssl, pool->session);
-    c->bev = bufferevent_openssl_socket_new(base, c->fd, ssl, BUFFEREVENT_SSL_CONNECTING,
-                                            BEV_OPT_CLOSE_ON_FREE);
-    if (c->bev == NULL) {
+    if (stream_init(&c->s, &w->sctx, c->fd, ssl, STREAM_TLS_CONNECT, handshake_cb, c) < 0) {
         SSL_free(ssl);
         report(c, UPSTREAM_ERR_TLS, "cannot create the TLS connection");
         return;
     }
-    c->fd = -1; /* owned by the bufferevent now */
-    /* A close without close_notify is judged by the HTTP framing, not by TLS. */
-    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
-    struct timeval tv = ms_tv(lim->upstream_handshake_timeout_ms);
-    bufferevent_set_timeouts(c->bev, &tv, &tv);
-    bufferevent_setcb(c->bev, NULL, NULL, handshake_event_cb, c);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    c->has_stream = 1;
+    c->fd = -1; /* owned by the stream now */
+    stream_set_alarm(&c->s, (uint32_t)lim->upstream_handshake_timeout_ms);
     c->state = UP_HANDSHAKE;
 }
 
@@ -325,8 +319,8 @@ int upstream_get(struct upool *pool,
     while ((c = TAILQ_FIRST(&pool->idle)) != NULL) {
         TAILQ_REMOVE(&pool->idle, c, link);
         pool->nidle--;
-        if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
-            conn_free(c); /* the upstream sent something unasked: not trustworthy */
+        if (stream_input_length(&c->s) > 0 || c->s.eof || c->s.failed) {
+            conn_free(c); /* the upstream sent something unasked, or went away */
             continue;
         }
         c->state = UP_ACTIVE;
@@ -334,8 +328,8 @@ int upstream_get(struct upool *pool,
         pool->nactive++;
         WSTAT_ADD(w, upstream_idle, -1);
         WSTAT_ADD(w, upstream_active, 1);
-        bufferevent_set_timeouts(c->bev, NULL, NULL);
-        bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
+        stream_set_timeouts(&c->s, 0, 0);
+        stream_setcb(&c->s, detached_cb, c); /* the caller attaches its own at once */
         WSTAT_ADD(w, upstream_reused, 1);
         *out = c;
         return 0;
@@ -399,14 +393,11 @@ static void idle_close(struct upconn *c)
 }
 
 /* A pooled connection must stay silent: data, EOF, an error or the idle timeout end it. */
-static void idle_read_cb(struct bufferevent *bev, void *arg)
+static void idle_cb(struct stream *s, unsigned ev, void *arg)
 {
-    idle_close(arg);
-}
-
-static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
-{
-    idle_close(arg);
+    (void)s;
+    if (ev & (STREAM_READ | STREAM_EOF | STREAM_ERROR | STREAM_RTIMEOUT))
+        idle_close(arg);
 }
 
 void upstream_put(struct upconn *c, int reusable)
@@ -417,21 +408,38 @@ void upstream_put(struct upconn *c, int reusable)
     WSTAT_ADD(worker_of(pool), upstream_active, -1);
     c->exchanges++;
     if (!reusable || pool->gen->worker->draining || lim->upstream_pool_size == 0 ||
-        evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+        stream_input_length(&c->s) > 0 || stream_output_length(&c->s) > 0 || c->s.eof ||
+        c->s.failed) {
         conn_free(c);
         return;
     }
     c->state = UP_IDLE;
-    bufferevent_setcb(c->bev, idle_read_cb, NULL, idle_event_cb, c);
-    struct timeval tv = ms_tv(lim->upstream_idle_timeout_ms);
-    bufferevent_set_timeouts(c->bev, &tv, NULL);
-    bufferevent_enable(c->bev, EV_READ);
+    c->idle_tick = pool->gen->worker->house_ticks;
+    c->buffers_freed = 0;
+    stream_setcb(&c->s, idle_cb, c);
+    stream_set_timeouts(&c->s, (uint32_t)lim->upstream_idle_timeout_ms, 0);
+    stream_set_reading(&c->s, 1);
+    stream_park(&c->s);
     TAILQ_INSERT_HEAD(&pool->idle, c, link);
     pool->nidle++;
     WSTAT_ADD(worker_of(pool), upstream_idle, 1);
     while (pool->nidle > lim->upstream_pool_size) {
         struct upconn *old = TAILQ_LAST(&pool->idle, upconn_list);
         idle_close(old);
+    }
+}
+
+void upool_tick(struct upool *pool, unsigned tick)
+{
+    struct upconn *c;
+    /* The pool is used from its head: walk from the tail, the longest idle first. */
+    TAILQ_FOREACH_REVERSE(c, &pool->idle, upconn_list, link) {
+        if (c->idle_tick + 2 > tick)
+            break;
+        if (!c->buffers_freed && c->s.ssl) {
+            SSL_free_buffers(c->s.ssl); /* refused (harmlessly) while a record is pending */
+            c->buffers_freed = 1;
+        }
     }
 }
 

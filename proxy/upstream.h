@@ -10,10 +10,10 @@
 #define AAP_PROXY_UPSTREAM_H
 
 #include <stddef.h>
-#include <event2/bufferevent.h>
 #include <openssl/ssl.h>
 #include <sys/queue.h>
 
+#include "proxy/stream.h"
 #include "proxy/worker.h"
 
 struct upconn;
@@ -41,11 +41,14 @@ enum upstream_error {
 
 struct upconn {
     struct upool *pool;
-    struct bufferevent *bev;   /* TLS; NULL until the TCP connection is up */
-    int fd;
+    struct stream s;           /* TLS; set up once the TCP connection is up (has_stream) */
+    int has_stream;
+    int fd;                    /* while connecting; then the stream's */
     int state;
     int reused;                /* served at least one exchange before this one */
     unsigned exchanges;
+    unsigned idle_tick;        /* the worker's house tick when it last went idle */
+    int buffers_freed;         /* idle long enough to give its TLS record buffers back */
     struct event *io;          /* waits for the TCP connect, with its timeout */
     struct event *timer;       /* deferred failure reports */
     struct evdns_getaddrinfo_request *dns_req;
@@ -72,6 +75,11 @@ int upstream_get(struct upool *pool,
 /* Ends an exchange: a reusable connection (clean response end, nothing left over) returns to the
  * pool, anything else is closed. The caller must not touch conn afterwards. */
 void upstream_put(struct upconn *conn, int reusable);
+
+/* Once a second (the worker's house tick): pooled connections idle for a whole second give
+ * their TLS record buffers back (about 34 KiB each; reallocated when used again). The busy
+ * ones at the head of the pool keep theirs, so steady traffic pays nothing for this. */
+void upool_tick(struct upool *pool, unsigned tick);
 
 /* Abandons a connection in any state (its ready_cb will not be called). */
 void upstream_abort(struct upconn *conn);

@@ -2,6 +2,7 @@
 #include "proxy/worker.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -127,6 +128,31 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
             evutil_socket_error_to_string(err));
 }
 
+/* A burst of connections leaves freed memory scattered between the long-lived objects
+ * (upstream TLS sessions, idle clients), where the allocator cannot return it. Once a second
+ * passes without new connections after a burst, hand the free pages back (malloc_trim also
+ * releases whole free pages inside the heap). */
+static void house_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    uint64_t churn = __atomic_load_n(&w->stats.connections_accepted, __ATOMIC_RELAXED) +
+                     __atomic_load_n(&w->stats.upstream_connects, __ATOMIC_RELAXED);
+    size_t i;
+    (void)fd;
+    (void)what;
+    w->house_ticks++;
+    if (w->gen)
+        for (i = 0; i < w->gen->rt->ntargets; i++)
+            upool_tick(&w->gen->pools[i], w->house_ticks);
+    if (churn != w->house_churn) {
+        w->house_churn = churn;
+        w->house_trim = 1;
+    } else if (w->house_trim) {
+        w->house_trim = 0;
+        malloc_trim(0);
+    }
+}
+
 static void alog_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
@@ -242,6 +268,15 @@ int worker_init(struct worker *w, int id, struct server *server, struct runtime 
         snprintf(err, errlen, "cannot create an event base");
         goto fail;
     }
+    stream_ctx_init(&w->sctx, w->base);
+    {
+        struct timeval one = {1, 0};
+        w->house_ev = event_new(w->base, -1, EV_PERSIST, house_cb, w);
+        if (w->house_ev == NULL || event_add(w->house_ev, &one) < 0) {
+            snprintf(err, errlen, "cannot create the worker's timer");
+            goto fail;
+        }
+    }
     w->dns = evdns_base_new(w->base, 0);
     if (w->dns == NULL) {
         snprintf(err, errlen, "cannot create the DNS resolver");
@@ -341,6 +376,7 @@ void worker_deinit(struct worker *w)
 {
     size_t i;
     client_free_all(w);
+    client_worker_cleanup(w);
     if (w->alog) {
         accesslog_flush(w->alog);
         evbuffer_free(w->alog);
@@ -349,6 +385,9 @@ void worker_deinit(struct worker *w)
     if (w->alog_timer)
         event_free(w->alog_timer);
     w->alog_timer = NULL;
+    if (w->house_ev)
+        event_free(w->house_ev);
+    w->house_ev = NULL;
     for (i = 0; i < w->nlisteners; i++) {
         if (w->listeners[i].l)
             evconnlistener_free(w->listeners[i].l);
@@ -362,6 +401,7 @@ void worker_deinit(struct worker *w)
     if (w->gen)
         wgen_unref(w->gen);
     w->gen = NULL;
+    stream_ctx_deinit(&w->sctx); /* after the pools: their connections return buffers */
     if (w->notify_ev)
         event_free(w->notify_ev);
     w->notify_ev = NULL;

@@ -14,9 +14,11 @@
 #include "proxy/http1.h"
 #include "proxy/metrics.h"
 #include "proxy/runtime.h"
+#include "proxy/stream.h"
 
 struct server;
 struct client;
+struct exchange;
 struct upool;
 
 /* Counters written only by the worker's own thread (no locks on the request path); a scrape
@@ -66,6 +68,9 @@ struct worker {
     int id;
     struct server *server;
     struct event_base *base;
+    struct stream_ctx sctx;   /* the base, and spare buffers for the worker's streams */
+    struct exchange *spare_exchanges; /* client.c's per-request state, kept for reuse */
+    size_t nspare_exchanges;
     struct evdns_base *dns;
     struct wlistener *listeners;
     size_t nlisteners;
@@ -87,6 +92,10 @@ struct worker {
     int done;                 /* set (atomically) when the thread's loop has ended */
     struct worker_stats stats;
     struct metrics_shard metrics;
+    struct event *house_ev;   /* once a second: memory back to the system after a burst */
+    uint64_t house_churn;     /* connections opened, as of the last tick */
+    int house_trim;           /* connections were opened in the tick before the last */
+    unsigned house_ticks;
     struct evbuffer *alog;    /* access log lines waiting for the next flush */
     struct event *alog_timer;
 };

@@ -1,0 +1,610 @@
+/* stream: see stream.h. */
+#include "proxy/stream.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+/* Reading stops after this much per wake-up so that one busy socket cannot starve the
+ * others; the rest is read in the next loop iteration. */
+#define READ_BUDGET (256 * 1024)
+/* Reads into a buffer that already holds data go straight into its free space. */
+#define READ_BULK (64 * 1024)
+/* TLS: one record's worth of plaintext per SSL_read. */
+#define TLS_READ 16384
+/* TLS: small leading pieces are joined up to this much so that one record carries them. */
+#define TLS_COALESCE 16384
+
+uint64_t stream_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void stream_ctx_init(struct stream_ctx *ctx, struct event_base *base)
+{
+    memset(ctx, 0, sizeof(*ctx));
+    ctx->base = base;
+}
+
+void stream_ctx_deinit(struct stream_ctx *ctx)
+{
+    while (ctx->nspare)
+        evbuffer_free(ctx->spare[--ctx->nspare]);
+}
+
+static struct evbuffer *buf_get(struct stream_ctx *ctx)
+{
+    if (ctx->nspare)
+        return ctx->spare[--ctx->nspare];
+    return evbuffer_new();
+}
+
+static void buf_put(struct stream_ctx *ctx, struct evbuffer *b)
+{
+    size_t n = evbuffer_get_length(b);
+    if (n)
+        evbuffer_drain(b, n);
+    if (ctx->nspare < STREAM_SPARE_BUFFERS)
+        ctx->spare[ctx->nspare++] = b;
+    else
+        evbuffer_free(b);
+}
+
+struct evbuffer *stream_input(struct stream *s)
+{
+    if (s->in == NULL)
+        s->in = buf_get(s->ctx);
+    return s->in;
+}
+
+struct evbuffer *stream_output(struct stream *s)
+{
+    if (s->out == NULL)
+        s->out = buf_get(s->ctx);
+    return s->out;
+}
+
+size_t stream_input_length(const struct stream *s)
+{
+    return s->in ? evbuffer_get_length(s->in) : 0;
+}
+
+size_t stream_output_length(const struct stream *s)
+{
+    return s->out ? evbuffer_get_length(s->out) : 0;
+}
+
+int stream_fd(const struct stream *s)
+{
+    return (int)event_get_fd(&s->io);
+}
+
+void stream_setcb(struct stream *s, stream_cb cb, void *arg)
+{
+    s->cb = cb;
+    s->arg = arg;
+}
+
+void stream_set_watermarks(struct stream *s, uint32_t read_high, uint32_t write_low)
+{
+    s->read_high = read_high;
+    s->write_low = write_low;
+}
+
+/* Sets the timer for the earliest deadline, unless it is already set for that or earlier (then
+ * it fires early, finds nothing due and is set again: cheaper than moving it every time a
+ * deadline moves later, which is what keep-alive traffic does). */
+static void schedule(struct stream *s)
+{
+    uint64_t next = 0, now, d;
+    if (s->reading && s->rd_deadline)
+        next = s->rd_deadline;
+    if (s->wr_deadline && (next == 0 || s->wr_deadline < next))
+        next = s->wr_deadline;
+    if (s->alarm && (next == 0 || s->alarm < next))
+        next = s->alarm;
+    if (next == 0 || (s->armed && s->armed <= next))
+        return;
+    now = stream_now_ms();
+    d = next > now ? next - now : 0;
+    struct timeval tv = {(time_t)(d / 1000), (suseconds_t)((d % 1000) * 1000)};
+    if (event_add(&s->timer, &tv) == 0)
+        s->armed = next;
+}
+
+void stream_set_timeouts(struct stream *s, uint32_t rto_ms, uint32_t wto_ms)
+{
+    uint64_t now = stream_now_ms();
+    s->rto_ms = rto_ms;
+    s->wto_ms = wto_ms;
+    s->rd_deadline = rto_ms ? now + rto_ms : 0;
+    s->wr_deadline = wto_ms && stream_output_length(s) ? now + wto_ms : 0;
+    schedule(s);
+}
+
+void stream_set_alarm(struct stream *s, uint32_t ms)
+{
+    s->alarm = ms ? stream_now_ms() + ms : 0;
+    schedule(s);
+}
+
+void stream_set_reading(struct stream *s, int on)
+{
+    if (on && !s->reading) {
+        s->reading = 1;
+        s->rd_deadline = s->rto_ms ? stream_now_ms() + s->rto_ms : 0;
+        schedule(s);
+        /* No new edge will come for input that is already waiting. */
+        if (s->readable && !s->eof && !s->failed)
+            event_active(&s->io, EV_READ, 1);
+    } else if (!on) {
+        s->reading = 0;
+    }
+}
+
+/* SSL_get_error needs an empty error queue before each call it judges; the queue is nearly
+ * always empty already, and emptying it unconditionally costs more than looking. */
+static void clear_errors(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
+
+static void fail(struct stream *s, int sys_errno)
+{
+    s->failed = 1;
+    s->sys_errno = sys_errno;
+    if (s->ssl && s->ssl_error == 0)
+        s->ssl_error = ERR_peek_last_error();
+    ERR_clear_error();
+}
+
+/* SSL_read/SSL_write/SSL_do_handshake returned r <= 0: 1 wait, 0 the peer's EOF, -1 failed. */
+static int tls_result(struct stream *s, int r, int reading)
+{
+    int e = SSL_get_error(s->ssl, r);
+    unsigned long le;
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        s->readable = 0;
+        if (!reading)
+            s->write_wants_read = 1;
+        return 1;
+    case SSL_ERROR_WANT_WRITE:
+        s->writable = 0;
+        if (reading)
+            s->read_wants_write = 1;
+        return 1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        if (ERR_peek_error() == 0 && errno == 0)
+            return 0; /* EOF without close_notify (OpenSSL 1.1) */
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return 1;
+        /* A socket error (a reset): not a TLS protocol error. */
+        ERR_clear_error();
+        fail(s, errno ? errno : EIO);
+        return -1;
+    default:
+        le = ERR_peek_last_error();
+        if (ERR_GET_LIB(le) == ERR_LIB_SSL &&
+            ERR_GET_REASON(le) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+            ERR_clear_error();
+            return 0; /* EOF without close_notify (OpenSSL 3): the owner judges the framing */
+        }
+        fail(s, 0);
+        return -1;
+    }
+}
+
+static int handshake(struct stream *s)
+{
+    int r;
+    clear_errors();
+    errno = 0;
+    r = SSL_do_handshake(s->ssl);
+    if (r == 1) {
+        s->handshaking = 0;
+        return 1;
+    }
+    r = tls_result(s, r, 1);
+    s->read_wants_write = 0;
+    s->write_wants_read = 0;
+    if (r == 0) {
+        s->eof = 1;
+        return -1;
+    }
+    return r > 0 ? 0 : -1;
+}
+
+/* Commits n bytes read into the reserved vectors v[0..nv). */
+static void commit(struct evbuffer *in, struct evbuffer_iovec *v, int nv, size_t n)
+{
+    int i, used = 0;
+    for (i = 0; i < nv && n > 0; i++) {
+        if (v[i].iov_len > n)
+            v[i].iov_len = n;
+        n -= v[i].iov_len;
+        used++;
+    }
+    evbuffer_commit_space(in, v, used);
+}
+
+static unsigned read_in(struct stream *s)
+{
+    struct evbuffer *in;
+    size_t total = 0;
+    unsigned ev = 0;
+    if (!s->reading || s->eof || s->failed || s->handshaking)
+        return 0;
+    if (!s->readable && !(s->read_wants_write && s->writable))
+        return 0;
+    in = stream_input(s);
+    if (in == NULL) {
+        fail(s, ENOMEM);
+        return 0;
+    }
+    for (;;) {
+        size_t have = evbuffer_get_length(in);
+        struct evbuffer_iovec v[2];
+        int nv;
+        if (s->read_high && have >= s->read_high)
+            break; /* resumed by stream_settle once the owner has taken some */
+        if (total >= READ_BUDGET) {
+            event_active(&s->io, EV_READ, 1);
+            break;
+        }
+        if (s->ssl) {
+            char *dst;
+            int r, small = have == 0;
+            if (small) {
+                dst = s->ctx->scratch;
+            } else {
+                nv = evbuffer_reserve_space(in, TLS_READ, v, 1);
+                if (nv < 1) {
+                    fail(s, ENOMEM);
+                    break;
+                }
+                dst = v[0].iov_base;
+            }
+            clear_errors();
+            errno = 0;
+            r = SSL_read(s->ssl, dst,
+                         small ? STREAM_SCRATCH
+                               : (int)(v[0].iov_len > TLS_READ ? TLS_READ : v[0].iov_len));
+            if (r > 0) {
+                s->read_wants_write = 0;
+                if (!small)
+                    commit(in, v, 1, (size_t)r);
+                else if (evbuffer_add(in, dst, (size_t)r) < 0) {
+                    fail(s, ENOMEM);
+                    break;
+                }
+                total += (size_t)r;
+                continue;
+            }
+            r = tls_result(s, r, 1);
+            if (r == 0) {
+                s->eof = 1;
+                ev |= STREAM_EOF;
+            }
+            break;
+        } else {
+            size_t got = 0;
+            struct iovec iov[2];
+            int i, small = have == 0;
+            ssize_t n;
+            if (small) {
+                iov[0].iov_base = s->ctx->scratch;
+                iov[0].iov_len = got = STREAM_SCRATCH;
+                nv = 1;
+            } else {
+                nv = evbuffer_reserve_space(in, READ_BULK, v, 2);
+                if (nv < 1) {
+                    fail(s, ENOMEM);
+                    break;
+                }
+                for (i = 0; i < nv; i++) {
+                    iov[i].iov_base = v[i].iov_base;
+                    iov[i].iov_len = v[i].iov_len;
+                    got += v[i].iov_len;
+                }
+            }
+            n = readv(event_get_fd(&s->io), iov, nv);
+            if (n > 0) {
+                if (!small)
+                    commit(in, v, nv, (size_t)n);
+                else if (evbuffer_add(in, s->ctx->scratch, (size_t)n) < 0) {
+                    fail(s, ENOMEM);
+                    break;
+                }
+                total += (size_t)n;
+                /* A short read emptied the socket's queue: the next byte brings a new edge.
+                 * After the peer's FIN (EPOLLRDHUP) no edge would come, so read on to the 0. */
+                if ((size_t)n < got && !s->rdhup) {
+                    s->readable = 0;
+                    break;
+                }
+                continue;
+            }
+            if (n == 0) {
+                s->eof = 1;
+                s->readable = 0;
+                ev |= STREAM_EOF;
+                break;
+            }
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                s->readable = 0;
+                break;
+            }
+            fail(s, errno);
+            break;
+        }
+    }
+    if (total) {
+        ev |= STREAM_READ;
+        if (s->rto_ms) {
+            s->rd_deadline = stream_now_ms() + s->rto_ms;
+            schedule(s);
+        }
+    }
+    return ev;
+}
+
+static unsigned write_out(struct stream *s)
+{
+    struct evbuffer *out = s->out;
+    size_t len = out ? evbuffer_get_length(out) : 0, wrote = 0;
+    if (len == 0 || s->failed)
+        return 0;
+    if (s->handshaking || !(s->writable || (s->write_wants_read && s->readable)))
+        goto waiting;
+    while (len > 0) {
+        if (s->ssl == NULL) {
+            int n = evbuffer_write(out, event_get_fd(&s->io));
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    s->writable = 0;
+                else
+                    fail(s, errno);
+                break;
+            }
+            wrote += (size_t)n;
+            len -= (size_t)n;
+            if (len) {
+                s->writable = 0; /* a partial write: the socket is full, EPOLLOUT follows */
+                break;
+            }
+        } else {
+            struct evbuffer_iovec v;
+            size_t n;
+            const void *p;
+            if (evbuffer_peek(out, -1, NULL, &v, 1) < 1)
+                break;
+            n = v.iov_len;
+            p = v.iov_base;
+            if (n < TLS_COALESCE && len > n) {
+                /* Several small pieces (a head, then the start of a body): one record. */
+                n = len < TLS_COALESCE ? len : TLS_COALESCE;
+                p = evbuffer_pullup(out, (ev_ssize_t)n);
+                if (p == NULL) {
+                    fail(s, ENOMEM);
+                    break;
+                }
+            }
+            clear_errors();
+            errno = 0;
+            int r = SSL_write(s->ssl, p, (int)(n > INT32_MAX ? INT32_MAX : n));
+            if (r > 0) {
+                s->write_wants_read = 0;
+                evbuffer_drain(out, (size_t)r);
+                wrote += (size_t)r;
+                len -= (size_t)r;
+                continue;
+            }
+            if (tls_result(s, r, 0) == 0)
+                fail(s, EPIPE); /* the peer closed: what is queued cannot be delivered */
+            break;
+        }
+    }
+    if (wrote) {
+        s->wr_deadline = len && s->wto_ms ? stream_now_ms() + s->wto_ms : 0;
+        if (s->wr_deadline)
+            schedule(s);
+        return len <= s->write_low && !s->failed ? STREAM_DRAINED : 0;
+    }
+waiting:
+    if (len && s->wto_ms && s->wr_deadline == 0 && !s->failed) {
+        s->wr_deadline = stream_now_ms() + s->wto_ms;
+        schedule(s);
+    }
+    return 0;
+}
+
+static void io_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct stream *s = arg;
+    unsigned ev = 0;
+    (void)fd;
+    if (what & EV_READ)
+        s->readable = 1;
+    if (what & EV_WRITE)
+        s->writable = 1;
+    if (what & EV_CLOSED) {
+        s->rdhup = 1;
+        s->readable = 1;
+    }
+    if (s->failed) {
+        if (!s->fail_reported) {
+            s->fail_reported = 1;
+            s->cb(s, STREAM_ERROR, s->arg);
+        }
+        return;
+    }
+    if (s->handshaking) {
+        int r = handshake(s);
+        if (r == 0)
+            return;
+        if (r < 0) {
+            if (s->failed) {
+                s->fail_reported = 1;
+                s->cb(s, STREAM_ERROR, s->arg);
+            } else {
+                s->cb(s, STREAM_EOF, s->arg);
+            }
+            return;
+        }
+        ev |= STREAM_CONNECTED;
+    }
+    ev |= write_out(s);
+    ev |= read_in(s);
+    if (s->failed) {
+        s->fail_reported = 1;
+        ev |= STREAM_ERROR;
+    }
+    if (ev)
+        s->cb(s, ev, s->arg);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct stream *s = arg;
+    uint64_t now = stream_now_ms();
+    unsigned ev = 0;
+    (void)fd;
+    (void)what;
+    s->armed = 0;
+    if (s->reading && s->rd_deadline && s->rd_deadline <= now) {
+        s->rd_deadline = 0;
+        ev |= STREAM_RTIMEOUT;
+    }
+    if (s->wr_deadline && s->wr_deadline <= now) {
+        s->wr_deadline = 0;
+        if (stream_output_length(s))
+            ev |= STREAM_WTIMEOUT;
+    }
+    if (s->alarm && s->alarm <= now) {
+        s->alarm = 0;
+        ev |= STREAM_ALARM;
+    }
+    schedule(s);
+    if (ev)
+        s->cb(s, ev, s->arg);
+}
+
+int stream_init(struct stream *s, struct stream_ctx *ctx, int fd, SSL *ssl, enum stream_tls mode,
+                stream_cb cb, void *arg)
+{
+    memset(s, 0, sizeof(*s));
+    s->ctx = ctx;
+    s->cb = cb;
+    s->arg = arg;
+    s->reading = 1;
+    if (ssl) {
+        if (!SSL_set_fd(ssl, fd))
+            return -1;
+        SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        if (mode == STREAM_TLS_ACCEPT)
+            SSL_set_accept_state(ssl);
+        else
+            SSL_set_connect_state(ssl);
+        s->handshaking = 1;
+    }
+    /* Registered once, edge-triggered: the first wake-up reports the socket writable (and
+     * readable, if data is already there), and no epoll_ctl follows until the close. */
+    if (event_assign(&s->io, ctx->base, fd, EV_READ | EV_WRITE | EV_CLOSED | EV_PERSIST | EV_ET,
+                     io_cb, s) < 0 ||
+        evtimer_assign(&s->timer, ctx->base, timer_cb, s) < 0 || event_add(&s->io, NULL) < 0)
+        return -1;
+    s->ssl = ssl;
+    return 0;
+}
+
+void stream_close(struct stream *s)
+{
+    int fd = (int)event_get_fd(&s->io);
+    event_del(&s->io);
+    event_del(&s->timer);
+    if (s->ssl) {
+        if (!s->handshaking && !s->failed && !s->closed_tls) {
+            /* close_notify, best effort: the socket is closed right after. */
+            ERR_clear_error();
+            SSL_shutdown(s->ssl);
+            ERR_clear_error();
+        }
+        SSL_free(s->ssl);
+        s->ssl = NULL;
+    }
+    if (fd >= 0)
+        close(fd);
+    if (s->in)
+        buf_put(s->ctx, s->in);
+    if (s->out)
+        buf_put(s->ctx, s->out);
+    s->in = s->out = NULL;
+}
+
+unsigned stream_settle(struct stream *s)
+{
+    unsigned ev;
+    if (s->failed) {
+        if (!s->fail_reported)
+            event_active(&s->io, EV_WRITE, 1);
+        return 0;
+    }
+    ev = write_out(s);
+    if (s->failed) {
+        event_active(&s->io, EV_WRITE, 1); /* reported from the loop, not to this caller */
+        return 0;
+    }
+    if (s->reading && s->readable && !s->eof && !s->handshaking && s->read_high &&
+        stream_input_length(s) < s->read_high)
+        event_active(&s->io, EV_READ, 1);
+    return ev;
+}
+
+void stream_park(struct stream *s)
+{
+    if (s->in && evbuffer_get_length(s->in) == 0) {
+        buf_put(s->ctx, s->in);
+        s->in = NULL;
+    }
+    if (s->out && evbuffer_get_length(s->out) == 0) {
+        buf_put(s->ctx, s->out);
+        s->out = NULL;
+    }
+}
+
+void stream_shutdown_write(struct stream *s)
+{
+    if (s->ssl == NULL)
+        shutdown(event_get_fd(&s->io), SHUT_WR);
+}
+
+int stream_clean_eof(const struct stream *s)
+{
+    return s->ssl && (SSL_get_shutdown(s->ssl) & SSL_RECEIVED_SHUTDOWN);
+}
+
+void stream_error_string(const struct stream *s, char *buf, size_t len)
+{
+    if (s->ssl_error)
+        ERR_error_string_n(s->ssl_error, buf, len);
+    else if (s->sys_errno)
+        snprintf(buf, len, "%s", strerror(s->sys_errno));
+    else
+        snprintf(buf, len, "connection closed");
+}
