@@ -206,6 +206,21 @@ static int tls_result(struct stream *s, int r, int reading)
     }
 }
 
+/* TLS: notes whether the socket's last read came back short (the kernel had nothing more), so
+ * that the read loop can stop after the records it holds instead of asking again for an
+ * EAGAIN; with read-ahead, one read usually brings a whole response. */
+static long bio_cb(BIO *b, int oper, const char *argp, size_t len, int argi, long argl, int ret,
+                   size_t *processed)
+{
+    struct stream *s = (struct stream *)BIO_get_callback_arg(b);
+    (void)argp;
+    (void)argi;
+    (void)argl;
+    if (oper == (BIO_CB_READ | BIO_CB_RETURN) && s)
+        s->tls_short = ret > 0 && processed && *processed < len;
+    return ret;
+}
+
 static int handshake(struct stream *s)
 {
     int r;
@@ -290,6 +305,10 @@ static unsigned read_in(struct stream *s)
                     break;
                 }
                 total += (size_t)r;
+                if (s->tls_short && !SSL_has_pending(s->ssl) && !s->rdhup) {
+                    s->readable = 0; /* drained: the next byte brings a new edge */
+                    break;
+                }
                 continue;
             }
             r = tls_result(s, r, 1);
@@ -517,6 +536,11 @@ int stream_init(struct stream *s, struct stream_ctx *ctx, int fd, SSL *ssl, enum
         if (!SSL_set_fd(ssl, fd))
             return -1;
         SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        BIO *rb = SSL_get_rbio(ssl);
+        if (rb) {
+            BIO_set_callback_ex(rb, bio_cb);
+            BIO_set_callback_arg(rb, (char *)s);
+        }
         if (mode == STREAM_TLS_ACCEPT)
             SSL_set_accept_state(ssl);
         else

@@ -444,3 +444,37 @@ class IdleCloseTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PooledConnectionAfterQuietSecond(unittest.TestCase):
+    """A pooled connection idle for a whole second gives its TLS record buffers back (the
+    worker's once-a-second house tick); when it is used again they are allocated anew. The
+    connection must stay in the pool and carry small and large responses as before."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.st = h.Stack(workers=1, admin_listen="127.0.0.1:0")
+        cls.up = cls.st.standin
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.st.stop()
+
+    def test_reused_after_buffers_released(self):
+        first = self.st.request("GET", "/__echo?i=1")
+        self.assertEqual(first.status, 200)
+        conn = first.json()["conn_id"]
+        m = self.up.mark()
+        time.sleep(2.6)  # two house ticks: idle for a whole second, then released
+        r = self.st.request("GET", "/__echo?i=2")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["conn_id"], conn, "the pooled connection was not reused")
+        n = 3 * 1024 * 1024 + 17  # many TLS records through the re-allocated buffers
+        big = self.st.request("GET", "/__bytes?n=%d" % n, timeout=30)
+        self.assertEqual(big.status, 200)
+        self.assertEqual(len(big.body), n)
+        pattern = b"0123456789abcdef"
+        self.assertEqual(big.body, (pattern * (n // len(pattern) + 1))[:n])
+        self.assertEqual(self.up.events("handshake", m), [], "a new TLS connection was opened")
+        met = pt.metrics(self.st.proxy)
+        self.assertEqual(met.value("apple_auth_proxy_upstream_handshakes_total"), 1)
