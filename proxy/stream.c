@@ -563,7 +563,7 @@ void stream_close(struct stream *s)
     event_del(&s->io);
     event_del(&s->timer);
     if (s->ssl) {
-        if (!s->handshaking && !s->failed && !s->closed_tls) {
+        if (!s->handshaking && !s->failed) {
             /* close_notify, best effort: the socket is closed right after. */
             ERR_clear_error();
             SSL_shutdown(s->ssl);

@@ -82,7 +82,6 @@ struct stream {
     unsigned eof : 1;
     unsigned failed : 1;
     unsigned fail_reported : 1;
-    unsigned closed_tls : 1;  /* close_notify sent */
     unsigned rdhup : 1;       /* the peer's FIN was seen (EPOLLRDHUP) */
     unsigned tls_short : 1;   /* TLS: the socket's last read returned less than asked */
 };

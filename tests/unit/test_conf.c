@@ -302,7 +302,7 @@ static void expect_error(const char *tmpl, const char *message)
     free(errors);
 }
 
-/* A stub environment for conf_load_env: NULL-terminated name, value pairs. */
+/* The environment conf_load_env sees in these tests: NULL-terminated name, value pairs. */
 static const char *const *stub_env;
 
 static const char *stub_getenv(const char *name)
