@@ -52,6 +52,8 @@ struct token_cache {
     long refresh_margin;
     time_t (*now)(void);
     struct cache_entry *entries;
+    void (*on_mint)(void *arg, const struct credential *cred); /* NULL: none */
+    void *on_mint_arg;
 };
 
 static const char *const cache_no_scope[1] = {NULL};
@@ -253,12 +255,14 @@ static long cache_margin(const token_cache *cache, const struct token *t)
 }
 
 /* Called with the lock held: makes b the entry's current token. */
-static void entry_install(struct cache_entry *e, struct token_block *b)
+static void entry_install(token_cache *cache, struct cache_entry *e, struct token_block *b)
 {
     struct token_block *old = e->cur;
 
     b->pub.generation = ++e->generation;
     e->mints++;
+    if (cache->on_mint != NULL)
+        cache->on_mint(cache->on_mint_arg, e->cred);
     e->cur = b;
     block_put(old);
 }
@@ -308,7 +312,7 @@ struct token *token_cache_get(token_cache *cache, const struct credential *cred,
     pthread_mutex_lock(&cache->lock);
     e->minting = 0;
     if (fresh != NULL)
-        entry_install(e, fresh);
+        entry_install(cache, e, fresh);
     pthread_cond_broadcast(&cache->minted);
     /* When signing failed, a current token that is still good is better than an error. */
     b = e->cur;
@@ -350,7 +354,7 @@ int token_cache_refresh(token_cache *cache, char *err, size_t errlen)
         pthread_mutex_lock(&cache->lock);
         e->minting = 0;
         if (fresh != NULL) {
-            entry_install(e, fresh);
+            entry_install(cache, e, fresh);
             count++;
         } else {
             failed = 1;
@@ -394,6 +398,15 @@ out:
     pthread_mutex_unlock(&cache->lock);
     block_put(old);
     return dropped;
+}
+
+void token_cache_on_mint(token_cache *cache, void (*fn)(void *arg, const struct credential *cred),
+                         void *arg)
+{
+    pthread_mutex_lock(&cache->lock);
+    cache->on_mint = fn;
+    cache->on_mint_arg = arg;
+    pthread_mutex_unlock(&cache->lock);
 }
 
 unsigned long token_cache_mints(token_cache *cache, const struct credential *cred)

@@ -47,6 +47,11 @@ int token_cache_invalidate(token_cache *cache, const struct credential *cred,
                            const char *const *scope, size_t nscope, const struct token *tok,
                            long cooldown);
 
+/* Calls fn(arg, cred) for every token installed from now on, with the cache's lock held (fn
+ * must only count): the proxy keeps its mint counts outside the cache, which a reload replaces. */
+void token_cache_on_mint(token_cache *cache, void (*fn)(void *arg, const struct credential *cred),
+                         void *arg);
+
 /* Counts for metrics: total mints so far, and the nearest expiry of the entries for cred. */
 unsigned long token_cache_mints(token_cache *cache, const struct credential *cred);
 time_t token_cache_expiry(token_cache *cache, const struct credential *cred);

@@ -201,7 +201,12 @@ static void exchange_end(struct client *c, const char *outcome)
         e.bytes_out = x->bytes_out;
         e.duration = (double)dur / 1e6;
         e.upstream_reused = x->up_reused;
-        e.quota_remaining = route ? runtime_quota_remaining(rt, route->credential_index) : -1;
+        e.quota_remaining = -1;
+        if (route) {
+            struct live_quota q;
+            live_cred_read(rt->live_creds[route->credential_index], &q);
+            e.quota_remaining = q.remaining;
+        }
         accesslog_append(w->alog, &e);
         if (evbuffer_get_length(w->alog) >= 64 * 1024)
             accesslog_flush(w->alog);
@@ -552,7 +557,8 @@ static void note_rate_limit(struct client *c)
     }
     if (rem >= 0) {
         const struct runtime *rt = c->gen->rt;
-        runtime_quota_update(c->gen->rt, rt->conf->routes[c->x->route].credential_index, lim, rem);
+        live_quota_note(rt->live_creds[rt->conf->routes[c->x->route].credential_index], lim, rem,
+                        now_real());
     }
 }
 
@@ -874,8 +880,9 @@ static void up_read_head(struct client *c)
             double until = ra ? gateway_parse_retry_after(ra->value, ra->value_len, now_real())
                               : -1;
             if (until > 0)
-                runtime_block_until(c->gen->rt,
-                                    c->gen->rt->conf->routes[c->x->route].credential_index, until);
+                live_block_until(c->gen->rt->live_creds[c->gen->rt->conf->routes[c->x->route]
+                                                             .credential_index],
+                                 until);
         }
         if (!c->x->discard)
             write_response_head(c);
@@ -1304,10 +1311,11 @@ static void start_exchange(struct client *c)
         /* Apple's quota first, so that a request refused for it costs the client nothing
          * of its own rate. */
         if (v.code == NULL)
-            gateway_quota_check(rt, cl, c->x->route, now_real(), &v);
+            gateway_quota_check(rt->conf,
+                                rt->live_creds[rt->conf->routes[c->x->route].credential_index],
+                                cl, c->x->route, now_real(), &v);
         if (v.code == NULL && cl)
-            gateway_rate_take(rt->buckets, rt->conf, (size_t)(cl - rt->conf->clients),
-                              now_real(), &v);
+            gateway_rate_take(rt->live_clients[cl - rt->conf->clients], cl, now_real(), &v);
     }
     evbuffer_drain(stream_input(&c->s), m->head_len); /* m's spans are gone now */
     if (plan.code || v.code) {

@@ -4,7 +4,6 @@
 #include <arpa/inet.h>
 #include <math.h>
 #include <netinet/in.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +15,6 @@
 
 #include "auth/b64.h"
 #include "proxy/http_error.h"
-#include "proxy/runtime.h"
 
 #define QUOTA_FRESH_SECONDS 60 /* how long Apple's remaining count is taken as current */
 
@@ -233,95 +231,46 @@ void gateway_authorize(const struct conf *conf, const struct conf_client *cl, co
          path);
 }
 
-struct bucket {
-    pthread_mutex_t lock;
-    double tokens;
-    double last;
-};
-
-struct gateway_buckets {
-    size_t n;
-    struct bucket b[];
-};
-
-struct gateway_buckets *gateway_buckets_new(const struct conf *conf)
+void gateway_rate_take(struct live_client *bucket, const struct conf_client *cl, double now,
+                       struct gateway_verdict *v)
 {
-    struct gateway_buckets *g = calloc(1, sizeof(*g) + conf->nclients * sizeof(struct bucket));
-    if (g == NULL)
-        return NULL;
-    g->n = conf->nclients;
-    for (size_t i = 0; i < g->n; i++) {
-        pthread_mutex_init(&g->b[i].lock, NULL);
-        g->b[i].tokens = conf->clients[i].rate_burst;
-        g->b[i].last = -1;
-    }
-    return g;
-}
-
-void gateway_buckets_free(struct gateway_buckets *g)
-{
-    if (g == NULL)
-        return;
-    for (size_t i = 0; i < g->n; i++)
-        pthread_mutex_destroy(&g->b[i].lock);
-    free(g);
-}
-
-void gateway_rate_take(struct gateway_buckets *g, const struct conf *conf, size_t client,
-                       double now, struct gateway_verdict *v)
-{
-    const struct conf_client *cl = &conf->clients[client];
-    struct bucket *b;
+    double missing;
     memset(v, 0, sizeof(*v));
-    if (cl->rate_per_second <= 0 || g == NULL || client >= g->n)
+    if (cl->rate_per_second <= 0)
         return;
-    b = &g->b[client];
-    pthread_mutex_lock(&b->lock);
-    if (b->last >= 0 && now > b->last) {
-        b->tokens += (now - b->last) * cl->rate_per_second;
-        if (b->tokens > cl->rate_burst)
-            b->tokens = cl->rate_burst;
-    }
-    b->last = now;
-    double missing = 0;
-    if (b->tokens >= 1)
-        b->tokens -= 1;
-    else
-        missing = 1 - b->tokens;
-    pthread_mutex_unlock(&b->lock);
-    if (missing > 0) {
-        long wait = (long)ceil(missing / cl->rate_per_second);
+    if (!live_rate_take(bucket, cl->rate_per_second, cl->rate_burst, now, &missing)) {
+        long wait = (long)ceil(missing);
         deny(v, proxy_err_rate_limited, wait < 1 ? 1 : wait,
              "client %s is over its rate of %g requests per second (burst %g)", cl->name,
              cl->rate_per_second, cl->rate_burst);
     }
 }
 
-void gateway_quota_check(struct runtime *rt, const struct conf_client *cl, size_t route,
-                         double now, struct gateway_verdict *v)
+void gateway_quota_check(const struct conf *conf, const struct live_cred *quota,
+                         const struct conf_client *cl, size_t route, double now,
+                         struct gateway_verdict *v)
 {
-    size_t ci = rt->conf->routes[route].credential_index;
-    const struct credential *cred = &rt->conf->credentials[ci];
+    size_t ci = conf->routes[route].credential_index;
+    const struct credential *cred = &conf->credentials[ci];
+    struct live_quota q;
     memset(v, 0, sizeof(*v));
-    double until = runtime_blocked_until(rt, ci);
-    if (now < until) {
-        long wait = (long)ceil(until - now);
+    live_cred_read(quota, &q);
+    if (now < q.blocked_until) {
+        long wait = (long)ceil(q.blocked_until - now);
         deny(v, proxy_err_apple_retry_after, wait < 1 ? 1 : wait,
              "Apple asked to wait before more requests with credential %s", cred->name);
         return;
     }
-    long reserve = rt->conf->quota_reserve ? rt->conf->quota_reserve[ci] : -1;
+    long reserve = conf->quota_reserve ? conf->quota_reserve[ci] : -1;
     if (reserve < 0 || (cl && cl->priority))
         return;
-    long remaining = runtime_quota_remaining(rt, ci);
-    double updated = runtime_quota_updated(rt, ci);
     /* The count is only trusted while it is fresh: past that one request goes through and
      * Apple's answer says how much of the rolling hour has come back. */
-    if (remaining >= 0 && remaining <= reserve && now - updated < QUOTA_FRESH_SECONDS) {
-        long wait = (long)ceil(updated + QUOTA_FRESH_SECONDS - now);
+    if (q.remaining >= 0 && q.remaining <= reserve && now - q.updated < QUOTA_FRESH_SECONDS) {
+        long wait = (long)ceil(q.updated + QUOTA_FRESH_SECONDS - now);
         deny(v, proxy_err_quota_reserved, wait < 1 ? 1 : wait,
              "credential %s has %ld requests left this hour; the last %ld are reserved for "
-             "priority clients", cred->name, remaining, reserve);
+             "priority clients", cred->name, q.remaining, reserve);
     }
 }
 

@@ -1,5 +1,5 @@
 /* gateway: client identities, per-client policy, rate limits and Apple's quota, for a proxy
- * shared by a team. Pure functions over the configuration plus small shared counters; no I/O. */
+ * shared by a team. Decisions over the configuration and the live table (proxy/live.h); no I/O. */
 #ifndef AAP_PROXY_GATEWAY_H
 #define AAP_PROXY_GATEWAY_H
 
@@ -8,8 +8,7 @@
 
 #include "conf/conf.h"
 #include "proxy/http1.h"
-
-struct runtime;
+#include "proxy/live.h"
 
 /* The outcome of a gateway check: code NULL means allowed; otherwise the proxy error
  * (http_error.h) to answer, its detail, and retry_after seconds for 429s (0: none). */
@@ -33,20 +32,17 @@ void gateway_authorize(const struct conf *conf, const struct conf_client *client
                        const char *method, size_t method_len, const char *path, size_t path_len,
                        size_t route, struct gateway_verdict *v);
 
-/* Per-client token buckets, shared by the workers (one small lock per client). */
-struct gateway_buckets;
-struct gateway_buckets *gateway_buckets_new(const struct conf *conf);
-void gateway_buckets_free(struct gateway_buckets *b);
-/* Takes one request from the client's bucket (index in conf.clients); sets a 429 verdict with
- * Retry-After when it is empty. */
-void gateway_rate_take(struct gateway_buckets *b, const struct conf *conf, size_t client,
-                       double now, struct gateway_verdict *v);
+/* The client's rate (its entry in the live table; cl its configuration): takes one request
+ * from its bucket, or sets a 429 verdict with Retry-After when it is empty. */
+void gateway_rate_take(struct live_client *bucket, const struct conf_client *cl, double now,
+                       struct gateway_verdict *v);
 
-/* Apple's quota for the route's credential: refuses (429) while Apple's own Retry-After runs,
- * and, when the credential has a quota_reserve, once Apple's remaining count has fallen to it,
- * for clients without priority. */
-void gateway_quota_check(struct runtime *rt, const struct conf_client *client, size_t route,
-                         double now, struct gateway_verdict *v);
+/* Apple's quota for the route's credential (quota: that credential's entry in the live table):
+ * refuses (429) while Apple's own Retry-After runs, and, when the credential has a
+ * quota_reserve, once Apple's remaining count has fallen to it, for clients without priority. */
+void gateway_quota_check(const struct conf *conf, const struct live_cred *quota,
+                         const struct conf_client *client, size_t route, double now,
+                         struct gateway_verdict *v);
 
 /* Parses Retry-After as Apple sends it: delta seconds, an HTTP-date, or (App Store Server API)
  * epoch milliseconds. Returns the absolute Unix time it names, or -1 when it is unreadable. */

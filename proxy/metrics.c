@@ -266,7 +266,9 @@ void metrics_render(struct evbuffer *out, struct server *s)
         const struct credential *c = &rt->conf->credentials[i];
         evbuffer_add_printf(out, "apple_auth_proxy_token_mints_total{credential=\"");
         label_escaped(out, c->name);
-        evbuffer_add_printf(out, "\"} %lu\n", runtime_mints(rt, i));
+        struct live_quota q;
+        live_cred_read(rt->live_creds[i], &q);
+        evbuffer_add_printf(out, "\"} %lu\n", q.mints);
     }
     evbuffer_add_printf(out, "# HELP apple_auth_proxy_token_expiry_seconds Seconds until the "
                              "credential's current token expires (0: none valid).\n"
@@ -283,9 +285,11 @@ void metrics_render(struct evbuffer *out, struct server *s)
                              "until Apple has said.\n"
                              "# TYPE apple_auth_proxy_apple_rate_limit_remaining gauge\n");
     for (i = 0; i < rt->conf->ncredentials; i++) {
+        struct live_quota q;
+        live_cred_read(rt->live_creds[i], &q);
         evbuffer_add_printf(out, "apple_auth_proxy_apple_rate_limit_remaining{credential=\"");
         label_escaped(out, rt->conf->credentials[i].name);
-        evbuffer_add_printf(out, "\"} %ld\n", runtime_quota_remaining(rt, i));
+        evbuffer_add_printf(out, "\"} %ld\n", q.remaining);
     }
     evbuffer_add_printf(out,
                         "# HELP apple_auth_proxy_client_connections Open client connections.\n"

@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "proxy/gateway.h"
 #include "proxy/log.h"
@@ -69,7 +68,15 @@ const char *const *runtime_route_scope(const struct runtime *rt, size_t route, s
     return (const char *const *)c->scope;
 }
 
-struct runtime *runtime_new(struct conf *conf, char *err, size_t errlen)
+/* The token cache's mint hook: the count is kept in the credential's live entry, which
+ * outlives this runtime's cache. */
+static void runtime_count_mint(void *arg, const struct credential *cred)
+{
+    const struct runtime *rt = arg;
+    live_count_mint(rt->live_creds[cred - rt->conf->credentials]);
+}
+
+struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, size_t errlen)
 {
     struct runtime *rt = calloc(1, sizeof(*rt));
     size_t i, j;
@@ -85,28 +92,28 @@ struct runtime *runtime_new(struct conf *conf, char *err, size_t errlen)
     rt->targets = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->targets));
     rt->route_target = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_target));
     rt->route_label = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_label));
-    rt->quota_limit = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(long));
-    rt->quota_remaining = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(long));
-    rt->quota_updated_ms = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(long long));
-    rt->blocked_until_ms = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(long long));
-    rt->buckets = gateway_buckets_new(conf);
-    rt->mints_base = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(unsigned long));
+    rt->live_creds = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(*rt->live_creds));
+    rt->live_clients = calloc(conf->nclients ? conf->nclients : 1, sizeof(*rt->live_clients));
     size_t ncs = conf->nclients * conf->nroutes;
     rt->client_scope = calloc(ncs ? ncs : 1, sizeof(*rt->client_scope));
     rt->client_scope_n = calloc(ncs ? ncs : 1, sizeof(*rt->client_scope_n));
-    if (rt->quota_updated_ms == NULL || rt->blocked_until_ms == NULL || rt->buckets == NULL ||
-        rt->mints_base == NULL ||
+    if (rt->tokens == NULL || rt->targets == NULL || rt->route_target == NULL ||
+        rt->route_label == NULL || rt->live_creds == NULL || rt->live_clients == NULL ||
         rt->client_scope == NULL || rt->client_scope_n == NULL) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    if (rt->tokens == NULL || rt->targets == NULL || rt->route_target == NULL ||
-        rt->route_label == NULL || rt->quota_limit == NULL || rt->quota_remaining == NULL) {
-        snprintf(err, errlen, "out of memory");
-        goto fail;
-    }
     for (i = 0; i < conf->ncredentials; i++)
-        rt->quota_limit[i] = rt->quota_remaining[i] = -1;
+        if ((rt->live_creds[i] = live_cred_get(live, conf->credentials[i].name)) == NULL) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+    for (i = 0; i < conf->nclients; i++)
+        if ((rt->live_clients[i] = live_client_get(live, conf->clients[i].name)) == NULL) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+    token_cache_on_mint(rt->tokens, runtime_count_mint, rt);
     for (i = 0; i < conf->nroutes; i++) {
         const struct conf_route *r = &conf->routes[i];
         char label[600];
@@ -213,12 +220,14 @@ void runtime_unref(struct runtime *rt)
     free(rt->targets);
     free(rt->route_target);
     free(rt->route_label);
-    free(rt->quota_limit);
-    free(rt->quota_remaining);
-    free(rt->quota_updated_ms);
-    free(rt->mints_base);
-    free(rt->blocked_until_ms);
-    gateway_buckets_free(rt->buckets);
+    if (rt->live_creds)
+        for (i = 0; i < rt->conf->ncredentials; i++)
+            live_cred_put(rt->live_creds[i]);
+    free(rt->live_creds);
+    if (rt->live_clients)
+        for (i = 0; i < rt->conf->nclients; i++)
+            live_client_put(rt->live_clients[i]);
+    free(rt->live_clients);
     if (rt->client_scope)
         for (i = 0; i < rt->conf->nclients * rt->conf->nroutes; i++)
             if (rt->client_scope[i])
@@ -228,58 +237,4 @@ void runtime_unref(struct runtime *rt)
     token_cache_free(rt->tokens);
     conf_free(rt->conf);
     free(rt);
-}
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-void runtime_block_until(struct runtime *rt, size_t cred, double until)
-{
-    __atomic_store_n(&rt->blocked_until_ms[cred], (long long)(until * 1000), __ATOMIC_RELAXED);
-}
-
-double runtime_blocked_until(const struct runtime *rt, size_t cred)
-{
-    return (double)__atomic_load_n(&rt->blocked_until_ms[cred], __ATOMIC_RELAXED) / 1000.0;
-}
-
-double runtime_quota_updated(const struct runtime *rt, size_t cred)
-{
-    return (double)__atomic_load_n(&rt->quota_updated_ms[cred], __ATOMIC_RELAXED) / 1000.0;
-}
-
-void runtime_quota_update(struct runtime *rt, size_t cred, long limit, long remaining)
-{
-    __atomic_store_n(&rt->quota_updated_ms[cred], now_ms(), __ATOMIC_RELAXED);
-    __atomic_store_n(&rt->quota_limit[cred], limit, __ATOMIC_RELAXED);
-    __atomic_store_n(&rt->quota_remaining[cred], remaining, __ATOMIC_RELAXED);
-}
-
-long runtime_quota_remaining(const struct runtime *rt, size_t cred)
-{
-    return __atomic_load_n(&rt->quota_remaining[cred], __ATOMIC_RELAXED);
-}
-
-long runtime_quota_limit(const struct runtime *rt, size_t cred)
-{
-    return __atomic_load_n(&rt->quota_limit[cred], __ATOMIC_RELAXED);
-}
-
-unsigned long runtime_mints(const struct runtime *rt, size_t cred)
-{
-    return rt->mints_base[cred] + token_cache_mints(rt->tokens, &rt->conf->credentials[cred]);
-}
-
-void runtime_carry_counts(struct runtime *rt, const struct runtime *old)
-{
-    for (size_t i = 0; i < rt->conf->ncredentials; i++)
-        for (size_t j = 0; j < old->conf->ncredentials; j++)
-            if (strcmp(rt->conf->credentials[i].name, old->conf->credentials[j].name) == 0) {
-                rt->mints_base[i] = runtime_mints(old, j);
-                break;
-            }
 }

@@ -216,7 +216,7 @@ int server_reload(struct server *s)
         }
         free(errors);
     }
-    struct runtime *rt = runtime_new(conf, err, sizeof(err));
+    struct runtime *rt = runtime_new(conf, s->live, err, sizeof(err));
     if (rt == NULL) {
         log_msg(LOG_ERROR, "reload rejected; the current configuration keeps serving: %s", err);
         s->reload_failures++;
@@ -255,7 +255,6 @@ int server_reload(struct server *s)
             }
         }
     }
-    runtime_carry_counts(rt, s->rt);
     for (int i = 0; i < s->nworkers; i++)
         worker_reload(&s->workers[i], rt, tls);
     if (tls) {
@@ -385,9 +384,16 @@ int server_run(struct conf *conf, const char *config_path)
         conf_free(conf);
         return 1;
     }
-    s->rt = runtime_new(conf, err, sizeof(err));
+    s->live = live_new();
+    if (s->live == NULL) {
+        log_msg(LOG_ERROR, "out of memory");
+        conf_free(conf);
+        return 1;
+    }
+    s->rt = runtime_new(conf, s->live, err, sizeof(err));
     if (s->rt == NULL) {
         log_msg(LOG_ERROR, "%s", err);
+        live_free(s->live);
         return 1;
     }
     for (size_t t = 0; t < s->rt->ntargets; t++)
@@ -397,6 +403,7 @@ int server_run(struct conf *conf, const char *config_path)
                        err, sizeof(err)) < 0) {
         log_msg(LOG_ERROR, "%s", err);
         runtime_unref(s->rt);
+        live_free(s->live);
         return 1;
     }
     ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -541,6 +548,7 @@ out:
     if (s->base)
         event_base_free(s->base);
     runtime_unref(s->rt);
+    live_free(s->live); /* after every runtime: the workers have released theirs */
     accesslog_close();
     return rc;
 }

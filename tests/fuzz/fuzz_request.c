@@ -93,7 +93,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     }
     free(errors);
     free(warnings);
-    rt = runtime_new(conf, err, sizeof(err));
+    rt = runtime_new(conf, live_new(), err, sizeof(err));
     if (rt == NULL) {
         fprintf(stderr, "fuzz_request: runtime_new: %s\n", err);
         abort();
