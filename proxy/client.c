@@ -44,6 +44,7 @@
 #include "proxy/linkrw.h"
 #include "proxy/log.h"
 #include "proxy/request.h"
+#include "proxy/response.h"
 #include "proxy/server.h"
 #include "proxy/stream.h"
 #include "proxy/upstream.h"
@@ -725,8 +726,8 @@ static void finish_exchange(struct client *c)
 
 static void response_complete(struct client *c)
 {
-    int reusable = c->x->resp.keep_alive && c->x->req_done && c->x->resp.body != HTTP1_BODY_EOF &&
-                   stream_input_length(&c->up->s) == 0;
+    int reusable =
+        response_pools_upstream(&c->x->resp, c->x->req_done, stream_input_length(&c->up->s));
     upstream_put(c->up, reusable);
     c->up = NULL;
     if (c->x->discard) {
