@@ -1,4 +1,4 @@
-/* main: the command line: serve, token, check, --help, --version. */
+/* main: the command line: serve, token, check, client-key, health, --help, --version. */
 #include <cjson/cJSON.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
@@ -10,6 +10,7 @@
 #include "auth/b64.h"
 #include "auth/profile.h"
 #include "conf/conf.h"
+#include "proxy/cli_health.h"
 #include "proxy/gateway.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
@@ -25,6 +26,7 @@ static const char usage[] =
     "                         [--lifetime SECONDS] [--decode]\n"
     "  apple-auth-proxy check [-c FILE]\n"
     "  apple-auth-proxy client-key [NAME]\n"
+    "  apple-auth-proxy health [--admin ADDR] [--ready] [--timeout SECONDS]\n"
     "  apple-auth-proxy --help | --version\n"
     "\n"
     "serve   run the proxy (default 127.0.0.1:8080): requests get the Bearer token of their\n"
@@ -33,6 +35,8 @@ static const char usage[] =
     "check   validate the configuration and keys, mint one token per credential\n"
     "client-key  make a secret for a gateway client and the key_sha256 line for the\n"
     "        configuration (the secret goes to the client, only its hash to the proxy)\n"
+    "health  GET /healthz (/readyz with --ready) on a running proxy's admin listener: exit 0\n"
+    "        when it answers 200, else 1 (the container image's HEALTHCHECK)\n"
     "\n"
     "Without --config the file named by APPLE_AUTH_PROXY_CONFIG is read; without either, the\n"
     "configuration comes from the environment (APP_STORE_CONNECT_API_KEY_KEY_ID, ...,\n"
@@ -461,6 +465,8 @@ static int run(int argc, char **argv)
         return cmd_check(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "client-key"))
         return cmd_client_key(argc - 2, argv + 2);
+    if (argc >= 2 && !strcmp(argv[1], "health"))
+        return cli_health(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "serve"))
         return cmd_serve(argc - 2, argv + 2);
     if (argc >= 2 && argv[1][0] != '-') {

@@ -1,0 +1,244 @@
+"""`apple-auth-proxy health`: the probe that the container image's HEALTHCHECK runs.
+
+Against a running proxy (its admin listener, /healthz and /readyz, given by --admin, by
+APPLE_AUTH_PROXY_ADMIN_LISTEN and as a wildcard address), and against scripted admin servers
+that answer 503, garbage, nothing at all, or far more than the probe reads: the exit status is 0
+only for a 200, 1 for every other outcome, 2 for a usage error, and the probe never waits past
+its --timeout.
+"""
+import os
+import socket
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+import proxytest as pt  # noqa: E402
+
+
+class ScriptedAdmin:
+    """A one-port server on 127.0.0.1 (or ::1) that records each request head and answers it
+    with `answer` (bytes; None: say nothing and hold the connection open until stopped)."""
+
+    def __init__(self, answer, family=socket.AF_INET):
+        self.answer = answer
+        self.requests = []
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.stopping = threading.Event()
+        self.held = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            conn.settimeout(5)
+            head = b""
+            try:
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+            except OSError:
+                pass
+            self.requests.append(head.decode("latin-1"))
+            if self.answer is None:
+                self.held.append(conn)
+                continue
+            try:
+                conn.sendall(self.answer)
+            except OSError:
+                pass
+            conn.close()
+
+    def stop(self):
+        self.stopping.set()
+        self.sock.close()
+        self.thread.join(5)
+        for c in self.held:
+            c.close()
+
+
+def http_answer(status, reason, body=b"", extra=b""):
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s"
+            b"Connection: close\r\n\r\n" % (status, reason, len(body), extra)) + body
+
+
+def health(*args, env=None, timeout=30):
+    return h.run_cli(["health"] + list(args), env=env, timeout=timeout)
+
+
+class HealthAgainstTheProxy(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.st = h.Stack(admin_listen="127.0.0.1:0")
+        cls.admin = pt.admin_port(cls.st.proxy)
+        # Ready once the first token is minted.
+        pt.wait_until(lambda: pt.admin_get(cls.st.proxy, "/readyz").status == 200, 30, 0.1,
+                      "/readyz 200")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.st.stop()
+
+    def test_healthz_by_flag(self):
+        rc, out, err = health("--admin", "127.0.0.1:%d" % self.admin)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("GET http://127.0.0.1:%d/healthz answered 200" % self.admin, out)
+
+    def test_readyz(self):
+        rc, out, err = health("--admin", "127.0.0.1:%d" % self.admin, "--ready")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("/readyz answered 200", out)
+
+    def test_address_from_the_environment(self):
+        rc, out, err = health(env={"APPLE_AUTH_PROXY_ADMIN_LISTEN": "127.0.0.1:%d" % self.admin})
+        self.assertEqual(rc, 0, err)
+        self.assertIn(":%d/healthz" % self.admin, out)
+
+    def test_wildcard_address_is_probed_on_loopback(self):
+        # What the container image sets: APPLE_AUTH_PROXY_ADMIN_LISTEN=0.0.0.0:9901.
+        rc, out, err = health(env={"APPLE_AUTH_PROXY_ADMIN_LISTEN": "0.0.0.0:%d" % self.admin})
+        self.assertEqual(rc, 0, err)
+        self.assertIn("http://127.0.0.1:%d/healthz" % self.admin, out)
+
+    def test_flag_wins_over_the_environment(self):
+        dead = h.unused_port()
+        rc, _, err = health("--admin", "127.0.0.1:%d" % self.admin,
+                            env={"APPLE_AUTH_PROXY_ADMIN_LISTEN": "127.0.0.1:%d" % dead})
+        self.assertEqual(rc, 0, err)
+
+
+class HealthAgainstScriptedServers(unittest.TestCase):
+    def probe(self, answer, *args, family=socket.AF_INET):
+        srv = ScriptedAdmin(answer, family)
+        self.addCleanup(srv.stop)
+        host = "[::1]" if family == socket.AF_INET6 else "127.0.0.1"
+        started = time.monotonic()
+        rc, out, err = health("--admin", "%s:%d" % (host, srv.port), *args)
+        return rc, out, err, srv, time.monotonic() - started
+
+    def test_request_is_a_plain_get_with_host(self):
+        rc, _, err, srv, _ = self.probe(http_answer(200, b"OK", b"ok\n"), "--ready")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(len(srv.requests), 1)
+        lines = srv.requests[0].split("\r\n")
+        self.assertEqual(lines[0], "GET /readyz HTTP/1.1")
+        self.assertIn("Host: 127.0.0.1:%d" % srv.port, lines)
+        self.assertIn("Connection: close", lines)
+
+    def test_503_is_unhealthy_and_says_why(self):
+        body = b"credential asc: no valid token (minting failed; see the error log)\n"
+        rc, out, err, _, _ = self.probe(http_answer(503, b"Service Unavailable", body), "--ready")
+        self.assertEqual(rc, 1)
+        self.assertEqual(out, "")
+        self.assertIn("answered 503: credential asc: no valid token", err)
+
+    def test_other_statuses_are_unhealthy(self):
+        for status, reason in ((204, b"No Content"), (301, b"Moved"), (404, b"Not Found"),
+                               (500, b"Internal Server Error")):
+            with self.subTest(status=status):
+                rc, _, err, _, _ = self.probe(http_answer(status, reason))
+                self.assertEqual(rc, 1)
+                self.assertIn("answered %d" % status, err)
+
+    def test_not_http_is_unhealthy(self):
+        for answer in (b"SSH-2.0-OpenSSH_9.2\r\n", b"HTTP/2 200\r\n\r\n", b"HTTP/1.1 2000 OK\r\n\r\n",
+                       b"HTTP/1.1 20\r\n\r\n", b"\x16\x03\x01\x00\x05hello"):
+            with self.subTest(answer=answer):
+                rc, _, err, _, _ = self.probe(answer)
+                self.assertEqual(rc, 1)
+                self.assertIn("not HTTP/1.x", err)
+
+    def test_closed_without_an_answer(self):
+        rc, _, err, _, _ = self.probe(b"")
+        self.assertEqual(rc, 1)
+        self.assertIn("closed without an answer", err)
+
+    def test_silent_server_times_out(self):
+        rc, _, err, _, took = self.probe(None, "--timeout", "1")
+        self.assertEqual(rc, 1)
+        self.assertIn("no answer before the timeout", err)
+        # One second, plus process start-up on a loaded machine; never the 5 s default.
+        self.assertLess(took, 4.5)
+
+    def test_long_answer_is_read_up_to_the_limit(self):
+        # A 200 whose body is far past what the probe reads, on a connection that stays open:
+        # the status line decides, and the probe neither waits for the rest nor fails on it.
+        body = b"x" * (1 << 20)
+        rc, out, err, _, took = self.probe(http_answer(200, b"OK", body), "--timeout", "10")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("answered 200", out)
+        self.assertLess(len(out), 600)
+        self.assertLess(took, 8)
+
+    def test_control_bytes_in_the_body_are_not_repeated(self):
+        body = b"bad\x1b[31m\x00news\n"
+        rc, _, err, _, _ = self.probe(http_answer(503, b"Service Unavailable", body))
+        self.assertEqual(rc, 1)
+        self.assertIn("answered 503: bad[31mnews", err)
+        self.assertNotIn("\x1b", err)
+
+    def test_ipv6_loopback(self):
+        if not socket.has_ipv6:
+            self.skipTest("no IPv6")
+        try:
+            s = socket.socket(socket.AF_INET6)
+            s.bind(("::1", 0))
+            s.close()
+        except OSError:
+            self.skipTest("no ::1 on this machine")
+        rc, out, err, srv, _ = self.probe(http_answer(200, b"OK", b"ok\n"), family=socket.AF_INET6)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("http://[::1]:%d/healthz" % srv.port, out)
+        self.assertIn("Host: [::1]:%d" % srv.port, srv.requests[0])
+
+
+class HealthUsage(unittest.TestCase):
+    def test_nothing_listening(self):
+        port = h.unused_port()
+        rc, _, err = health("--admin", "127.0.0.1:%d" % port)
+        self.assertEqual(rc, 1)
+        self.assertIn("127.0.0.1:%d/healthz" % port, err)
+
+    def test_default_address(self):
+        # With neither flag nor variable the probe asks 127.0.0.1:9901 (whatever answers there).
+        rc, out, err = health()
+        self.assertIn(rc, (0, 1))
+        self.assertIn("http://127.0.0.1:9901/healthz", out + err)
+
+    def test_usage_errors(self):
+        for args in (["--admin"], ["--admin", "nohost"], ["--admin", "127.0.0.1:0"],
+                     ["--admin", "127.0.0.1:70000"], ["--timeout", "0"], ["--timeout", "301"],
+                     ["--timeout", "1s"], ["--bogus"]):
+            with self.subTest(args=args):
+                rc, out, err = health(*args)
+                self.assertEqual(rc, 2, err)
+                self.assertEqual(out, "")
+                self.assertIn("apple-auth-proxy health:", err)
+
+    def test_help(self):
+        rc, out, _ = health("--help")
+        self.assertEqual(rc, 0)
+        self.assertIn("usage: apple-auth-proxy health", out)
+
+    def test_listed_in_the_main_usage(self):
+        rc, out, _ = h.run_cli(["--help"])
+        self.assertEqual(rc, 0)
+        self.assertIn("apple-auth-proxy health [--admin ADDR] [--ready]", out)
+
+
+if __name__ == "__main__":
+    unittest.main()
