@@ -1,8 +1,14 @@
-# The front door: make deps | build | run | test | demo | bench | soak (CMake does the work).
+# The front door: make deps | build | run | test | unit | demo | bench | soak (CMake does the work).
+# Every target that builds first installs what is missing (.ci/deps.sh: as root it runs apt-get;
+# otherwise it prints the apt-get command to run and stops), so each works on a fresh Debian.
 BUILD_DIR ?= build
 CMAKE_FLAGS ?=
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CONFIG ?=
+# Written only once cmake has configured BUILD_DIR successfully. A configure that failed halfway
+# leaves a CMakeCache.txt but no build files; keying on the cache would skip configure from then
+# on, so the stamp is the target, and a failed configure removes the cache it half wrote.
+CONFIGURED := $(BUILD_DIR)/.configured
 
 .PHONY: all deps configure build run test unit demo bench soak clean
 
@@ -11,19 +17,30 @@ all: build
 deps:
 	@bash .ci/deps.sh
 
-$(BUILD_DIR)/CMakeCache.txt:
-	cmake -S . -B $(BUILD_DIR) $(CMAKE_FLAGS)
+$(CONFIGURED):
+	@cmake -S . -B $(BUILD_DIR) $(CMAKE_FLAGS) || \
+	  { rc=$$?; rm -f $(BUILD_DIR)/CMakeCache.txt; \
+	    echo "make: configure failed; the next make configures $(BUILD_DIR) again" >&2; exit $$rc; }
+	@touch $@
 
-configure: $(BUILD_DIR)/CMakeCache.txt
+# deps is a prerequisite of the stamp's maker, not of the stamp, so that it runs on every make
+# (a package removed since is noticed) without forcing a reconfigure.
+configure: deps
+	@$(MAKE) --no-print-directory -s $(CONFIGURED)
 
 build: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
+# With no configuration at all (no CONFIG, no APPLE_AUTH_PROXY_CONFIG, no key variables) the
+# proxy says what to set and exits 2; then the demo, which needs none, is pointed at too.
+NO_CONFIG := $(if $(CONFIG)$(APPLE_AUTH_PROXY_CONFIG)$(APP_STORE_CONNECT_API_KEY_KEY_ID)$(WEATHERKIT_KEY_ID),,1)
 run: build
-	./$(BUILD_DIR)/apple-auth-proxy serve $(if $(CONFIG),--config $(CONFIG))
+	@./$(BUILD_DIR)/apple-auth-proxy serve $(if $(CONFIG),--config $(CONFIG)) || { rc=$$?; \
+	  if [ $$rc = 2 ] && [ -n "$(NO_CONFIG)" ]; then \
+	    echo "make run: to try the proxy first, without an Apple account: make demo" >&2; fi; \
+	  exit $$rc; }
 
-test: deps
-	$(MAKE) build
+test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 
 unit: build
