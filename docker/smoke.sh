@@ -4,19 +4,22 @@
 #   docker/smoke.sh            (as root; called from .ci/run)
 #
 # 1. Builds docker/Dockerfile: with `docker build` when a Docker engine answers (`docker info`),
-#    otherwise with buildah (--isolation chroot). Without an engine, the Debian base image is made
-#    with debootstrap from the machine's Debian mirror and kept in buildah's storage as
-#    localhost/debian:bookworm-slim, so later runs reuse it (AAP_SMOKE_REFRESH_BASE=1 remakes it;
-#    it is remade anyway when older than AAP_SMOKE_BASE_MAX_AGE_DAYS, default 30).
+#    otherwise with buildah (--isolation chroot). Without an engine, the Debian base image of the
+#    build stage is made with debootstrap from the machine's Debian mirror and kept in buildah's
+#    storage as localhost/debian:bookworm-slim, so later runs reuse it (docker/base-image.sh:
+#    AAP_SMOKE_REFRESH_BASE=1 remakes it; it is remade anyway when older than
+#    AAP_SMOKE_BASE_MAX_AGE_DAYS, default 30).
 # 2. Starts the test stand-in for Apple (tests/upstream/standin.py) on 127.0.0.1 with a test CA
 #    (tests/upstream/certs.py) and a P-256 key made now with openssl.
-# 3. Checks the image: metadata (user, environment, ports, healthcheck, entrypoint), then
-#    `check` and `token --decode` in environment-only mode (fastlane's variables).
+# 3. Checks the image: metadata (user, environment, ports, healthcheck, entrypoint), its size
+#    (at most AAP_SMOKE_MAX_BYTES, default 40 MB), its files (no /bin/sh or any other shell, no
+#    apt or dpkg; /etc/passwd holds uid 10001 alone), then `check` and `token --decode` in
+#    environment-only mode (fastlane's variables).
 # 4. Runs `serve` in a container on the host's network namespace, listening on 127.0.0.1 only,
 #    with a mounted configuration (APPLE_AUTH_PROXY_CONFIG) whose route goes to the stand-in
 #    ("address" + a mounted "ca_file"), the key mounted like a secret; sends GET /v1/apps through
 #    it and checks the 200 and that the stand-in verified the token; checks /healthz from the host
-#    and with the image's own HEALTHCHECK command.
+#    and with the image's own HEALTHCHECK command (`apple-auth-proxy health`).
 # 5. Runs `serve` again with the image's defaults untouched (0.0.0.0:8080, admin 0.0.0.0:9901,
 #    environment-only mode) inside a private network namespace (buildah: unshare --net; docker:
 #    --network none), and checks the listeners, /healthz, /readyz and the HEALTHCHECK command.
@@ -31,7 +34,8 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 image=${AAP_SMOKE_IMAGE:-localhost/apple-auth-proxy:smoke}
 base_image=localhost/debian:bookworm-slim
-base_max_age_days=${AAP_SMOKE_BASE_MAX_AGE_DAYS:-30}
+# The image's size bound, in bytes as `docker images` counts them (uncompressed, 1 MB = 10^6).
+max_bytes=${AAP_SMOKE_MAX_BYTES:-40000000}
 python=/usr/bin/python3
 t_start=$(date +%s)
 
@@ -109,16 +113,14 @@ case $builder in
   docker) ;;
   buildah)
     missing=()
-    command -v buildah >/dev/null || missing+=(buildah)
-    command -v debootstrap >/dev/null || missing+=(debootstrap)
     command -v ip >/dev/null || missing+=(iproute2)
     command -v unshare >/dev/null || missing+=(util-linux)
     if [ ${#missing[@]} -gt 0 ]; then
       say "installing ${missing[*]} from Debian"
-      # With recommends: debootstrap verifies the archive with gnupg and debian-archive-keyring.
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 ||
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
+      DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+          "${missing[@]}" >/dev/null 2>&1 ||
+        { apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive \
+            apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null; } ||
         fail "cannot install ${missing[*]}"
     fi
     ;;
@@ -129,99 +131,16 @@ say "builder: $builder"
 work=$(mktemp -d /var/tmp/aap-smoke.XXXXXX)
 chmod 755 "$work"
 
-# ---- base image (buildah only) --------------------------------------------------------------------
-
-debian_mirror() {
-  local m=${AAP_SMOKE_MIRROR:-}
-  [ -n "$m" ] || m=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  [ -n "$m" ] || m=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-  echo "${m:-http://deb.debian.org/debian}"
-}
-
-security_mirror() {
-  local m
-  m=$(awk '/^URIs:/ {n++; if (n == 2) {print $2; exit}}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  echo "${m:-http://deb.debian.org/debian-security}"
-}
-
-base_is_fresh() {
-  buildah inspect --type image "$base_image" >/dev/null 2>&1 || return 1
-  [ "${AAP_SMOKE_REFRESH_BASE:-0}" = 1 ] && return 1
-  local created now
-  created=$(buildah inspect --type image --format '{{.OCIv1.Created.Unix}}' "$base_image" 2>/dev/null || echo 0)
-  now=$(date +%s)
-  [ $((now - created)) -lt $((base_max_age_days * 86400)) ]
-}
-
-make_base_image() {
-  local mirror rootfs ctr mnt
-  mirror=$(debian_mirror)
-  rootfs="$work/rootfs"
-  say "debootstrap --variant=minbase bookworm from $mirror (a minute or two)"
-  debootstrap --variant=minbase --components=main bookworm "$rootfs" "$mirror" \
-    >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; return 1; }
-  # Shape it like Docker Hub's debian:bookworm-slim: deb822 sources with updates and security,
-  # no documentation or locales installed by later packages, no apt caches, an empty /dev.
-  rm -f "$rootfs/etc/apt/sources.list"
-  cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<EOS
-Types: deb
-URIs: $mirror
-Suites: bookworm bookworm-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb
-URIs: $(security_mirror)
-Suites: bookworm-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOS
-  cat >"$rootfs/etc/dpkg/dpkg.cfg.d/docker" <<'EOS'
-path-exclude /usr/share/doc/*
-path-include /usr/share/doc/*/copyright
-path-exclude /usr/share/man/*
-path-exclude /usr/share/info/*
-path-exclude /usr/share/locale/*
-path-include /usr/share/locale/locale.alias
-EOS
-  cat >"$rootfs/etc/apt/apt.conf.d/docker-clean" <<'EOS'
-DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
-APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
-Dir::Cache::pkgcache "";
-Dir::Cache::srcpkgcache "";
-EOS
-  echo 'Acquire::Languages "none";' >"$rootfs/etc/apt/apt.conf.d/docker-no-languages"
-  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* "$rootfs"/var/log/* \
-    "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
-    "$rootfs"/dev/* "$rootfs"/proc/* "$rootfs"/sys/* "$rootfs"/run/* "$rootfs"/tmp/*
-  ctr=$(buildah from scratch)
-  mnt=$(buildah mount "$ctr") || { buildah rm "$ctr" >/dev/null; return 1; }
-  if ! tar -C "$rootfs" --numeric-owner -cf - . | tar -C "$mnt" --numeric-owner -xpf -; then
-    buildah umount "$ctr" >/dev/null; buildah rm "$ctr" >/dev/null; return 1
-  fi
-  buildah umount "$ctr" >/dev/null
-  buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    --cmd /bin/bash --os linux --arch "$(dpkg --print-architecture)" "$ctr"
-  buildah commit --quiet --rm "$ctr" "$base_image" >/dev/null
-  rm -rf "$rootfs"
-}
-
 # ---- build --------------------------------------------------------------------------------------
 
 if [ "$builder" = buildah ]; then
   begin "making the base image $base_image"
-  old_base_id=""
-  if base_is_fresh; then
-    say "using the cached $base_image"
-  else
-    old_base_id=$(buildah inspect --type image --format '{{.FromImageID}}' "$base_image" 2>/dev/null || true)
-    make_base_image || fail "debootstrap/import of the base image (see above)"
-  fi
+  bash "$top/docker/base-image.sh" >/dev/null || fail "docker/base-image.sh (see above)"
   begin "building $image with buildah"
   # --format docker keeps HEALTHCHECK (the OCI image format has no field for it); --layers caches
   # the dependency layer across runs.
   buildah bud --isolation chroot --layers --format docker --pull=false \
-    --build-arg BUILD_IMAGE="$base_image" --build-arg BASE_IMAGE="$base_image" \
+    --build-arg BUILD_IMAGE="$base_image" \
     -f "$top/docker/Dockerfile" -t "$image" "$top" >"$work/build.log" 2>&1 ||
     { tail -40 "$work/build.log" >&2; fail "buildah bud (log: $work/build.log)"; }
   # Each build leaves the previous build's layers behind as untagged images. Remove the ones of
@@ -231,8 +150,6 @@ if [ "$builder" = buildah ]; then
     --noheading --no-trunc --format '{{.ID}}' 2>/dev/null | sed 's/^sha256://' | while read -r id; do
     grep -q "${id:0:11}" "$work/build.log" || buildah rmi "$id" >/dev/null 2>&1 || true
   done
-  # A base image that was just replaced goes too (once nothing is built on it any more).
-  [ -n "$old_base_id" ] && { buildah rmi "$old_base_id" >/dev/null 2>&1 || true; }
 else
   begin "building $image with docker"
   docker build -f "$top/docker/Dockerfile" -t "$image" "$top" >"$work/build.log" 2>&1 ||
@@ -265,10 +182,63 @@ want(set(c.get("ExposedPorts") or {}) == {"8080/tcp", "9901/tcp"}, "ExposedPorts
 want(c.get("Entrypoint") == ["apple-auth-proxy"], "Entrypoint %r" % c.get("Entrypoint"))
 want(c.get("Cmd") == ["serve"], "Cmd %r" % c.get("Cmd"))
 hc = c.get("Healthcheck") or {}
-want(hc.get("Test") == ["CMD", "apple-auth-proxy-healthcheck"], "Healthcheck %r" % hc)
+want(hc.get("Test") == ["CMD", "apple-auth-proxy", "health"], "Healthcheck %r" % hc)
 if problems:
     print("image config: " + "; ".join(problems), file=sys.stderr)
     print(json.dumps(c, indent=1), file=sys.stderr)
+    sys.exit(1)
+EOF
+
+# ---- image contents -----------------------------------------------------------------------------
+
+begin "checking the image's size and files (at most $max_bytes bytes, no shell, no apt)"
+# The image's file list ("TYPE SIZE PATH", from find -printf or tar -tv) and its /etc/passwd.
+if [ "$builder" = buildah ]; then
+  ctr=$(buildah from --pull=false --quiet "$image") || fail "buildah from $image"
+  buildah_ctrs+=("$ctr")
+  mnt=$(buildah mount "$ctr") || fail "buildah mount"
+  (cd "$mnt" && find . -mindepth 1 -printf '%y %s %p\n') >"$work/files.txt" || fail "listing the image's files"
+  cp "$mnt/etc/passwd" "$work/passwd" 2>/dev/null || : >"$work/passwd"
+  buildah umount "$ctr" >/dev/null
+  buildah rm "$ctr" >/dev/null 2>&1
+else
+  ctr=$(docker create "$image") || fail "docker create $image"
+  docker_ctrs+=("$ctr")
+  docker export "$ctr" | tar -tvf - |
+    awk '{t = substr($1, 1, 1); if (t == "-") t = "f"; printf "%s %s ./%s\n", t, $3, $6}' \
+    >"$work/files.txt" || fail "listing the image's files"
+  docker cp "$ctr:/etc/passwd" - 2>/dev/null | tar -xOf - >"$work/passwd" || : >"$work/passwd"
+  docker rm -f "$ctr" >/dev/null 2>&1
+fi
+"$python" - "$work/files.txt" "$work/passwd" "$max_bytes" <<'EOF' || fail "the image's files (printed above)"
+import os, sys
+files, passwd, max_bytes = sys.argv[1], sys.argv[2], int(sys.argv[3])
+entries = []
+for line in open(files):
+    kind, size, path = line.rstrip("\n").split(" ", 2)
+    path = path[2:] if path.startswith("./") else path.lstrip("/")
+    entries.append((kind, int(size), "/" + os.path.normpath(path)))
+total = sum(size for kind, size, _ in entries if kind == "f")
+paths = {path for _, _, path in entries}
+problems = []
+if total > max_bytes:
+    problems.append("%d bytes of files, more than %d" % (total, max_bytes))
+shells = ("sh", "bash", "dash", "ash", "busybox", "zsh", "ksh", "mksh", "tcsh", "csh")
+for d in ("/bin", "/usr/bin", "/sbin", "/usr/sbin", "/usr/local/bin"):
+    for name in shells + ("apt", "apt-get", "dpkg"):
+        if os.path.join(d, name) in paths:
+            problems.append("%s is in the image" % os.path.join(d, name))
+if "/usr/local/bin/apple-auth-proxy" not in paths:
+    problems.append("no /usr/local/bin/apple-auth-proxy")
+if any(p.startswith(("/var/lib/dpkg", "/var/lib/apt")) for p in paths):
+    problems.append("package manager state (/var/lib/dpkg or /var/lib/apt) is in the image")
+users = [l.split(":") for l in open(passwd).read().splitlines() if l.strip()]
+if [(u[0], u[2], u[3]) for u in users if len(u) > 3] != [("apple-auth-proxy", "10001", "10001")]:
+    problems.append("/etc/passwd is not the one entry apple-auth-proxy:x:10001:10001: %r" % users)
+print("smoke: image: %d files, %d bytes (%.1f MB)" % (
+    sum(1 for k, _, _ in entries if k == "f"), total, total / 1e6), file=sys.stderr)
+if problems:
+    print("image contents: " + "; ".join(problems), file=sys.stderr)
     sys.exit(1)
 EOF
 
@@ -430,7 +400,7 @@ if [ "$builder" = buildah ]; then
   proxy_log() { cat "$work/proxy.out"; }
   healthcheck_in_container() {
     buildah run --isolation chroot --network host --user 10001:10001 \
-      --env "APPLE_AUTH_PROXY_ADMIN_LISTEN=127.0.0.1:$admin_port" "$buildah_ctr" -- apple-auth-proxy-healthcheck </dev/null
+      --env "APPLE_AUTH_PROXY_ADMIN_LISTEN=127.0.0.1:$admin_port" "$buildah_ctr" -- apple-auth-proxy health </dev/null
   }
 else
   args=()
@@ -440,7 +410,7 @@ else
     fail "docker run"
   proxy_alive() { [ "$(docker inspect -f '{{.State.Running}}' "$docker_ctr" 2>/dev/null)" = true ]; }
   proxy_log() { docker logs "$docker_ctr" 2>&1; }
-  healthcheck_in_container() { docker exec "$docker_ctr" apple-auth-proxy-healthcheck; }
+  healthcheck_in_container() { docker exec "$docker_ctr" apple-auth-proxy health; }
 fi
 
 begin "waiting for the proxy to listen"
@@ -473,9 +443,9 @@ code=$(curl -sS --noproxy '*' -m 5 -o "$work/readyz.out" -w '%{http_code}' "http
   fail "curl http://127.0.0.1:$admin_port/readyz"
 [ "$code" = 200 ] || { cat "$work/readyz.out" >&2; fail "/readyz answered $code, not 200"; }
 
-begin "the image's HEALTHCHECK command (apple-auth-proxy-healthcheck)"
+begin "the image's HEALTHCHECK command (apple-auth-proxy health)"
 healthcheck_in_container >"$work/healthcheck.out" 2>&1 ||
-  { cat "$work/healthcheck.out" >&2; fail "apple-auth-proxy-healthcheck exited non-zero"; }
+  { cat "$work/healthcheck.out" >&2; fail "apple-auth-proxy health exited non-zero"; }
 
 begin "GET /v1/apps through the proxy to the stand-in"
 code=$(curl -sS --noproxy '*' -m 20 -o "$work/apps.json" -w '%{http_code}' "http://127.0.0.1:$proxy_port/v1/apps") ||
@@ -560,8 +530,10 @@ for path in /healthz /readyz; do
     "http://127.0.0.1:9901$path") || { echo "curl $path failed"; exit 1; }
   [ "$code" = 200 ] || { echo "$path answered $code:"; cat "$work/defaults$(basename "$path").out"; exit 1; }
 done
-buildah run --isolation chroot --network host --user 10001:10001 "$ctr" -- apple-auth-proxy-healthcheck </dev/null ||
-  { echo "apple-auth-proxy-healthcheck (no arguments) failed"; exit 1; }
+buildah run --isolation chroot --network host --user 10001:10001 "$ctr" -- apple-auth-proxy health </dev/null ||
+  { echo "apple-auth-proxy health (no arguments) failed"; exit 1; }
+buildah run --isolation chroot --network host --user 10001:10001 "$ctr" -- apple-auth-proxy health --ready </dev/null ||
+  { echo "apple-auth-proxy health --ready failed"; exit 1; }
 grep -q 'listening on 0.0.0.0:8080' "$work/defaults-proxy.out" ||
   { echo "no 'listening on 0.0.0.0:8080' in the output:"; cat "$work/defaults-proxy.out"; exit 1; }
 echo "defaults: ok"
@@ -581,14 +553,14 @@ else
   for _ in $(seq 150); do
     [ "$(docker inspect -f '{{.State.Running}}' "$ctr" 2>/dev/null)" = true ] ||
       { docker logs "$ctr" >&2; fail "the container exited"; }
-    if docker exec "$ctr" apple-auth-proxy-healthcheck >/dev/null 2>&1 &&
-       docker exec "$ctr" bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080' 2>/dev/null; then
+    if docker exec "$ctr" apple-auth-proxy health >/dev/null 2>&1 &&
+       docker logs "$ctr" 2>&1 | grep -q 'listening on 0.0.0.0:8080'; then
       ok=1; break
     fi
     sleep 0.2
   done
   [ "$ok" = 1 ] || { docker logs "$ctr" >&2; fail "no /healthz and port 8080 after 30 s"; }
-  docker exec "$ctr" apple-auth-proxy-healthcheck 127.0.0.1:9901 /readyz ||
+  docker exec "$ctr" apple-auth-proxy health --admin 127.0.0.1:9901 --ready ||
     { docker logs "$ctr" >&2; fail "/readyz"; }
   docker logs "$ctr" 2>&1 | grep -q 'listening on 0.0.0.0:8080' ||
     { docker logs "$ctr" >&2; fail "no 'listening on 0.0.0.0:8080' in the output"; }

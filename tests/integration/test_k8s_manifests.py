@@ -401,7 +401,8 @@ class ComposeTest(unittest.TestCase):
 
     def test_healthcheck(self):
         hc = self.svc.get("healthcheck", {})
-        self.assertEqual(hc.get("test"), ["CMD", "apple-auth-proxy-healthcheck"])
+        # The image has no shell: the check is the binary's own `health` command, exec form.
+        self.assertEqual(hc.get("test"), ["CMD", "apple-auth-proxy", "health"])
 
 
 class DockerfileTest(unittest.TestCase):
@@ -426,13 +427,26 @@ class DockerfileTest(unittest.TestCase):
         self.assertIn("APPLE_AUTH_PROXY_ADMIN_LISTEN=0.0.0.0:9901", self.text)
         self.assertIn("APPLE_AUTH_PROXY_ALLOW_ANONYMOUS_CLIENTS=true", self.text)
         self.assertEqual(set(self.last("EXPOSE").split()), {"8080", "9901"})
-        self.assertIn('CMD ["apple-auth-proxy-healthcheck"]', self.last("HEALTHCHECK"))
+        self.assertIn('CMD ["apple-auth-proxy", "health"]', self.last("HEALTHCHECK"))
 
-    def test_base_images_are_arguments(self):
+    def test_build_image_is_an_argument_and_runtime_is_empty(self):
         self.assertRegex(self.text, r"ARG BUILD_IMAGE=debian:bookworm\b")
-        self.assertRegex(self.text, r"ARG BASE_IMAGE=debian:bookworm-slim\b")
         froms = [ln.split()[1] for ln in self.lines if ln.upper().startswith("FROM ")]
-        self.assertEqual(froms, ["${BUILD_IMAGE}", "${BASE_IMAGE}"])
+        self.assertEqual(froms, ["${BUILD_IMAGE}", "scratch"])
+
+    def test_runtime_stage_needs_no_shell(self):
+        # After FROM scratch there is no /bin/sh: every RUN, CMD, ENTRYPOINT and HEALTHCHECK
+        # must be in exec (JSON array) form, and the files come from the build stage alone.
+        start = max(i for i, ln in enumerate(self.lines) if ln.upper().startswith("FROM "))
+        for ln in self.lines[start + 1:]:
+            instr, _, rest = ln.partition(" ")
+            instr = instr.upper()
+            if instr in ("RUN", "CMD", "ENTRYPOINT"):
+                self.assertTrue(rest.strip().startswith("["), "shell form: %s" % ln)
+            elif instr == "HEALTHCHECK":
+                self.assertRegex(rest, r"\bCMD \[", "shell form: %s" % ln)
+            elif instr in ("COPY", "ADD"):
+                self.assertIn("--from=build", rest, "runtime files come from the build stage: %s" % ln)
 
     def test_dockerignore(self):
         with open(os.path.join(SOURCE_DIR, ".dockerignore")) as f:
