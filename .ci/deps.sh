@@ -20,6 +20,27 @@ if [ "${WITH_BENCH_TOOLS:-0}" = 1 ]; then
   packages+=(nginx haproxy wrk nghttp2-client strace valgrind linux-perf)
 fi
 
+# apt-get that waits for another apt or dpkg (a parallel `make test`, unattended-upgrades) instead
+# of failing on its lock: dpkg's lock is waited for by apt itself (DPkg::Lock::Timeout); the lists
+# and archives locks, which apt-get does not wait for, by trying again until APT_LOCK_WAIT
+# seconds (default 600) have passed.
+apt_get() {
+  local deadline=$(( $(date +%s) + ${APT_LOCK_WAIT:-600} )) err rc
+  err=$(mktemp)
+  while :; do
+    rc=0
+    apt-get -o DPkg::Lock::Timeout="${APT_LOCK_WAIT:-600}" "$@" 2>"$err" || rc=$?
+    if [ "$rc" = 0 ] || ! grep -qE 'Could not get lock|Unable to lock' "$err" ||
+       [ "$(date +%s)" -ge "$deadline" ]; then
+      cat "$err" >&2
+      rm -f "$err"
+      return "$rc"
+    fi
+    echo "deps: apt is busy (another apt-get or dpkg holds its lock); waiting" >&2
+    sleep 3
+  done
+}
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -28,8 +49,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "deps: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    apt_get update -qq
+    apt_get install -y -qq --no-install-recommends "${missing[@]}"
   else
     echo "deps: missing packages; run as root:" >&2
     echo "  apt-get update && apt-get install -y ${missing[*]}" >&2
