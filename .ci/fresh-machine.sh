@@ -23,24 +23,14 @@
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
-t_start=$(date +%s)
-step="starting"
+steps_name=fresh-machine
+# shellcheck source=steps.sh
+. "$top/.ci/steps.sh"
 ctr=""
 mnt=""
 run_pid=""
 work=""
 src=/root/apple-auth-proxy
-
-say() { printf 'fresh-machine: %s\n' "$*" >&2; }
-begin() {
-  step=$1
-  say "[$(($(date +%s) - t_start))s] $step"
-}
-fail() {
-  say "FAILED at step: $step"
-  [ $# -gt 0 ] && say "$*"
-  exit 1
-}
 
 # Every process whose root directory is the container's (what buildah run started, and their
 # children, even those that left the process group): ended, first with TERM, then KILL. buildah's
@@ -74,12 +64,7 @@ end_container_processes() {
 cleanup() {
   local rc=$?
   set +e
-  if [ -n "$run_pid" ] && kill -0 "$run_pid" 2>/dev/null; then
-    kill -TERM -- "-$run_pid" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$run_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$run_pid" 2>/dev/null
-    wait "$run_pid" 2>/dev/null
-  fi
+  stop_group "$run_pid"
   end_container_processes
   if [ -n "$(container_pids)" ]; then
     say "processes still running in the container: $(container_pids | tr '\n' ' ')"
@@ -109,9 +94,10 @@ trap 'exit 143' TERM
 
 # One command in the container, as root, in the repository's clone (once it exists), with the
 # image's environment only (nothing of this shell's: no key variables, no proxy settings).
-# Started in its own process group so that a timeout or an exit ends all of it.
+# Started in its own process group so that a timeout or an exit ends all of it; no step may take
+# more than 30 minutes (a stuck mirror fails the stage, not the whole CI run's time).
 in_container() {
-  setsid buildah run --isolation chroot --network host --workingdir "$1" "$ctr" -- "${@:2}" \
+  setsid timeout -k 10 1800 buildah run --isolation chroot --network host --workingdir "$1" "$ctr" -- "${@:2}" \
     </dev/null &
   run_pid=$!
   local rc=0

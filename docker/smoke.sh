@@ -37,9 +37,10 @@ base_image=localhost/debian:bookworm-slim
 # The image's size bound, in bytes as `docker images` counts them (uncompressed, 1 MB = 10^6).
 max_bytes=${AAP_SMOKE_MAX_BYTES:-40000000}
 python=/usr/bin/python3
-t_start=$(date +%s)
+steps_name=smoke
+# shellcheck source=../.ci/steps.sh
+. "$top/.ci/steps.sh"
 
-step="starting"
 work=""
 standin_pid=""
 proxy_pid=""
@@ -48,27 +49,11 @@ docker_ctr=""
 buildah_ctrs=()
 docker_ctrs=()
 
-say() { printf 'smoke: %s\n' "$*" >&2; }
-begin() {
-  step=$1
-  say "[$(($(date +%s) - t_start))s] $step"
-}
-fail() {
-  say "FAILED at step: $step"
-  [ $# -gt 0 ] && say "$*"
-  exit 1
-}
-
 cleanup() {
   local rc=$?
   set +e
-  if [ -n "$proxy_pid" ] && kill -0 "$proxy_pid" 2>/dev/null; then
-    # buildah run was started with setsid: its process group holds the proxy.
-    kill -TERM -- "-$proxy_pid" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$proxy_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$proxy_pid" 2>/dev/null
-    wait "$proxy_pid" 2>/dev/null
-  fi
+  # buildah run was started with setsid: its process group holds the proxy.
+  stop_group "$proxy_pid"
   for c in "$docker_ctr" "${docker_ctrs[@]}"; do
     [ -n "$c" ] && docker rm -f "$c" >/dev/null 2>&1
   done
