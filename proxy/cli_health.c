@@ -246,6 +246,13 @@ int cli_health(int argc, char **argv)
         if (admin == NULL || admin[0] == '\0')
             admin = HEALTH_ADMIN_DEFAULT;
     }
+    /* "off" turns the admin listener off (docs/configuration.md): nothing can say the proxy is
+     * healthy, which is a failed check, not a usage error. */
+    if (strcmp(admin, "off") == 0) {
+        fprintf(stderr, "apple-auth-proxy health: the admin listener is off (admin address "
+                        "\"off\"), so there is no /healthz to ask\n");
+        return HEALTH_EXIT_UNHEALTHY;
+    }
     if (conf_addr_parse(admin, &addr, 0) < 0) {
         fprintf(stderr,
                 "apple-auth-proxy health: invalid admin address \"%s\" (expected HOST:PORT "

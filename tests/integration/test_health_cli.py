@@ -213,6 +213,14 @@ class HealthUsage(unittest.TestCase):
         self.assertEqual(rc, 1)
         self.assertIn("127.0.0.1:%d/healthz" % port, err)
 
+    def test_admin_listener_off(self):
+        for env, args in (({"APPLE_AUTH_PROXY_ADMIN_LISTEN": "off"}, []), ({}, ["--admin", "off"])):
+            with self.subTest(env=env, args=args):
+                rc, out, err = health(*args, env=env)
+                self.assertEqual(rc, 1, err)
+                self.assertEqual(out, "")
+                self.assertIn("the admin listener is off", err)
+
     def test_default_address(self):
         # With neither flag nor variable the probe asks 127.0.0.1:9901 (whatever answers there).
         rc, out, err = health()
