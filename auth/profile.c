@@ -35,11 +35,19 @@ static const struct profile_info profile_table[PROFILE_COUNT] = {
     [PROFILE_WEATHERKIT] = {"weatherkit", 3600, 1800},
     [PROFILE_ENTERPRISE] = {"enterprise", 1200, 18 * 60 + TOKEN_DEFAULT_SKEW},
     [PROFILE_MUSIC] = {"music", 15777000, 43200},
+    /* APNs tokens carry no exp: the "lifetime" is how long APNs takes one from its iat. It is
+     * fixed, and the token cache replaces the token on APNs' schedule (APNS_TOKEN_*). */
+    [PROFILE_APNS] = {"apns", APNS_TOKEN_MAX_AGE, APNS_TOKEN_MAX_AGE},
 };
 
 static int profile_valid(enum token_profile p)
 {
     return (int)p >= 0 && p < PROFILE_COUNT;
+}
+
+int profile_team_token(enum token_profile p)
+{
+    return p == PROFILE_APNS;
 }
 
 const char *profile_name(enum token_profile p)
@@ -190,9 +198,10 @@ int credential_validate(const struct credential *cred, char *err, size_t errlen)
                                                                           : 0,
              "the Issuer ID shown above the key list, a UUID");
     cv_ident(&count, err, errlen, cred, "team_id", cred->team_id,
-             (p == PROFILE_WEATHERKIT || p == PROFILE_MUSIC) ? 2 : 0, "the 10-character Team ID");
+             (p == PROFILE_WEATHERKIT || p == PROFILE_MUSIC || p == PROFILE_APNS) ? 2 : 0,
+             "the 10-character Team ID");
     if (is_present(cred->team_id) && !has_control(cred->team_id) && !is_apple_id(cred->team_id) &&
-        (p == PROFILE_WEATHERKIT || p == PROFILE_MUSIC))
+        (p == PROFILE_WEATHERKIT || p == PROFILE_MUSIC || p == PROFILE_APNS))
         cv_add(&count, err, errlen, cred->name, "team_id: expected a 10-character Team ID");
     cv_ident(&count, err, errlen, cred, "service_id", cred->service_id,
              p == PROFILE_WEATHERKIT ? 2 : 0, "the Services ID, e.g. com.example.weather-client");
@@ -218,7 +227,16 @@ int credential_validate(const struct credential *cred, char *err, size_t errlen)
                 cv_add(&count, err, errlen, cred->name,
                        "origin[%zu]: expected a web origin such as https://example.com", i);
 
-    if (cred->lifetime < 0)
+    /* An APNs token has no exp: its lifetime is how long the proxy may still serve it when a
+     * replacement cannot be signed, so it must outlast the 50 minutes after which the team's
+     * token is replaced (iat is backdated by the skew, and a minute of margin). */
+    if (p == PROFILE_APNS && cred->lifetime > 0 && cred->lifetime <= profile_max_lifetime(p) &&
+        cred->lifetime < APNS_TOKEN_REFRESH_AGE + cred->skew + 60)
+        cv_add(&count, err, errlen, cred->name,
+               "token_lifetime: %ld is too short for APNs, whose tokens are replaced when 50 "
+               "minutes old; use at least %ld (or leave it out: %d)",
+               cred->lifetime, APNS_TOKEN_REFRESH_AGE + cred->skew + 60, APNS_TOKEN_MAX_AGE);
+    else if (cred->lifetime < 0)
         cv_add(&count, err, errlen, cred->name,
                "token_lifetime: %ld is not a positive number of seconds", cred->lifetime);
     else if (cred->lifetime > profile_max_lifetime(p))
@@ -272,6 +290,7 @@ static const char *mint_missing(const struct credential *cred)
             return "service_id";
         /* fall through */
     case PROFILE_MUSIC:
+    case PROFILE_APNS:
         return is_present(cred->team_id) ? NULL : "team_id";
     default:
         return NULL;
@@ -348,19 +367,21 @@ char *token_mint(const struct credential *cred, const char *const *scope, size_t
         }
         snprintf(id, n, "%s.%s", cred->team_id, cred->service_id);
         ok &= cJSON_AddStringToObject(h, "id", id) != NULL;
-    } else if (p != PROFILE_MUSIC) {
+    } else if (p != PROFILE_MUSIC && p != PROFILE_APNS) {
         ok &= cJSON_AddStringToObject(h, "typ", "JWT") != NULL;
     }
 
     /* An individual App Store Connect key has no issuer: Apple wants "sub":"user" instead. */
     if (p == PROFILE_APP_STORE_CONNECT && !is_present(cred->issuer_id))
         ok &= cJSON_AddStringToObject(c, "sub", "user") != NULL;
-    else if (p == PROFILE_WEATHERKIT || p == PROFILE_MUSIC)
+    else if (p == PROFILE_WEATHERKIT || p == PROFILE_MUSIC || p == PROFILE_APNS)
         ok &= cJSON_AddStringToObject(c, "iss", cred->team_id) != NULL;
     else
         ok &= cJSON_AddStringToObject(c, "iss", cred->issuer_id) != NULL;
     ok &= cJSON_AddNumberToObject(c, "iat", (double)iat) != NULL;
-    ok &= cJSON_AddNumberToObject(c, "exp", (double)exp) != NULL;
+    /* APNs documents exactly iss and iat; it decides the age itself from iat. */
+    if (p != PROFILE_APNS)
+        ok &= cJSON_AddNumberToObject(c, "exp", (double)exp) != NULL;
     switch (p) {
     case PROFILE_APP_STORE_CONNECT:
         ok &= cJSON_AddStringToObject(c, "aud", "appstoreconnect-v1") != NULL;

@@ -12,6 +12,7 @@ enum token_profile {
     PROFILE_WEATHERKIT,        /* "weatherkit" */
     PROFILE_ENTERPRISE,        /* "enterprise" */
     PROFILE_MUSIC,             /* "music" */
+    PROFILE_APNS,              /* "apns": one token per team, replaced on APNs' schedule */
     PROFILE_COUNT
 };
 
@@ -24,7 +25,7 @@ struct credential {
     enum token_profile profile;
     char *key_id;     /* 10 characters */
     char *issuer_id;  /* app-store-connect (absent: individual key), app-store-server, enterprise */
-    char *team_id;    /* weatherkit, music */
+    char *team_id;    /* weatherkit, music, apns */
     char *service_id; /* weatherkit */
     char *bundle_id;  /* app-store-server (required) */
     char **scope;     /* app-store-connect only: "METHOD /path?query" entries */
@@ -49,6 +50,19 @@ long profile_max_lifetime(enum token_profile p);
  * keep exp - iat under the maximum. */
 long profile_default_lifetime(enum token_profile p);
 
+/* APNs' schedule for provider tokens: Apple refuses a token older than an hour
+ * (ExpiredProviderToken) and one replaced sooner than 20 minutes after the last
+ * (TooManyProviderTokenUpdates). A team's token is replaced once it is 50 minutes old, and never
+ * sooner than 20 minutes after the previous one, whatever asks for it. */
+#define APNS_TOKEN_REFRESH_AGE 3000
+#define APNS_TOKEN_MIN_AGE     1200
+#define APNS_TOKEN_MAX_AGE     3600
+
+/* 1 for profiles whose tokens belong to the team rather than the key: every credential of one
+ * team shares one token (APNs cannot tell the keys of a team apart and counts every new token
+ * of the team against its 20-minute rule). */
+int profile_team_token(enum token_profile p);
+
 /* The effective lifetime of a credential's tokens (cred->lifetime or the profile default). */
 long credential_lifetime(const struct credential *cred);
 
@@ -64,6 +78,8 @@ int credential_validate(const struct credential *cred, char *err, size_t errlen)
  *   weatherkit:        {"alg","kid","id"}  {"iss","iat","exp","sub"}
  *   enterprise:        {"alg","kid","typ"} {"iss","iat","exp","aud"}
  *   music:             {"alg","kid"}       {"iss","iat","exp","origin"?}
+ *   apns:              {"alg","kid"}       {"iss","iat"} (exactly: APNs takes no exp; *exp_out
+ *                                          is iat + APNS_TOKEN_MAX_AGE, when APNs stops taking it)
  * Returns the compact JWT (malloc'd, caller frees) and the exp in *exp_out, or NULL with err. */
 char *token_mint(const struct credential *cred, const char *const *scope, size_t nscope,
                  time_t now, time_t *exp_out, char *err, size_t errlen);

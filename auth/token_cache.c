@@ -46,6 +46,25 @@ struct cache_entry {
  * plain list: a proxy has a handful of credentials and scopes, and lookups compare pointers
  * first.
  */
+/* One team's token (profile_team_token). Entries live until the store is freed. */
+struct team_entry {
+    struct team_entry *next;
+    char *team_id;
+    struct token_block *cur; /* NULL before the first mint and after a refused token is dropped */
+    int minting;
+    unsigned long generation;
+    unsigned long mints;
+    unsigned long too_many; /* 429 TooManyProviderTokenUpdates answers */
+};
+
+/* Same locking as the cache: one mutex for pointer and counter work, never held while signing. */
+struct token_teams {
+    pthread_mutex_t lock;
+    pthread_cond_t minted;
+    time_t (*now)(void);
+    struct team_entry *entries;
+};
+
 struct token_cache {
     pthread_mutex_t lock;
     pthread_cond_t minted;
@@ -54,6 +73,8 @@ struct token_cache {
     struct cache_entry *entries;
     void (*on_mint)(void *arg, const struct credential *cred); /* NULL: none */
     void *on_mint_arg;
+    token_teams *teams;     /* the store team tokens come from: own_teams or a shared one */
+    token_teams *own_teams; /* owned */
 };
 
 static const char *const cache_no_scope[1] = {NULL};
@@ -75,12 +96,35 @@ static time_t cache_wall_clock(void)
     return time(NULL);
 }
 
+token_teams *token_teams_new(time_t (*clock_fn)(void))
+{
+    token_teams *teams = calloc(1, sizeof *teams);
+
+    if (teams == NULL)
+        return NULL;
+    if (pthread_mutex_init(&teams->lock, NULL) != 0)
+        goto fail;
+    if (pthread_cond_init(&teams->minted, NULL) != 0) {
+        pthread_mutex_destroy(&teams->lock);
+        goto fail;
+    }
+    teams->now = clock_fn != NULL ? clock_fn : cache_wall_clock;
+    return teams;
+fail:
+    free(teams);
+    return NULL;
+}
+
 token_cache *token_cache_new(long refresh_margin, time_t (*clock_fn)(void))
 {
     token_cache *cache = calloc(1, sizeof *cache);
 
     if (cache == NULL)
         return NULL;
+    cache->now = clock_fn != NULL ? clock_fn : cache_wall_clock;
+    cache->own_teams = token_teams_new(cache->now);
+    if (cache->own_teams == NULL)
+        goto fail;
     if (pthread_mutex_init(&cache->lock, NULL) != 0)
         goto fail;
     if (pthread_cond_init(&cache->minted, NULL) != 0) {
@@ -88,11 +132,17 @@ token_cache *token_cache_new(long refresh_margin, time_t (*clock_fn)(void))
         goto fail;
     }
     cache->refresh_margin = refresh_margin > 0 ? refresh_margin : 0;
-    cache->now = clock_fn != NULL ? clock_fn : cache_wall_clock;
+    cache->teams = cache->own_teams;
     return cache;
 fail:
+    token_teams_free(cache->own_teams);
     free(cache);
     return NULL;
+}
+
+void token_cache_share_teams(token_cache *cache, token_teams *teams)
+{
+    cache->teams = teams != NULL ? teams : cache->own_teams;
 }
 
 static void block_put(struct token_block *b)
@@ -122,6 +172,23 @@ static void entry_free(struct cache_entry *e)
     free(e);
 }
 
+void token_teams_free(token_teams *teams)
+{
+    struct team_entry *e, *next;
+
+    if (teams == NULL)
+        return;
+    for (e = teams->entries; e != NULL; e = next) {
+        next = e->next;
+        block_put(e->cur);
+        free(e->team_id);
+        free(e);
+    }
+    pthread_cond_destroy(&teams->minted);
+    pthread_mutex_destroy(&teams->lock);
+    free(teams);
+}
+
 void token_cache_free(token_cache *cache)
 {
     struct cache_entry *e, *next;
@@ -132,6 +199,7 @@ void token_cache_free(token_cache *cache)
         next = e->next;
         entry_free(e);
     }
+    token_teams_free(cache->own_teams);
     pthread_cond_destroy(&cache->minted);
     pthread_mutex_destroy(&cache->lock);
     free(cache);
@@ -196,18 +264,17 @@ fail:
     return NULL;
 }
 
-/* Signs a new token for the entry. Called WITHOUT the lock: reads only the entry's immutable
- * fields (cred, scope), which no other thread changes while `minting` is set. */
-static struct token_block *cache_mint(const struct cache_entry *e, time_t now, char *err,
-                                      size_t errlen)
+/* Signs a new token. Called WITHOUT any lock: reads only immutable fields (an entry's cred and
+ * scope, which no other thread changes while its `minting` is set). */
+static struct token_block *token_sign(const struct credential *cred, const char *const *scope,
+                                      size_t nscope, time_t now, char *err, size_t errlen)
 {
-    const char *const *scope = e->nscope > 0 ? (const char *const *)e->scope : cache_no_scope;
     struct token_block *b = NULL;
     size_t jwt_len, line_len, plen = sizeof BEARER_PREFIX - 1;
     time_t exp = 0;
     char *jwt;
 
-    jwt = token_mint(e->cred, scope, e->nscope, now, &exp, err, errlen);
+    jwt = token_mint(cred, scope, nscope, now, &exp, err, errlen);
     if (jwt == NULL)
         goto out;
     jwt_len = strlen(jwt);
@@ -224,7 +291,7 @@ static struct token_block *cache_mint(const struct cache_entry *e, time_t now, c
     b->pub.jwt_len = jwt_len;
     b->pub.line = b->text;
     b->pub.line_len = line_len;
-    b->pub.iat = now - e->cred->skew;
+    b->pub.iat = now - cred->skew;
     b->pub.exp = exp;
     b->pub.generation = 0;
     b->minted = now;
@@ -236,6 +303,107 @@ out:
         free(jwt);
     }
     return b;
+}
+
+static struct token_block *cache_mint(const struct cache_entry *e, time_t now, char *err,
+                                      size_t errlen)
+{
+    return token_sign(e->cred, e->nscope > 0 ? (const char *const *)e->scope : cache_no_scope,
+                      e->nscope, now, err, errlen);
+}
+
+/* Called with the store's lock held. NULL when out of memory. */
+static struct team_entry *teams_find(token_teams *teams, const char *team_id, int add)
+{
+    struct team_entry *e;
+
+    for (e = teams->entries; e != NULL; e = e->next)
+        if (strcmp(e->team_id, team_id) == 0)
+            return e;
+    if (!add)
+        return NULL;
+    e = calloc(1, sizeof *e);
+    if (e == NULL)
+        return NULL;
+    e->team_id = strdup(team_id);
+    if (e->team_id == NULL) {
+        free(e);
+        return NULL;
+    }
+    e->next = teams->entries;
+    teams->entries = e;
+    return e;
+}
+
+/*
+ * A team's token (APNs): the one the team has while it is younger than APNS_TOKEN_REFRESH_AGE,
+ * else a new one signed with this credential's key. The age is measured from the signature, so
+ * a replacement is never sooner than APNS_TOKEN_REFRESH_AGE (> APNS_TOKEN_MIN_AGE) after the
+ * last; only token_cache_team_refused can make it sooner, and it obeys APNS_TOKEN_MIN_AGE. Sets
+ * *signed_one when this call signed. Returns a referenced token, or NULL with err.
+ */
+static struct token_block *team_get(token_cache *cache, const struct credential *cred,
+                                    int *signed_one, char *err, size_t errlen)
+{
+    token_teams *teams = cache->teams;
+    struct team_entry *e;
+    struct token_block *b = NULL, *fresh, *old;
+    time_t now;
+
+    pthread_mutex_lock(&teams->lock);
+    e = teams_find(teams, cred->team_id, 1);
+    if (e == NULL) {
+        cache_err(err, errlen, "out of memory");
+        goto out;
+    }
+    for (;;) {
+        now = teams->now();
+        b = e->cur;
+        if (b != NULL && (now - b->minted < APNS_TOKEN_REFRESH_AGE ||
+                          (e->minting && now < b->pub.exp - TOKEN_EXPIRY_GUARD)))
+            goto out;
+        if (!e->minting)
+            break;
+        pthread_cond_wait(&teams->minted, &teams->lock);
+    }
+    e->minting = 1;
+    pthread_mutex_unlock(&teams->lock);
+    fresh = token_sign(cred, cache_no_scope, 0, now, err, errlen);
+    pthread_mutex_lock(&teams->lock);
+    e->minting = 0;
+    if (fresh != NULL) {
+        old = e->cur;
+        fresh->pub.generation = ++e->generation;
+        e->mints++;
+        *signed_one = 1;
+        if (cache->on_mint != NULL)
+            cache->on_mint(cache->on_mint_arg, cred);
+        e->cur = fresh;
+        block_put(old);
+    }
+    pthread_cond_broadcast(&teams->minted);
+    b = e->cur;
+    now = teams->now();
+    if (b == NULL || now >= b->pub.exp - TOKEN_EXPIRY_GUARD)
+        b = NULL;
+out:
+    if (b != NULL)
+        atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&teams->lock);
+    return b;
+}
+
+/* Makes sure the cache lists cred, so that token_cache_refresh keeps its team's token fresh. */
+static int cache_note_team_cred(token_cache *cache, const struct credential *cred)
+{
+    struct cache_entry *e;
+
+    pthread_mutex_lock(&cache->lock);
+    e = cache_find(cache, cred, cache_no_scope, 0);
+    if (e == NULL)
+        e = cache_add(cache, cred, cache_no_scope, 0);
+    pthread_mutex_unlock(&cache->lock);
+    return e != NULL ? 0 : -1;
 }
 
 /* Refreshing starts refresh_margin before exp, but never later than two thirds into the time
@@ -275,6 +443,16 @@ struct token *token_cache_get(token_cache *cache, const struct credential *cred,
     time_t now;
     size_t i;
 
+    if (profile_team_token(cred->profile)) {
+        int signed_one = 0;
+
+        if (cache_note_team_cred(cache, cred) != 0) {
+            cache_err(err, errlen, "out of memory");
+            return NULL;
+        }
+        b = team_get(cache, cred, &signed_one, err, errlen);
+        return b != NULL ? &b->pub : NULL;
+    }
     if (scope == NULL) {
         scope = (const char *const *)cred->scope;
         nscope = cred->nscope;
@@ -344,6 +522,19 @@ int token_cache_refresh(token_cache *cache, char *err, size_t errlen)
      * across the unlocked signatures below. */
     for (e = cache->entries; e != NULL; e = e->next) {
         now = cache->now();
+        if (profile_team_token(e->cred->profile)) {
+            int signed_one = 0;
+
+            /* The team store decides; its lock is never taken inside the cache's. */
+            pthread_mutex_unlock(&cache->lock);
+            fresh = team_get(cache, e->cred, &signed_one, err, errlen);
+            pthread_mutex_lock(&cache->lock);
+            if (fresh == NULL)
+                failed = 1;
+            count += signed_one;
+            block_put(fresh);
+            continue;
+        }
         if (e->minting)
             continue;
         if (e->cur != NULL && now < e->cur->pub.exp - cache_margin(cache, &e->cur->pub))
@@ -400,6 +591,68 @@ out:
     return dropped;
 }
 
+int token_cache_team_refused(token_cache *cache, const struct credential *cred,
+                             const struct token *tok)
+{
+    token_teams *teams = cache->teams;
+    struct team_entry *e;
+    struct token_block *old = NULL;
+
+    if (!profile_team_token(cred->profile))
+        return 0;
+    pthread_mutex_lock(&teams->lock);
+    e = teams_find(teams, cred->team_id, 0);
+    /* Many pushes report the same refusal; the first one decides. */
+    if (e != NULL && e->cur != NULL && &e->cur->pub == tok &&
+        teams->now() - e->cur->minted >= APNS_TOKEN_MIN_AGE) {
+        old = e->cur;
+        e->cur = NULL;
+    }
+    pthread_mutex_unlock(&teams->lock);
+    block_put(old);
+    return old != NULL;
+}
+
+unsigned long token_cache_team_too_many(token_cache *cache, const struct credential *cred)
+{
+    token_teams *teams = cache->teams;
+    struct team_entry *e;
+    unsigned long n = 0;
+
+    if (!profile_team_token(cred->profile))
+        return 0;
+    pthread_mutex_lock(&teams->lock);
+    e = teams_find(teams, cred->team_id, 1);
+    if (e != NULL)
+        n = ++e->too_many;
+    pthread_mutex_unlock(&teams->lock);
+    return n;
+}
+
+/* Reads one counter of a team under the store's lock. */
+static unsigned long teams_count(token_teams *teams, const char *team_id, int too_many)
+{
+    struct team_entry *e;
+    unsigned long n = 0;
+
+    pthread_mutex_lock(&teams->lock);
+    e = teams_find(teams, team_id, 0);
+    if (e != NULL)
+        n = too_many ? e->too_many : e->mints;
+    pthread_mutex_unlock(&teams->lock);
+    return n;
+}
+
+unsigned long token_teams_mints(token_teams *teams, const char *team_id)
+{
+    return teams_count(teams, team_id, 0);
+}
+
+unsigned long token_teams_too_many(token_teams *teams, const char *team_id)
+{
+    return teams_count(teams, team_id, 1);
+}
+
 void token_cache_on_mint(token_cache *cache, void (*fn)(void *arg, const struct credential *cred),
                          void *arg)
 {
@@ -414,6 +667,9 @@ unsigned long token_cache_mints(token_cache *cache, const struct credential *cre
     struct cache_entry *e;
     unsigned long n = 0;
 
+    /* A team token is signed for the team, whichever of its credentials asked. */
+    if (profile_team_token(cred->profile))
+        return token_teams_mints(cache->teams, cred->team_id);
     pthread_mutex_lock(&cache->lock);
     for (e = cache->entries; e != NULL; e = e->next)
         if (e->cred == cred)
@@ -426,6 +682,17 @@ time_t token_cache_expiry(token_cache *cache, const struct credential *cred)
 {
     struct cache_entry *e;
     time_t nearest = 0;
+
+    if (profile_team_token(cred->profile)) {
+        struct team_entry *t;
+
+        pthread_mutex_lock(&cache->teams->lock);
+        t = teams_find(cache->teams, cred->team_id, 0);
+        if (t != NULL && t->cur != NULL)
+            nearest = t->cur->pub.exp;
+        pthread_mutex_unlock(&cache->teams->lock);
+        return nearest;
+    }
 
     pthread_mutex_lock(&cache->lock);
     for (e = cache->entries; e != NULL; e = e->next)

@@ -19,10 +19,24 @@ struct token {
 
 typedef struct token_cache token_cache;
 
+/* The tokens that belong to a team rather than to one credential (profile_team_token: APNs),
+ * one per team ID, with APNs' schedule kept here rather than in any one cache: a team's token
+ * is replaced once it is APNS_TOKEN_REFRESH_AGE old and never sooner than APNS_TOKEN_MIN_AGE
+ * after the last one, whichever credential, worker or configuration asks. The process keeps
+ * one store across reloads (every runtime's cache shares it); a cache that is given none keeps
+ * its own. Thread-safe. */
+typedef struct token_teams token_teams;
+token_teams *token_teams_new(time_t (*clock)(void));
+/* Frees the store and its tokens (tokens still referenced stay valid until token_put). */
+void token_teams_free(token_teams *teams);
+
 /* refresh_margin: a token is replaced once now >= exp - refresh_margin (and never served once
  * now >= exp - expiry_guard, with expiry_guard = 5 s so a token does not expire in flight).
  * clock may be NULL (time(NULL)); tests pass their own. */
 token_cache *token_cache_new(long refresh_margin, time_t (*clock)(void));
+/* Makes the cache take team tokens from `teams` (borrowed: it must outlive the cache) instead of
+ * its own store. Call before the cache hands out a token. */
+void token_cache_share_teams(token_cache *cache, token_teams *teams);
 /* Frees the cache and its tokens (tokens still referenced stay valid until token_put). */
 void token_cache_free(token_cache *cache);
 
@@ -46,6 +60,19 @@ int token_cache_refresh(token_cache *cache, char *err, size_t errlen);
 int token_cache_invalidate(token_cache *cache, const struct credential *cred,
                            const char *const *scope, size_t nscope, const struct token *tok,
                            long cooldown);
+
+/* Called when APNs answered 403 ExpiredProviderToken or InvalidProviderToken to `tok` (a team
+ * token of cred): if tok is still the team's token and is at least APNS_TOKEN_MIN_AGE old, drops
+ * it so that the next get mints afresh, and returns 1 (the push may be retried once); otherwise
+ * 0: the 20-minute rule wins, the token stays and the push gets APNs' answer. */
+int token_cache_team_refused(token_cache *cache, const struct credential *cred,
+                             const struct token *tok);
+/* Called when APNs answered 429 TooManyProviderTokenUpdates: counted for the team, and the
+ * current token is kept (a new one would only make it worse). Returns the team's count. */
+unsigned long token_cache_team_too_many(token_cache *cache, const struct credential *cred);
+/* Counts for a team (0 for an unknown one): tokens signed, 429 TooManyProviderTokenUpdates. */
+unsigned long token_teams_mints(token_teams *teams, const char *team_id);
+unsigned long token_teams_too_many(token_teams *teams, const char *team_id);
 
 /* Calls fn(arg, cred) for every token installed from now on, with the cache's lock held (fn
  * must only count): the proxy keeps its mint counts outside the cache, which a reload replaces. */

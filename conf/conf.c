@@ -349,7 +349,7 @@ static void conf_set_profile(struct conf_ctx *ctx, const cJSON *item, const char
         conf_printable(s, shown, sizeof shown);
         conf_msgs_add(ctx->errs, path,
                       "unknown profile \"%s\" (expected app-store-connect, "
-                      "app-store-server, weatherkit, enterprise or music)",
+                      "app-store-server, weatherkit, enterprise, music or apns)",
                       shown);
     }
 }
@@ -562,7 +562,7 @@ static void conf_set_credentials(struct conf_ctx *ctx, const cJSON *item, const 
         if (cJSON_GetObjectItemCaseSensitive(c, "profile") == NULL)
             conf_msgs_add(ctx->errs, sub,
                           "no profile: set \"profile\" to app-store-connect, "
-                          "app-store-server, weatherkit, enterprise or music");
+                          "app-store-server, weatherkit, enterprise, music or apns");
         conf_cred_load_key(ctx, c, &in, sub);
         /* Profile rules (required and unused identifiers, lifetime within Apple's maximum)
          * belong to auth/; their messages use the raw name, so only for valid names. */

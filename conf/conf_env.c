@@ -24,6 +24,12 @@
 #define WK_SERVICE_ID    "WEATHERKIT_SERVICE_ID"
 #define WK_KEY_FILEPATH  "WEATHERKIT_KEY_FILEPATH"
 #define WK_KEY           "WEATHERKIT_KEY"
+#define APNS_KEY_ID       "APNS_KEY_ID"
+#define APNS_TEAM_ID      "APNS_TEAM_ID"
+#define APNS_KEY_FILEPATH "APNS_KEY_FILEPATH"
+#define APNS_KEY          "APNS_KEY"
+#define APNS_ENVIRONMENT  "APNS_ENVIRONMENT"
+#define APNS_SANDBOX_UPSTREAM "https://api.sandbox.push.apple.com"
 #define ENV_LISTEN       "APPLE_AUTH_PROXY_LISTEN"
 #define ENV_WORKERS      "APPLE_AUTH_PROXY_WORKERS"
 #define ENV_ADMIN        "APPLE_AUTH_PROXY_ADMIN_LISTEN"
@@ -32,6 +38,9 @@
 #define ASC_SET                                                                                    \
     ASC_KEY_ID ", " ASC_ISSUER_ID " (absent for an individual key) and " ASC_KEY_FILEPATH          \
                " or " ASC_KEY
+#define APNS_SET                                                                                   \
+    APNS_KEY_ID ", " APNS_TEAM_ID " and " APNS_KEY_FILEPATH " or " APNS_KEY                        \
+                " (" APNS_ENVIRONMENT ": production or sandbox)"
 #define WK_SET WK_KEY_ID ", " WK_TEAM_ID ", " WK_SERVICE_ID " and " WK_KEY_FILEPATH " or " WK_KEY
 
 /* A set variable; an empty one counts as unset (how `docker run -e NAME=` reads). */
@@ -270,6 +279,101 @@ static void conf_env_weatherkit(struct conf *conf, conf_getenv_fn g, struct conf
         errs->oom = 1;
 }
 
+static const char *conf_env_rename_apns(const char *field)
+{
+    if (strcmp(field, "key_id") == 0)
+        return APNS_KEY_ID;
+    if (strcmp(field, "team_id") == 0)
+        return APNS_TEAM_ID;
+    return NULL;
+}
+
+/* APNs has two hosts with the same tokens: production, and sandbox for development builds. */
+static void conf_env_apns(struct conf *conf, conf_getenv_fn g, struct conf_msgs *errs,
+                          struct conf_msgs *warns, int *found, int *sandbox)
+{
+    const char *kid = conf_env_get(g, APNS_KEY_ID), *team = conf_env_get(g, APNS_TEAM_ID);
+    const char *file = conf_env_get(g, APNS_KEY_FILEPATH), *text = conf_env_get(g, APNS_KEY);
+    const char *env = conf_env_get(g, APNS_ENVIRONMENT);
+    struct credential c;
+    char *t;
+    int bad = 0;
+
+    if (kid == NULL && team == NULL && file == NULL && text == NULL && env == NULL)
+        return;
+    *found = 1;
+    if (kid == NULL) {
+        conf_msgs_add(errs, APNS_KEY_ID, "not set, but other APNS_* variables are; APNs needs " APNS_SET);
+        bad = 1;
+    }
+    if (team == NULL) {
+        conf_msgs_add(errs, APNS_TEAM_ID, "not set, but other APNS_* variables are; APNs needs " APNS_SET);
+        bad = 1;
+    }
+    if (file == NULL && text == NULL) {
+        conf_msgs_add(errs, APNS_KEY_FILEPATH, "not set (nor " APNS_KEY "); APNs needs " APNS_SET);
+        bad = 1;
+    }
+    if (file != NULL && text != NULL) {
+        conf_msgs_add(errs, APNS_KEY, "set together with " APNS_KEY_FILEPATH "; set only one");
+        bad = 1;
+    }
+    if (env != NULL) {
+        t = conf_env_trimmed(env, strlen(env));
+        if (t == NULL) {
+            errs->oom = 1;
+            bad = 1;
+        } else if (strcmp(t, "sandbox") == 0) {
+            *sandbox = 1;
+        } else if (strcmp(t, "production") != 0) {
+            char shown[72];
+
+            conf_printable(t, shown, sizeof shown);
+            conf_msgs_add(errs, APNS_ENVIRONMENT, "expected production or sandbox (got \"%s\")",
+                          shown);
+            bad = 1;
+        }
+        free(t);
+    }
+    if (bad)
+        return;
+    memset(&c, 0, sizeof c);
+    c.name = strdup("apns");
+    c.profile = PROFILE_APNS;
+    c.skew = TOKEN_DEFAULT_SKEW;
+    c.key_id = conf_env_ident(APNS_KEY_ID, kid, conf_check_key_id, errs);
+    c.team_id = conf_env_ident(APNS_TEAM_ID, team, conf_check_team_id, errs);
+    if (c.name == NULL)
+        errs->oom = 1;
+    conf_env_key(&c, APNS_KEY_FILEPATH, file, APNS_KEY, text, errs, warns);
+    conf_credential_validate(&c, errs, conf_env_rename_apns);
+    if (conf_credential_add(conf, &c) != 0)
+        errs->oom = 1;
+}
+
+/* Points the derived APNs route at the sandbox host (development builds' device tokens). */
+static void conf_env_apns_sandbox(struct conf *conf, struct conf_msgs *errs)
+{
+    const char *why;
+    char buf[160];
+    size_t i;
+
+    for (i = 0; i < conf->nroutes; i++) {
+        struct conf_route *r = &conf->routes[i];
+
+        if (r->credential == NULL || strcmp(r->credential, "apns") != 0)
+            continue;
+        free(r->upstream);
+        free(r->upstream_host);
+        r->upstream_host = NULL;
+        r->upstream = strdup(APNS_SANDBOX_UPSTREAM);
+        why = conf_upstream_parse(APNS_SANDBOX_UPSTREAM, &r->upstream_host, &r->upstream_port,
+                                  buf, sizeof buf);
+        if (r->upstream == NULL || why != NULL)
+            errs->oom = 1;
+    }
+}
+
 /* The listen override names addresses; a file's listener at the same address keeps its TLS
  * settings (moved from conf->listen to list). A TLS listener the override leaves out would
  * otherwise become plain HTTP without a word (the Docker image sets APPLE_AUTH_PROXY_LISTEN):
@@ -407,7 +511,7 @@ int conf_load_env(const char *(*getenv_fn)(const char *name), struct conf **out,
 {
     struct conf_msgs errs, warns;
     struct conf *conf;
-    int found = 0;
+    int found = 0, sandbox = 0;
 
     memset(&errs, 0, sizeof errs);
     memset(&warns, 0, sizeof warns);
@@ -420,12 +524,15 @@ int conf_load_env(const char *(*getenv_fn)(const char *name), struct conf **out,
     }
     conf_env_asc(conf, getenv_fn, &errs, &warns, &found);
     conf_env_weatherkit(conf, getenv_fn, &errs, &warns, &found);
+    conf_env_apns(conf, getenv_fn, &errs, &warns, &found, &sandbox);
     if (!found)
         conf_msgs_add(&errs, "no configuration",
                       "pass --config FILE, set APPLE_AUTH_PROXY_CONFIG, or set " ASC_SET
-                      " (App Store Connect) / " WK_SET " (WeatherKit)");
+                      " (App Store Connect) / " WK_SET " (WeatherKit) / " APNS_SET " (APNs)");
     /* WeatherKit's "/api/v1/" sorts before App Store Connect's "/": most specific first. */
     conf_routes_derive(conf, &errs);
+    if (sandbox)
+        conf_env_apns_sandbox(conf, &errs);
     conf_env_overrides(conf, getenv_fn, &errs);
     conf_listen_check(conf, &errs);
     conf_finish(conf, 0, &errs, &warns);

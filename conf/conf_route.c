@@ -33,6 +33,8 @@ static const struct conf_profile_route {
     [PROFILE_ENTERPRISE] = {"/", "https://api.enterprise.developer.apple.com",
                             "api.enterprise.developer.apple.com", NULL},
     [PROFILE_MUSIC] = {"/", "https://api.music.apple.com", "api.music.apple.com", NULL},
+    [PROFILE_APNS] = {"/3/device/", "https://api.push.apple.com", "api.push.apple.com",
+                      "api.sandbox.push.apple.com"},
 };
 
 void conf_route_deinit(struct conf_route *r)

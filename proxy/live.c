@@ -32,6 +32,7 @@ struct live_client {
 struct live {
     pthread_mutex_t lock;
     struct live_entry *creds, *clients;
+    token_teams *teams; /* owned */
 };
 
 struct live *live_new(void)
@@ -39,8 +40,18 @@ struct live *live_new(void)
     struct live *l = calloc(1, sizeof(*l));
     if (l == NULL)
         return NULL;
+    l->teams = token_teams_new(NULL);
+    if (l->teams == NULL) {
+        free(l);
+        return NULL;
+    }
     pthread_mutex_init(&l->lock, NULL);
     return l;
+}
+
+token_teams *live_teams(struct live *l)
+{
+    return l->teams;
 }
 
 void live_free(struct live *l)
@@ -50,6 +61,7 @@ void live_free(struct live *l)
     /* Every runtime releases its entries when it is freed: one left here means a runtime
      * outlived the process's table. */
     assert(l->creds == NULL && l->clients == NULL);
+    token_teams_free(l->teams);
     pthread_mutex_destroy(&l->lock);
     free(l);
 }

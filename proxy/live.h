@@ -18,6 +18,7 @@
 #define AAP_PROXY_LIVE_H
 
 #include <stddef.h>
+#include "auth/token_cache.h"
 
 struct live;        /* the table */
 struct live_cred;   /* one credential's figures */
@@ -27,6 +28,10 @@ struct live_client; /* one client's rate bucket */
  * a no-op). */
 struct live *live_new(void);
 void live_free(struct live *l);
+
+/* The process's team tokens (APNs): shared by every runtime's token cache, so that APNs'
+ * 20-minute rule holds across workers, credentials of one team and reloads. */
+token_teams *live_teams(struct live *l);
 
 /* The entry for a name, created (empty: nothing known from Apple, a full bucket) when no
  * runtime holds one. Each call takes a reference, released with the matching _put (a NULL

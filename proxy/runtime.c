@@ -114,6 +114,7 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
             goto fail;
         }
     token_cache_on_mint(rt->tokens, runtime_count_mint, rt);
+    token_cache_share_teams(rt->tokens, live_teams(live));
     for (i = 0; i < conf->nroutes; i++) {
         const struct conf_route *r = &conf->routes[i];
         char label[600];

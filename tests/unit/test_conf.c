@@ -1886,6 +1886,72 @@ static void test_env_weatherkit(void **state)
     conf_free(conf);
 }
 
+/* APNs from the environment: the apns credential, its default route to production, and
+ * APNS_ENVIRONMENT=sandbox pointing that route at the sandbox host. */
+static void test_env_apns(void **state)
+{
+    const char *env[] = {"APNS_KEY_ID", "ABC123DEFG", "APNS_TEAM_ID", "DEF123GHIJ",
+                         "APNS_KEY_FILEPATH", keypath, NULL, NULL, NULL};
+    struct conf *conf = NULL;
+    char *errors = NULL;
+
+    (void)state;
+    assert_int_equal(load_env(env, &conf, &errors), 0);
+    assert_int_equal(conf->ncredentials, 1);
+    assert_string_equal(conf->credentials[0].name, "apns");
+    assert_int_equal(conf->credentials[0].profile, PROFILE_APNS);
+    assert_string_equal(conf->credentials[0].key_id, "ABC123DEFG");
+    assert_string_equal(conf->credentials[0].team_id, "DEF123GHIJ");
+    assert_int_equal(conf->nroutes, 1);
+    assert_string_equal(conf->routes[0].path_prefix, "/3/device/");
+    assert_string_equal(conf->routes[0].upstream, "https://api.push.apple.com");
+    assert_string_equal(conf->routes[0].upstream_host, "api.push.apple.com");
+    conf_free(conf);
+
+    env[6] = "APNS_ENVIRONMENT";
+    env[7] = " sandbox\n";
+    assert_int_equal(load_env(env, &conf, &errors), 0);
+    assert_string_equal(conf->routes[0].upstream, "https://api.sandbox.push.apple.com");
+    assert_string_equal(conf->routes[0].upstream_host, "api.sandbox.push.apple.com");
+    assert_int_equal(conf->routes[0].upstream_port, 443);
+    conf_free(conf);
+
+    env[7] = "staging";
+    assert_int_equal(load_env(env, &conf, &errors), -1);
+    assert_contains(errors, "APNS_ENVIRONMENT: expected production or sandbox (got \"staging\")");
+    free(errors);
+
+    env[2] = "APNS_KEY";
+    env[3] = pem;
+    env[7] = "production";
+    assert_int_equal(load_env(env, &conf, &errors), -1);
+    assert_contains(errors, "APNS_TEAM_ID: not set, but other APNS_* variables are");
+    assert_contains(errors, "APNS_KEY: set together with APNS_KEY_FILEPATH; set only one");
+    free(errors);
+}
+
+/* An APNs token has no exp: a lifetime that would end before the 50-minute replacement is
+ * refused. */
+static void test_apns_credential(void **state)
+{
+    struct conf *conf = load_ok("{\"credentials\": {\"push\": {\"profile\": \"apns\", "
+                                "\"key_id\": \"ABC123DEFG\", \"team_id\": \"DEF123GHIJ\", "
+                                "\"private_key_file\": \"@KEY@\"}}}");
+
+    (void)state;
+    assert_int_equal(conf->nroutes, 1);
+    assert_string_equal(conf->routes[0].path_prefix, "/3/device/");
+    assert_string_equal(conf->routes[0].upstream_host, "api.push.apple.com");
+    conf_free(conf);
+    expect_error("{\"credentials\": {\"push\": {\"profile\": \"apns\", \"key_id\": "
+                 "\"ABC123DEFG\", \"private_key_file\": \"@KEY@\"}}}",
+                 "credentials.push.team_id: required by the apns profile");
+    expect_error("{\"credentials\": {\"push\": {\"profile\": \"apns\", \"key_id\": "
+                 "\"ABC123DEFG\", \"team_id\": \"DEF123GHIJ\", \"token_lifetime\": 1800, "
+                 "\"private_key_file\": \"@KEY@\"}}}",
+                 "credentials.push.token_lifetime: 1800 is too short for APNs");
+}
+
 static void test_env_both(void **state)
 {
     const char *const env[] = {"APP_STORE_CONNECT_API_KEY_KEY_ID",
@@ -2008,6 +2074,8 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_default_routes),
         cmocka_unit_test(test_default_routes_conflict),
+        cmocka_unit_test(test_env_apns),
+        cmocka_unit_test(test_apns_credential),
         cmocka_unit_test(test_explicit_routes),
         cmocka_unit_test(test_values_set),
         cmocka_unit_test(test_access_log),

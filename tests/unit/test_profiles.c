@@ -79,6 +79,7 @@ static struct credential cred_for(enum token_profile p)
         c.service_id = SVC;
         break;
     case PROFILE_MUSIC:
+    case PROFILE_APNS:
         c.team_id = TEAM;
         break;
     default:
@@ -222,6 +223,27 @@ static void test_enterprise(void **state)
                  1700001080);
 }
 
+/* APNs documents exactly {"alg","kid"} and {"iss","iat"}: no typ, no exp. */
+static void test_apns(void **state)
+{
+    struct credential c = cred_for(PROFILE_APNS);
+    char err[512] = "";
+
+    (void)state;
+    assert_token(&c, NULL, 0, "{\"alg\":\"ES256\",\"kid\":\"" KID "\"}",
+                 "{\"iss\":\"" TEAM "\",\"iat\":1699999940}", 1699999940 + 3600);
+    assert_true(profile_team_token(PROFILE_APNS));
+    assert_false(profile_team_token(PROFILE_MUSIC));
+    assert_int_equal(credential_validate(&c, err, sizeof err), 0);
+    /* The lifetime only says how long a token may still be served when a new one cannot be
+     * signed: it has to outlast the 50 minutes after which the team's token is replaced. */
+    c.lifetime = 3000 + TOKEN_DEFAULT_SKEW + 60;
+    assert_int_equal(credential_validate(&c, err, sizeof err), 0);
+    c.lifetime = 3000 + TOKEN_DEFAULT_SKEW + 59;
+    assert_int_equal(credential_validate(&c, err, sizeof err), 1);
+    assert_non_null(strstr(err, "token_lifetime: 3119 is too short for APNs"));
+}
+
 static void test_music(void **state)
 {
     struct credential c = cred_for(PROFILE_MUSIC);
@@ -262,6 +284,7 @@ static void test_names_and_limits(void **state)
         [PROFILE_WEATHERKIT] = {"weatherkit", 3600, 1800},
         [PROFILE_ENTERPRISE] = {"enterprise", 1200, 1140},
         [PROFILE_MUSIC] = {"music", 15777000, 43200},
+        [PROFILE_APNS] = {"apns", 3600, 3600},
     };
     enum token_profile p, parsed;
 
@@ -495,6 +518,7 @@ int main(void)
         cmocka_unit_test(test_weatherkit),
         cmocka_unit_test(test_enterprise),
         cmocka_unit_test(test_music),
+        cmocka_unit_test(test_apns),
         cmocka_unit_test(test_configured_skew_and_lifetime),
         cmocka_unit_test(test_names_and_limits),
         cmocka_unit_test(test_default_lifetime_app_store_connect),

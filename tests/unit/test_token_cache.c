@@ -515,6 +515,185 @@ static void test_free_null(void **state)
     token_cache_free(NULL);
 }
 
+/* ---- APNs: one token per team, on APNs' schedule --------------------------------------- */
+
+static struct credential apns(const char *name, const char *key_id, const char *team)
+{
+    struct credential c;
+
+    memset(&c, 0, sizeof c);
+    c.name = (char *)name;
+    c.profile = PROFILE_APNS;
+    c.key_id = (char *)key_id;
+    c.team_id = (char *)team;
+    c.skew = TOKEN_DEFAULT_SKEW;
+    c.key = key;
+    return c;
+}
+
+/* Two keys of one team get the same token (APNs counts the team's tokens, not the key's);
+ * another team gets its own. */
+static void test_apns_one_token_per_team(void **state)
+{
+    struct credential a = apns("a", "AAAAAAAAAA", "TEAM000001"), b = apns("b", "BBBBBBBBBB",
+                                                                           "TEAM000001");
+    struct credential other = apns("o", "CCCCCCCCCC", "TEAM000002");
+    token_cache *cache = token_cache_new(300, fake_clock);
+    struct token *ta, *tb, *to;
+
+    (void)state;
+    ta = get(cache, &a);
+    tb = get(cache, &b);
+    to = get(cache, &other);
+    assert_ptr_equal(ta, tb);
+    assert_ptr_not_equal(ta, to);
+    assert_int_equal(token_cache_mints(cache, &a), 1);
+    assert_int_equal(token_cache_mints(cache, &b), 1);
+    assert_int_equal(token_cache_mints(cache, &other), 1);
+    assert_int_equal(ta->iat, T0 - 60);
+    assert_int_equal(ta->exp, T0 - 60 + 3600);
+    assert_int_equal(token_cache_expiry(cache, &b), T0 - 60 + 3600);
+    token_put(ta);
+    token_put(tb);
+    token_put(to);
+    token_cache_free(cache);
+}
+
+/* Replaced at 50 minutes, not a second sooner, by a get or by the refresh timer; the refresh
+ * margin of the cache does not apply (300 s before an hour would be 55 minutes). */
+static void test_apns_replaced_at_50_minutes(void **state)
+{
+    struct credential c = apns("push", "AAAAAAAAAA", "TEAM000001");
+    token_cache *cache = token_cache_new(300, fake_clock);
+    struct token *t1, *t2;
+    char err[256];
+
+    (void)state;
+    t1 = get(cache, &c);
+    set_now(T0 + APNS_TOKEN_REFRESH_AGE - 1);
+    assert_int_equal(token_cache_refresh(cache, err, sizeof err), 0);
+    t2 = get(cache, &c);
+    assert_ptr_equal(t1, t2);
+    token_put(t2);
+    set_now(T0 + APNS_TOKEN_REFRESH_AGE);
+    assert_int_equal(token_cache_refresh(cache, err, sizeof err), 1);
+    t2 = get(cache, &c);
+    assert_ptr_not_equal(t1, t2);
+    assert_int_equal(t2->generation, 2);
+    assert_int_equal(t2->iat, T0 + APNS_TOKEN_REFRESH_AGE - 60);
+    assert_int_equal(token_cache_mints(cache, &c), 2);
+    token_put(t1);
+    token_put(t2);
+    token_cache_free(cache);
+}
+
+/* A reload builds a new cache; with the process's shared store it keeps the team's token and
+ * its age, so a reload never re-mints (each reload re-minting was TooManyProviderTokenUpdates). */
+static void test_apns_token_survives_reload(void **state)
+{
+    struct credential c = apns("push", "AAAAAAAAAA", "TEAM000001");
+    struct credential c2 = apns("push", "BBBBBBBBBB", "TEAM000001"); /* the reload's copy */
+    token_teams *teams = token_teams_new(fake_clock);
+    token_cache *old = token_cache_new(300, fake_clock), *fresh = token_cache_new(300, fake_clock);
+    struct token *t1, *t2;
+    char err[256];
+
+    (void)state;
+    token_cache_share_teams(old, teams);
+    token_cache_share_teams(fresh, teams);
+    t1 = get(old, &c);
+    token_cache_free(old);
+    set_now(T0 + 60);
+    t2 = get(fresh, &c2);
+    assert_ptr_equal(t1, t2);
+    assert_int_equal(token_cache_refresh(fresh, err, sizeof err), 0);
+    assert_int_equal(token_teams_mints(teams, "TEAM000001"), 1);
+    token_put(t1);
+    token_put(t2);
+    token_cache_free(fresh);
+    token_teams_free(teams);
+}
+
+/* A refused token (403 ExpiredProviderToken/InvalidProviderToken) is replaced only once it is
+ * 20 minutes old, once however many pushes report it; a 429 is counted and changes nothing. */
+static void test_apns_refused_obeys_20_minutes(void **state)
+{
+    struct credential c = apns("push", "AAAAAAAAAA", "TEAM000001");
+    token_cache *cache = token_cache_new(300, fake_clock);
+    struct token *t1, *t2;
+
+    (void)state;
+    t1 = get(cache, &c);
+    set_now(T0 + APNS_TOKEN_MIN_AGE - 1);
+    assert_int_equal(token_cache_team_refused(cache, &c, t1), 0);
+    t2 = get(cache, &c);
+    assert_ptr_equal(t1, t2);
+    token_put(t2);
+    assert_int_equal(token_cache_team_too_many(cache, &c), 1);
+    assert_int_equal(token_cache_team_too_many(cache, &c), 2);
+    t2 = get(cache, &c);
+    assert_ptr_equal(t1, t2);
+    token_put(t2);
+
+    set_now(T0 + APNS_TOKEN_MIN_AGE);
+    assert_int_equal(token_cache_team_refused(cache, &c, t1), 1);
+    assert_int_equal(token_cache_team_refused(cache, &c, t1), 0);
+    t2 = get(cache, &c);
+    assert_ptr_not_equal(t1, t2);
+    assert_int_equal(token_cache_mints(cache, &c), 2);
+    /* The new token is young: refusing it right away does not re-mint. */
+    assert_int_equal(token_cache_team_refused(cache, &c, t2), 0);
+    token_put(t1);
+    token_put(t2);
+    token_cache_free(cache);
+}
+
+struct apns_thread {
+    token_cache *cache;
+    struct credential cred;
+    struct token *tok;
+};
+
+static void *apns_get_thread(void *arg)
+{
+    struct apns_thread *a = arg;
+    char err[256];
+
+    a->tok = token_cache_get(a->cache, &a->cred, NULL, 0, err, sizeof err);
+    return NULL;
+}
+
+/* Workers of two configurations, with different keys of one team, all at once: one signature. */
+static void test_apns_concurrent_one_mint(void **state)
+{
+    enum { N = 16 };
+    token_teams *teams = token_teams_new(fake_clock);
+    token_cache *caches[2] = {token_cache_new(300, fake_clock), token_cache_new(300, fake_clock)};
+    struct apns_thread args[N];
+    pthread_t th[N];
+    int i;
+
+    (void)state;
+    token_cache_share_teams(caches[0], teams);
+    token_cache_share_teams(caches[1], teams);
+    for (i = 0; i < N; i++) {
+        args[i].cache = caches[i % 2];
+        args[i].cred = apns("push", i % 2 ? "AAAAAAAAAA" : "BBBBBBBBBB", "TEAM000001");
+        assert_int_equal(pthread_create(&th[i], NULL, apns_get_thread, &args[i]), 0);
+    }
+    for (i = 0; i < N; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_non_null(args[i].tok);
+        assert_ptr_equal(args[i].tok, args[0].tok);
+    }
+    assert_int_equal(token_teams_mints(teams, "TEAM000001"), 1);
+    for (i = 0; i < N; i++)
+        token_put(args[i].tok);
+    token_cache_free(caches[0]);
+    token_cache_free(caches[1]);
+    token_teams_free(teams);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -531,6 +710,11 @@ int main(void)
         cmocka_unit_test_setup(test_concurrent_single_mint, reset_clock),
         cmocka_unit_test_setup(test_concurrent_refresh_and_clock, reset_clock),
         cmocka_unit_test(test_free_null),
+        cmocka_unit_test_setup(test_apns_one_token_per_team, reset_clock),
+        cmocka_unit_test_setup(test_apns_replaced_at_50_minutes, reset_clock),
+        cmocka_unit_test_setup(test_apns_token_survives_reload, reset_clock),
+        cmocka_unit_test_setup(test_apns_refused_obeys_20_minutes, reset_clock),
+        cmocka_unit_test_setup(test_apns_concurrent_one_mint, reset_clock),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
