@@ -13,6 +13,8 @@ if [ "${WITH_TEST_TOOLS:-1}" = 1 ]; then
   # for test certificates, promtool for the metrics format, clang for the fuzz targets.
   packages+=(libcmocka-dev python3 python3-jwt python3-cryptography python3-yaml python3-requests openssl curl
              clang libclang-rt-14-dev prometheus)
+  # The APNs stand-in and its tests speak HTTP/2 with python3-h2.
+  packages+=(python3-h2)
 fi
 
 if [ "${WITH_BENCH_TOOLS:-0}" = 1 ]; then

@@ -45,6 +45,7 @@ SOURCE_DIR = os.environ.get("AAP_SOURCE_DIR") or os.path.dirname(os.path.dirname
 BINARY = os.environ.get("AAP_BINARY") or os.path.join(SOURCE_DIR, "build", "apple-auth-proxy")
 UPSTREAM_DIR = os.path.join(SOURCE_DIR, "tests", "upstream")
 STANDIN = os.path.join(UPSTREAM_DIR, "standin.py")
+STANDIN_APNS = os.path.join(UPSTREAM_DIR, "standin_apns.py")
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 if UPSTREAM_DIR not in sys.path:
@@ -361,7 +362,7 @@ class Standin(_Process):
     readers events(), requests(), mark(), wait_for()."""
 
     def __init__(self, cert="good", keys_directory=None, rate_remaining=None, args=(),
-                 timeout=10):
+                 timeout=10, script=STANDIN):
         c = get_certs()
         if isinstance(cert, str):
             self.cert, self.key = c[cert + "_cert"], c[cert + "_key"]
@@ -372,7 +373,7 @@ class Standin(_Process):
         d = new_dir("standin-files")
         self.log_path = os.path.join(d, "log.jsonl")
         port_file = os.path.join(d, "port")
-        argv = [PYTHON, STANDIN, "--cert", self.cert, "--key", self.key, "--host", "127.0.0.1",
+        argv = [PYTHON, script, "--cert", self.cert, "--key", self.key, "--host", "127.0.0.1",
                 "--port", "0", "--keys-dir", self.keys_dir, "--log", self.log_path,
                 "--port-file", port_file]
         if rate_remaining is not None:

@@ -35,6 +35,8 @@ GOOD_NAMES = [
     "api.storekit-sandbox.itunes.apple.com",
     "api.enterprise.developer.apple.com",
     "api.music.apple.com",
+    "api.push.apple.com",
+    "api.sandbox.push.apple.com",
     "localhost",
 ]
 GOOD_IPS = ["127.0.0.1", "::1"]
