@@ -405,10 +405,10 @@ static void reply_error_ex(struct client *c, const char *code, const char *detai
     }
     keep = keep && c->x->keep_alive && !c->client_eof && !c->w->draining;
     {
-        struct evbuffer *out = stream_output(&c->s);
-        size_t before = evbuffer_get_length(out);
-        http_error_write_ex(out, status, code, detail, !keep, extra);
-        c->x->bytes_out += evbuffer_get_length(out) - before;
+        char reply[HTTP_ERROR_MAX];
+        size_t n = http_error_format(reply, status, code, detail, !keep, extra);
+        evbuffer_add(stream_output(&c->s), reply, n);
+        c->x->bytes_out += n;
     }
     c->x->status = status;
     c->x->err_code = code;
@@ -1277,7 +1277,7 @@ static void start_exchange(struct client *c)
         reply_verdict(c, &v, keep);
         return;
     }
-    if (request_plan(rt, m, &plan) < 0) {
+    if (request_plan(&rt->routes, m, &plan) < 0) {
         evbuffer_drain(stream_input(&c->s), m->head_len);
         reply_error(c, proxy_err_bad_request, "out of memory", 0);
         return;

@@ -1,7 +1,6 @@
 /* http_error: the responses the proxy makes itself, in Apple's JSON error shape. */
 #include "proxy/http_error.h"
 
-#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,37 +104,81 @@ const char *http_reason(int status)
     }
 }
 
-void http_error_write(struct evbuffer *out, int status, const char *code, const char *detail,
-                      int close)
+/* Appends s to the JSON string being built at *o as RFC 8259 section 7 escapes it (the same
+ * bytes cJSON would write: \" \\ \b \f \n \r \t, other controls as \u00xx, the rest as is),
+ * stopping before a character (a whole UTF-8 sequence) that would pass end. */
+static void json_escape(char **o, const char *end, const char *s)
 {
-    http_error_write_ex(out, status, code, detail, close, NULL);
+    static const char hex[] = "0123456789abcdef";
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        char esc[6];
+        size_t n = 0;
+        switch (ch) {
+        case '"': n = 2, esc[0] = '\\', esc[1] = '"'; break;
+        case '\\': n = 2, esc[0] = '\\', esc[1] = '\\'; break;
+        case '\b': n = 2, esc[0] = '\\', esc[1] = 'b'; break;
+        case '\f': n = 2, esc[0] = '\\', esc[1] = 'f'; break;
+        case '\n': n = 2, esc[0] = '\\', esc[1] = 'n'; break;
+        case '\r': n = 2, esc[0] = '\\', esc[1] = 'r'; break;
+        case '\t': n = 2, esc[0] = '\\', esc[1] = 't'; break;
+        default:
+            if (ch < 0x20) {
+                memcpy(esc, "\\u00", 4);
+                esc[4] = hex[ch >> 4];
+                esc[5] = hex[ch & 15];
+                n = 6;
+            } else {
+                /* a UTF-8 sequence goes whole or not at all */
+                n = 1;
+                if (ch >= 0xc0)
+                    while (n < 4 && ((unsigned char)s[n] & 0xc0) == 0x80)
+                        n++;
+                if ((size_t)(end - *o) < n)
+                    return;
+                memcpy(*o, s, n);
+                *o += n;
+                s += n - 1;
+                continue;
+            }
+        }
+        if ((size_t)(end - *o) < n)
+            return;
+        memcpy(*o, esc, n);
+        *o += n;
+    }
 }
 
-void http_error_write_ex(struct evbuffer *out, int status, const char *code, const char *detail,
-                         int close, const char *extra_headers)
+size_t http_error_format(char *out, int status, const char *code, const char *detail, int close,
+                         const char *extra_headers)
 {
     const char *title = "Error";
-    char statusbuf[8];
+    char body[HTTP_ERROR_MAX / 2], *o = body;
+    /* what follows the detail: its closing quote and the brackets */
+    static const char tail[] = "\"}]}";
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
         if (table[i].code == code)
             title = table[i].title;
-    snprintf(statusbuf, sizeof(statusbuf), "%d", status);
-    cJSON *root = cJSON_CreateObject();
-    cJSON *errors = cJSON_AddArrayToObject(root, "errors");
-    cJSON *e = cJSON_CreateObject();
-    cJSON_AddItemToArray(errors, e);
-    cJSON_AddStringToObject(e, "status", statusbuf);
-    cJSON_AddStringToObject(e, "code", code);
-    cJSON_AddStringToObject(e, "title", title);
-    cJSON_AddStringToObject(e, "detail", detail ? detail : title);
-    char *body = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    const char *b = body ? body : "{}";
-    evbuffer_add_printf(out,
-                        "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                        "Content-Length: %zu\r\n%s%s\r\n%s",
-                        status, http_reason(status), strlen(b),
-                        close ? "Connection: close\r\n" : "", extra_headers ? extra_headers : "",
-                        b);
-    free(body);
+    /* The code and title are constants of this file, far shorter than body: only the detail
+     * can run into its end. */
+    o += snprintf(body, sizeof(body), "{\"errors\":[{\"status\":\"%d\",\"code\":\"%s\","
+                  "\"title\":\"%s\",\"detail\":\"", status, code, title);
+    json_escape(&o, body + sizeof(body) - (sizeof(tail) - 1), detail ? detail : title);
+    memcpy(o, tail, sizeof(tail) - 1);
+    o += sizeof(tail) - 1;
+    size_t body_len = (size_t)(o - body);
+    /* The head's fixed part, the reason, the extra headers (a few short lines) and the body
+     * fit in HTTP_ERROR_MAX: extra headers that would not are left out. */
+    int n = snprintf(out, HTTP_ERROR_MAX - body_len,
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n%s%s\r\n",
+                     status, http_reason(status), body_len, close ? "Connection: close\r\n" : "",
+                     extra_headers ? extra_headers : "");
+    if (n < 0 || (size_t)n >= HTTP_ERROR_MAX - body_len)
+        n = snprintf(out, HTTP_ERROR_MAX - body_len,
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n%s\r\n",
+                     status, http_reason(status), body_len, close ? "Connection: close\r\n" : "");
+    memcpy(out + n, body, body_len);
+    return (size_t)n + body_len;
 }

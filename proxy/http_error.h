@@ -2,7 +2,10 @@
 #ifndef AAP_PROXY_HTTP_ERROR_H
 #define AAP_PROXY_HTTP_ERROR_H
 
-#include <event2/buffer.h>
+#include <stddef.h>
+
+/* The most a response made by http_error_format takes: a detail too long for it is cut. */
+#define HTTP_ERROR_MAX 4096
 
 /* Named error codes: compared by address, and the `code` field clients see. */
 extern const char proxy_err_bad_request[];        /* 400 PROXY_BAD_REQUEST */
@@ -31,15 +34,14 @@ extern const char proxy_err_upstream_timeout[];   /* 504 PROXY_UPSTREAM_TIMEOUT 
 /* The reason phrase for a status ("Bad Gateway"); "Unknown" for others. */
 const char *http_reason(int status);
 
-/* Appends a complete response: status line, Content-Type: application/json, Content-Length,
- * "Connection: close" when close is set, and the body
+/* Formats a complete response into out (HTTP_ERROR_MAX bytes): status line, Content-Type:
+ * application/json, Content-Length, "Connection: close" when close is set, extra header lines
+ * ("Name: value\r\n"..., or NULL), and the body
  * {"errors":[{"status":"502","code":CODE,"title":TITLE,"detail":DETAIL}]}. The detail is
- * JSON-escaped; it must never hold a token or key. */
-void http_error_write(struct evbuffer *out, int status, const char *code, const char *detail,
-                      int close);
-/* The same with extra header lines ("Name: value\r\n"..., or NULL). */
-void http_error_write_ex(struct evbuffer *out, int status, const char *code, const char *detail,
-                         int close, const char *extra_headers);
+ * JSON-escaped (cut short, at a character, when it would not fit); it must never hold a token
+ * or key. Returns the response's length. */
+size_t http_error_format(char *out, int status, const char *code, const char *detail, int close,
+                         const char *extra_headers);
 
 /* The status that goes with a code above. */
 int http_error_status(const char *code);

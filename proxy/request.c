@@ -1,6 +1,5 @@
 /* request: the pure part of forwarding a request: target parsing, routing and the upstream head
  * the proxy re-serialises. No sockets and no event loop, so it is unit-tested and fuzzed. */
-#include "proxy/evbuf.h"
 #include "proxy/request.h"
 
 #include <inttypes.h>
@@ -8,8 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-#include <event2/buffer.h>
 
 #include "proxy/http_error.h"
 #include "proxy/route.h"
@@ -86,60 +83,87 @@ static void fail(struct request_plan *p, const char *code, const char *detail, i
     p->keep = keep;
 }
 
-/* Header names with '_' are dropped (as nginx does by default): some servers read them as
- * '-', so "Transfer_Encoding" or "Content_Length" could mean framing to them that the proxy
- * never saw. */
-static int build_head(struct request_plan *p, const struct http1_msg *m, const struct target *t,
-                      const char *path, size_t path_len, const char *prefix, int identity)
+/* A head assembled in one allocation sized beforehand: the proxy's additions are bounded, the
+ * rest is the request's own bytes. */
+struct head_out {
+    char *p;
+};
+
+static void out_put(struct head_out *o, const char *s, size_t n)
 {
-    struct evbuffer *b = evbuffer_new();
-    int had_cl = 0;
-    size_t i;
-    if (b == NULL)
-        return -1;
-    evbuffer_add(b, m->method, m->method_len);
-    ADD_LITERAL(b, " ");
-    if (prefix)
-        evbuffer_add(b, prefix, strlen(prefix));
-    evbuffer_add(b, path, path_len);
-    ADD_LITERAL(b, " HTTP/1.1\r\nHost: ");
-    evbuffer_add(b, t->host_header, t->host_header_len);
-    ADD_LITERAL(b, "\r\n");
-    /* Without a Connection header there is nothing it could list: skip that scan. */
-    int has_connection = http1_find(m, "connection") != NULL;
-    for (i = 0; i < m->nheaders; i++) {
-        const struct http1_header *h = &m->headers[i];
-        if (http1_name_is(h->name, h->name_len, "content-length")) {
-            had_cl = 1;
-            continue;
-        }
-        if (http_is_hop_by_hop(h->name, h->name_len) ||
-            http1_name_is(h->name, h->name_len, "host") ||
-            http1_name_is(h->name, h->name_len, "authorization") ||
-            http1_name_is(h->name, h->name_len, "expect") ||
-            (identity && http1_name_is(h->name, h->name_len, "accept-encoding")) ||
-            memchr(h->name, '_', h->name_len) != NULL ||
-            (has_connection && http_connection_lists(m, h->name, h->name_len)))
-            continue;
-        evbuffer_add(b, h->name, h->name_len);
-        ADD_LITERAL(b, ": ");
-        evbuffer_add(b, h->value, h->value_len);
-        ADD_LITERAL(b, "\r\n");
-    }
-    if (m->body == HTTP1_BODY_CHUNKED)
-        ADD_LITERAL(b, "Transfer-Encoding: chunked\r\n");
-    else if (m->body == HTTP1_BODY_LENGTH || had_cl)
-        evbuffer_add_printf(b, "Content-Length: %" PRIu64 "\r\n", m->content_length);
-    p->head_len = evbuffer_get_length(b);
-    p->head = malloc(p->head_len ? p->head_len : 1);
-    if (p->head)
-        evbuffer_remove(b, p->head, p->head_len);
-    evbuffer_free(b);
-    return p->head ? 0 : -1;
+    memcpy(o->p, s, n);
+    o->p += n;
 }
 
-int request_plan(const struct runtime *rt, const struct http1_msg *m, struct request_plan *p)
+#define OUT_LITERAL(o, s) out_put((o), "" s, sizeof(s) - 1)
+
+/* Whether header h of m goes upstream. Header names with '_' are dropped (as nginx does by
+ * default): some servers read them as '-', so "Transfer_Encoding" or "Content_Length" could
+ * mean framing to them that the proxy never saw. */
+static int header_goes(const struct http1_msg *m, const struct http1_header *h, int identity,
+                       int has_connection)
 {
+    return !(http_is_hop_by_hop(h->name, h->name_len) ||
+             http1_name_is(h->name, h->name_len, "content-length") ||
+             http1_name_is(h->name, h->name_len, "host") ||
+             http1_name_is(h->name, h->name_len, "authorization") ||
+             http1_name_is(h->name, h->name_len, "expect") ||
+             (identity && http1_name_is(h->name, h->name_len, "accept-encoding")) ||
+             memchr(h->name, '_', h->name_len) != NULL ||
+             (has_connection && http_connection_lists(m, h->name, h->name_len)));
+}
+
+static int build_head(struct request_plan *p, const struct http1_msg *m, const char *host,
+                      size_t host_len, const char *path, size_t path_len, const char *prefix,
+                      int identity)
+{
+    int had_cl = http1_find(m, "content-length") != NULL;
+    /* Without a Connection header there is nothing it could list: skip that scan. */
+    int has_connection = http1_find(m, "connection") != NULL;
+    size_t prefix_len = prefix ? strlen(prefix) : 0, bound, i;
+    /* request line and Host, each header line, and the framing line (at most
+     * "Content-Length: " and 20 digits, or "Transfer-Encoding: chunked") with its CRLF */
+    bound = m->method_len + 1 + prefix_len + path_len + 17 + host_len + 2 + 48;
+    for (i = 0; i < m->nheaders; i++)
+        bound += m->headers[i].name_len + m->headers[i].value_len + 4;
+    p->head = malloc(bound);
+    if (p->head == NULL)
+        return -1;
+    struct head_out o = {p->head};
+    out_put(&o, m->method, m->method_len);
+    OUT_LITERAL(&o, " ");
+    if (prefix)
+        out_put(&o, prefix, prefix_len);
+    out_put(&o, path, path_len);
+    OUT_LITERAL(&o, " HTTP/1.1\r\nHost: ");
+    out_put(&o, host, host_len);
+    OUT_LITERAL(&o, "\r\n");
+    for (i = 0; i < m->nheaders; i++) {
+        const struct http1_header *h = &m->headers[i];
+        if (!header_goes(m, h, identity, has_connection))
+            continue;
+        out_put(&o, h->name, h->name_len);
+        OUT_LITERAL(&o, ": ");
+        out_put(&o, h->value, h->value_len);
+        OUT_LITERAL(&o, "\r\n");
+    }
+    if (m->body == HTTP1_BODY_CHUNKED) {
+        OUT_LITERAL(&o, "Transfer-Encoding: chunked\r\n");
+    } else if (m->body == HTTP1_BODY_LENGTH || had_cl) {
+        char digits[24];
+        int n = snprintf(digits, sizeof(digits), "%" PRIu64, m->content_length);
+        OUT_LITERAL(&o, "Content-Length: ");
+        out_put(&o, digits, (size_t)n);
+        OUT_LITERAL(&o, "\r\n");
+    }
+    p->head_len = (size_t)(o.p - p->head);
+    return 0;
+}
+
+int request_plan(const struct request_routes *routes, const struct http1_msg *m,
+                 struct request_plan *p)
+{
+    const struct conf *conf = routes->conf;
     const char *host = NULL, *path = m->target, *query;
     size_t host_len = 0, path_len = m->target_len;
     int absolute = 0;
@@ -205,7 +229,7 @@ int request_plan(const struct runtime *rt, const struct http1_msg *m, struct req
     p->path = route_path;
     p->path_len = route_len;
     enum route_result rr =
-        route_find(rt->conf, host, host_len, absolute, route_path, route_len, &p->route);
+        route_find(conf, host, host_len, absolute, route_path, route_len, &p->route);
     if (rr == ROUTE_FOREIGN_HOST) {
         snprintf(err, sizeof(err), "%.*s is not one of the configured upstreams",
                  (int)(host_len > 150 ? 150 : host_len), host);
@@ -216,12 +240,12 @@ int request_plan(const struct runtime *rt, const struct http1_msg *m, struct req
         fail(p, proxy_err_no_route, "no configured route matches this request", no_body);
         return 0;
     }
-    if (m->body == HTTP1_BODY_LENGTH && rt->conf->limits.max_body &&
-        m->content_length > rt->conf->limits.max_body) {
+    if (m->body == HTTP1_BODY_LENGTH && conf->limits.max_body &&
+        m->content_length > conf->limits.max_body) {
         fail(p, proxy_err_body_too_large, "Content-Length is larger than max_body_bytes", 0);
         return 0;
     }
-    const struct conf_route *route = &rt->conf->routes[p->route];
+    const struct conf_route *route = &conf->routes[p->route];
     const char *fwd = path;
     size_t fwd_len = path_len;
     const char *prefix = NULL;
@@ -236,8 +260,8 @@ int request_plan(const struct runtime *rt, const struct http1_msg *m, struct req
         prefix = "/"; /* the forwarded target always starts with '/' */
     /* Links in JSON bodies can only be rewritten in identity-coded bodies: on such routes the
      * upstream is not offered compression. */
-    return build_head(p, m, &rt->targets[rt->route_target[p->route]], fwd, fwd_len, prefix,
-                      route->rewrite_links);
+    return build_head(p, m, routes->host[p->route], routes->host_len[p->route], fwd, fwd_len,
+                      prefix, route->rewrite_links);
 }
 
 void request_plan_deinit(struct request_plan *p)

@@ -4,8 +4,16 @@
 #define AAP_PROXY_REQUEST_H
 
 #include <stddef.h>
+#include "conf/conf.h"
 #include "proxy/http1.h"
-#include "proxy/runtime.h"
+
+/* What planning needs besides the request: the configuration's routes and limits, and each
+ * route's upstream Host value ("name" or "name:port"). Borrowed; a runtime keeps one. */
+struct request_routes {
+    const struct conf *conf;
+    const char *const *host; /* per route */
+    const size_t *host_len;  /* per route */
+};
 
 struct request_plan {
     const char *code;  /* NULL: forward it; else the proxy error (http_error.h) to answer */
@@ -29,7 +37,8 @@ struct request_plan {
  * checked, and the head is re-serialised: hop-by-hop headers, everything Connection lists,
  * Authorization, Proxy-Authorization, Host and Expect are dropped; Host is the upstream's;
  * framing is the proxy's own. Returns 0 (p->code says whether to forward); -1 out of memory. */
-int request_plan(const struct runtime *rt, const struct http1_msg *m, struct request_plan *p);
+int request_plan(const struct request_routes *routes, const struct http1_msg *m,
+                 struct request_plan *p);
 void request_plan_deinit(struct request_plan *p);
 
 /* RFC 9110 7.6.1 hop-by-hop fields, plus the proxy credentials that never cross the proxy. */

@@ -92,13 +92,16 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
     rt->targets = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->targets));
     rt->route_target = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_target));
     rt->route_label = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_label));
+    rt->route_host = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_host));
+    rt->route_host_len = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_host_len));
     rt->live_creds = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(*rt->live_creds));
     rt->live_clients = calloc(conf->nclients ? conf->nclients : 1, sizeof(*rt->live_clients));
     size_t ncs = conf->nclients * conf->nroutes;
     rt->client_scope = calloc(ncs ? ncs : 1, sizeof(*rt->client_scope));
     rt->client_scope_n = calloc(ncs ? ncs : 1, sizeof(*rt->client_scope_n));
     if (rt->tokens == NULL || rt->targets == NULL || rt->route_target == NULL ||
-        rt->route_label == NULL || rt->live_creds == NULL || rt->live_clients == NULL ||
+        rt->route_label == NULL || rt->route_host == NULL || rt->route_host_len == NULL ||
+        rt->live_creds == NULL || rt->live_clients == NULL ||
         rt->client_scope == NULL || rt->client_scope_n == NULL) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -162,6 +165,13 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
         }
         rt->route_target[i] = j;
     }
+    for (i = 0; i < conf->nroutes; i++) {
+        rt->route_host[i] = rt->targets[rt->route_target[i]].host_header;
+        rt->route_host_len[i] = rt->targets[rt->route_target[i]].host_header_len;
+    }
+    rt->routes.conf = conf;
+    rt->routes.host = rt->route_host;
+    rt->routes.host_len = rt->route_host_len;
     /* Mint every route's token now: a broken key fails the start, not the first request. */
     for (i = 0; i < conf->nroutes; i++) {
         size_t n;
@@ -221,6 +231,8 @@ void runtime_unref(struct runtime *rt)
     free(rt->targets);
     free(rt->route_target);
     free(rt->route_label);
+    free(rt->route_host);
+    free(rt->route_host_len);
     if (rt->live_creds)
         for (i = 0; i < rt->conf->ncredentials; i++)
             live_cred_put(rt->live_creds[i]);

@@ -9,6 +9,7 @@
 #include "auth/token_cache.h"
 #include "conf/conf.h"
 #include "proxy/live.h"
+#include "proxy/request.h"
 
 
 /* A distinct upstream endpoint: routes that share name, address and CA share a target (and so
@@ -32,6 +33,9 @@ struct runtime {
     size_t ntargets;
     size_t *route_target; /* route index -> target index */
     int *route_label;     /* route index -> metrics label id */
+    struct request_routes routes; /* for request_plan: conf and each route's target Host */
+    const char **route_host;      /* route index -> its target's host_header (borrowed) */
+    size_t *route_host_len;
     /* Entries in the process's live table (proxy/live.h), one reference each: what changes
      * with every request is kept there, by name, so that it outlives this configuration. */
     struct live_cred **live_creds;     /* per credential index */

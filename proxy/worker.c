@@ -66,16 +66,11 @@ void wgen_unref(struct wgen *g)
  * connections already open. */
 static void refuse(int fd)
 {
-    struct evbuffer *b = evbuffer_new();
-    if (b) {
-        http_error_write(b, 503, proxy_err_overloaded,
-                         "the proxy is at max_client_connections; retry shortly", 1);
-        size_t n = evbuffer_get_length(b);
-        const void *p = evbuffer_pullup(b, (ev_ssize_t)n);
-        ssize_t r = send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
-        (void)r;
-        evbuffer_free(b);
-    }
+    char reply[HTTP_ERROR_MAX];
+    size_t n = http_error_format(reply, 503, proxy_err_overloaded,
+                                 "the proxy is at max_client_connections; retry shortly", 1, NULL);
+    ssize_t r = send(fd, reply, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    (void)r;
     shutdown(fd, SHUT_WR);
     close(fd);
 }

@@ -300,7 +300,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
               p.error_status, p.error_detail ? p.error_detail : "");
 
         struct request_plan plan;
-        CHECK(request_plan(rt, &m, &plan) == 0, "request_plan out of memory");
+        CHECK(request_plan(&rt->routes, &m, &plan) == 0, "request_plan out of memory");
         if (plan.code == NULL)
             check_head(&plan, &m);
         else

@@ -82,7 +82,7 @@ static void test_refusals(void **state)
         struct http1_msg m;
         struct request_plan p;
         unit_parse(&m, cases[i].request);
-        assert_int_equal(request_plan(rt, &m, &p), 0);
+        assert_int_equal(request_plan(&rt->routes, &m, &p), 0);
         if (p.code != cases[i].code || p.keep != cases[i].keep)
             fail_msg("row %zu: %s keep %d, want %s keep %d (%s)", i, p.code ? p.code : "none",
                      p.keep, cases[i].code, cases[i].keep, p.detail);
@@ -144,7 +144,7 @@ static void test_forwarded_heads(void **state)
         struct http1_msg m;
         struct request_plan p;
         unit_parse(&m, k->request);
-        assert_int_equal(request_plan(rt, &m, &p), 0);
+        assert_int_equal(request_plan(&rt->routes, &m, &p), 0);
         if (k->head == NULL) {
             assert_ptr_equal(p.code, proxy_err_no_route);
             assert_int_equal(p.http10, k->http10);
