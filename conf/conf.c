@@ -285,7 +285,7 @@ static const struct conf_field conf_limit_fields[] = {
     LIMIT_SIZE("max_body_bytes", max_body, CONF_STORE_ULL, 1073741824.0, 0, 9007199254740992.0),
     LIMIT_SIZE("max_client_connections", max_client_connections, CONF_STORE_SIZE, 10000, 1,
                1000000),
-    LIMIT_SIZE("upstream_pool_size", upstream_pool_size, CONF_STORE_SIZE, 32, 0, 10000),
+    LIMIT_SIZE("upstream_pool_size", upstream_pool_size, CONF_STORE_SIZE, 1024, 0, 10000),
     LIMIT_TIME("client_header_timeout", client_header_timeout_ms, 10),
     LIMIT_TIME("client_body_timeout", client_body_timeout_ms, 60),
     LIMIT_TIME("keepalive_timeout", idle_timeout_ms, 75),

@@ -86,8 +86,8 @@ struct conf_limits {
     size_t max_headers;          /* "max_headers", default 100 -> 431 */
     unsigned long long max_body; /* "max_body_bytes", default 1 GiB... 0 = unlimited -> 413 */
     size_t max_client_connections; /* "max_client_connections", default 10000 (all workers) */
-    size_t upstream_pool_size;   /* "upstream_pool_size", idle connections kept per upstream per
-                                    worker, default 32 */
+    size_t upstream_pool_size;   /* "upstream_pool_size", the most idle connections kept per
+                                    upstream per worker (fewer when demand is lower), 1024 */
     long client_header_timeout_ms; /* "client_header_timeout", default 10 s -> 408 */
     long client_body_timeout_ms;   /* "client_body_timeout", between body reads, default 60 s */
     long idle_timeout_ms;          /* "keepalive_timeout", client idle between requests, 75 s */

@@ -71,7 +71,26 @@ void upool_init(struct upool *pool, struct wgen *gen, struct target *target)
     memset(pool, 0, sizeof(*pool));
     pool->gen = gen;
     pool->target = target;
+    pool->window_tick = gen->worker ? gen->worker->house_ticks : 0;
     TAILQ_INIT(&pool->idle);
+}
+
+size_t upool_idle_cap(size_t peak, size_t peak_prev, size_t hard_cap)
+{
+    size_t demand = peak > peak_prev ? peak : peak_prev;
+    /* One connection is always worth keeping: a request every half minute must not pay a
+     * handshake each time; upstream_idle_timeout decides when even that one goes. */
+    if (demand < 1)
+        demand = 1;
+    return demand < hard_cap ? demand : hard_cap;
+}
+
+/* One more connection is active: the demand window remembers the most at once. */
+static void pool_note_active(struct upool *pool)
+{
+    pool->nactive++;
+    if (pool->nactive > pool->peak)
+        pool->peak = pool->nactive;
 }
 
 static void conn_free(struct upconn *c)
@@ -325,7 +344,7 @@ int upstream_get(struct upool *pool,
         }
         c->state = UP_ACTIVE;
         c->reused = 1;
-        pool->nactive++;
+        pool_note_active(pool);
         WSTAT_ADD(w, upstream_idle, -1);
         WSTAT_ADD(w, upstream_active, 1);
         stream_set_timeouts(&c->s, 0, 0);
@@ -348,7 +367,7 @@ int upstream_get(struct upool *pool,
         free(c);
         return -1;
     }
-    pool->nactive++;
+    pool_note_active(pool);
     WSTAT_ADD(w, upstream_active, 1);
 
     struct target *t = pool->target;
@@ -423,15 +442,25 @@ void upstream_put(struct upconn *c, int reusable)
     TAILQ_INSERT_HEAD(&pool->idle, c, link);
     pool->nidle++;
     WSTAT_ADD(worker_of(pool), upstream_idle, 1);
-    while (pool->nidle > lim->upstream_pool_size) {
-        struct upconn *old = TAILQ_LAST(&pool->idle, upconn_list);
-        idle_close(old);
-    }
+    /* The cap never falls below the connections active at once in this window, so an exchange
+     * ending closes none that the current demand needs; the tick closes what it no longer does. */
+    size_t cap = upool_idle_cap(pool->peak, pool->peak_prev, lim->upstream_pool_size);
+    while (pool->nidle > cap)
+        idle_close(TAILQ_LAST(&pool->idle, upconn_list));
 }
 
 void upool_tick(struct upool *pool, unsigned tick)
 {
     struct upconn *c;
+    if (tick - pool->window_tick >= UPOOL_DEMAND_WINDOW_TICKS) {
+        pool->peak_prev = pool->peak;
+        pool->peak = pool->nactive;
+        pool->window_tick = tick;
+    }
+    /* The pool is used from its head, so those at the tail are the ones demand left unused. */
+    size_t cap = upool_idle_cap(pool->peak, pool->peak_prev, limits_of(pool)->upstream_pool_size);
+    while (pool->nidle > cap)
+        idle_close(TAILQ_LAST(&pool->idle, upconn_list));
     /* The pool is used from its head: walk from the tail, the longest idle first. */
     TAILQ_FOREACH_REVERSE(c, &pool->idle, upconn_list, link) {
         if (c->idle_tick + 2 > tick)

@@ -19,13 +19,22 @@
 struct upconn;
 TAILQ_HEAD(upconn_list, upconn);
 
-/* One worker's pool for one target. */
+/* How long the demand of a pool is remembered: the idle connections kept follow the most busy
+ * at once in the current window of this many house ticks (seconds) and in the one before it. */
+#define UPOOL_DEMAND_WINDOW_TICKS 10
+
+/* One worker's pool for one target. Its size follows demand: it keeps as many idle connections
+ * as were busy at once in the last one to two demand windows, never more than
+ * upstream_pool_size; connections beyond that demand are closed, the longest idle first. */
 struct upool {
     struct wgen *gen;
     struct target *target;
     struct upconn_list idle;
     size_t nidle;
     size_t nactive;       /* connecting or serving an exchange */
+    size_t peak;          /* most connections active at once in the current demand window */
+    size_t peak_prev;     /* the same for the window before */
+    unsigned window_tick; /* house tick at which the current window began */
     SSL_SESSION *session; /* for resumption (TLS 1.2 and 1.3 tickets) */
 };
 
@@ -78,8 +87,14 @@ void upstream_put(struct upconn *conn, int reusable);
 
 /* Once a second (the worker's house tick): pooled connections idle for a whole second give
  * their TLS record buffers back (about 34 KiB each; reallocated when used again). The busy
- * ones at the head of the pool keep theirs, so steady traffic pays nothing for this. */
+ * ones at the head of the pool keep theirs, so steady traffic pays nothing for this. Idle
+ * connections beyond the pool's demand (see struct upool) are closed, the longest idle first. */
 void upool_tick(struct upool *pool, unsigned tick);
+
+/* The number of idle connections a pool keeps: the most active at once in the current and the
+ * previous demand window (at least one), at most hard_cap (upstream_pool_size; 0 keeps none).
+ * Pure: decides, closes nothing. */
+size_t upool_idle_cap(size_t peak, size_t peak_prev, size_t hard_cap);
 
 /* Abandons a connection in any state (its ready_cb will not be called). */
 void upstream_abort(struct upconn *conn);

@@ -348,7 +348,7 @@ static void test_defaults(void **state)
     assert_int_equal(conf->limits.max_headers, 100);
     assert_true(conf->limits.max_body == 1073741824ULL);
     assert_int_equal(conf->limits.max_client_connections, 10000);
-    assert_int_equal(conf->limits.upstream_pool_size, 32);
+    assert_int_equal(conf->limits.upstream_pool_size, 1024);
     assert_int_equal(conf->limits.client_header_timeout_ms, 10000);
     assert_int_equal(conf->limits.client_body_timeout_ms, 60000);
     assert_int_equal(conf->limits.idle_timeout_ms, 75000);
