@@ -15,6 +15,7 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 
 #include "proxy/accesslog.h"
 #include "proxy/admin.h"
@@ -114,15 +115,59 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
     return SSL_TLSEXT_ERR_OK;
 }
 
-static SSL_CTX *listener_tls(const struct conf_addr *a, char *err, size_t errlen)
+/* A resumed session skips certificate verification, so a session must resume only where it
+ * was made: on this listener, with these client CAs. The session ID context names both (the
+ * CA file's contents, so that a reload that drops a CA also ends its sessions), and OpenSSL
+ * refuses to resume a session (ticket or cached) made under another. */
+static int listener_sid_ctx(const struct conf_addr *a, unsigned char *out, unsigned int *outlen)
 {
-    static const unsigned char sid_ctx[] = "apple-auth-proxy";
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    BIO *f = NULL;
+    unsigned char buf[4096];
+    int n, rc = -1;
+    if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+        EVP_DigestUpdate(md, "apple-auth-proxy", 17) != 1 ||
+        EVP_DigestUpdate(md, a->text, strlen(a->text) + 1) != 1)
+        goto out;
+    if (a->tls_client_ca_file) {
+        f = BIO_new_file(a->tls_client_ca_file, "rb");
+        if (f == NULL)
+            goto out;
+        while ((n = BIO_read(f, buf, sizeof(buf))) > 0)
+            if (EVP_DigestUpdate(md, buf, (size_t)n) != 1)
+                goto out;
+        if (n < 0)
+            goto out;
+    }
+    if (EVP_DigestFinal_ex(md, out, outlen) == 1)
+        rc = 0;
+out:
+    BIO_free(f);
+    EVP_MD_CTX_free(md);
+    return rc;
+}
+
+static SSL_CTX *listener_tls(const struct conf_addr *a, struct tls_tickets *tickets, char *err,
+                             size_t errlen)
+{
+    unsigned char sid_ctx[EVP_MAX_MD_SIZE];
+    unsigned int sid_len = 0;
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     const char *what = "cannot create a TLS context";
     if (ctx == NULL)
         goto fail;
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    /* Idle connections give their record buffers back; read-ahead takes a flight of records
+     * (the client's Finished and its request) in one read instead of two per record. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_read_ahead(ctx, 1);
+    /* One TLS 1.3 ticket per handshake, not two: a client resumes with one, and each costs an
+     * encryption and a record. Sessions live as long as the ticket keys are sure to. */
+    SSL_CTX_set_num_tickets(ctx, 1);
+    SSL_CTX_set_timeout(ctx, TLS_TICKETS_ROTATE_SECONDS);
+    what = "cannot set up session tickets";
+    if (tls_tickets_attach(tickets, ctx) < 0)
+        goto fail;
     what = "cannot load cert_file";
     if (SSL_CTX_use_certificate_chain_file(ctx, a->tls_cert_file) != 1)
         goto fail;
@@ -133,7 +178,10 @@ static SSL_CTX *listener_tls(const struct conf_addr *a, char *err, size_t errlen
     if (SSL_CTX_check_private_key(ctx) != 1)
         goto fail;
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
-    SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+    what = "cannot read client_ca_file";
+    if (listener_sid_ctx(a, sid_ctx, &sid_len) < 0 ||
+        SSL_CTX_set_session_id_context(ctx, sid_ctx, sid_len) != 1)
+        goto fail;
     if (a->tls_client_ca_file) {
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(a->tls_client_ca_file);
         what = "cannot load client_ca_file";
@@ -242,7 +290,7 @@ int server_reload(struct server *s)
         for (size_t l = 0; tls && l < s->nlisten; l++) {
             if (!rt->conf->listen[l].tls_cert_file || !s->listen_tls[l])
                 continue;
-            tls[l] = listener_tls(&rt->conf->listen[l], err, sizeof(err));
+            tls[l] = listener_tls(&rt->conf->listen[l], s->tickets, err, sizeof(err));
             if (tls[l] == NULL) {
                 log_msg(LOG_ERROR, "reload rejected; the current configuration keeps serving: %s",
                         err);
@@ -309,6 +357,14 @@ static void raise_descriptor_limit(const struct conf *conf)
                           "max_client_connections",
                 (unsigned long long)rl.rlim_cur, conf->limits.max_client_connections,
                 (unsigned long long)want);
+}
+
+static void ticket_rotate_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct server *s = arg;
+    if (tls_tickets_rotate(s->tickets) < 0)
+        log_msg(LOG_ERROR, "cannot rotate the TLS session ticket keys (no randomness); the "
+                           "current ones stay in use");
 }
 
 static void refresh_cb(evutil_socket_t fd, short what, void *arg)
@@ -425,8 +481,19 @@ int server_run(struct conf *conf, const char *config_path)
         goto out;
     }
     for (l = 0; l < nlisten; l++)
+        if (s->rt->conf->listen[l].tls_cert_file && s->tickets == NULL) {
+            s->tickets = tls_tickets_new(err, sizeof(err));
+            s->ticket_timer = event_new(s->base, -1, EV_PERSIST, ticket_rotate_cb, s);
+            struct timeval period = {TLS_TICKETS_ROTATE_SECONDS, 0};
+            if (s->tickets == NULL || s->ticket_timer == NULL ||
+                event_add(s->ticket_timer, &period) < 0) {
+                log_msg(LOG_ERROR, "%s", s->tickets ? "out of memory" : err);
+                goto out;
+            }
+        }
+    for (l = 0; l < nlisten; l++)
         if (s->rt->conf->listen[l].tls_cert_file) {
-            s->listen_tls[l] = listener_tls(&s->rt->conf->listen[l], err, sizeof(err));
+            s->listen_tls[l] = listener_tls(&s->rt->conf->listen[l], s->tickets, err, sizeof(err));
             if (s->listen_tls[l] == NULL) {
                 log_msg(LOG_ERROR, "%s", err);
                 goto out;
@@ -530,6 +597,9 @@ out:
             SSL_CTX_free(s->listen_tls[l]);
         free(s->listen_tls);
     }
+    if (s->ticket_timer)
+        event_free(s->ticket_timer);
+    tls_tickets_free(s->tickets); /* after every context that uses the keys */
     if (s->sig_term)
         event_free(s->sig_term);
     if (s->sig_int)

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <openssl/ssl.h>
 #include "proxy/runtime.h"
+#include "proxy/tls_tickets.h"
 #include "proxy/worker.h"
 
 struct server {
@@ -19,6 +20,8 @@ struct server {
         *stop_check;
     struct admin *admin;
     SSL_CTX **listen_tls;         /* per listen address: the HTTPS context, or NULL */
+    struct tls_tickets *tickets;  /* session ticket keys of every HTTPS context, across reloads */
+    struct event *ticket_timer;   /* rotates them */
     size_t nlisten;               /* listen addresses in use (fixed for the process) */
     const char *config_path;      /* what SIGHUP re-reads (NULL: environment resolution) */
     unsigned long reloads, reload_failures;

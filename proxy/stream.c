@@ -229,6 +229,11 @@ static int handshake(struct stream *s)
     r = SSL_do_handshake(s->ssl);
     if (r == 1) {
         s->handshaking = 0;
+        /* With read-ahead, the read that brought the peer's Finished may also have brought
+         * its first request, now held by OpenSSL: the socket is empty, so no edge will say
+         * so, and the wake-up that ran the handshake may have been a write edge. */
+        if (SSL_has_pending(s->ssl))
+            s->readable = 1;
         return 1;
     }
     r = tls_result(s, r, 1);
