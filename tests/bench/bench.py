@@ -310,10 +310,17 @@ def wait_port(port, proc, timeout=15):
         time.sleep(0.05)
 
 
-def http_get(port, path="/v1/apps", timeout=10):
-    """One plain HTTP/1.1 GET; returns (status, body)."""
+def http_get(port, path="/v1/apps", timeout=10, tls=False):
+    """One HTTP/1.1 GET (HTTPS, the certificate unverified, with tls); returns (status, body)."""
     import http.client
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    import ssl
+    if tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        c = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=ctx)
+    else:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         c.request("GET", path)
         r = c.getresponse()
@@ -355,6 +362,7 @@ class Setup:
             f.truncate(self.huge_bytes)
         self.upstream = None
         self.upstream_port = None
+        self.status_port = None
         self.token = None
         self.knows_rewrite_links = None
         # Client connections each proxy accepts (one descriptor each, plus upstream ones).
@@ -364,6 +372,7 @@ class Setup:
         d = os.path.join(self.tmp, "upstream")
         os.makedirs(d, exist_ok=True)
         port = unused_port()
+        self.status_port = unused_port()
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
             f.write(nginx_main(d, workers, self.fd_limit, self.conn_cap) + """
@@ -390,13 +399,30 @@ class Setup:
         }
         location / { return 404; }
     }
+    # Connections accepted so far: how many new upstream connections a proxy opened.
+    server {
+        listen 127.0.0.1:%(status)d;
+        location = /status { stub_status; }
+    }
 }
 """ % {"port": port, "cert": self.certs["good_cert"], "key": self.certs["good_key"],
-       "json": APPS_JSON, "www": self.www})
+       "json": APPS_JSON, "www": self.www, "status": self.status_port or 0})
         self.upstream = Proc("upstream-nginx", [TOOLS["nginx"], "-p", d, "-c", conf], self.tmp)
         wait_port(port, self.upstream)
         self.upstream_port = port
         return port
+
+    def upstream_accepts(self):
+        """Connections the upstream has accepted since it started (nginx stub_status)."""
+        import http.client
+        c = http.client.HTTPConnection("127.0.0.1", self.status_port, timeout=10)
+        try:
+            c.request("GET", "/status")
+            text = c.getresponse().read().decode()
+        finally:
+            c.close()
+        # "server accepts handled requests\n A H R"
+        return int(text.split("\n")[2].split()[0])
 
     def mint_token(self):
         """A real token from the proxy's own CLI, for the nginx and HAProxy configurations (so
@@ -407,12 +433,20 @@ class Setup:
         self.token = r.stdout.strip()
         return self.token
 
-    def aap_config(self, port, workers, upstream_addr, rewrite_links=False):
+    def aap_config(self, port, workers, upstream_addr, rewrite_links=False, shipped=False,
+                   tls=False, pool=128):
         """The proxy's configuration. rewrite_links (JSON link rewriting, on by default for App
         Store Connect routes) is off unless asked for: nginx and HAProxy do not rewrite bodies.
-        It is left out when the binary does not know the key."""
+        It is left out when the binary does not know the key. shipped: no limits and the
+        default access log (JSON lines to stdout, which the benchmark sends to a file), as the
+        proxy ships; tls: an HTTPS listener with the test certificate; pool: the tuned
+        upstream_pool_size."""
+        listen = "127.0.0.1:%d" % port
+        if tls:
+            listen = {"address": listen, "tls": {"cert_file": self.certs["good_cert"],
+                                                 "key_file": self.certs["good_key"]}}
         cfg = {
-            "listen": ["127.0.0.1:%d" % port],
+            "listen": [listen],
             "admin_listen": None,
             "workers": workers,
             "credentials": {"asc": {"profile": "app-store-connect", "key_id": KEY_ID,
@@ -422,8 +456,11 @@ class Setup:
                         "rewrite_links": rewrite_links}],
             "access_log": {"path": "off"},
             "limits": {"max_client_connections": self.conn_cap, "keepalive_timeout": 600,
-                       "upstream_pool_size": 128, "upstream_idle_timeout": 600},
+                       "upstream_pool_size": pool, "upstream_idle_timeout": 600},
         }
+        if shipped:
+            del cfg["limits"]
+            del cfg["access_log"]
         if self.knows_rewrite_links is False:
             del cfg["routes"][0]["rewrite_links"]
         path = os.path.join(self.tmp, "aap-%d.json" % port)
@@ -435,7 +472,8 @@ class Setup:
                                stderr=subprocess.STDOUT, universal_newlines=True)
             self.knows_rewrite_links = "rewrite_links: unknown key" not in r.stdout
             if not self.knows_rewrite_links:
-                return self.aap_config(port, workers, upstream_addr, rewrite_links)
+                return self.aap_config(port, workers, upstream_addr, rewrite_links, shipped, tls,
+                                       pool)
         return path
 
 
@@ -466,11 +504,15 @@ class Proxy:
     """One proxy under test: kind in PROXIES, .port, .pids() (every process of it)."""
 
     def __init__(self, setup, kind, workers, upstream_addr, rewrite_links=False, wrapper=(),
-                 start_timeout=15):
+                 start_timeout=15, shipped=False, tls=False, pool=128):
         """wrapper: a command to run the proxy under (valgrind ...); nginx then runs without
-        its master process, as one process."""
+        its master process, as one process. shipped: apple-auth-proxy as it ships (no limits,
+        its JSON access log), nginx beside it with a JSON access log to a file and keepalive
+        pool; tls: HTTPS listeners (nginx: ssl_session_cache shared, tickets on); pool: the
+        upstream pool size (upstream_pool_size, nginx's keepalive)."""
         self.setup, self.kind, self.workers = setup, kind, workers
         self.rewrite_links = rewrite_links
+        self.shipped, self.tls, self.pool = shipped, tls, pool
         self.wrapper = list(wrapper)  # e.g. valgrind: a command the proxy runs under
         self.upstream_addr = upstream_addr
         self.port = unused_port()
@@ -479,14 +521,14 @@ class Proxy:
         self.dir = d
         getattr(self, "_start_" + kind)()
         wait_port(self.port, self.proc, start_timeout)
-        st, body = http_get(self.port, timeout=start_timeout)
+        st, body = http_get(self.port, timeout=start_timeout, tls=tls)
         if st != 200 or not body.startswith(b'{"data":[{"type":"apps"'):
             raise RuntimeError("%s: GET /v1/apps answered %s %r:\n%s" % (
                 kind, st, body[:200], self.proc.stderr_text()))
 
     def _start_aap(self):
         cfg = self.setup.aap_config(self.port, self.workers, self.upstream_addr,
-                                    self.rewrite_links)
+                                    self.rewrite_links, self.shipped, self.tls, self.pool)
         self.proc = Proc("aap-%d" % self.port,
                          self.wrapper + [self.setup.binary, "serve", "--config", cfg], self.dir)
 
@@ -494,20 +536,35 @@ class Proxy:
         d = self.dir
         host, port = self.upstream_addr.rsplit(":", 1)
         conf = os.path.join(d, "nginx.conf")
+        # Like for like with the proxy as shipped: one JSON line per request, to a file.
+        log = """
+    log_format json escape=json '{"time":"$time_iso8601","remote":"$remote_addr",'
+        '"method":"$request_method","path":"$request_uri","status":$status,'
+        '"bytes_out":$bytes_sent,"duration_ms":$request_time,'
+        '"upstream_time":"$upstream_response_time","upstream_connect":"$upstream_connect_time"}';
+    access_log %s/access.log json;""" % d if self.shipped else "\n    access_log off;"
+        listen = "127.0.0.1:%d reuseport" % self.port
+        if self.tls:
+            listen += """ ssl;
+        ssl_certificate %s;
+        ssl_certificate_key %s;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m""" % (self.setup.certs["good_cert"],
+                                               self.setup.certs["good_key"])
         with open(conf, "w") as f:
             f.write(("master_process off;\n" if self.wrapper else "") +
-                    nginx_main(d, self.workers, self.setup.fd_limit, self.setup.conn_cap) + """
-    access_log off;
+                    nginx_main(d, self.workers, self.setup.fd_limit, self.setup.conn_cap) + log +
+                    """
     keepalive_timeout 600s;
     keepalive_requests 1000000;
     upstream apple {
         server %(host)s:%(port)s;
-        keepalive 128;
+        keepalive %(pool)d;
         keepalive_requests 1000000;
         keepalive_timeout 600s;
     }
     server {
-        listen 127.0.0.1:%(listen)d reuseport;
+        listen %(listen)s;
         location / {
             proxy_pass https://apple;
             proxy_http_version 1.1;
@@ -525,8 +582,8 @@ class Proxy:
         }
     }
 }
-""" % {"host": host, "port": port, "listen": self.port, "api": API_HOST,
-       "token": self.setup.token, "ca": self.setup.ca})
+""" % {"host": host, "port": port, "listen": listen, "api": API_HOST,
+       "token": self.setup.token, "ca": self.setup.ca, "pool": self.pool})
         self.proc = Proc("nginx-%d" % self.port,
                          self.wrapper + [TOOLS["nginx"], "-p", d, "-c", conf], self.dir)
 
@@ -608,12 +665,13 @@ class Wrk:
         with open(self.script, "w") as f:
             f.write(WRK_LUA)
 
-    def run(self, port, path, conns, seconds, headers=(), threads=1, timeout_s=10):
+    def run(self, port, path, conns, seconds, headers=(), threads=1, timeout_s=10,
+            scheme="http"):
         argv = ["wrk", "-t", str(threads), "-c", str(conns), "-d", "%gs" % seconds, "--latency",
                 "--timeout", "%ds" % timeout_s, "-s", self.script]
         for h in headers:
             argv += ["-H", h]
-        argv.append("http://127.0.0.1:%d%s" % (port, path))
+        argv.append("%s://127.0.0.1:%d%s" % (scheme, port, path))
         r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            universal_newlines=True, timeout=seconds + 60)
         m = re.search(r"^WRKJSON (\{.*\})$", r.stdout, re.M)
@@ -676,23 +734,25 @@ class Bench:
         self.seconds = env_float("BENCH_SECONDS", 10.0)
         self.rounds = env_int("BENCH_ROUNDS", 3)
         self.n_idle = env_int("BENCH_IDLE", 10000)
+        self.n_idle_tls = env_int("BENCH_IDLE_TLS", 2000)
         self.big_mib = env_int("BENCH_BIG_MIB", 100)
         self.huge_mib = env_int("BENCH_HUGE_MIB", 1024)
         self.curl_calls = env_int("BENCH_CURL_CALLS", 200)
         self.delay_ms = env_float("BENCH_DELAY_MS", 10.0)
         tests = os.environ.get("BENCH_TESTS", "").strip()
         self.tests = set(t.strip() for t in tests.split(",")) if tests else \
-            {"1", "1w2", "1rw", "2", "3", "3g", "4", "5", "6"}
+            {"1", "1w2", "1rw", "1d", "2", "3", "3g", "4", "5", "6", "7", "7i"}
         self.kinds = [k for k in PROXIES if k == "aap" or have(k)]
         self.results = {"tests": {}}
         self.proxies = {}
 
     # -- proxies -------------------------------------------------------------------------------
-    def start_all(self, workers=1, upstream_addr=None, kinds=None, rewrite_links=False):
+    def start_all(self, workers=1, upstream_addr=None, kinds=None, rewrite_links=False, **variant):
+        """variant: Proxy's shipped, tls, pool."""
         self.stop_all()
         addr = upstream_addr or "127.0.0.1:%d" % self.setup.upstream_port
         for k in kinds or self.kinds:
-            self.proxies[k] = Proxy(self.setup, k, workers, addr, rewrite_links)
+            self.proxies[k] = Proxy(self.setup, k, workers, addr, rewrite_links, **variant)
         time.sleep(0.2)
 
     def stop_all(self):
@@ -706,7 +766,8 @@ class Bench:
         up_pids = [self.setup.upstream.pid] + children_of(self.setup.upstream.pid)
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         c0, u0 = p.cpu_seconds(), cpu_seconds(up_pids)
-        d = self.wrk_runner.run(p.port, path, conns, seconds, **kw)
+        d = self.wrk_runner.run(p.port, path, conns, seconds, scheme="https" if p.tls else "http",
+                                **kw)
         c1, u1 = p.cpu_seconds(), cpu_seconds(up_pids)
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         d["proxy_cpu_s"], d["upstream_cpu_s"] = c1 - c0, u1 - u0
@@ -765,6 +826,146 @@ class Bench:
                 "h2load_failed": sum(d["failed"] + d["errored"] for d in h2[k]),
                 "rounds": per[k], "h2load_rounds": h2[k]}
         self.stop_all()
+
+    # -- 1d. the proxy as shipped --------------------------------------------------------------
+    def shipped(self):
+        """apple-auth-proxy with no limits configured and its default JSON access log, beside
+        nginx with keepalive 64 and a JSON access log to a file, at 50 and 500 keep-alive
+        clients. New upstream connections per request come from the upstream's own count of
+        accepted connections."""
+        kinds = [k for k in ("aap", "nginx") if k in self.kinds]
+        log("test 1d: the proxy as shipped beside nginx (keepalive 64), JSON access logs")
+        self.note_load("1d")
+        self.start_all(1, kinds=kinds, shipped=True, pool=64)
+        for conns in (50, 500):
+            name = "1d-%d" % conns
+            for k in kinds:  # warm-up: the pools grow to the demand
+                self.wrk(k, "/v1/apps", conns, 1)
+            per = {k: [] for k in kinds}
+            for r in range(self.rounds):
+                for k in kinds:
+                    a0 = self.setup.upstream_accepts()
+                    d = self.wrk(k, "/v1/apps", conns, self.seconds)
+                    # The status request itself is one of the accepted connections.
+                    d["upstream_new"] = self.setup.upstream_accepts() - a0 - 1
+                    d["upstream_new_pct"] = (100.0 * d["upstream_new"] / d["requests"]
+                                             if d["requests"] else None)
+                    per[k].append(d)
+                    log("  %d conns round %d %-8s %8.0f req/s  p99 %.2f ms  CPU %.1f us/req  "
+                        "new upstream connections %d (%.2f %%)  errors %d" % (
+                            conns, r + 1, k, d["rps"], d["p99_us"] / 1e3,
+                            d["proxy_cpu_us_per_req"] or 0, d["upstream_new"],
+                            d["upstream_new_pct"] or 0, d["errors"]))
+            out = self.results["tests"].setdefault(name, {})
+            out.update({"workers": 1, "connections": conns, "nginx_keepalive": 64,
+                        "access_logs": "JSON lines to a file"})
+            for k in kinds:
+                out[k] = {"rps": median([d["rps"] for d in per[k]]),
+                          "p99_ms": median([d["p99_us"] / 1e3 for d in per[k]]),
+                          "cpu_us_per_req": median([d["proxy_cpu_us_per_req"] for d in per[k]]),
+                          "upstream_new_pct": median([d["upstream_new_pct"] for d in per[k]]),
+                          "upstream_new": sum(d["upstream_new"] for d in per[k]),
+                          "errors": sum(d["errors"] for d in per[k]), "rounds": per[k]}
+        self.stop_all()
+
+    # -- 7. new TLS client connections -----------------------------------------------------------
+    def tls_connect(self, k, resume):
+        p = self.proxies[k]
+        argv = [PYTHON, os.path.join(HERE, "tls_connect.py"), "--port", str(p.port), "--procs",
+                "3", "--seconds", str(self.seconds)] + (["--resume"] if resume else [])
+        c0 = p.cpu_seconds()
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           universal_newlines=True, timeout=self.seconds + 120)
+        c1 = p.cpu_seconds()
+        d = json.loads(r.stdout.strip().splitlines()[-1])
+        n = d["connections"]
+        d["proxy_cpu_us_per_conn"] = (c1 - c0) * 1e6 / n if n else None
+        return d
+
+    def https_new(self):
+        """HTTPS listeners, a new TLS connection per request: full handshakes (tls_connect.py:
+        three client processes that keep no session, like a new curl each time), resumed ones
+        (tls_connect.py --resume), and wrk with Connection: close (wrk offers its last
+        session again, so these are resumptions too). Same pool (64) and no access logs on
+        both; nginx with ssl_session_cache shared and its default session tickets."""
+        name = "7"
+        kinds = [k for k in ("aap", "nginx") if k in self.kinds]
+        log("test 7: HTTPS listener, a new TLS connection per request")
+        self.note_load(name)
+        self.start_all(1, kinds=kinds, tls=True, pool=64)
+        hdr = ["Connection: close"]
+        for k in kinds:
+            self.wrk(k, "/v1/apps", 50, 1, headers=hdr)
+        full = {k: [] for k in kinds}
+        res = {k: [] for k in kinds}
+        per = {k: [] for k in kinds}
+        for r in range(self.rounds):
+            for k in kinds:
+                d = self.tls_connect(k, False)
+                full[k].append(d)
+                log("  round %d %-8s full handshakes %6.0f conn/s  CPU %.0f us/conn  errors %d"
+                    % (r + 1, k, d["per_s"], d["proxy_cpu_us_per_conn"] or 0, d["errors"]))
+            for k in kinds:
+                d = self.tls_connect(k, True)
+                res[k].append(d)
+                log("  round %d %-8s resumed        %6.0f conn/s  CPU %.0f us/conn  resumed %d "
+                    "of %d  errors %d" % (r + 1, k, d["per_s"], d["proxy_cpu_us_per_conn"] or 0,
+                                          d["resumed"], d["connections"], d["errors"]))
+            for k in kinds:
+                d = self.wrk(k, "/v1/apps", 50, self.seconds, headers=hdr)
+                per[k].append(d)
+                log("  round %d %-8s wrk, close    %6.0f req/s   CPU %.1f us/req  errors %d" % (
+                    r + 1, k, d["rps"], d["proxy_cpu_us_per_req"] or 0, d["errors"]))
+        out = self.results["tests"][name]
+        out.update({"workers": 1, "client_processes": 3, "wrk_connections": 50})
+        for k in kinds:
+            out[k] = {
+                "full_per_s": median([d["per_s"] for d in full[k]]),
+                "full_cpu_us": median([d["proxy_cpu_us_per_conn"] for d in full[k]]),
+                "resumed_per_s": median([d["per_s"] for d in res[k]]),
+                "resumed_cpu_us": median([d["proxy_cpu_us_per_conn"] for d in res[k]]),
+                "resumed_pct": median([100.0 * d["resumed"] / d["connections"]
+                                       for d in res[k] if d["connections"]]),
+                "wrk_rps": median([d["rps"] for d in per[k]]),
+                "wrk_cpu_us": median([d["proxy_cpu_us_per_req"] for d in per[k]]),
+                "errors": sum(d["errors"] for d in full[k] + res[k] + per[k]),
+                "full_rounds": full[k], "resumed_rounds": res[k], "wrk_rounds": per[k]}
+        self.stop_all()
+
+    # -- 7i. idle TLS client connections ----------------------------------------------------------
+    def idle_tls(self):
+        name = "7i"
+        n = min(self.n_idle_tls, self.setup.fd_limit - 600)
+        kinds = [k for k in ("aap", "nginx") if k in self.kinds]
+        log("test 7i: %d idle TLS client connections" % n)
+        self.note_load(name)
+        out = self.results["tests"][name]
+        out.update({"workers": 1, "idle_connections": n})
+        for k in kinds:
+            self.start_all(1, kinds=[k], tls=True, pool=64)
+            p = self.proxies[k]
+            self.wrk(k, "/v1/apps", 50, 1)
+            time.sleep(0.5)
+            before = p.rss_kb()
+            helper = subprocess.Popen([PYTHON, os.path.join(HERE, "idle_conns.py"), "--port",
+                                       str(p.port), "-n", str(n), "--tls"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, universal_newlines=True,
+                                      preexec_fn=_die_with_parent)
+            opened = json.loads(helper.stdout.readline())
+            time.sleep(3.0)  # the steady state, as in test 4
+            after = p.rss_kb()
+            helper.stdin.write("\n")
+            helper.stdin.flush()
+            still = json.loads(helper.stdout.readline())
+            helper.wait(30)
+            per_conn = (after - before) * 1024.0 / opened["ok"] if opened["ok"] else None
+            log("  %-8s RSS %.1f -> %.1f MiB for %d TLS connections (%s bytes each); %d still "
+                "open" % (k, before / 1024, after / 1024, opened["ok"],
+                          "%.0f" % per_conn if per_conn is not None else "?",
+                          still["still_open"]))
+            out[k] = {"rss_before_kb": before, "rss_after_kb": after, "opened": opened,
+                      "bytes_per_connection": per_conn, "still_open_after": still["still_open"]}
+            self.stop_all()
 
     # -- 2. connection per request -------------------------------------------------------------
     def close_per_request(self):
@@ -1050,6 +1251,8 @@ class Bench:
                 self.small("1w2", 2)
             if "1rw" in self.tests:
                 self.small("1rw", 1, rewrite_links=True)
+            if "1d" in self.tests:
+                self.shipped()
             if "2" in self.tests:
                 self.close_per_request()
             if "3" in self.tests:
@@ -1062,6 +1265,10 @@ class Bench:
                 self.curl_seq()
             if "6" in self.tests:
                 self.tokens()
+            if "7" in self.tests:
+                self.https_new()
+            if "7i" in self.tests:
+                self.idle_tls()
         finally:
             self.stop_all()
             self.setup.upstream.stop()
@@ -1116,6 +1323,16 @@ def table(results):
         add("   cores busy: upstream + wrk", t, "cores_other", "%.2f", with_ratio=False)
         if t != "1rw":
             add("   req/s (h2load --h1)", t, "h2load_rps", "%.0f")
+    for conns in (50, 500):
+        t = "1d-%d" % conns
+        if t not in T:
+            continue
+        add("1d. as shipped, %d conns, JSON logs: req/s (wrk)" % conns, t, "rps", "%.0f",
+            ">= nginx (keepalive 64)")
+        add("   p99 latency, ms", t, "p99_ms", "%.2f")
+        add("   CPU per request, us", t, "cpu_us_per_req", "%.1f")
+        add("   requests opening an upstream connection, %", t, "upstream_new_pct", "%.2f",
+            "<= 1 %", with_ratio=False)
     if "2" in T:
         add("2. new connection per request: req/s", "2", "rps", "%.0f")
         add("   p99 latency, ms", "2", "p99_ms", "%.2f")
@@ -1152,6 +1369,17 @@ def table(results):
                          fmt(a, "%.2f"), fmt(n, "%.2f"), fmt(h, "%.2f"), fmt(d, "%.2f"),
                          fmt(ratio(n, a), "%.2fx"), fmt(ratio(d, a), "%.2fx"),
                          ">= 2.5x direct" if phase == "relay" else ""])
+    if "7" in T:
+        add("7. HTTPS, full handshake per request: conn/s", "7", "full_per_s", "%.0f", ">= nginx")
+        add("   CPU per connection, us", "7", "full_cpu_us", "%.0f")
+        add("   resumed handshake per request: conn/s", "7", "resumed_per_s", "%.0f", ">= nginx")
+        add("   CPU per connection, us", "7", "resumed_cpu_us", "%.0f")
+        add("   sessions resumed, %", "7", "resumed_pct", "%.1f", with_ratio=False)
+        add("   wrk, Connection: close: req/s", "7", "wrk_rps", "%.0f", ">= nginx")
+        add("   CPU per request, us", "7", "wrk_cpu_us", "%.1f")
+    if "7i" in T:
+        add("7i. bytes per idle TLS client connection (%d)" % T["7i"].get("idle_connections"),
+            "7i", "bytes_per_connection", "%.0f", "<= nginx")
     if "6" in T:
         t6 = T["6"]
         rows.append(["6. ES256 tokens signed/s, in-process", fmt(t6.get("c_signs_per_s"), "%d"),

@@ -2,19 +2,23 @@
 """idle_conns: opens N keep-alive client connections, one request each, then holds them idle.
 
     idle_conns.py --port PORT [--host 127.0.0.1] [-n 10000] [--path /v1/apps] [--batch 200]
+                  [--tls]
 
 Each connection sends one HTTP/1.1 GET with keep-alive and reads the whole response
 (Content-Length or chunked). Then it prints one line of JSON to stdout,
 {"opened": N, "ok": K, "failed": F, "seconds": S}, and waits for a line (or EOF) on stdin;
 it then checks how many connections are still open (no EOF from the server), prints
 {"still_open": M} and closes them all. The soft file-descriptor limit is raised to the hard
-limit at start (N needs N + a few descriptors).
+limit at start (N needs N + a few descriptors). With --tls the connections are HTTPS (a full
+TLS handshake each, the certificate not verified), opened one after another.
 """
 import argparse
 import json
 import resource
 import selectors
+import select
 import socket
+import ssl
 import sys
 import time
 
@@ -50,6 +54,53 @@ def response_complete(buf):
     return False
 
 
+def open_tls(args, request):
+    """--tls: n connections, one after another, each with a full handshake and one request.
+    Returns (ok sockets, failed count)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    done, failed = [], 0
+    deadline = time.monotonic() + args.timeout
+    for _ in range(args.n):
+        if time.monotonic() > deadline:
+            failed += 1
+            continue
+        try:
+            raw = socket.create_connection((args.host, args.port), timeout=10)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s = ctx.wrap_socket(raw, server_hostname="localhost")
+            s.sendall(request)
+            buf = b""
+            while not response_complete(buf):
+                d = s.recv(65536)
+                if not d:
+                    break
+                buf += d
+        except (OSError, ssl.SSLError):
+            failed += 1
+            continue
+        if buf.startswith(b"HTTP/1.1 200") and response_complete(buf):
+            done.append(s)
+        else:
+            s.close()
+            failed += 1
+    return done, failed
+
+
+def still_open_tls(done):
+    """Connections the server has neither written to nor closed (no TLS record pending)."""
+    still = 0
+    poller = select.poll()
+    for s in done:
+        poller.register(s, select.POLLIN)
+    ready = set(fd for fd, _ in poller.poll(0))
+    for s in done:
+        if s.fileno() not in ready and not s.pending():
+            still += 1
+    return still
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
@@ -59,6 +110,7 @@ def main():
     ap.add_argument("--host-header", default=None)
     ap.add_argument("--batch", type=int, default=200, help="connections in flight at once")
     ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--tls", action="store_true", help="HTTPS connections")
     args = ap.parse_args()
 
     limit = raise_nofile(args.n + 64)
@@ -69,6 +121,17 @@ def main():
     host_header = args.host_header or "%s:%d" % (args.host, args.port)
     request = ("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: idle_conns\r\nAccept: */*\r\n\r\n"
                % (args.path, host_header)).encode()
+
+    if args.tls:
+        t0 = time.monotonic()
+        done, failed = open_tls(args, request)
+        print(json.dumps({"opened": args.n, "ok": len(done), "failed": failed,
+                          "seconds": round(time.monotonic() - t0, 3)}), flush=True)
+        sys.stdin.readline()
+        print(json.dumps({"still_open": still_open_tls(done)}), flush=True)
+        for s in done:
+            s.close()
+        return 0
 
     sel = selectors.DefaultSelector()
     done = []      # sockets whose response arrived
