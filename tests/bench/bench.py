@@ -23,7 +23,13 @@ and measures them in alternating rounds (A B C A B C ...):
        requests/s beside them;
   5    200 sequential curl calls through each proxy and directly over HTTPS to the upstream, on
        plain loopback and behind delay_relay.py (10 ms each way);
-  6    token minting in-process beside PyJWT (token_bench.py).
+  6    token minting in-process beside PyJWT (token_bench.py);
+  1d   the proxy as shipped (no limits, its JSON access log) beside nginx with keepalive 64 and a
+       JSON access log, at 50 and 500 keep-alive clients, with the share of requests that opened
+       a new upstream connection (the upstream's stub_status);
+  7    HTTPS listeners, a new TLS connection per request: full and resumed handshakes
+       (tls_connect.py) and wrk with Connection: close, beside nginx with ssl_session_cache
+       shared; 7i: memory per idle TLS client connection (idle_conns.py --tls).
 
 It prints a table with each figure and its ratio to nginx (and to direct HTTPS where that
 applies) and writes the figures as JSON (--out, default BUILD/bench-results.json). Figures are
@@ -32,8 +38,8 @@ targets are printed beside the figures for information only.
 
 Environment: BENCH_SECONDS (10) per measurement, BENCH_ROUNDS (3), BENCH_IDLE (10000) idle
 connections, BENCH_BIG_MIB (100) size of /big, BENCH_HUGE_MIB (1024) size of /huge,
-BENCH_CURL_CALLS (200), BENCH_DELAY_MS (10) one-way relay delay, BENCH_TESTS (all:
-"1,1w2,1rw,2,3,3g,4,5,6") to run a subset, BENCH_NO_INSTALL=1 never to call apt-get,
+BENCH_CURL_CALLS (200), BENCH_DELAY_MS (10) one-way relay delay, BENCH_IDLE_TLS (2000) idle
+TLS connections, BENCH_TESTS (all: "1,1w2,1rw,1d,2,3,3g,4,5,6,7,7i") to run a subset, BENCH_NO_INSTALL=1 never to call apt-get,
 BENCH_KEEP_TMP=1 to keep the temporary directory.
 """
 import argparse
