@@ -383,6 +383,16 @@ void worker_deinit(struct worker *w)
     if (w->house_ev)
         event_free(w->house_ev);
     w->house_ev = NULL;
+    /* A reload not yet taken: its contexts are one per listener, so they go before the
+     * listener count does. */
+    if (w->lock_init) {
+        runtime_unref(w->pending_rt);
+        w->pending_rt = NULL;
+        free_tls_list(w->pending_tls, w->nlisteners);
+        w->pending_tls = NULL;
+        pthread_mutex_destroy(&w->pending_lock);
+        w->lock_init = 0;
+    }
     for (i = 0; i < w->nlisteners; i++) {
         if (w->listeners[i].l)
             evconnlistener_free(w->listeners[i].l);
@@ -403,14 +413,6 @@ void worker_deinit(struct worker *w)
     if (w->notify_fd >= 0)
         close(w->notify_fd);
     w->notify_fd = -1;
-    if (w->lock_init) {
-        runtime_unref(w->pending_rt);
-        w->pending_rt = NULL;
-        free_tls_list(w->pending_tls, w->nlisteners);
-        w->pending_tls = NULL;
-        pthread_mutex_destroy(&w->pending_lock);
-        w->lock_init = 0;
-    }
     if (w->dns)
         evdns_base_free(w->dns, 1);
     w->dns = NULL;
