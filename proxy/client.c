@@ -378,6 +378,7 @@ static const char *code_for_status(int status)
     case 431: return proxy_err_headers_too_large;
     case 501: return proxy_err_not_implemented;
     case 505: return proxy_err_http_version;
+    case 500: return proxy_err_internal;
     default: return proxy_err_bad_request;
     }
 }
@@ -756,6 +757,13 @@ static void response_complete(struct client *c)
     finish_exchange(c);
 }
 
+/* The code for a response the parser refused: the upstream's fault, unless the proxy ran out
+ * of memory reading it. */
+static const char *resp_error_code(const struct client *c)
+{
+    return c->x->resp.error_status == 500 ? proxy_err_internal : proxy_err_bad_upstream_response;
+}
+
 /* The upstream broke the exchange. before_head: nothing of the response has arrived. */
 static void upstream_failed(struct client *c, const char *code, const char *detail)
 {
@@ -816,7 +824,7 @@ static void up_read_body_ex(struct client *c, int force)
             int r = http1_parse_body(&c->x->resp, v.iov_base, v.iov_len, &used);
             evbuffer_drain(in, used);
             if (r < 0) {
-                upstream_failed(c, proxy_err_bad_upstream_response, c->x->resp.error_detail);
+                upstream_failed(c, resp_error_code(c), c->x->resp.error_detail);
                 return;
             }
             if (r == 1) {
@@ -850,7 +858,7 @@ static void up_read_head(struct client *c)
         if (r == 0)
             return;
         if (r < 0) {
-            upstream_failed(c, proxy_err_bad_upstream_response, c->x->resp.error_detail);
+            upstream_failed(c, resp_error_code(c), c->x->resp.error_detail);
             return;
         }
         if (c->x->resp.status < 200) {
@@ -1031,7 +1039,7 @@ static void attach_upstream(struct client *c)
                         (uint32_t)lim->send_timeout_ms);
     stream_set_reading(us, 1);
     if (stream_output(us) == NULL || stream_input(us) == NULL) {
-        upstream_failed(c, proxy_err_upstream_unreachable, "out of memory");
+        upstream_failed(c, proxy_err_internal, "out of memory");
         return;
     }
     c->up_paused = 0;
@@ -1076,7 +1084,7 @@ static void acquire_upstream(struct client *c)
     c->state = C_CONNECTING;
     int r = upstream_get(pool, up_ready, c, &conn);
     if (r < 0) {
-        reply_error(c, proxy_err_upstream_unreachable, "out of memory", 0);
+        reply_error(c, proxy_err_internal, "out of memory", 0);
         return;
     }
     /* Held from now on, ready or not: if the client goes away first, client_free aborts the
@@ -1279,7 +1287,7 @@ static void start_exchange(struct client *c)
     }
     if (request_plan(&rt->routes, m, &plan) < 0) {
         evbuffer_drain(stream_input(&c->s), m->head_len);
-        reply_error(c, proxy_err_bad_request, "out of memory", 0);
+        reply_error(c, proxy_err_internal, "out of memory", 0);
         return;
     }
     c->x->http10 = plan.http10;

@@ -127,7 +127,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
         size_t cap = m->cap_headers ? m->cap_headers * 2 : 16;
         struct http1_header *h = realloc(m->headers, cap * sizeof(*h));
         if (h == NULL)
-            return fail(m, is_request(m) ? 431 : 502, "out of memory for header fields");
+            return fail(m, 500, "out of memory for header fields"); /* not the peer's fault */
         m->headers = h;
         m->cap_headers = cap;
     }

@@ -73,7 +73,8 @@ struct http1_msg {
     uint64_t body_seen;
 
     /* The error, when a call returns -1: an HTTP status for the reply (400, 413, 414, 417, 431,
-     * 501 for requests; 502 for responses) and a detail naming what was wrong. */
+     * 501 for requests; 502 for responses; 500 for either when the proxy ran out of memory)
+     * and a detail naming what was wrong. */
     int error_status;
     const char *error_detail;
 };

@@ -27,6 +27,7 @@ const char proxy_err_bad_upstream_response[] = "PROXY_BAD_UPSTREAM_RESPONSE";
 const char proxy_err_token[] = "PROXY_TOKEN_UNAVAILABLE";
 const char proxy_err_overloaded[] = "PROXY_OVERLOADED";
 const char proxy_err_upstream_timeout[] = "PROXY_UPSTREAM_TIMEOUT";
+const char proxy_err_internal[] = "PROXY_INTERNAL";
 
 static const struct {
     const char *code;
@@ -55,6 +56,7 @@ static const struct {
     {proxy_err_token, 503, "The proxy could not make a token."},
     {proxy_err_overloaded, 503, "The proxy is at its connection limit."},
     {proxy_err_upstream_timeout, 504, "The upstream did not answer in time."},
+    {proxy_err_internal, 500, "The proxy ran out of memory for this request."},
 };
 
 int http_error_status(const char *code)

@@ -30,6 +30,7 @@ extern const char proxy_err_bad_upstream_response[]; /* 502 PROXY_BAD_UPSTREAM_R
 extern const char proxy_err_token[];              /* 503 PROXY_TOKEN_UNAVAILABLE */
 extern const char proxy_err_overloaded[];         /* 503 PROXY_OVERLOADED */
 extern const char proxy_err_upstream_timeout[];   /* 504 PROXY_UPSTREAM_TIMEOUT */
+extern const char proxy_err_internal[];           /* 500 PROXY_INTERNAL: out of memory */
 
 /* The reason phrase for a status ("Bad Gateway"); "Unknown" for others. */
 const char *http_reason(int status);
