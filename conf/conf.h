@@ -5,6 +5,10 @@
 #include <stddef.h>
 #include "auth/profile.h"
 
+/* "listen" takes at most this many addresses (the file's list or APPLE_AUTH_PROXY_LISTEN);
+ * each worker holds one listener per address. */
+#define CONF_MAX_LISTEN 64
+
 /* A listen address "host:port" or "[v6]:port", parsed. Listeners given as objects
  * {"address": ..., "tls": {"cert_file", "key_file", "client_ca_file"}} serve HTTPS; the tls_*
  * fields are NULL for plain HTTP (and always for admin_listen). */

@@ -21,7 +21,6 @@
 /* Hard limits on list sizes (docs/configuration.md, "Limits on the file itself"). */
 #define CONF_MAX_CREDENTIALS 256
 #define CONF_MAX_ROUTES      1024
-#define CONF_MAX_LISTEN      64
 #define CONF_MAX_LIST        256 /* scope, origin, allow, methods and allow_cidrs entries */
 #define CONF_MAX_CLIENTS     1024
 

@@ -474,6 +474,11 @@ int server_run(struct conf *conf, const char *config_path)
         goto out;
     }
     nlisten = s->rt->conf->nlisten; /* fixed for the process: reloads keep the sockets */
+    if (nlisten > CONF_MAX_LISTEN) {
+        /* The loader refuses more; the workers' listener arrays are sized by it. */
+        log_msg(LOG_ERROR, "listen: at most %d addresses (got %zu)", CONF_MAX_LISTEN, nlisten);
+        goto out;
+    }
     s->nlisten = nlisten;
     s->listen_tls = calloc(nlisten, sizeof(*s->listen_tls));
     if (s->listen_tls == NULL) {
@@ -520,10 +525,10 @@ int server_run(struct conf *conf, const char *config_path)
                     s->listen_tls[l] ? " (https)" : "");
     }
     for (i = 0; i < s->nworkers; i++) {
-        int wfds[64];
-        SSL_CTX *wtls[64];
+        int wfds[CONF_MAX_LISTEN];
+        SSL_CTX *wtls[CONF_MAX_LISTEN];
         size_t n = 0;
-        for (l = 0; l < nlisten && n < 64; l++) {
+        for (l = 0; l < nlisten; l++) {
             wtls[n] = s->listen_tls[l];
             wfds[n++] = fds[l][i];
             fds[l][i] = -1;
