@@ -96,12 +96,9 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
     struct http1_msg *m = msg_of(p);
     if (m->target == NULL)
         m->target = at;
-    m->url_len += len;
-    m->target_len = m->url_len;
-    if (m->limits->max_line && m->url_len > m->limits->max_line) {
-        m->line_too_long = 1;
+    m->target_len += len;
+    if (m->limits->max_line && m->target_len > m->limits->max_line)
         return fail(m, 414, "the request target is longer than the limit");
-    }
     return 0;
 }
 
@@ -119,10 +116,8 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     size_t i;
     if (m->phase != 0)
         return 0; /* trailers: parsed, never forwarded */
-    if (m->nheaders >= m->limits->max_headers) {
-        m->too_many = 1;
+    if (m->nheaders >= m->limits->max_headers)
         return fail(m, is_request(m) ? 431 : 502, "too many header fields");
-    }
     if (m->nheaders == m->cap_headers) {
         size_t cap = m->cap_headers ? m->cap_headers * 2 : 16;
         struct http1_header *h = realloc(m->headers, cap * sizeof(*h));
@@ -134,10 +129,8 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     if (len == 0)
         return fail(m, is_request(m) ? 400 : 502, "empty header name");
     for (i = 0; i < len; i++)
-        if (!is_tchar((unsigned char)at[i])) {
-            m->bad_span = 1;
+        if (!is_tchar((unsigned char)at[i]))
             return fail(m, is_request(m) ? 400 : 502, "invalid character in a header name");
-        }
     m->headers[m->nheaders].name = at;
     m->headers[m->nheaders].name_len = len;
     m->headers[m->nheaders].value = at + len; /* empty until a value span arrives */
@@ -157,15 +150,12 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
         return fail(m, is_request(m) ? 400 : 502, "header value without a name");
     if (m->in_value) {
         /* A second value span for one field is a folded line (obs-fold, RFC 9112 5.2). */
-        m->bad_span = 1;
         return fail(m, is_request(m) ? 400 : 502, "obsolete line folding in a header");
     }
     for (i = 0; i < len; i++) {
         unsigned char c = (unsigned char)at[i];
-        if ((c < 0x20 && c != '\t') || c == 0x7f) {
-            m->bad_span = 1;
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
             return fail(m, is_request(m) ? 400 : 502, "control character in a header value");
-        }
     }
     m->headers[m->nheaders - 1].value = at;
     m->headers[m->nheaders - 1].value_len = len;

@@ -65,11 +65,6 @@ struct http1_msg {
     /* Parse state. */
     int phase;            /* 0 head, 1 body, 2 complete */
     int in_value;         /* last span was a header value (obs-fold detection) */
-    int head_too_big;
-    int line_too_long;
-    int too_many;
-    int bad_span;
-    size_t url_len;
     uint64_t body_seen;
 
     /* The error, when a call returns -1: an HTTP status for the reply (400, 413, 414, 417, 431,
