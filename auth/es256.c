@@ -1,29 +1,18 @@
 /* es256: ECDSA P-256 SHA-256 signatures, converted from OpenSSL's DER to JWS's raw R || S. */
 #include "auth/es256.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
 
+#include "auth/errbuf.h"
+
 /* SEQUENCE header (2) + two INTEGERs of at most 2 + 33 bytes: DER ECDSA-Sig-Value for P-256 is
  * never longer than this, and its lengths always fit the one-byte short form. */
 #define ES256_DER_MAX 72
 #define ES256_HALF    32
-
-__attribute__((format(printf, 3, 4))) static void es256_err(char *err, size_t errlen,
-                                                            const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 int es256_sign(const apple_key *key, const uint8_t *msg, size_t n, uint8_t sig[ES256_SIG_LEN],
                char *err, size_t errlen)
@@ -34,12 +23,12 @@ int es256_sign(const apple_key *key, const uint8_t *msg, size_t n, uint8_t sig[E
     int rc = -1;
 
     if (key == NULL) {
-        es256_err(err, errlen, "no signing key");
+        errbuf_set(err, errlen, "no signing key");
         goto out;
     }
     ctx = EVP_MD_CTX_new();
     if (ctx == NULL) {
-        es256_err(err, errlen, "out of memory");
+        errbuf_set(err, errlen, "out of memory");
         goto out;
     }
     /* A fresh context per call: the key is shared between threads, contexts are not. */
@@ -48,11 +37,11 @@ int es256_sign(const apple_key *key, const uint8_t *msg, size_t n, uint8_t sig[E
         unsigned long e = ERR_peek_last_error();
         const char *why = e != 0 ? ERR_reason_error_string(e) : NULL;
 
-        es256_err(err, errlen, "ES256 signing failed (%s)", why != NULL ? why : "unknown reason");
+        errbuf_set(err, errlen, "ES256 signing failed (%s)", why != NULL ? why : "unknown reason");
         goto out;
     }
     if (es256_der_to_raw(der, derlen, sig) != 0) {
-        es256_err(err, errlen, "ES256 signing produced a malformed DER signature");
+        errbuf_set(err, errlen, "ES256 signing produced a malformed DER signature");
         goto out;
     }
     rc = 0;

@@ -1,25 +1,13 @@
 /* jwt: compact JWS serialisation (RFC 7515 section 7.1) of a header and claims, signed ES256. */
 #include "auth/jwt.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "auth/b64.h"
 #include "auth/es256.h"
-
-__attribute__((format(printf, 3, 4))) static void jwt_err(char *err, size_t errlen, const char *fmt,
-                                                          ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
+#include "auth/errbuf.h"
 
 char *jwt_sign(const cJSON *header, const cJSON *claims, const apple_key *key, char *err,
                size_t errlen)
@@ -29,13 +17,13 @@ char *jwt_sign(const cJSON *header, const cJSON *claims, const apple_key *key, c
     size_t hlen, clen, total, o;
 
     if (header == NULL || claims == NULL || key == NULL) {
-        jwt_err(err, errlen, "JWT header, claims or key missing");
+        errbuf_set(err, errlen, "JWT header, claims or key missing");
         goto fail;
     }
     h = cJSON_PrintUnformatted(header);
     c = cJSON_PrintUnformatted(claims);
     if (h == NULL || c == NULL) {
-        jwt_err(err, errlen, "out of memory serialising the JWT");
+        errbuf_set(err, errlen, "out of memory serialising the JWT");
         goto fail;
     }
     hlen = strlen(h);
@@ -44,7 +32,7 @@ char *jwt_sign(const cJSON *header, const cJSON *claims, const apple_key *key, c
             b64url_encoded_len(ES256_SIG_LEN) + 1;
     jwt = malloc(total);
     if (jwt == NULL) {
-        jwt_err(err, errlen, "out of memory serialising the JWT");
+        errbuf_set(err, errlen, "out of memory serialising the JWT");
         goto fail;
     }
     o = b64url_encode((const uint8_t *)h, hlen, jwt);

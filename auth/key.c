@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +16,7 @@
 #include <openssl/pem.h>
 
 #include "auth/b64.h"
+#include "auth/errbuf.h"
 
 /* A .p8 file is about 250 bytes; anything this large is the wrong file, and reading it whole
  * into memory would let a mistaken path (a log, an image) cost real memory. */
@@ -25,18 +25,6 @@
 struct apple_key {
     EVP_PKEY *pkey;
 };
-
-__attribute__((format(printf, 3, 4))) static void key_err(char *err, size_t errlen, const char *fmt,
-                                                          ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* OpenSSL must never prompt on the terminal for a passphrase: a proxy has no one to ask. */
 static int key_no_passphrase(char *buf, int size, int rwflag, void *u)
@@ -143,7 +131,7 @@ static int key_check_type(EVP_PKEY *pkey, char *err, size_t errlen)
     if (EVP_PKEY_is_a(pkey, "EC")) {
         if (EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group,
                                            NULL) != 1) {
-            key_err(err, errlen,
+            errbuf_set(err, errlen,
                     "an EC key with explicit curve parameters; Apple keys name the "
                     "curve P-256");
             return -1;
@@ -152,28 +140,28 @@ static int key_check_type(EVP_PKEY *pkey, char *err, size_t errlen)
             strcmp(group, "secp256r1") == 0)
             return 0;
         if (strcmp(group, "secp384r1") == 0 || strcmp(group, "P-384") == 0)
-            key_err(err, errlen, "an EC key on P-384 (secp384r1); Apple keys are P-256");
+            errbuf_set(err, errlen, "an EC key on P-384 (secp384r1); Apple keys are P-256");
         else if (strcmp(group, "secp521r1") == 0 || strcmp(group, "P-521") == 0)
-            key_err(err, errlen, "an EC key on P-521 (secp521r1); Apple keys are P-256");
+            errbuf_set(err, errlen, "an EC key on P-521 (secp521r1); Apple keys are P-256");
         else if (strcmp(group, "secp224r1") == 0 || strcmp(group, "P-224") == 0)
-            key_err(err, errlen, "an EC key on P-224 (secp224r1); Apple keys are P-256");
+            errbuf_set(err, errlen, "an EC key on P-224 (secp224r1); Apple keys are P-256");
         else
-            key_err(err, errlen, "an EC key on %s; Apple keys are P-256 (prime256v1)", group);
+            errbuf_set(err, errlen, "an EC key on %s; Apple keys are P-256 (prime256v1)", group);
         return -1;
     }
     if (EVP_PKEY_is_a(pkey, "RSA") || EVP_PKEY_is_a(pkey, "RSA-PSS"))
-        key_err(err, errlen, "an RSA key; Apple keys are EC P-256 keys");
+        errbuf_set(err, errlen, "an RSA key; Apple keys are EC P-256 keys");
     else if (EVP_PKEY_is_a(pkey, "ED25519"))
-        key_err(err, errlen, "an Ed25519 key; Apple keys are EC P-256 keys");
+        errbuf_set(err, errlen, "an Ed25519 key; Apple keys are EC P-256 keys");
     else if (EVP_PKEY_is_a(pkey, "ED448"))
-        key_err(err, errlen, "an Ed448 key; Apple keys are EC P-256 keys");
+        errbuf_set(err, errlen, "an Ed448 key; Apple keys are EC P-256 keys");
     else if (EVP_PKEY_is_a(pkey, "X25519") || EVP_PKEY_is_a(pkey, "X448"))
-        key_err(err, errlen,
+        errbuf_set(err, errlen,
                 "a key-agreement key (%s), not a signing key; Apple keys are EC "
                 "P-256 keys",
                 EVP_PKEY_get0_type_name(pkey) ? EVP_PKEY_get0_type_name(pkey) : "X25519/X448");
     else
-        key_err(err, errlen, "a %s key; Apple keys are EC P-256 keys",
+        errbuf_set(err, errlen, "a %s key; Apple keys are EC P-256 keys",
                 EVP_PKEY_get0_type_name(pkey) ? EVP_PKEY_get0_type_name(pkey) : "non-EC");
     return -1;
 }
@@ -190,23 +178,23 @@ int key_load_pem(const char *pem, size_t len, apple_key **out, char *err, size_t
 
     *out = NULL;
     if (len > KEY_MAX_BYTES) {
-        key_err(err, errlen, "%zu bytes of key text; a .p8 key is under 1 KiB (limit %d bytes)",
+        errbuf_set(err, errlen, "%zu bytes of key text; a .p8 key is under 1 KiB (limit %d bytes)",
                 len, KEY_MAX_BYTES);
         goto out;
     }
     if (memchr(pem, '\0', len) != NULL) {
-        key_err(err, errlen, "binary data, not a PEM private key");
+        errbuf_set(err, errlen, "binary data, not a PEM private key");
         goto out;
     }
     text = key_normalise(pem, len, &textlen);
     if (text == NULL) {
-        key_err(err, errlen, "out of memory");
+        errbuf_set(err, errlen, "out of memory");
         goto out;
     }
     for (i = 0; i < textlen && (text[i] == '\n'); i++)
         ;
     if (i == textlen) {
-        key_err(err, errlen, "empty, not a PEM private key");
+        errbuf_set(err, errlen, "empty, not a PEM private key");
         goto out;
     }
     /* Look at every block's label: a file may carry a certificate before the key, and when there
@@ -223,16 +211,16 @@ int key_load_pem(const char *pem, size_t len, apple_key **out, char *err, size_t
         const char *what = have_label ? key_describe_label(first) : NULL;
 
         if (what != NULL)
-            key_err(err, errlen, "%s", what);
+            errbuf_set(err, errlen, "%s", what);
         else if (have_label)
-            key_err(err, errlen, "a PEM block of type \"%.40s\", not a PEM private key", first);
+            errbuf_set(err, errlen, "a PEM block of type \"%.40s\", not a PEM private key", first);
         else
-            key_err(err, errlen, "not a PEM private key (no \"-----BEGIN PRIVATE KEY-----\" line)");
+            errbuf_set(err, errlen, "not a PEM private key (no \"-----BEGIN PRIVATE KEY-----\" line)");
         goto out;
     }
     bio = BIO_new_mem_buf(text, (int)textlen);
     if (bio == NULL) {
-        key_err(err, errlen, "out of memory");
+        errbuf_set(err, errlen, "out of memory");
         goto out;
     }
     pkey = PEM_read_bio_PrivateKey(bio, NULL, key_no_passphrase, NULL);
@@ -241,7 +229,7 @@ int key_load_pem(const char *pem, size_t len, apple_key **out, char *err, size_t
         unsigned long e = ERR_peek_last_error();
         const char *why = e != 0 ? ERR_reason_error_string(e) : NULL;
 
-        key_err(err, errlen,
+        errbuf_set(err, errlen,
                 "a PEM private key block that OpenSSL cannot read (%s); the file may "
                 "be truncated or corrupted",
                 why != NULL ? why : "unknown reason");
@@ -251,7 +239,7 @@ int key_load_pem(const char *pem, size_t len, apple_key **out, char *err, size_t
         goto out;
     key = malloc(sizeof *key);
     if (key == NULL) {
-        key_err(err, errlen, "out of memory");
+        errbuf_set(err, errlen, "out of memory");
         goto out;
     }
     key->pkey = pkey;
@@ -280,7 +268,7 @@ int key_load_text(const char *text, size_t len, apple_key **out, char *err, size
     *out = NULL;
     /* Base64 makes text a third longer; a limit on the decoded PEM follows in key_load_pem. */
     if (len > KEY_MAX_BYTES / 3 * 4 + 1024) {
-        key_err(err, errlen, "%zu bytes of key text; a .p8 key is under 1 KiB (limit %d bytes)",
+        errbuf_set(err, errlen, "%zu bytes of key text; a .p8 key is under 1 KiB (limit %d bytes)",
                 len, KEY_MAX_BYTES);
         goto out;
     }
@@ -290,15 +278,15 @@ int key_load_text(const char *text, size_t len, apple_key **out, char *err, size
     }
     decoded = b64_decode_loose(text, len, &declen);
     if (decoded == NULL) {
-        key_err(err, errlen, "neither PEM (no \"-----BEGIN PRIVATE KEY-----\" line) nor base64");
+        errbuf_set(err, errlen, "neither PEM (no \"-----BEGIN PRIVATE KEY-----\" line) nor base64");
         goto out;
     }
     if (declen == 0) {
-        key_err(err, errlen, "empty, not a PEM private key");
+        errbuf_set(err, errlen, "empty, not a PEM private key");
         goto out;
     }
     if (memmem(decoded, declen, "-----BEGIN", 10) == NULL) {
-        key_err(err, errlen,
+        errbuf_set(err, errlen,
                 "base64 that does not decode to PEM; expected the base64 of the "
                 "whole .p8 file, BEGIN and END lines included");
         goto out;
@@ -342,26 +330,26 @@ int key_load_file(const char *path, apple_key **out, char *err, size_t errlen, c
     /* stat() before open(): opening a FIFO blocks and opening a device can have side effects. */
     if (stat(path, &st) != 0) {
         saved = errno;
-        key_err(err, errlen, "%s: %s", path, strerror(saved));
+        errbuf_set(err, errlen, "%s: %s", path, strerror(saved));
         goto out;
     }
     if (!S_ISREG(st.st_mode)) {
-        key_err(err, errlen, "%s: %s, not a key file", path, key_file_kind(st.st_mode));
+        errbuf_set(err, errlen, "%s: %s, not a key file", path, key_file_kind(st.st_mode));
         goto out;
     }
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         saved = errno;
-        key_err(err, errlen, "%s: %s", path, strerror(saved));
+        errbuf_set(err, errlen, "%s: %s", path, strerror(saved));
         goto out;
     }
     /* The path may have been replaced between stat() and open(); judge what was opened. */
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        key_err(err, errlen, "%s: not a regular file", path);
+        errbuf_set(err, errlen, "%s: not a regular file", path);
         goto out;
     }
     if (st.st_size > KEY_MAX_BYTES) {
-        key_err(err, errlen, "%s: %lld bytes; a .p8 key is under 1 KiB (limit %d bytes)", path,
+        errbuf_set(err, errlen, "%s: %lld bytes; a .p8 key is under 1 KiB (limit %d bytes)", path,
                 (long long)st.st_size, KEY_MAX_BYTES);
         goto out;
     }
@@ -371,7 +359,7 @@ int key_load_file(const char *path, apple_key **out, char *err, size_t errlen, c
     /* One byte more than the limit, so a file that grew after fstat() is still caught. */
     buf = malloc(KEY_MAX_BYTES + 1);
     if (buf == NULL) {
-        key_err(err, errlen, "%s: out of memory", path);
+        errbuf_set(err, errlen, "%s: out of memory", path);
         goto out;
     }
     for (;;) {
@@ -381,20 +369,20 @@ int key_load_file(const char *path, apple_key **out, char *err, size_t errlen, c
             continue;
         if (r < 0) {
             saved = errno;
-            key_err(err, errlen, "%s: %s", path, strerror(saved));
+            errbuf_set(err, errlen, "%s: %s", path, strerror(saved));
             goto out;
         }
         if (r == 0)
             break;
         len += (size_t)r;
         if (len > KEY_MAX_BYTES) {
-            key_err(err, errlen, "%s: larger than %d bytes; a .p8 key is under 1 KiB", path,
+            errbuf_set(err, errlen, "%s: larger than %d bytes; a .p8 key is under 1 KiB", path,
                     KEY_MAX_BYTES);
             goto out;
         }
     }
     if (key_load_pem(buf, len, out, why, sizeof why) != 0) {
-        key_err(err, errlen, "%s: %s", path, why);
+        errbuf_set(err, errlen, "%s: %s", path, why);
         goto out;
     }
     rc = 0;

@@ -9,6 +9,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "auth/errbuf.h"
 #include "auth/jwt.h"
 
 /* The longest clock-skew backdating accepted: beyond five minutes the clock is wrong, and
@@ -256,18 +257,6 @@ int credential_validate(const struct credential *cred, char *err, size_t errlen)
     return count;
 }
 
-__attribute__((format(printf, 3, 4))) static void mint_err(char *err, size_t errlen,
-                                                           const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static const char *cred_name(const struct credential *cred)
 {
     return cred->name != NULL ? cred->name : "?";
@@ -321,17 +310,17 @@ char *token_mint(const struct credential *cred, const char *const *scope, size_t
     int ok = 1;
 
     if (cred == NULL || !profile_valid(cred->profile)) {
-        mint_err(err, errlen, "no credential or unknown profile");
+        errbuf_set(err, errlen, "no credential or unknown profile");
         goto out;
     }
     p = cred->profile;
     if (cred->key == NULL) {
-        mint_err(err, errlen, "credentials.%s: no private key loaded", cred_name(cred));
+        errbuf_set(err, errlen, "credentials.%s: no private key loaded", cred_name(cred));
         goto out;
     }
     missing = mint_missing(cred);
     if (missing != NULL) {
-        mint_err(err, errlen, "credentials.%s.%s: required by the %s profile", cred_name(cred),
+        errbuf_set(err, errlen, "credentials.%s.%s: required by the %s profile", cred_name(cred),
                  missing, profile_name(p));
         goto out;
     }
@@ -340,7 +329,7 @@ char *token_mint(const struct credential *cred, const char *const *scope, size_t
         nscope = cred->nscope;
     }
     if (nscope > 0 && p != PROFILE_APP_STORE_CONNECT) {
-        mint_err(err, errlen, "credentials.%s: only app-store-connect tokens take a scope",
+        errbuf_set(err, errlen, "credentials.%s: only app-store-connect tokens take a scope",
                  cred_name(cred));
         goto out;
     }
@@ -352,7 +341,7 @@ char *token_mint(const struct credential *cred, const char *const *scope, size_t
     h = cJSON_CreateObject();
     c = cJSON_CreateObject();
     if (h == NULL || c == NULL) {
-        mint_err(err, errlen, "out of memory");
+        errbuf_set(err, errlen, "out of memory");
         goto out;
     }
     ok &= cJSON_AddStringToObject(h, "alg", "ES256") != NULL;
@@ -362,7 +351,7 @@ char *token_mint(const struct credential *cred, const char *const *scope, size_t
 
         id = malloc(n);
         if (id == NULL) {
-            mint_err(err, errlen, "out of memory");
+            errbuf_set(err, errlen, "out of memory");
             goto out;
         }
         snprintf(id, n, "%s.%s", cred->team_id, cred->service_id);
@@ -406,7 +395,7 @@ char *token_mint(const struct credential *cred, const char *const *scope, size_t
         break;
     }
     if (!ok) {
-        mint_err(err, errlen, "out of memory building the token");
+        errbuf_set(err, errlen, "out of memory building the token");
         goto out;
     }
     jwt = jwt_sign(h, c, cred->key, err, errlen);

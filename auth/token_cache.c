@@ -2,13 +2,14 @@
 #include "auth/token_cache.h"
 
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
+
+#include "auth/errbuf.h"
 
 /* A token is never handed out this close to its exp: the request still has to cross the
  * network and Apple's clock may be a little ahead of ours. */
@@ -78,18 +79,6 @@ struct token_cache {
 };
 
 static const char *const cache_no_scope[1] = {NULL};
-
-__attribute__((format(printf, 3, 4))) static void cache_err(char *err, size_t errlen,
-                                                            const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static time_t cache_wall_clock(void)
 {
@@ -281,7 +270,7 @@ static struct token_block *token_sign(const struct credential *cred, const char 
     line_len = plen + jwt_len + 2;
     b = malloc(sizeof *b + line_len + 1);
     if (b == NULL) {
-        cache_err(err, errlen, "out of memory");
+        errbuf_set(err, errlen, "out of memory");
         goto out;
     }
     memcpy(b->text, BEARER_PREFIX, plen);
@@ -353,7 +342,7 @@ static struct token_block *team_get(token_cache *cache, const struct credential 
     pthread_mutex_lock(&teams->lock);
     e = teams_find(teams, cred->team_id, 1);
     if (e == NULL) {
-        cache_err(err, errlen, "out of memory");
+        errbuf_set(err, errlen, "out of memory");
         goto out;
     }
     for (;;) {
@@ -447,7 +436,7 @@ struct token *token_cache_get(token_cache *cache, const struct credential *cred,
         int signed_one = 0;
 
         if (cache_note_team_cred(cache, cred) != 0) {
-            cache_err(err, errlen, "out of memory");
+            errbuf_set(err, errlen, "out of memory");
             return NULL;
         }
         b = team_get(cache, cred, &signed_one, err, errlen);
@@ -459,7 +448,7 @@ struct token *token_cache_get(token_cache *cache, const struct credential *cred,
     }
     for (i = 0; i < nscope; i++) {
         if (scope[i] == NULL) {
-            cache_err(err, errlen, "credentials.%s: scope entry %zu is missing",
+            errbuf_set(err, errlen, "credentials.%s: scope entry %zu is missing",
                       cred->name != NULL ? cred->name : "?", i);
             return NULL;
         }
@@ -469,7 +458,7 @@ struct token *token_cache_get(token_cache *cache, const struct credential *cred,
     if (e == NULL)
         e = cache_add(cache, cred, scope, nscope);
     if (e == NULL) {
-        cache_err(err, errlen, "out of memory");
+        errbuf_set(err, errlen, "out of memory");
         goto out;
     }
     for (;;) {
@@ -497,7 +486,7 @@ struct token *token_cache_get(token_cache *cache, const struct credential *cred,
     now = cache->now();
     if (b == NULL || now >= b->pub.exp - TOKEN_EXPIRY_GUARD) {
         if (fresh != NULL)
-            cache_err(err, errlen,
+            errbuf_set(err, errlen,
                       "credentials.%s: a new token expires within %d seconds; the token "
                       "lifetime is too short for the clock skew",
                       cred->name != NULL ? cred->name : "?", TOKEN_EXPIRY_GUARD);
