@@ -19,7 +19,6 @@
 #include <openssl/x509v3.h>
 
 #include "proxy/log.h"
-#include "proxy/server.h"
 
 enum { UP_RESOLVING, UP_CONNECTING, UP_HANDSHAKE, UP_ACTIVE, UP_IDLE, UP_ABANDONED };
 
