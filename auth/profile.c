@@ -1,4 +1,4 @@
-/* profile: what each Apple API wants in its token (APPLE.md), checking credentials, minting. */
+/* profile: what each Apple API wants in its token (docs/tokens.md), checking credentials, minting. */
 #include "auth/profile.h"
 
 #include <ctype.h>
@@ -25,7 +25,7 @@ struct profile_info {
     long default_lifetime;
 };
 
-/* Maximums are Apple's (APPLE.md). Defaults keep exp - iat under the maximum with a margin:
+/* Maximums are Apple's (docs/tokens.md, "Profiles"). Defaults keep exp - iat under the maximum with a margin:
  * App Store Connect also compares exp with its own clock, so 18 minutes ahead of now at most
  * (1140 - 60 s of skew = 1080). WeatherKit documents no maximum; one hour is what Apple's sample
  * code uses, and half of it keeps a revoked key's tokens short-lived. Music allows six months;
@@ -137,7 +137,7 @@ static int has_control(const char *s)
     return 0;
 }
 
-/* A scope entry is "METHOD /path?query" (APPLE.md): an upper-case method, one space, a path. */
+/* A scope entry is "METHOD /path?query" (docs/tokens.md, "app-store-connect"): an upper-case method, one space, a path. */
 static int is_scope_entry(const char *s)
 {
     const char *p = s;

@@ -1,4 +1,4 @@
-/* profile: Apple's token profiles (APPLE.md) and minting one token for a credential. */
+/* profile: Apple's token profiles (docs/tokens.md) and minting one token for a credential. */
 #ifndef AAP_AUTH_PROFILE_H
 #define AAP_AUTH_PROFILE_H
 
@@ -41,7 +41,7 @@ struct credential {
 const char *profile_name(enum token_profile p);
 /* Parses a profile name; returns -1 for an unknown one. */
 int profile_parse(const char *name, enum token_profile *out);
-/* The longest exp - iat Apple accepts for the profile (APPLE.md): app-store-connect 1200,
+/* The longest exp - iat Apple accepts for the profile (docs/tokens.md, "Profiles"): app-store-connect 1200,
  * app-store-server 3600, weatherkit 3600, enterprise 1200, music 15777000. */
 long profile_max_lifetime(enum token_profile p);
 /* The lifetime used when none is configured. Chosen so that exp stays at most 18 minutes ahead

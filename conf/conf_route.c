@@ -313,7 +313,8 @@ void conf_routes_check(struct conf_ctx *ctx)
                               "has no effect without \"clients\": tokens keep the "
                               "credential's scope");
         }
-        /* The mistake DESIGN.md opens with: one API's token sent to another API's host. */
+        /* The commonest mistake: one API's token sent to another API's host (docs/tokens.md, "Why
+         * WeatherKit says {"reason": "MISSING_AUTH"} to an App Store Connect token"). */
         if (cred != NULL && cred->profile < PROFILE_COUNT && r->upstream_host != NULL) {
             int hp = conf_host_profile(r->upstream_host);
 

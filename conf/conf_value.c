@@ -232,7 +232,7 @@ const char *conf_check_identifier(const char *s)
     return i > 0 && i <= 255 ? NULL : "expected an identifier of 1 to 255 characters";
 }
 
-/* Scope entries are "METHOD /path?query" (APPLE.md): an upper-case method, one space, a path. */
+/* Scope entries are "METHOD /path?query" (docs/tokens.md, "app-store-connect"): an upper-case method, one space, a path. */
 const char *conf_check_scope(const char *s)
 {
     const char *p = s;

@@ -8,8 +8,8 @@
   add_cases(TestClass, cases) turns every case into its own test method test_<name>, so a
   failure names the case.
 
-Nothing here changes the proxy: the outcomes asserted are the ones TESTING.md and
-docs/architecture.md document.
+Nothing here changes the proxy: the outcomes asserted are the ones docs/testing.md ("What each
+area must show") and docs/architecture.md document.
 """
 import json
 import os

@@ -1,4 +1,4 @@
-"""Hostile input, header and request-line syntax (TESTING.md "Header syntax -> 400, nothing
+"""Hostile input, header and request-line syntax (docs/testing.md "Header syntax -> 400, nothing
 forwarded").
 
 Each malformed head must be answered by the proxy itself (400, or 417/505 where named), with

@@ -1,5 +1,5 @@
 """Hostile input: hop-by-hop fields, client credentials, absolute-form targets and CONNECT
-(TESTING.md "Hop-by-hop and credentials").
+(docs/testing.md "Hop-by-hop and credentials").
 
 Forwarded cases are judged at the recording upstream by parse_request_strict (which already
 refuses any hop-by-hop field, a second Authorization or a foreign Host) plus the case's own
@@ -255,7 +255,7 @@ def key_fragments(key):
 
 
 class SecretLeakTest(unittest.TestCase):
-    """TESTING.md: the token and key never appear in logs, error bodies, metrics,
+    """docs/testing.md: the token and key never appear in logs, error bodies, metrics,
     /proc/<pid>/cmdline or environ. The key is given through private_key_env here, the way a
     container would; the access log and the admin endpoints are on."""
 

@@ -1,4 +1,4 @@
-"""Resource limits (TESTING.md "Timeouts and resources"; docs/configuration.md "Limits").
+"""Resource limits (docs/testing.md "Timeouts and resources"; docs/configuration.md "Limits").
 
 - Size limits: request line (414), header bytes and count (431), body (413, by Content-Length
   before anything is forwarded, or mid-stream for chunked bodies), table-driven.

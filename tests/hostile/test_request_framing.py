@@ -1,4 +1,4 @@
-"""Hostile input, request framing and smuggling (TESTING.md "Request framing").
+"""Hostile input, request framing and smuggling (docs/testing.md "Request framing").
 
 Every case is sent byte for byte on a raw socket to the proxy, which routes to a recording TLS
 upstream (rawupstream.py). Rejections: the proxy's JSON error, Connection: close, a closed
@@ -290,7 +290,7 @@ add_cases(RequestFramingTest, CASES)
 
 
 class HalfCloseTest(unittest.TestCase):
-    """Client half-close after a whole request: the response is still delivered (TESTING.md
+    """Client half-close after a whole request: the response is still delivered (docs/testing.md
     "Timeouts and resources"). Without a pooled upstream connection the request waits for a
     new TLS connection, so the client's FIN arrives while the proxy is still connecting."""
 

@@ -1,4 +1,4 @@
-"""Slow clients (TESTING.md "Timeouts and resources"): slowloris, slow body, slow reader.
+"""Slow clients (docs/testing.md "Timeouts and resources"): slowloris, slow body, slow reader.
 
 - Slowloris: AAP_SLOWLORIS_CONNS connections (default 300) each send a request line and then
   one header byte every 2 s, never finishing the head. Meanwhile a normal client keeps making

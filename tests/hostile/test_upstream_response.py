@@ -1,4 +1,4 @@
-"""Hostile upstream responses (TESTING.md "Upstream responses").
+"""Hostile upstream responses (docs/testing.md "Upstream responses").
 
 The recording upstream (rawupstream.py) answers each case's request with scripted bytes. What
 the client must see:

@@ -1,4 +1,4 @@
-"""Upstream TLS failures (TESTING.md "Upstream TLS -> 502, and the test server receives no
+"""Upstream TLS failures (docs/testing.md "Upstream TLS -> 502, and the test server receives no
 request bytes").
 
 One recording upstream per bad certificate (tests/upstream/certs.py), each behind its own

@@ -316,7 +316,7 @@ def mint(key, claims, headers=None):
 
 
 def mint_profile(profile, key, fields=None, lifetime=None, now=None, skew=60, **extra_claims):
-    """A correct token for profile as Apple documents it (APPLE.md), minted by PyJWT.
+    """A correct token for profile as Apple documents it (docs/tokens.md), minted by PyJWT.
     fields: the credential's identifiers (as from credential()); extra_claims override claims
     (a value of None removes a claim)."""
     fields = fields or credential(profile, key)
@@ -495,7 +495,7 @@ def route(standin, upstream, credential_name, path_prefix="/", ca_file=None, **e
 
 def write_config(credentials, routes, workers=1, listen=None, admin_listen=None, path=None,
                  **extra):
-    """Writes a proxy configuration (DESIGN.md "Configuration") and returns its path.
+    """Writes a proxy configuration (docs/configuration.md) and returns its path.
     listen defaults to ["127.0.0.1:0"], admin_listen to null; extra adds top-level keys
     (limits={...}, token_refresh_margin=...)."""
     cfg = {"listen": listen or ["127.0.0.1:0"], "admin_listen": admin_listen, "workers": workers,

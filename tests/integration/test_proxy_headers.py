@@ -1,4 +1,4 @@
-"""Header rewriting end to end (RFC 9110 7.6.1, TESTING.md "Hop-by-hop and credentials").
+"""Header rewriting end to end (RFC 9110 7.6.1, docs/testing.md "Hop-by-hop and credentials").
 
 Upstream: hop-by-hop headers dropped (Connection and every header it lists, Keep-Alive,
 Proxy-Connection, TE, Trailer, Upgrade, HTTP2-Settings, Proxy-Authorization), Host rewritten to

@@ -753,7 +753,7 @@ class SecretsTest(unittest.TestCase):
                     px.stop()
 
     def test_1b_private_key_env_not_in_environ(self):
-        # DESIGN.md: the key never appears in /proc/<pid>/environ. A configuration file may
+        # docs/security.md: the key never appears in /proc/<pid>/environ. A configuration file may
         # take the key from any variable (private_key_env); once loaded, it must be wiped like
         # APP_STORE_CONNECT_API_KEY_KEY is.
         key = h.make_key()

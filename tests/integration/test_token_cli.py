@@ -1,7 +1,7 @@
-"""Independent check of `apple-auth-proxy token` and `check` (DESIGN.md "Command line").
+"""Independent check of `apple-auth-proxy token` and `check` (README.md "Command line").
 
 Every token the binary prints is decoded and its ES256 signature verified with PyJWT and the
-public key, then its header and claims are compared with Apple's profiles (APPLE.md), and it is
+public key, then its header and claims are compared with Apple's profiles (docs/tokens.md), and it is
 also presented to the stand-in for Apple, which must accept it.
 """
 import base64

@@ -7,7 +7,7 @@ Run by the integration tests on 127.0.0.1 (never anything else):
         [--host 127.0.0.1] [--port 0] [--log FILE] [--port-file FILE] [--rate-remaining N]
 
 It virtual-hosts by the Host header (port stripped) and checks the bearer token by that host's
-profile (APPLE.md), with PyJWT and the public keys in --keys-dir (files named <KEYID>.pem, read on
+profile (docs/tokens.md), with PyJWT and the public keys in --keys-dir (files named <KEYID>.pem, read on
 demand so tests may add keys while it runs). Hosts it does not know (localhost, 127.0.0.1...)
 need no token; a token sent there is still checked (signature and expiry) and logged.
 
