@@ -134,7 +134,10 @@ static int ticket_cb(SSL *ssl, unsigned char key_name[16], unsigned char iv[EVP_
     } else {
         if (hmac_init(hctx, k.hmac) != 1 || EVP_DecryptInit_ex(cctx, t->cipher, NULL, k.aes, iv) != 1)
             goto out;
-        rc = which == 0 ? 1 : 2;
+        /* TLS 1.3 tickets are for one use (RFC 8446 C.4): without a fresh one after each
+         * resumption, a client that keeps only its latest session (wrk, many HTTP clients)
+         * falls back to a full handshake every other time. */
+        rc = which == 0 && SSL_version(ssl) != TLS1_3_VERSION ? 1 : 2;
     }
 out:
     OPENSSL_cleanse(&k, sizeof(k));

@@ -3,6 +3,7 @@
  *
  *   key 0 (current): encrypts new tickets; decrypts
  *   key 1 (previous): decrypts; a ticket under it is renewed (a new one under the current key)
+ *   TLS 1.3: every resumption is given a new ticket (tickets are for one use)
  *   rotate: previous <- current, current <- fresh random key
  *
  * A ticket is therefore accepted for one to two rotation periods, and a key never lives longer

@@ -101,6 +101,28 @@ class TlsSessions(unittest.TestCase):
     def test_2_tls12_resumes(self):
         self.resumes(ssl.TLSVersion.TLSv1_2)
 
+    def test_2b_tls13_resumption_brings_a_new_ticket(self):
+        # A TLS 1.3 ticket is for one use: each resumption must bring a fresh one, or a client
+        # that keeps only its latest session (wrk, many HTTP clients) does a full handshake
+        # every other time. Regression: the proxy's own ticket keys once renewed nothing.
+        ctx = client_ctx(self.certs["ca_cert"], ssl.TLSVersion.TLSv1_3)
+        with socket.create_connection(("127.0.0.1", self.plain_port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"GET /v1/apps HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                s.recv(65536)
+                session = s.session
+        for i in range(4):
+            with socket.create_connection(("127.0.0.1", self.plain_port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+                    s.sendall(b"GET /v1/apps HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    s.recv(65536)
+                    self.assertTrue(s.session_reused, "connection %d" % i)
+                    self.assertIsNot(s.session, session)
+                    self.assertTrue(s.session.has_ticket)
+                    # The ticket that arrived is a new one, not the one just used.
+                    self.assertNotEqual(s.session.id, session.id)
+                    session = s.session
+
     def test_3_resumption_survives_a_reload(self):
         for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
             ctx = client_ctx(self.certs["ca_cert"], version)
