@@ -77,6 +77,9 @@ struct conf_route {
     int rewrite_links;  /* "rewrite_links": the upstream's origin in JSON response bodies is
                            rewritten to the client's (pagination links keep going through the
                            proxy); default true for app-store-connect routes, false elsewhere */
+    int upstream_h2;    /* "upstream_protocol": 1 for "h2", 0 for "http/1.1"; default h2 for
+                           APNs' hosts (api.push.apple.com, api.sandbox.push.apple.com, which
+                           speak nothing else), http/1.1 for every other */
     int client_scopes;  /* "client_scopes": true (app-store-connect routes without their own
                            scope): a client whose allow rules are all GET/HEAD gets tokens whose
                            scope claim is "GET <path_prefix>" for each of its rules */

@@ -57,6 +57,33 @@ void conf_route_deinit(struct conf_route *r)
 
 /* ---- routes ---------------------------------------------------------------------------------- */
 
+static void conf_set_protocol(struct conf_ctx *ctx, const cJSON *item, const char *path,
+                              void *base, const struct conf_field *f)
+{
+    struct conf_route *r = base;
+    const char *s = conf_string_value(ctx, item, path, NULL);
+    char shown[CONF_SHOWN];
+
+    (void)f;
+    if (s == NULL)
+        return;
+    if (strcmp(s, "h2") == 0) {
+        r->upstream_h2 = 1;
+    } else if (strcmp(s, "http/1.1") == 0) {
+        r->upstream_h2 = 0;
+    } else {
+        conf_printable(s, shown, sizeof shown);
+        conf_msgs_add(ctx->errs, path, "expected \"h2\" or \"http/1.1\" (got \"%s\")", shown);
+    }
+}
+
+/* APNs speaks only HTTP/2; every other Apple API is reached over HTTP/1.1. */
+static int conf_default_h2(const char *host)
+{
+    return host != NULL && (strcmp(host, "api.push.apple.com") == 0 ||
+                            strcmp(host, "api.sandbox.push.apple.com") == 0);
+}
+
 static void conf_set_upstream(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
                               const struct conf_field *f)
 {
@@ -178,6 +205,7 @@ static const struct conf_field conf_route_fields[] = {
     {.name = "rewrite_links",
      .set = conf_set_bool,
      .offset = offsetof(struct conf_route, rewrite_links)},
+    {.name = "upstream_protocol", .set = conf_set_protocol},
 };
 #define CONF_NROUTE_FIELDS (sizeof conf_route_fields / sizeof conf_route_fields[0])
 
@@ -202,8 +230,10 @@ void conf_set_routes(struct conf_ctx *ctx, const cJSON *item, const char *path, 
         return;
     }
     conf->nroutes = n;
-    for (k = 0; k < n; k++)
+    for (k = 0; k < n; k++) {
         conf->routes[k].rewrite_links = -1; /* not given: decided by the profile */
+        conf->routes[k].upstream_h2 = -1;   /* not given: decided by the upstream's name */
+    }
     for (c = item->child; c != NULL && i < n; c = c->next, i++) {
         char sub[CONF_PATH_MAX], req[CONF_PATH_MAX];
 
@@ -283,6 +313,8 @@ void conf_routes_check(struct conf_ctx *ctx)
          * default so that a client following them stays on the proxy. */
         if (r->rewrite_links < 0)
             r->rewrite_links = cred != NULL && cred->profile == PROFILE_APP_STORE_CONNECT;
+        if (r->upstream_h2 < 0)
+            r->upstream_h2 = conf_default_h2(r->upstream_host);
         if (r->strip_prefix != NULL && r->path_prefix != NULL &&
             strncmp(r->path_prefix, r->strip_prefix, strlen(r->strip_prefix)) != 0) {
             snprintf(sub, sizeof sub, "routes[%zu].strip_prefix", i);
@@ -441,6 +473,7 @@ void conf_routes_derive(struct conf *conf, struct conf_msgs *errs)
         r->credential = strdup(c->name);
         r->credential_index = order[i];
         r->rewrite_links = c->profile == PROFILE_APP_STORE_CONNECT;
+        r->upstream_h2 = conf_default_h2(r->upstream_host);
         if (r->path_prefix == NULL || r->upstream == NULL || r->upstream_host == NULL ||
             r->credential == NULL)
             errs->oom = 1;

@@ -1080,9 +1080,12 @@ static void up_ready(struct upconn *conn, enum upstream_error err, const char *d
 static void acquire_upstream(struct client *c)
 {
     struct upool *pool = &c->gen->pools[c->gen->rt->route_target[c->x->route]];
+    const struct conf *conf = c->gen->rt->conf;
     struct upconn *conn = NULL;
     c->state = C_CONNECTING;
-    int r = upstream_get(pool, up_ready, c, &conn);
+    /* Keyed by credential: an HTTP/2 connection carries one credential's tokens only. */
+    int r = upstream_get_for(pool, &conf->credentials[conf->routes[c->x->route].credential_index],
+                             up_ready, c, &conn);
     if (r < 0) {
         reply_error(c, proxy_err_internal, "out of memory", 0);
         return;

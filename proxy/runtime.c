@@ -18,9 +18,13 @@ static int str_eq(const char *a, const char *b)
     return strcmp(a, b) == 0;
 }
 
-static SSL_CTX *tls_client_ctx(const char *ca_file, char *err, size_t errlen)
+static SSL_CTX *tls_client_ctx(const char *ca_file, int h2, char *err, size_t errlen)
 {
-    static const unsigned char alpn[] = "\x08http/1.1";
+    /* One protocol offered, never both: the upstream's choice decides how the bytes are read,
+     * so a target says which it speaks. */
+    static const unsigned char alpn_h1[] = "\x08http/1.1", alpn_h2[] = "\x02h2";
+    const unsigned char *alpn = h2 ? alpn_h2 : alpn_h1;
+    unsigned alpn_len = h2 ? sizeof(alpn_h2) - 1 : sizeof(alpn_h1) - 1;
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     if (ctx == NULL)
         goto fail;
@@ -40,7 +44,7 @@ static SSL_CTX *tls_client_ctx(const char *ca_file, char *err, size_t errlen)
     } else if (!SSL_CTX_set_default_verify_paths(ctx)) {
         goto fail;
     }
-    if (SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1) != 0)
+    if (SSL_CTX_set_alpn_protos(ctx, alpn, alpn_len) != 0)
         goto fail;
     /* No SSL_MODE_RELEASE_BUFFERS: pooled upstream connections are few and busy, and
      * freeing and reallocating the record buffers on every exchange costs more than the
@@ -134,7 +138,7 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
             const struct target *t = &rt->targets[j];
             if (str_eq(t->name, r->upstream_host) && t->port == r->upstream_port &&
                 str_eq(t->connect_host, chost) && t->connect_port == cport &&
-                str_eq(t->ca_file, r->ca_file))
+                str_eq(t->ca_file, r->ca_file) && t->h2 == (r->upstream_h2 == 1))
                 break;
         }
         if (j == rt->ntargets) {
@@ -153,12 +157,13 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
             t->connect_host = strdup(chost);
             t->connect_port = cport;
             t->ca_file = r->ca_file;
+            t->h2 = r->upstream_h2 == 1;
             if (!t->name || !t->host_header || !t->connect_host) {
                 snprintf(err, errlen, "out of memory");
                 rt->ntargets++;
                 goto fail;
             }
-            t->ssl_ctx = tls_client_ctx(r->ca_file, err, errlen);
+            t->ssl_ctx = tls_client_ctx(r->ca_file, t->h2, err, errlen);
             rt->ntargets++;
             if (t->ssl_ctx == NULL)
                 goto fail;

@@ -22,6 +22,7 @@ struct target {
     char *connect_host; /* where to connect (route "address" or name) */
     int connect_port;
     const char *ca_file; /* borrowed from the route; NULL: the system store */
+    int h2;             /* HTTP/2 (ALPN "h2" only): connections carry many exchanges */
     SSL_CTX *ssl_ctx;
 };
 

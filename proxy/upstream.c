@@ -18,6 +18,7 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include "proxy/h2up.h"
 #include "proxy/log.h"
 
 enum { UP_RESOLVING, UP_CONNECTING, UP_HANDSHAKE, UP_ACTIVE, UP_IDLE, UP_ABANDONED };
@@ -111,6 +112,7 @@ static void conn_free(struct upconn *c)
 void upool_deinit(struct upool *pool)
 {
     struct upconn *c;
+    h2up_pool_free(pool);
     while ((c = TAILQ_FIRST(&pool->idle)) != NULL) {
         TAILQ_REMOVE(&pool->idle, c, link);
         WSTAT_ADD(worker_of(pool), upstream_idle, -1);
@@ -177,7 +179,16 @@ static void handshake_cb(struct stream *s, unsigned ev, void *arg)
         if (!(ev & STREAM_CONNECTED) && !(ev & STREAM_ALARM))
             return; /* nothing the owner-to-be must know */
         SSL_get0_alpn_selected(s->ssl, &alpn, &alpn_len);
-        if (alpn_len && !(alpn_len == 8 && memcmp(alpn, "http/1.1", 8) == 0)) {
+        /* HTTP/2 only when the upstream chose it: an h2 target offers nothing else, and a
+         * server that ignores ALPN would be read as the wrong protocol. */
+        if (t->h2 && !(alpn_len == 2 && memcmp(alpn, "h2", 2) == 0)) {
+            snprintf(detail, sizeof(detail), "%s did not select ALPN protocol h2 (HTTP/2)%s%.*s",
+                     t->name, alpn_len ? "; it chose " : "", (int)alpn_len,
+                     alpn_len ? (const char *)alpn : "");
+            report(c, UPSTREAM_ERR_TLS, detail);
+            return;
+        }
+        if (!t->h2 && alpn_len && !(alpn_len == 8 && memcmp(alpn, "http/1.1", 8) == 0)) {
             snprintf(detail, sizeof(detail), "%s selected ALPN protocol %.*s, not http/1.1",
                      t->name, (int)alpn_len, (const char *)alpn);
             report(c, UPSTREAM_ERR_TLS, detail);
@@ -352,6 +363,24 @@ int upstream_get(struct upool *pool,
         *out = c;
         return 0;
     }
+    return upstream_connect(pool, ready_cb, arg, out);
+}
+
+int upstream_get_for(struct upool *pool, const struct credential *cred,
+                     void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *),
+                     void *arg, struct upconn **out)
+{
+    if (pool->target->h2)
+        return h2up_get(pool, cred, ready_cb, arg, out);
+    return upstream_get(pool, ready_cb, arg, out);
+}
+
+int upstream_connect(struct upool *pool,
+                     void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *),
+                     void *arg, struct upconn **out)
+{
+    struct upconn *c;
+    struct worker *w = pool->gen->worker;
     *out = NULL;
     c = calloc(1, sizeof(*c));
     if (c == NULL)
@@ -422,6 +451,10 @@ void upstream_put(struct upconn *c, int reusable)
 {
     struct upool *pool = c->pool;
     const struct conf_limits *lim = limits_of(pool);
+    if (c->h2s != NULL) {
+        h2up_release(c);
+        return;
+    }
     pool->nactive--;
     WSTAT_ADD(worker_of(pool), upstream_active, -1);
     c->exchanges++;
@@ -451,6 +484,7 @@ void upstream_put(struct upconn *c, int reusable)
 void upool_tick(struct upool *pool, unsigned tick)
 {
     struct upconn *c;
+    h2up_tick(pool, tick);
     if (tick - pool->window_tick >= UPOOL_DEMAND_WINDOW_TICKS) {
         pool->peak_prev = pool->peak;
         pool->peak = pool->nactive;
@@ -473,6 +507,10 @@ void upool_tick(struct upool *pool, unsigned tick)
 
 void upstream_abort(struct upconn *c)
 {
+    if (c->h2s != NULL) {
+        h2up_release(c);
+        return;
+    }
     c->ready_cb = NULL;
     c->pool->nactive--;
     WSTAT_ADD(worker_of(c->pool), upstream_active, -1);

@@ -17,6 +17,9 @@
 #include "proxy/worker.h"
 
 struct upconn;
+struct h2pool;
+struct h2s;
+struct credential;
 TAILQ_HEAD(upconn_list, upconn);
 
 /* How long the demand of a pool is remembered: the idle connections kept follow the most busy
@@ -36,6 +39,7 @@ struct upool {
     size_t peak_prev;     /* the same for the window before */
     unsigned window_tick; /* house tick at which the current window began */
     SSL_SESSION *session; /* for resumption (TLS 1.2 and 1.3 tickets) */
+    struct h2pool *h2;    /* HTTP/2 targets: the shared connections (h2up.c); owned */
 };
 
 /* Why opening a connection failed; each maps to one proxy error code. */
@@ -65,6 +69,7 @@ struct upconn {
     void *arg;
     enum upstream_error err;
     char detail[256];
+    struct h2s *h2s;           /* an HTTP/2 exchange: s is a peer stream of this h2up stream */
     TAILQ_ENTRY(upconn) link;
 };
 
@@ -80,6 +85,18 @@ void upool_deinit(struct upool *pool);
 int upstream_get(struct upool *pool,
                  void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *),
                  void *arg, struct upconn **out);
+
+/* upstream_get for an exchange of credential cred: on an HTTP/2 target (target->h2) the
+ * exchange gets a stream of a shared connection keyed by cred (h2up.h), same contract. */
+int upstream_get_for(struct upool *pool, const struct credential *cred,
+                     void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *),
+                     void *arg, struct upconn **out);
+
+/* Always a new connection (never from the idle pool), with upstream_get's contract; for h2up,
+ * which keeps its connections itself. */
+int upstream_connect(struct upool *pool,
+                     void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *),
+                     void *arg, struct upconn **out);
 
 /* Ends an exchange: a reusable connection (clean response end, nothing left over) returns to the
  * pool, anything else is closed. The caller must not touch conn afterwards. */

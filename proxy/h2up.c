@@ -1,0 +1,1117 @@
+/* h2up: HTTP/2 upstream connections; see h2up.h for the picture. */
+#include "proxy/h2up.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <nghttp2/nghttp2.h>
+
+#include "auth/token_cache.h"
+#include "proxy/http1.h"
+#include "proxy/http_error.h"
+#include "proxy/log.h"
+#include "proxy/runtime.h"
+
+/* Streams a connection is assumed to take before the peer's SETTINGS say (RFC 9113 6.5.2
+ * recommends at least 100). */
+#define H2UP_DEFAULT_STREAMS 100
+/* Connections per credential and target in one worker: past this, streams queue in nghttp2 on
+ * the least busy connection instead of opening more. */
+#define H2UP_MAX_CONNS 16
+/* Our receive windows: per stream, and for the whole connection. */
+#define H2UP_STREAM_WINDOW (256 * 1024)
+#define H2UP_CONN_WINDOW (4 * 1024 * 1024)
+/* A response's bytes waiting for the exchange to read them: past this, the stream's window is
+ * not reopened until they are read (the client's backpressure reaches the upstream). */
+#define H2UP_IN_HIGH (256 * 1024)
+/* Request body bytes taken from the exchange before the peer's window lets them go. */
+#define H2UP_BODY_HIGH (64 * 1024)
+/* A request is kept for a retry after GOAWAY while its body is at most this long. */
+#define H2UP_REPLAY_MAX (64 * 1024)
+/* Response heads: Apple's are small; a huge one is an attack (the HTTP/1.1 path's limits). */
+#define H2UP_HEAD_MAX (64 * 1024)
+#define H2UP_HEADERS_MAX 256
+/* The request head the exchange writes (its own serialisation, with the token line). */
+#define H2UP_REQ_HEAD_MAX (256 * 1024)
+/* APNs error answers are held to read their reason; a longer body is passed on as it is. */
+#define H2UP_HOLD_MAX 8192
+/* Tries of one request over refused streams and GOAWAYs. */
+#define H2UP_ATTEMPTS 3
+/* The connection's output is filled by nghttp2 up to this much before the socket takes it. */
+#define H2UP_OUT_HIGH (1024 * 1024)
+/* Seconds idle before a PING, and seconds a PING may go unanswered. */
+#define H2UP_PING_IDLE 30
+#define H2UP_PING_TIMEOUT 10
+
+struct h2conn;
+
+/* One exchange's HTTP/2 stream. Owned by the exchange (through up) until it lets go; a stream
+ * still open in nghttp2 when the exchange lets go stays here, detached, until it closes. */
+struct h2s {
+    TAILQ_ENTRY(h2s) link;  /* in its connection's list */
+    struct h2conn *conn;    /* NULL while waiting for a connection */
+    struct upconn *up;      /* the exchange's upconn; NULL once detached */
+    const struct credential *cred;
+    void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *);
+    void *arg;
+    int attached;           /* the exchange has its upconn */
+    int32_t id;             /* -1: not submitted */
+    int attempts;
+    /* The request, parsed from what the exchange wrote. */
+    struct http1_msg req;
+    char *head;             /* owned copy of the request head the spans point into */
+    nghttp2_nv *nv;         /* owned, names and values into head or `auth` */
+    size_t nnv;
+    char *auth;             /* a replaced authorization value (token retry), owned */
+    int auth_index;         /* the authorization entry of nv, -1 if none */
+    int head_parsed, req_end, has_body, deferred;
+    struct evbuffer *body;  /* request body not yet sent */
+    struct evbuffer *sent;  /* request body sent, kept for a retry; NULL: not replayable */
+    /* The response. */
+    struct evbuffer *resp_head; /* the HTTP/1.1 head being built */
+    size_t resp_nheaders;
+    int status, has_cl, chunked, head_done, resp_end, holding, token_retried, too_large;
+    struct evbuffer *held;  /* an APNs error body, read before the head goes on */
+    size_t unconsumed;      /* DATA bytes the window has not been reopened for */
+};
+
+TAILQ_HEAD(h2s_list, h2s);
+
+struct h2conn {
+    TAILQ_ENTRY(h2conn) link;
+    struct upool *pool;
+    const struct credential *cred;
+    struct upconn *carrier; /* the TLS connection (upstream.c) */
+    nghttp2_session *sess;  /* NULL until the carrier is up */
+    struct h2s_list streams; /* bound: waiting for the session or submitted */
+    size_t nstreams;
+    int going_away;         /* no new streams: GOAWAY received, or a failure */
+    int32_t goaway_last;    /* the peer's last-stream-id (INT32_MAX before any GOAWAY) */
+    unsigned last_rx, ping_at;
+    int ping_out;
+    int closing;            /* being closed: callbacks do nothing more */
+    int in_session;         /* inside nghttp2's recv or send: no nested send, no close */
+};
+
+TAILQ_HEAD(h2conn_list, h2conn);
+
+struct h2pool {
+    struct h2conn_list conns;
+};
+
+static const struct stream_peer_ops h2s_peer_ops;
+static int conn_flush(struct h2conn *hc);
+static void conn_close(struct h2conn *hc, const char *why);
+static void h2s_bind(struct h2s *st);
+static void h2s_submit(struct h2s *st);
+static int h2s_take_body(struct h2s *st);
+
+static const char *target_name(const struct upool *pool)
+{
+    return pool->target->name;
+}
+
+static unsigned tick_now(const struct upool *pool)
+{
+    return pool->gen->worker->house_ticks;
+}
+
+static char lower_ascii(char c)
+{
+    return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+}
+
+static void noop_cb(struct stream *s, unsigned ev, void *arg)
+{
+    (void)s;
+    (void)ev;
+    (void)arg;
+}
+
+/* ---- streams ---- */
+
+static void h2s_free(struct h2s *st)
+{
+    if (st->up != NULL) {
+        stream_close(&st->up->s);
+        free(st->up);
+    }
+    http1_msg_deinit(&st->req);
+    free(st->head);
+    free(st->nv);
+    free(st->auth);
+    if (st->body)
+        evbuffer_free(st->body);
+    if (st->sent)
+        evbuffer_free(st->sent);
+    if (st->resp_head)
+        evbuffer_free(st->resp_head);
+    if (st->held)
+        evbuffer_free(st->held);
+    free(st);
+}
+
+static const struct http1_limits req_head_limits = {.max_line = 0,
+                                                    .max_head = H2UP_REQ_HEAD_MAX,
+                                                    .max_headers = 1024};
+
+static struct h2s *h2s_new(struct upool *pool, const struct credential *cred)
+{
+    struct h2s *st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        return NULL;
+    st->id = -1;
+    st->auth_index = -1;
+    st->cred = cred;
+    http1_msg_init(&st->req, HTTP_REQUEST, &req_head_limits);
+    st->up = calloc(1, sizeof(*st->up));
+    st->body = evbuffer_new();
+    st->sent = evbuffer_new();
+    st->resp_head = evbuffer_new();
+    if (st->up == NULL || st->body == NULL || st->sent == NULL || st->resp_head == NULL)
+        goto fail;
+    st->up->pool = pool;
+    st->up->fd = -1;
+    st->up->h2s = st;
+    if (stream_init_peer(&st->up->s, &pool->gen->worker->sctx, &h2s_peer_ops, st, noop_cb,
+                         NULL) < 0) {
+        free(st->up);
+        st->up = NULL;
+        goto fail;
+    }
+    st->up->has_stream = 1;
+    return st;
+fail:
+    h2s_free(st);
+    return NULL;
+}
+
+/* Unbinds from the connection (the nghttp2 stream, if any, no longer points here). */
+static void h2s_unbind(struct h2s *st)
+{
+    struct h2conn *hc = st->conn;
+    if (hc == NULL)
+        return;
+    if (st->id >= 0 && hc->sess != NULL)
+        nghttp2_session_set_stream_user_data(hc->sess, st->id, NULL);
+    if (st->unconsumed && hc->sess != NULL)
+        nghttp2_session_consume_connection(hc->sess, st->unconsumed);
+    st->unconsumed = 0;
+    TAILQ_REMOVE(&hc->streams, st, link);
+    hc->nstreams--;
+    st->conn = NULL;
+    st->id = -1;
+}
+
+/* The exchange sees the upstream fail (502 before the head, a cut response after it). */
+static void h2s_fail(struct h2s *st, int err)
+{
+    if (st->up != NULL)
+        stream_peer_post(&st->up->s, STREAM_ERROR, err);
+}
+
+static struct evbuffer *h2s_input(struct h2s *st)
+{
+    return st->up != NULL ? stream_input(&st->up->s) : NULL;
+}
+
+/* Reopens the window for response bytes the exchange has read, or is about to. */
+static void h2s_consume(struct h2s *st)
+{
+    struct h2conn *hc = st->conn;
+    if (st->unconsumed == 0 || hc == NULL || hc->sess == NULL)
+        return;
+    if (st->up != NULL && (!st->up->s.reading || stream_input_length(&st->up->s) >= H2UP_IN_HIGH))
+        return;
+    nghttp2_session_consume(hc->sess, st->id, st->unconsumed);
+    st->unconsumed = 0;
+}
+
+/* A request that was not processed (refused, or above a GOAWAY's last-stream-id) goes again
+ * on another connection; 1 when it does. */
+static int h2s_retry(struct h2s *st)
+{
+    if (st->head_done || st->sent == NULL || st->attempts >= H2UP_ATTEMPTS || st->up == NULL)
+        return 0;
+    h2s_unbind(st);
+    /* The body goes again from its start. */
+    evbuffer_prepend_buffer(st->body, st->sent);
+    st->deferred = 0;
+    h2s_bind(st);
+    return 1;
+}
+
+/* ---- the request: parsed from what the exchange wrote ---- */
+
+static int body_data(void *arg, const char *at, size_t len)
+{
+    struct h2s *st = arg;
+    return evbuffer_add(st->body, at, len);
+}
+
+static const struct http1_sink body_sink = {body_data, NULL, NULL};
+
+/* Connection-specific fields have no place in HTTP/2 (RFC 9113 8.2.2); Host becomes
+ * :authority. TE is kept only as "trailers". */
+static int skip_request_header(const struct http1_header *h)
+{
+    static const char *const drop[] = {"host", "connection", "keep-alive", "proxy-connection",
+                                       "transfer-encoding", "upgrade"};
+    size_t i;
+    for (i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
+        if (http1_name_is(h->name, h->name_len, drop[i]))
+            return 1;
+    if (http1_name_is(h->name, h->name_len, "te"))
+        return !(h->value_len == 8 && strncasecmp(h->value, "trailers", 8) == 0);
+    return 0;
+}
+
+static void nv_set(nghttp2_nv *nv, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    nv->name = (uint8_t *)(uintptr_t)name;
+    nv->namelen = nlen;
+    nv->value = (uint8_t *)(uintptr_t)value;
+    nv->valuelen = vlen;
+    nv->flags = NGHTTP2_NV_FLAG_NONE;
+}
+
+/* Builds the header list from the parsed head; names are lower-cased in place (the head is our
+ * own copy). Returns 0, or -1 when out of memory. */
+static int h2s_build_nv(struct h2s *st)
+{
+    const struct http1_msg *m = &st->req;
+    size_t i, n = 0;
+    st->nv = calloc(m->nheaders + 4, sizeof(*st->nv));
+    if (st->nv == NULL)
+        return -1;
+    nv_set(&st->nv[n++], ":method", 7, m->method, m->method_len);
+    nv_set(&st->nv[n++], ":scheme", 7, "https", 5);
+    nv_set(&st->nv[n++], ":authority", 10, st->up->pool->target->host_header,
+           st->up->pool->target->host_header_len);
+    nv_set(&st->nv[n++], ":path", 5, m->target, m->target_len);
+    for (i = 0; i < m->nheaders; i++) {
+        const struct http1_header *h = &m->headers[i];
+        size_t k;
+        if (skip_request_header(h))
+            continue;
+        for (k = 0; k < h->name_len; k++)
+            ((char *)h->name)[k] = lower_ascii(h->name[k]);
+        if (http1_name_is(h->name, h->name_len, "authorization"))
+            st->auth_index = (int)n;
+        nv_set(&st->nv[n++], h->name, h->name_len, h->value, h->value_len);
+    }
+    st->nnv = n;
+    return 0;
+}
+
+/* Takes the request head from the exchange's output: 1 when parsed, 0 when more is needed,
+ * -1 on an error (the exchange sees a failed upstream). */
+static int h2s_take_head(struct h2s *st)
+{
+    struct evbuffer *out = stream_output(&st->up->s);
+    size_t len = evbuffer_get_length(out);
+    int r;
+    if (len == 0)
+        return 0;
+    if (len > H2UP_REQ_HEAD_MAX)
+        len = H2UP_REQ_HEAD_MAX;
+    free(st->head);
+    st->head = malloc(len);
+    if (st->head == NULL)
+        return -1;
+    evbuffer_copyout(out, st->head, len);
+    http1_msg_deinit(&st->req);
+    http1_msg_init(&st->req, HTTP_REQUEST, &req_head_limits);
+    r = http1_parse_head(&st->req, st->head, len);
+    if (r <= 0)
+        return r < 0 || len == H2UP_REQ_HEAD_MAX ? -1 : 0;
+    evbuffer_drain(out, st->req.head_len);
+    st->req.sink = &body_sink;
+    st->req.sink_arg = st;
+    st->has_body = st->req.body != HTTP1_BODY_NONE;
+    st->req_end = !st->has_body;
+    if (h2s_build_nv(st) != 0)
+        return -1;
+    st->head_parsed = 1;
+    return 1;
+}
+
+/* Moves body bytes from the exchange's output into the stream's queue, up to the high mark. */
+static int h2s_take_body(struct h2s *st)
+{
+    struct evbuffer *out = stream_output(&st->up->s);
+    size_t before = evbuffer_get_length(st->body);
+    while (!st->req_end && evbuffer_get_length(st->body) < H2UP_BODY_HIGH) {
+        struct evbuffer_iovec v;
+        size_t used = 0;
+        int r;
+        if (evbuffer_peek(out, -1, NULL, &v, 1) < 1)
+            break;
+        r = http1_parse_body(&st->req, v.iov_base, v.iov_len, &used);
+        evbuffer_drain(out, used);
+        if (r < 0)
+            return -1;
+        if (r == 1)
+            st->req_end = 1;
+        if (used == 0)
+            break;
+    }
+    if (st->deferred && st->conn != NULL && st->id >= 0 && st->conn->sess != NULL &&
+        (evbuffer_get_length(st->body) > before || st->req_end)) {
+        st->deferred = 0;
+        nghttp2_session_resume_data(st->conn->sess, st->id);
+    }
+    return 0;
+}
+
+static ssize_t h2s_read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, size_t len,
+                             uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    struct h2s *st = src->ptr;
+    size_t n;
+    (void)sess;
+    (void)id;
+    (void)ud;
+    if (st == NULL || st->up == NULL)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    n = evbuffer_get_length(st->body);
+    if (n == 0 && !st->req_end) {
+        st->deferred = 1;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    if (n > len)
+        n = len;
+    if (n > 0) {
+        if (evbuffer_remove(st->body, buf, n) != (int)n)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        if (st->sent != NULL) {
+            if (evbuffer_get_length(st->sent) + n > H2UP_REPLAY_MAX) {
+                evbuffer_free(st->sent);
+                st->sent = NULL;
+            } else {
+                evbuffer_add(st->sent, buf, n);
+            }
+        }
+    }
+    if (st->req_end && evbuffer_get_length(st->body) == 0)
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+    /* Room for more of the body: more of the exchange's output comes in, and once that has
+     * drained to its low mark the exchange reads from its client again. */
+    if (!st->req_end && stream_output_length(&st->up->s) > 0) {
+        size_t before = stream_output_length(&st->up->s);
+        if (h2s_take_body(st) < 0)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        if (stream_output_length(&st->up->s) < before &&
+            stream_output_length(&st->up->s) <= st->up->s.write_low)
+            stream_peer_post(&st->up->s, STREAM_DRAINED, 0);
+        if (evbuffer_get_length(st->body) > 0)
+            *flags &= ~(uint32_t)NGHTTP2_DATA_FLAG_EOF;
+    }
+    return (ssize_t)n;
+}
+
+static void h2s_submit(struct h2s *st)
+{
+    struct h2conn *hc = st->conn;
+    nghttp2_data_provider dp;
+    int32_t id;
+    if (hc == NULL || hc->sess == NULL || !st->head_parsed || st->id >= 0)
+        return;
+    dp.source.ptr = st;
+    dp.read_callback = h2s_read_body;
+    st->attempts++;
+    id = nghttp2_submit_request(hc->sess, NULL, st->nv, st->nnv, st->has_body ? &dp : NULL, st);
+    if (id < 0) {
+        log_msg(LOG_WARN, "upstream %s: cannot submit an HTTP/2 request: %s",
+                target_name(hc->pool), nghttp2_strerror(id));
+        h2s_unbind(st);
+        h2s_fail(st, EPROTO);
+        return;
+    }
+    st->id = id;
+}
+
+/* ---- the response: re-framed as HTTP/1.1 for the exchange ---- */
+
+/* Appends to the exchange's input (chunk-framed when the response has no length). */
+static void h2s_emit(struct h2s *st, const uint8_t *data, size_t len)
+{
+    struct evbuffer *in = h2s_input(st);
+    if (in == NULL || len == 0)
+        return;
+    if (st->chunked) {
+        evbuffer_add_printf(in, "%zx\r\n", len);
+        evbuffer_add(in, data, len);
+        evbuffer_add(in, "\r\n", 2);
+    } else {
+        evbuffer_add(in, data, len);
+    }
+    stream_peer_post(&st->up->s, STREAM_READ, 0);
+}
+
+static void h2s_emit_head(struct h2s *st)
+{
+    struct evbuffer *in = h2s_input(st);
+    if (in == NULL)
+        return;
+    evbuffer_add_buffer(in, st->resp_head);
+    if (st->held != NULL) {
+        struct evbuffer_iovec v[8];
+        int i, n = evbuffer_peek(st->held, -1, NULL, v, 8);
+        /* held is at most H2UP_HOLD_MAX, a few chunks */
+        for (i = 0; i < n && i < 8; i++)
+            h2s_emit(st, v[i].iov_base, v[i].iov_len);
+        evbuffer_free(st->held);
+        st->held = NULL;
+    }
+    stream_peer_post(&st->up->s, STREAM_READ, 0);
+}
+
+static void h2s_finish(struct h2s *st)
+{
+    struct evbuffer *in = h2s_input(st);
+    st->resp_end = 1;
+    if (in == NULL)
+        return;
+    if (st->chunked)
+        evbuffer_add(in, "0\r\n\r\n", 5);
+    stream_peer_post(&st->up->s, STREAM_READ, 0);
+}
+
+/* The "reason" of an APNs error body, or "" (reason must hold 64 bytes). */
+static void apns_reason(struct evbuffer *body, char *reason, size_t len)
+{
+    size_t n = body ? evbuffer_get_length(body) : 0;
+    const cJSON *r;
+    cJSON *doc;
+    reason[0] = '\0';
+    if (n == 0)
+        return;
+    doc = cJSON_ParseWithLength((const char *)evbuffer_pullup(body, (ev_ssize_t)n), n);
+    r = cJSON_GetObjectItemCaseSensitive(doc, "reason");
+    if (cJSON_IsString(r))
+        snprintf(reason, len, "%s", r->valuestring);
+    cJSON_Delete(doc);
+}
+
+/* An APNs refusal read whole: 1 when the push goes again with a new token. */
+static int h2s_apns_decide(struct h2s *st)
+{
+    struct runtime *rt = st->up->pool->gen->rt;
+    char reason[64], err[256];
+    struct token *cur;
+    int retry = 0;
+    apns_reason(st->held, reason, sizeof(reason));
+    if (st->status == 429 && strcmp(reason, "TooManyProviderTokenUpdates") == 0) {
+        unsigned long n = token_cache_team_too_many(rt->tokens, st->cred);
+        log_msg(LOG_ERROR, "APNs refused the token of team %s as replaced too often "
+                "(TooManyProviderTokenUpdates, %lu so far): another sender is minting tokens "
+                "for this team; keeping the current token", st->cred->team_id, n);
+        return 0;
+    }
+    if (st->status != 403 || st->token_retried || st->sent == NULL || st->auth_index < 0 ||
+        (strcmp(reason, "ExpiredProviderToken") != 0 && strcmp(reason, "InvalidProviderToken") != 0))
+        return 0;
+    cur = token_cache_get(rt->tokens, st->cred, NULL, 0, err, sizeof(err));
+    if (cur == NULL)
+        return 0;
+    /* Only the token this push carried can be refused: "Bearer " and the token. */
+    if (st->nv[st->auth_index].valuelen == cur->jwt_len + 7 &&
+        memcmp(st->nv[st->auth_index].value + 7, cur->jwt, cur->jwt_len) == 0 &&
+        token_cache_team_refused(rt->tokens, st->cred, cur) == 1) {
+        struct token *fresh = token_cache_get(rt->tokens, st->cred, NULL, 0, err, sizeof(err));
+        if (fresh != NULL) {
+            size_t n = fresh->jwt_len + 8;
+            char *v = malloc(n);
+            if (v != NULL) {
+                snprintf(v, n, "Bearer %.*s", (int)fresh->jwt_len, fresh->jwt);
+                free(st->auth);
+                st->auth = v;
+                nv_set(&st->nv[st->auth_index], (const char *)st->nv[st->auth_index].name,
+                       st->nv[st->auth_index].namelen, v, n - 1);
+                retry = 1;
+            }
+            token_put(fresh);
+        }
+    }
+    log_msg(LOG_WARN, "APNs answered %d %s to the token of team %s: %s", st->status, reason,
+            st->cred->team_id,
+            retry ? "a new token was minted; the push goes once more"
+                  : "the token is under 20 minutes old, so it is kept (APNs' rule) and the "
+                    "answer is passed on");
+    token_put(cur);
+    return retry;
+}
+
+static int is_apns(const struct h2s *st)
+{
+    return st->cred != NULL && profile_team_token(st->cred->profile);
+}
+
+/* The response ended (END_STREAM). */
+static void h2s_end(struct h2s *st)
+{
+    if (st->holding) {
+        st->holding = 0;
+        if (h2s_apns_decide(st)) {
+            struct h2conn *hc = st->conn;
+            st->token_retried = 1;
+            evbuffer_drain(st->resp_head, evbuffer_get_length(st->resp_head));
+            evbuffer_free(st->held);
+            st->held = NULL;
+            st->head_done = st->has_cl = st->chunked = 0;
+            st->resp_nheaders = 0;
+            st->status = 0;
+            evbuffer_prepend_buffer(st->body, st->sent);
+            h2s_unbind(st);
+            st->conn = hc;
+            TAILQ_INSERT_TAIL(&hc->streams, st, link);
+            hc->nstreams++;
+            h2s_submit(st);
+            return;
+        }
+        h2s_emit_head(st);
+    }
+    h2s_finish(st);
+}
+
+static int on_header(nghttp2_session *sess, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *ud)
+{
+    struct h2s *st;
+    (void)flags;
+    (void)ud;
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    st = nghttp2_session_get_stream_user_data(sess, frame->hd.stream_id);
+    if (st == NULL || st->head_done)
+        return 0; /* trailers, or a stream nobody waits for: dropped */
+    if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
+        int status = 0;
+        size_t i;
+        for (i = 0; i < valuelen && i < 3; i++)
+            status = status * 10 + (value[i] - '0');
+        st->status = status;
+        evbuffer_drain(st->resp_head, evbuffer_get_length(st->resp_head));
+        st->resp_nheaders = 0;
+        st->has_cl = 0;
+        evbuffer_add_printf(st->resp_head, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
+        return 0;
+    }
+    if (namelen > 0 && name[0] == ':')
+        return 0;
+    if (++st->resp_nheaders > H2UP_HEADERS_MAX ||
+        evbuffer_get_length(st->resp_head) + namelen + valuelen + 4 > H2UP_HEAD_MAX) {
+        st->too_large = 1;
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    if (namelen == 14 && memcmp(name, "content-length", 14) == 0)
+        st->has_cl = 1;
+    evbuffer_add(st->resp_head, name, namelen);
+    evbuffer_add(st->resp_head, ": ", 2);
+    evbuffer_add(st->resp_head, value, valuelen);
+    evbuffer_add(st->resp_head, "\r\n", 2);
+    return 0;
+}
+
+static void on_response_head(struct h2s *st, int end_stream)
+{
+    if (st->status < 200) {
+        /* 1xx: interim, not relayed (the exchange answered Expect itself). */
+        evbuffer_drain(st->resp_head, evbuffer_get_length(st->resp_head));
+        return;
+    }
+    if (!st->has_cl) {
+        if (end_stream) {
+            if (st->status != 204 && st->status != 304)
+                evbuffer_add(st->resp_head, "content-length: 0\r\n", 19);
+        } else {
+            evbuffer_add(st->resp_head, "transfer-encoding: chunked\r\n", 28);
+            st->chunked = 1;
+        }
+    }
+    evbuffer_add(st->resp_head, "\r\n", 2);
+    st->head_done = 1;
+    /* APNs' refusals of a token are read whole before anything goes on: one may be retried. */
+    if (is_apns(st) && (st->status == 403 || st->status == 429)) {
+        st->holding = 1;
+        st->held = evbuffer_new();
+        if (st->held != NULL)
+            return;
+        st->holding = 0;
+    }
+    h2s_emit_head(st);
+}
+
+static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *frame, void *ud)
+{
+    struct h2conn *hc = ud;
+    struct h2s *st;
+    hc->last_rx = tick_now(hc->pool);
+    switch (frame->hd.type) {
+    case NGHTTP2_GOAWAY:
+        hc->going_away = 1;
+        hc->goaway_last = frame->goaway.last_stream_id;
+        log_msg(LOG_INFO, "upstream %s sent GOAWAY (last stream %d, error %u): no new "
+                "requests on that connection", target_name(hc->pool),
+                (int)frame->goaway.last_stream_id, frame->goaway.error_code);
+        return 0;
+    case NGHTTP2_PING:
+        if (frame->hd.flags & NGHTTP2_FLAG_ACK)
+            hc->ping_out = 0;
+        return 0;
+    case NGHTTP2_HEADERS:
+    case NGHTTP2_DATA:
+        break;
+    default:
+        return 0;
+    }
+    st = nghttp2_session_get_stream_user_data(sess, frame->hd.stream_id);
+    if (st == NULL || st->up == NULL)
+        return 0; /* nobody waits for it: it is freed when it closes */
+    if (frame->hd.type == NGHTTP2_HEADERS && !st->head_done && st->status > 0)
+        on_response_head(st, (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
+    if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && st->head_done && !st->resp_end)
+        h2s_end(st);
+    return 0;
+}
+
+static int on_data(nghttp2_session *sess, uint8_t flags, int32_t id, const uint8_t *data,
+                   size_t len, void *ud)
+{
+    struct h2conn *hc = ud;
+    struct h2s *st = nghttp2_session_get_stream_user_data(sess, id);
+    (void)flags;
+    if (st == NULL || st->up == NULL) {
+        nghttp2_session_consume(sess, id, len);
+        return 0;
+    }
+    hc->last_rx = tick_now(hc->pool);
+    if (st->holding) {
+        nghttp2_session_consume(sess, id, len);
+        evbuffer_add(st->held, data, len);
+        if (evbuffer_get_length(st->held) > H2UP_HOLD_MAX) {
+            st->holding = 0;
+            h2s_emit_head(st);
+        }
+        return 0;
+    }
+    st->unconsumed += len;
+    h2s_emit(st, data, len);
+    h2s_consume(st);
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t code, void *ud)
+{
+    struct h2conn *hc = ud;
+    struct h2s *st = nghttp2_session_get_stream_user_data(sess, id);
+    if (st == NULL)
+        return 0;
+    if (st->up == NULL) {
+        h2s_unbind(st);
+        h2s_free(st);
+        return 0;
+    }
+    if (st->resp_end && !st->holding) {
+        h2s_unbind(st);
+        return 0;
+    }
+    if (!st->head_done && (code == NGHTTP2_REFUSED_STREAM || id > hc->goaway_last) &&
+        h2s_retry(st))
+        return 0;
+    if (st->too_large)
+        log_msg(LOG_WARN, "upstream %s: a response head over %d bytes or %d fields: stream "
+                "reset", target_name(hc->pool), H2UP_HEAD_MAX, H2UP_HEADERS_MAX);
+    else if (code != NGHTTP2_NO_ERROR)
+        log_msg(LOG_WARN, "upstream %s reset an HTTP/2 stream: %s", target_name(hc->pool),
+                nghttp2_http2_strerror(code));
+    h2s_unbind(st);
+    h2s_fail(st, ECONNRESET);
+    return 0;
+}
+
+/* ---- connections ---- */
+
+static void conn_io_cb(struct stream *s, unsigned ev, void *arg);
+
+static struct h2pool *pool_h2(struct upool *pool)
+{
+    if (pool->h2 == NULL) {
+        pool->h2 = calloc(1, sizeof(*pool->h2));
+        if (pool->h2 != NULL)
+            TAILQ_INIT(&pool->h2->conns);
+    }
+    return pool->h2;
+}
+
+static int conn_start_session(struct h2conn *hc)
+{
+    nghttp2_session_callbacks *cbs = NULL;
+    nghttp2_option *opt = NULL;
+    nghttp2_settings_entry iv[3] = {{NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+                                    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2UP_STREAM_WINDOW},
+                                    {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, H2UP_HEAD_MAX}};
+    int rc = -1;
+    if (nghttp2_session_callbacks_new(&cbs) != 0 || nghttp2_option_new(&opt) != 0)
+        goto out;
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    /* The window reopens as the exchange reads, not as bytes arrive: backpressure. */
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_peer_max_concurrent_streams(opt, H2UP_DEFAULT_STREAMS);
+    if (nghttp2_session_client_new2(&hc->sess, cbs, hc, opt) != 0)
+        goto out;
+    if (nghttp2_submit_settings(hc->sess, NGHTTP2_FLAG_NONE, iv, 3) != 0 ||
+        nghttp2_session_set_local_window_size(hc->sess, NGHTTP2_FLAG_NONE, 0,
+                                              H2UP_CONN_WINDOW) != 0)
+        goto out;
+    rc = 0;
+out:
+    nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cbs);
+    return rc;
+}
+
+static uint32_t conn_capacity(const struct h2conn *hc)
+{
+    if (hc->sess == NULL)
+        return H2UP_DEFAULT_STREAMS;
+    return nghttp2_session_get_remote_settings(hc->sess, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+}
+
+/* Hands the exchanges that waited for this connection their upconns, or the failure. */
+static void conn_ready(struct upconn *carrier, enum upstream_error err, const char *detail,
+                       void *arg)
+{
+    struct h2conn *hc = arg;
+    struct h2s *st, *next;
+    if (err != UPSTREAM_OK) {
+        hc->carrier = NULL;
+        while ((st = TAILQ_FIRST(&hc->streams)) != NULL) {
+            h2s_unbind(st);
+            if (st->attached) {
+                h2s_fail(st, ECONNREFUSED);
+            } else {
+                void (*cb)(struct upconn *, enum upstream_error, const char *, void *) =
+                    st->ready_cb;
+                void *cbarg = st->arg;
+                h2s_free(st);
+                cb(NULL, err, detail, cbarg);
+            }
+        }
+        TAILQ_REMOVE(&pool_h2(hc->pool)->conns, hc, link);
+        free(hc);
+        return;
+    }
+    hc->carrier = carrier;
+    hc->last_rx = tick_now(hc->pool);
+    stream_setcb(&carrier->s, conn_io_cb, hc);
+    stream_set_timeouts(&carrier->s, 0, (uint32_t)hc->pool->gen->rt->conf->limits.send_timeout_ms);
+    stream_set_reading(&carrier->s, 1);
+    if (conn_start_session(hc) != 0) {
+        conn_close(hc, "cannot start an HTTP/2 session");
+        return;
+    }
+    for (st = TAILQ_FIRST(&hc->streams); st != NULL; st = next) {
+        next = TAILQ_NEXT(st, link);
+        h2s_submit(st);
+    }
+    if (conn_flush(hc) < 0)
+        return;
+    /* An exchange's callback may end it, or others: look again from the start each time.
+     * While they run, nothing is sent and the connection cannot close (in_session); what
+     * they wrote goes out after the last one. */
+    hc->in_session = 1;
+    for (;;) {
+        for (st = TAILQ_FIRST(&hc->streams); st != NULL; st = TAILQ_NEXT(st, link))
+            if (!st->attached)
+                break;
+        if (st == NULL)
+            break;
+        st->attached = 1;
+        st->ready_cb(st->up, UPSTREAM_OK, NULL, st->arg);
+    }
+    hc->in_session = 0;
+    conn_flush(hc);
+}
+
+/* Writes what nghttp2 has to send, as far as the output's high mark. Returns -1 when that
+ * ended the connection (hc is gone), else 0. Inside nghttp2's own calls it does nothing: the
+ * caller that entered nghttp2 flushes when it returns. */
+static int conn_flush(struct h2conn *hc)
+{
+    struct evbuffer *out;
+    const char *failed = NULL;
+    if (hc->sess == NULL || hc->carrier == NULL || hc->closing || hc->in_session)
+        return 0;
+    out = stream_output(&hc->carrier->s);
+    hc->in_session = 1;
+    while (evbuffer_get_length(out) < H2UP_OUT_HIGH) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(hc->sess, &data);
+        if (n < 0) {
+            failed = nghttp2_strerror((int)n);
+            break;
+        }
+        if (n == 0)
+            break;
+        evbuffer_add(out, data, (size_t)n);
+    }
+    hc->in_session = 0;
+    if (failed != NULL) {
+        conn_close(hc, failed);
+        return -1;
+    }
+    stream_settle(&hc->carrier->s);
+    return 0;
+}
+
+/* Ends the connection: requests it never processed go elsewhere, the rest fail. */
+static void conn_close(struct h2conn *hc, const char *why)
+{
+    struct h2s *st;
+    if (hc->closing)
+        return;
+    hc->closing = 1;
+    if (why != NULL && hc->nstreams > 0)
+        log_msg(LOG_WARN, "upstream %s: HTTP/2 connection lost with %zu exchanges on it: %s",
+                target_name(hc->pool), hc->nstreams, why);
+    TAILQ_REMOVE(&pool_h2(hc->pool)->conns, hc, link);
+    while ((st = TAILQ_FIRST(&hc->streams)) != NULL) {
+        int unsent = st->id < 0 || st->id > hc->goaway_last;
+        if (st->up == NULL) {
+            h2s_unbind(st);
+            h2s_free(st);
+        } else if (!(unsent && h2s_retry(st))) {
+            h2s_unbind(st);
+            if (st->attached)
+                h2s_fail(st, ECONNRESET);
+        }
+    }
+    if (hc->carrier != NULL) {
+        if (hc->sess != NULL)
+            upstream_put(hc->carrier, 0);
+        else
+            upstream_abort(hc->carrier); /* still opening */
+    }
+    if (hc->sess != NULL) {
+        nghttp2_session_del(hc->sess);
+        hc->sess = NULL;
+    }
+    free(hc);
+}
+
+static void conn_io_cb(struct stream *s, unsigned ev, void *arg)
+{
+    struct h2conn *hc = arg;
+    if (ev & STREAM_READ) {
+        struct evbuffer *in = stream_input(s);
+        while (evbuffer_get_length(in) > 0) {
+            struct evbuffer_iovec v;
+            ssize_t n;
+            if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+                break;
+            hc->in_session = 1;
+            n = nghttp2_session_mem_recv(hc->sess, v.iov_base, v.iov_len);
+            hc->in_session = 0;
+            if (n < 0) {
+                conn_close(hc, nghttp2_strerror((int)n));
+                return;
+            }
+            evbuffer_drain(in, (size_t)n);
+        }
+    }
+    if (ev & (STREAM_EOF | STREAM_ERROR)) {
+        conn_close(hc, (ev & STREAM_ERROR) ? "connection error" : "closed by the upstream");
+        return;
+    }
+    if (ev & STREAM_WTIMEOUT) {
+        conn_close(hc, "the upstream stopped reading");
+        return;
+    }
+    if (conn_flush(hc) < 0)
+        return;
+    if (!nghttp2_session_want_read(hc->sess) && !nghttp2_session_want_write(hc->sess)) {
+        conn_close(hc, "the session ended");
+        return;
+    }
+    if (hc->going_away && hc->nstreams == 0)
+        conn_close(hc, NULL);
+}
+
+/* A connection for st: one of its credential with a free stream, else a new one. */
+static void h2s_bind(struct h2s *st)
+{
+    struct upool *pool = st->up->pool;
+    struct h2pool *hp = pool_h2(pool);
+    struct h2conn *hc, *least = NULL;
+    size_t nconns = 0;
+    struct upconn *carrier = NULL;
+    if (hp == NULL) {
+        h2s_fail(st, ENOMEM);
+        return;
+    }
+    TAILQ_FOREACH(hc, &hp->conns, link) {
+        if (hc->cred != st->cred || hc->going_away || hc->closing)
+            continue;
+        nconns++;
+        if (hc->nstreams < conn_capacity(hc))
+            break;
+        if (least == NULL || hc->nstreams < least->nstreams)
+            least = hc;
+    }
+    if (hc == NULL && nconns >= H2UP_MAX_CONNS)
+        hc = least;
+    if (hc == NULL) {
+        hc = calloc(1, sizeof(*hc));
+        if (hc == NULL) {
+            h2s_fail(st, ENOMEM);
+            return;
+        }
+        hc->pool = pool;
+        hc->cred = st->cred;
+        hc->goaway_last = INT32_MAX;
+        TAILQ_INIT(&hc->streams);
+        TAILQ_INSERT_TAIL(&hp->conns, hc, link);
+        if (upstream_connect(pool, conn_ready, hc, &carrier) < 0) {
+            TAILQ_REMOVE(&hp->conns, hc, link);
+            free(hc);
+            h2s_fail(st, ENOMEM);
+            return;
+        }
+        hc->carrier = carrier; /* opening: conn_ready reports */
+    }
+    st->conn = hc;
+    TAILQ_INSERT_TAIL(&hc->streams, st, link);
+    hc->nstreams++;
+    if (hc->sess != NULL) {
+        h2s_submit(st);
+        conn_flush(hc);
+    }
+}
+
+int h2up_get(struct upool *pool, const struct credential *cred,
+             void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *),
+             void *arg, struct upconn **out)
+{
+    struct h2s *st = h2s_new(pool, cred);
+    *out = NULL;
+    if (st == NULL)
+        return -1;
+    st->ready_cb = ready_cb;
+    st->arg = arg;
+    h2s_bind(st);
+    if (st->conn == NULL) {
+        h2s_free(st);
+        return -1;
+    }
+    *out = st->up;
+    if (st->conn->sess != NULL) {
+        st->attached = 1;
+        return 0;
+    }
+    return 1;
+}
+
+void h2up_release(struct upconn *up)
+{
+    struct h2s *st = up->h2s;
+    struct h2conn *hc = st->conn;
+    int open = hc != NULL && hc->sess != NULL && st->id >= 0 &&
+               nghttp2_session_find_stream(hc->sess, st->id) != NULL;
+    if (open && !st->resp_end)
+        nghttp2_submit_rst_stream(hc->sess, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+    /* The exchange's side goes now; what nghttp2 still holds for the stream stays until it
+     * closes (on_stream_close frees it). */
+    stream_close(&st->up->s);
+    free(st->up);
+    st->up = NULL;
+    if (!open) {
+        h2s_unbind(st);
+        h2s_free(st);
+    }
+    if (hc != NULL && !hc->closing && !hc->in_session && conn_flush(hc) == 0 &&
+        hc->going_away && hc->nstreams == 0)
+        conn_close(hc, NULL);
+}
+
+/* The exchange settled its stream, or turned reading back on. */
+static void h2s_poke(struct stream *s, void *peer)
+{
+    struct h2s *st = peer;
+    (void)s;
+    if (st->up == NULL)
+        return;
+    if (!st->head_parsed) {
+        int r = h2s_take_head(st);
+        if (r < 0) {
+            h2s_unbind(st);
+            h2s_fail(st, EPROTO);
+            return;
+        }
+        if (r == 0)
+            return;
+        h2s_submit(st);
+    }
+    if (!st->req_end && h2s_take_body(st) < 0) {
+        h2s_fail(st, EPROTO);
+        return;
+    }
+    h2s_consume(st);
+    if (st->conn != NULL)
+        conn_flush(st->conn);
+}
+
+static const struct stream_peer_ops h2s_peer_ops = {h2s_poke};
+
+void h2up_tick(struct upool *pool, unsigned tick)
+{
+    struct h2conn *hc, *next;
+    if (pool->h2 == NULL)
+        return;
+    for (hc = TAILQ_FIRST(&pool->h2->conns); hc != NULL; hc = next) {
+        next = TAILQ_NEXT(hc, link);
+        if (hc->sess == NULL)
+            continue;
+        if (hc->ping_out && tick - hc->ping_at >= H2UP_PING_TIMEOUT) {
+            conn_close(hc, "no answer to PING");
+            continue;
+        }
+        if (hc->nstreams == 0 && pool->gen->worker->draining) {
+            nghttp2_session_terminate_session(hc->sess, NGHTTP2_NO_ERROR);
+            if (conn_flush(hc) == 0)
+                conn_close(hc, NULL);
+            continue;
+        }
+        /* Apple asks providers to keep connections open; a PING now and then tells a dead one
+         * from an idle one before a push finds out. */
+        if (hc->nstreams == 0 && !hc->ping_out && tick - hc->last_rx >= H2UP_PING_IDLE) {
+            if (nghttp2_submit_ping(hc->sess, NGHTTP2_FLAG_NONE, NULL) == 0) {
+                hc->ping_out = 1;
+                hc->ping_at = tick;
+                hc->last_rx = tick;
+                conn_flush(hc);
+            }
+        }
+    }
+}
+
+void h2up_pool_free(struct upool *pool)
+{
+    struct h2conn *hc;
+    if (pool->h2 == NULL)
+        return;
+    while ((hc = TAILQ_FIRST(&pool->h2->conns)) != NULL)
+        conn_close(hc, NULL);
+    free(pool->h2);
+    pool->h2 = NULL;
+}
