@@ -96,6 +96,7 @@ struct h2conn {
     int ping_out;
     int closing;            /* being closed: callbacks do nothing more */
     int in_session;         /* inside nghttp2's recv or send: no nested send, no close */
+    uint32_t goaway_error;  /* a GOAWAY's error code: the peer gave up on the connection */
 };
 
 TAILQ_HEAD(h2conn_list, h2conn);
@@ -658,6 +659,7 @@ static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *frame, void
     case NGHTTP2_GOAWAY:
         hc->going_away = 1;
         hc->goaway_last = frame->goaway.last_stream_id;
+        hc->goaway_error = frame->goaway.error_code;
         log_msg(LOG_INFO, "upstream %s sent GOAWAY (last stream %d, error %u): no new "
                 "requests on that connection", target_name(hc->pool),
                 (int)frame->goaway.last_stream_id, frame->goaway.error_code);
@@ -932,6 +934,12 @@ static void conn_io_cb(struct stream *s, unsigned ev, void *arg)
     }
     if (ev & (STREAM_EOF | STREAM_ERROR)) {
         conn_close(hc, (ev & STREAM_ERROR) ? "connection error" : "closed by the upstream");
+        return;
+    }
+    /* A GOAWAY with an error ends the connection now (RFC 9113 5.4.1): the streams it may
+     * have processed fail at once instead of waiting for answers that will not come. */
+    if (hc->goaway_error != NGHTTP2_NO_ERROR) {
+        conn_close(hc, nghttp2_http2_strerror(hc->goaway_error));
         return;
     }
     if (ev & STREAM_WTIMEOUT) {

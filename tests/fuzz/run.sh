@@ -22,7 +22,7 @@ BUILD=${FUZZ_BUILD_DIR:-$ROOT/build-fuzz}
 SECS=${FUZZ_SECONDS:-60}
 CC_BIN=${FUZZ_CC:-clang}
 JOBS=${FUZZ_JOBS:-1}
-ALL_TARGETS=(fuzz_request fuzz_response fuzz_conf fuzz_key)
+ALL_TARGETS=(fuzz_request fuzz_response fuzz_conf fuzz_key fuzz_h2_response)
 SIGNATURE="invariant broken|ERROR: (Address|Leak)Sanitizer|runtime error"
 SIGNATURE="$SIGNATURE|ERROR: libFuzzer: (timeout|out-of-memory)"
 
@@ -46,7 +46,7 @@ done
 
 dict_for() {
     case "$1" in
-    fuzz_request | fuzz_response) echo "$FUZZ_DIR/http.dict" ;;
+    fuzz_request | fuzz_response | fuzz_h2_response) echo "$FUZZ_DIR/http.dict" ;;
     fuzz_conf) echo "$FUZZ_DIR/conf.dict" ;;
     fuzz_key) echo "$FUZZ_DIR/key.dict" ;;
     esac

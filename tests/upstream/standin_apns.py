@@ -31,6 +31,10 @@ Commands (tests drive misbehaviour with a request header; the stream carrying it
   x-standin-action: goaway-after  answer this stream, then GOAWAY naming it as the last one
   x-standin-action: rst           RST_STREAM (INTERNAL_ERROR) instead of an answer
   x-standin-action: delay=S       answer after S seconds (other streams go on meanwhile)
+  x-standin-action: refuse=N:R    answer status N with reason R after the token check (APNs'
+                                  answers that cannot be provoked in a test's time, such as
+                                  429 TooManyProviderTokenUpdates from another sender's token)
+  x-standin-action: headers=N     answer 200 with N extra header fields (a huge head)
   x-standin-clock: N              this connection's clock runs N seconds ahead from now on (the
                                   20-minute and one-hour rules without waiting)
   GET /__stats                    JSON: connections, pushes, per apns-id counts (duplicates)
@@ -326,6 +330,14 @@ class Connection:
             self.h2.reset_stream(sid, error_code=h2.errors.ErrorCodes.INTERNAL_ERROR)
             self.log("rst", conn=self.cid, stream=sid)
             return
+        if action.startswith("headers="):
+            n = int(action.split("=", 1)[1])
+            extra = [("x-filler-%d" % i, "v" * 100) for i in range(n)]
+            try:
+                self.h2.send_headers(sid, [(":status", "200")] + extra, end_stream=True)
+            except h2.exceptions.H2Error as e:
+                self.log("answer_error", conn=self.cid, stream=sid, error=str(e))
+            return
         if action.startswith("delay="):
             delay = float(action.split("=", 1)[1])
             threading.Timer(delay, self.delayed, args=(sid, hd, bytes(st["body"]))).start()
@@ -366,6 +378,10 @@ class Connection:
             claims = self.verifier.check(hd.get("authorization"), self.now())
         except TokenRefused as e:
             return self.answer(sid, e.status, e.reason, hd)
+        action = hd.get("x-standin-action", "")
+        if action.startswith("refuse="):
+            status, reason = action.split("=", 1)[1].split(":", 1)
+            return self.answer(sid, int(status), reason, hd)
         if m is None:
             return self.answer(sid, 400, "BadDeviceToken", hd)
         if "apns-topic" not in hd:

@@ -1,0 +1,210 @@
+"""Pushes through the proxy: HTTP/1.1 in front, HTTP/2 to the APNs stand-in behind.
+
+The stand-in (tests/upstream/standin_apns.py) verifies every token as APNs does and counts
+connections and pushes by apns-id, so "nothing lost or duplicated" and "one upstream connection"
+are read from its side, not assumed.
+"""
+import concurrent.futures
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import unittest
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+DEVICE = "b" * 64
+PAYLOAD = b'{"aps":{"alert":{"title":"Hello","body":"from the proxy"}}}'
+
+
+def wait_until(pred, timeout):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in %ss" % timeout)
+        time.sleep(0.05)
+
+
+def push_headers(**extra):
+    hd = {"apns-topic": "com.example.app", "apns-push-type": "alert", "apns-priority": "10",
+          "Content-Type": "application/json"}
+    hd.update(extra)
+    return hd
+
+
+class ApnsPushTest(unittest.TestCase):
+    maxDiff = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.key = h.make_key()
+        cls.team = h.random_team_id()
+        cls.up = h.Standin(script=h.STANDIN_APNS, args=["--sandbox", "--max-streams", "200"])
+        cred = h.credential("apns", cls.key, team_id=cls.team)
+        route = h.route(cls.up, "https://api.push.apple.com", "push", path_prefix="/3/device/")
+        cfg = h.write_config({"push": cred}, [route], workers=1,
+                             limits={"upstream_response_timeout": 2})
+        cls.proxy = h.start_proxy(cfg)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proxy.stop()
+        cls.up.stop()
+
+    def stats(self):
+        """The stand-in's counts, asked over HTTP/2 directly."""
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from test_apns_standin import H2Client
+        c = H2Client(self.up.port)
+        sid = c.send("GET", "/__stats")
+        st = c.wait(sid)
+        c.close()
+        return json.loads(st["body"])
+
+    def push(self, device=DEVICE, body=PAYLOAD, port=None, **extra):
+        return h.request(port or self.proxy.port, "POST", "/3/device/" + device,
+                         push_headers(**extra), body, timeout=30)
+
+    def test_push_passes_through_unchanged(self):
+        apns_id = str(uuid.uuid4()).upper()
+        mark = self.up.mark()
+        status, headers, body = self.push(**{"apns-id": apns_id, "apns-expiration": "0",
+                                             "apns-collapse-id": "greeting"})
+        hd = dict((k.lower(), v) for k, v in headers)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(hd["apns-id"], apns_id)
+        self.assertIn("apns-unique-id", hd)
+        self.assertEqual(hd["content-length"], "0")
+        ev = self.up.wait_for(lambda e: e.get("apns_id") == apns_id, kind="push", since=mark)
+        self.assertEqual(ev["team"], self.team)
+        self.assertEqual(ev["topic"], "com.example.app")
+        self.assertEqual(ev["push_type"], "alert")
+        self.assertEqual(ev["payload"], json.loads(PAYLOAD))
+        # An error answer comes back as APNs gave it: status, apns-id and the JSON reason.
+        status, headers, body = self.push(device="zz")
+        hd = dict((k.lower(), v) for k, v in headers)
+        self.assertEqual(status, 400)
+        self.assertEqual(json.loads(body), {"reason": "BadDeviceToken"})
+        self.assertIn("apns-id", hd)
+
+    def test_500_pushes_from_50_connections_over_one_upstream_connection(self):
+        before = self.stats()
+        ids = [str(uuid.uuid4()).upper() for _ in range(500)]
+        results = {}
+        lock = threading.Lock()
+
+        def client(chunk):
+            with h.HttpClient(self.proxy.port, timeout=30) as c:
+                for apns_id in chunk:
+                    r = c.request("POST", "/3/device/" + DEVICE,
+                                  push_headers(**{"apns-id": apns_id}), PAYLOAD)
+                    with lock:
+                        results[apns_id] = (r.status, dict((k.lower(), v) for k, v in r.headers))
+
+        with concurrent.futures.ThreadPoolExecutor(50) as ex:
+            list(ex.map(client, [ids[i::50] for i in range(50)]))
+        self.assertEqual(len(results), 500)
+        for apns_id, (status, hd) in results.items():
+            self.assertEqual(status, 200)
+            self.assertEqual(hd["apns-id"], apns_id)  # never another client's answer
+        after = self.stats()
+        self.assertEqual(after["pushes"] - before["pushes"], 500)
+        self.assertEqual(after["duplicates"], [])
+        # All over one connection, as the stand-in saw them.
+        idset = set(ids)
+        conns = {e["conn"] for e in self.up.events("push") if e["apns_id"] in idset}
+        self.assertEqual(len(conns), 1)
+
+    def test_goaway_mid_burst_loses_and_duplicates_nothing(self):
+        before = self.stats()
+        ids = [str(uuid.uuid4()).upper() for _ in range(120)]
+        goaway_at = ids[40]
+        results = {}
+        lock = threading.Lock()
+
+        def one(apns_id):
+            extra = {"apns-id": apns_id}
+            if apns_id == goaway_at:
+                extra["x-standin-action"] = "goaway-after"
+            status, headers, body = self.push(**extra)
+            with lock:
+                results[apns_id] = (status, dict((k.lower(), v) for k, v in headers), body)
+
+        with concurrent.futures.ThreadPoolExecutor(30) as ex:
+            list(ex.map(one, ids))
+        for apns_id in ids:
+            status, hd, body = results[apns_id]
+            self.assertEqual(status, 200, body)
+            self.assertEqual(hd["apns-id"], apns_id)
+        after = self.stats()
+        self.assertEqual(after["pushes"] - before["pushes"], 120)
+        self.assertEqual(after["duplicates"], [])
+        # The GOAWAY'd connection took the first part, a new one the rest.
+        idset = set(ids)
+        conns = {e["conn"] for e in self.up.events("push") if e["apns_id"] in idset}
+        self.assertGreaterEqual(len(conns), 2)
+        self.assertTrue(self.up.events("goaway"))
+        self.assertTrue(self.up.events("ignored"))
+
+    def test_rst_stream_is_502_and_the_connection_carries_on(self):
+        status, headers, body = self.push(**{"x-standin-action": "rst"})
+        self.assertEqual(status, 502)
+        err = json.loads(body)["errors"][0]
+        self.assertEqual(err["status"], "502")
+        self.assertTrue(err["code"].startswith("PROXY_UPSTREAM"), err)
+        status, _, _ = self.push()
+        self.assertEqual(status, 200)
+
+    def test_stalled_stream_is_504_and_reset(self):
+        mark = self.up.mark()
+        status, headers, body = self.push(**{"x-standin-action": "delay=5"})
+        self.assertEqual(status, 504)
+        self.assertEqual(json.loads(body)["errors"][0]["code"], "PROXY_UPSTREAM_TIMEOUT")
+        status, _, _ = self.push()
+        self.assertEqual(status, 200)
+        # The late answer never reaches anyone: its stream was reset.
+        time.sleep(0.2)
+        self.assertFalse([e for e in self.up.events("answer", since=mark) if e["status"] == 504])
+
+    def test_huge_response_head_is_502(self):
+        status, headers, body = self.push(**{"x-standin-action": "headers=400"})
+        self.assertEqual(status, 502)
+        status, _, _ = self.push()
+        self.assertEqual(status, 200)
+
+    def test_token_refusals_keep_a_young_token(self):
+        # 429 TooManyProviderTokenUpdates: logged as an error, counted, the token kept.
+        mark = self.up.mark()
+        status, headers, body = self.push(
+            **{"x-standin-action": "refuse=429:TooManyProviderTokenUpdates"})
+        self.assertEqual(status, 429)
+        self.assertEqual(json.loads(body), {"reason": "TooManyProviderTokenUpdates"})
+        wait_until(lambda: "TooManyProviderTokenUpdates, 1 so far" in self.proxy.stderr_text(),
+                     timeout=5)
+        # 403 ExpiredProviderToken on a token under 20 minutes old: passed on, not re-minted.
+        status, headers, body = self.push(
+            **{"x-standin-action": "refuse=403:ExpiredProviderToken"})
+        self.assertEqual(status, 403)
+        self.assertEqual(json.loads(body), {"reason": "ExpiredProviderToken"})
+        wait_until(lambda: "under 20 minutes old, so it is kept" in self.proxy.stderr_text(),
+                     timeout=5)
+        status, _, _ = self.push()
+        self.assertEqual(status, 200)
+        iats = {e["iat"] for e in self.up.events("push", since=mark)}
+        self.assertEqual(len(iats), 1)
+
+    def test_request_body_streamed_chunked(self):
+        # A chunked request body arrives whole (re-framed as HTTP/2 DATA).
+        with h.HttpClient(self.proxy.port, timeout=10) as c:
+            r = c.request("POST", "/3/device/" + DEVICE,
+                          dict(push_headers(), **{"Transfer-Encoding": "chunked"}),
+                          h.chunked_body([PAYLOAD[:10], PAYLOAD[10:]]))
+            self.assertEqual(r.status, 200)
+
+
+if __name__ == "__main__":
+    unittest.main()
