@@ -8,6 +8,7 @@ import concurrent.futures
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -204,6 +205,37 @@ class ApnsPushTest(unittest.TestCase):
                           dict(push_headers(), **{"Transfer-Encoding": "chunked"}),
                           h.chunked_body([PAYLOAD[:10], PAYLOAD[10:]]))
             self.assertEqual(r.status, 200)
+
+
+class ApnsRecipesTest(unittest.TestCase):
+    """The curl commands of docs/recipes.md's push section, as written, through the proxy."""
+
+    def test_recipe_curls(self):
+        with open(os.path.join(h.SOURCE_DIR, "docs", "recipes.md")) as f:
+            text = f.read()
+        section = text.split("## Push notifications", 1)[1].split("\n## ", 1)[0]
+        blocks = section.split("```sh\n")[1:]
+        script = [b.split("```", 1)[0] for b in blocks if "curl " in b][0]
+        commands = [c for c in script.replace("\\\n", " ").splitlines()
+                    if c.strip().startswith("curl ")]
+        self.assertEqual(len(commands), 3)
+        key = h.make_key()
+        up = h.Standin(script=h.STANDIN_APNS)
+        cred = h.credential("apns", key, team_id=h.random_team_id())
+        route = h.route(up, "https://api.push.apple.com", "push", path_prefix="/3/device/")
+        proxy = h.start_proxy(h.write_config({"push": cred}, [route]))
+        try:
+            for cmd in commands:
+                cmd = cmd.replace("http://localhost:8080", "http://127.0.0.1:%d" % proxy.port)
+                out = subprocess.run(["sh", "-c", cmd], capture_output=True, timeout=30,
+                                     env=dict(os.environ, DEVICE="d" * 64)).stdout
+                self.assertTrue(out.startswith(b"HTTP/1.1 200"), (cmd, out))
+                self.assertIn(b"apns-id: ", out)
+            types = [e["push_type"] for e in up.events("push")]
+            self.assertEqual(types, ["alert", "background", "liveactivity"])
+        finally:
+            proxy.stop()
+            up.stop()
 
 
 if __name__ == "__main__":
