@@ -32,6 +32,10 @@ class DemoTest(unittest.TestCase):
                        "== 4. Where to go next ==", "docs/troubleshooting.md"):
             self.assertIn(needle, out)
         self.assertLess(out.index("MISSING_AUTH"), out.index("HTTP 200 OK"))
+        # The push: through the proxy, carried over HTTP/2.
+        self.assertIn("A push notification", out)
+        self.assertIn("apns-id: ", out)
+        self.assertIn("HTTP/2 connection (ALPN h2)", out)
         self.assertNotIn("PRIVATE KEY", out + p.stderr)
 
     def test_demo_fails_loudly(self):

@@ -9,7 +9,8 @@ Apple (tests/upstream/standin.py: TLS on 127.0.0.1, checking tokens as Apple doe
 
   1. Apple without a token: WeatherKit says 401 {"reason": "MISSING_AUTH"}, App Store Connect
      401 NOT_AUTHORIZED;
-  2. the same requests through the proxy: 200;
+  2. the same requests through the proxy: 200; and a push notification, sent as plain HTTP/1.1
+     and carried to the APNs stand-in (tests/upstream/standin_apns.py) over HTTP/2;
   3. the token the proxy added (`apple-auth-proxy token --decode`, and as the stand-in saw it);
   4. where to go next.
 
@@ -88,12 +89,15 @@ def main(argv=None):
         key = h.make_key()
         certs = h.get_certs()
         up = h.start_standin("good")
+        apns = h.Standin(script=h.STANDIN_APNS, args=["--sandbox"])
         creds = {
             "asc": h.credential("app-store-connect", key),
             "weather": h.credential("weatherkit", key, team_id="DEF123GHIJ",
                                     service_id="com.example.weatherkit-client"),
+            "push": h.credential("apns", key, team_id="DEF123GHIJ"),
         }
-        routes = [h.route(up, "weatherkit", "weather", path_prefix="/api/v1/"),
+        routes = [h.route(apns, "https://api.push.apple.com", "push", path_prefix="/3/device/"),
+                  h.route(up, "weatherkit", "weather", path_prefix="/api/v1/"),
                   h.route(up, "app-store-connect", "asc", path_prefix="/")]
         config = h.write_config(creds, routes, workers=1, listen=["127.0.0.1:0"])
         px = h.start_proxy(config)
@@ -103,6 +107,8 @@ def main(argv=None):
         say("   stand-in   https://127.0.0.1:%d  -- answers as %s," % (up.port, ASC_HOST))
         say("              %s and the other Apple hosts, and checks every token" % WK_HOST)
         say("              the way Apple does (signature, claims, lifetime)")
+        say("   APNs       https://127.0.0.1:%d  -- HTTP/2 only, checks push tokens as APNs" %
+            apns.port)
         say("   proxy      http://127.0.0.1:%d  -- %s serve --config %s" % (
             px.port, os.path.relpath(binary), config))
         say()
@@ -150,6 +156,25 @@ def main(argv=None):
         say()
         say("   Apple's rate-limit header came back too: X-Rate-Limit: %s" %
             r.header("X-Rate-Limit"))
+        say()
+        device = "5a1b" + "0" * 60
+        say("   A push notification: plain HTTP/1.1 in, HTTP/2 to APNs, one token per team")
+        say("   $ curl http://127.0.0.1:%d/3/device/%s... -H 'apns-topic: com.example.app' \\" % (
+            px.port, device[:8]))
+        say("          -H 'apns-push-type: alert' -d '{\"aps\":{\"alert\":\"Hello\"}}'")
+        with px.client() as c:
+            r = c.request("POST", "/3/device/" + device,
+                          {"apns-topic": "com.example.app", "apns-push-type": "alert"},
+                          b'{"aps":{"alert":"Hello"}}')
+        say("   HTTP %d %s" % (r.status, r.reason))
+        for name in ("apns-id", "apns-unique-id"):
+            say("   %s: %s" % (name, r.header(name)))
+        expect(r.status == 200 and r.header("apns-id"),
+               "the push through the proxy should answer 200 with an apns-id")
+        pushed = apns.wait_for(lambda e: True, kind="push")
+        hs = [e for e in apns.events("handshake")]
+        say("   APNs saw it on an HTTP/2 connection (ALPN %s), token of team %s" % (
+            hs[0]["alpn"] if hs else "?", pushed["team"]))
         seen = up.wait_for(lambda e: e["host"] == WK_HOST, since=m, kind="request")
         expect(seen["token_ok"], "the stand-in refused the proxy's WeatherKit token: %s" %
                seen["token_error"])
@@ -195,11 +220,14 @@ def main(argv=None):
         say("                             APP_STORE_CONNECT_API_KEY_* variables, or a config file")
         say("   docs/configuration.md     every configuration key, routes, limits")
         say("   docs/tokens.md            the token profiles, lifetimes and clock skew")
+        say("   docs/recipes.md           pushes from curl, Python and Node (alert, background,")
+        say("                             Live Activity)")
         say("   docs/troubleshooting.md   MISSING_AUTH, NOT_AUTHORIZED, TLS errors, error codes")
         say("   apple-auth-proxy check -c my.json    validate a configuration and its keys")
         say()
         px.stop()
         up.stop()
+        apns.stop()
         say("Demo finished in %.1f s; the temporary key, CA and logs are removed." % (
             time.monotonic() - t0))
         return 0
@@ -208,7 +236,7 @@ def main(argv=None):
     except Exception:  # noqa: BLE001 -- any failure is reported and makes the exit status 1
         sys.stderr.write("\ndemo: step %s FAILED with an error:\n" % step)
         traceback.print_exc()
-    for name in ("px", "up"):
+    for name in ("px", "up", "apns"):
         p = locals().get(name)
         if p is not None:
             tail = p.stderr_text()[-1500:]
