@@ -46,6 +46,7 @@ void conf_free(struct conf *conf)
         conf_client_deinit(&conf->clients[i]);
     free(conf->clients);
     free(conf->access_log);
+    free(conf->intercept_ca_dir);
     free(conf->source);
     free(conf);
 }
@@ -260,6 +261,40 @@ static void conf_set_access_log(struct conf_ctx *ctx, const cJSON *item, const c
     }
     conf_object_apply(ctx, item, path, conf_access_log_fields,
                       sizeof conf_access_log_fields / sizeof conf_access_log_fields[0], base);
+}
+
+/* "intercept": {"ca_dir": "/var/lib/apple-auth-proxy/ca"}: an absolute directory path (the
+ * proxy checks its permissions and makes the CA there: proxy/intercept.c). */
+static const char *conf_check_ca_dir(const char *s)
+{
+    if (s[0] != '/')
+        return "expected an absolute directory path";
+    return conf_check_log_path(s) ? "expected a directory path without control characters" : NULL;
+}
+
+static const struct conf_field conf_intercept_fields[] = {
+    {.name = "ca_dir",
+     .set = conf_set_string,
+     .offset = offsetof(struct conf, intercept_ca_dir),
+     .check = conf_check_ca_dir},
+};
+
+static void conf_set_intercept(struct conf_ctx *ctx, const cJSON *item, const char *path,
+                               void *base, const struct conf_field *f)
+{
+    struct conf *conf = base;
+    char sub[CONF_PATH_MAX];
+
+    if (!cJSON_IsObject(item)) {
+        conf_msgs_add(ctx->errs, path,
+                      "expected an object such as {\"ca_dir\": \"/var/lib/apple-auth-proxy/ca\"}");
+        return;
+    }
+    conf_object_apply(ctx, item, path, conf_intercept_fields,
+                      sizeof conf_intercept_fields / sizeof conf_intercept_fields[0], base);
+    snprintf(sub, sizeof sub, "%s.ca_dir", path);
+    if (conf->intercept_ca_dir == NULL && !conf_msgs_has_path(ctx->errs, sub))
+        conf_msgs_add(ctx->errs, sub, "required: the directory that holds the interception CA");
 }
 
 /* ---- limits ---------------------------------------------------------------------------------- */
@@ -637,6 +672,7 @@ static const struct conf_field conf_top_fields[] = {
      .offset = offsetof(struct conf, allow_anonymous_clients)},
     {.name = "limits", .set = conf_set_limits},
     {.name = "access_log", .set = conf_set_access_log},
+    {.name = "intercept", .set = conf_set_intercept},
     /* At least 10 s: a token must not expire between being taken and reaching Apple. */
     {.name = "token_refresh_margin",
      .set = conf_set_margin,

@@ -131,6 +131,9 @@ struct conf {
                                    from (private_key_env), so the caller can remove them from
                                    the process environment */
     size_t nkey_env_names;
+    char *intercept_ca_dir;     /* "intercept": {"ca_dir": DIR}, or the environment's
+                                   APPLE_AUTH_PROXY_INTERCEPT_CA_DIR: CONNECT to a configured
+                                   upstream is intercepted with the CA kept there; NULL: off */
     char *source;               /* the file it came from, or "environment" */
 };
 

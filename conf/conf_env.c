@@ -34,6 +34,7 @@
 #define ENV_WORKERS      "APPLE_AUTH_PROXY_WORKERS"
 #define ENV_ADMIN        "APPLE_AUTH_PROXY_ADMIN_LISTEN"
 #define ENV_ANONYMOUS    "APPLE_AUTH_PROXY_ALLOW_ANONYMOUS_CLIENTS"
+#define ENV_CA_DIR       "APPLE_AUTH_PROXY_INTERCEPT_CA_DIR"
 
 #define ASC_SET                                                                                    \
     ASC_KEY_ID ", " ASC_ISSUER_ID " (absent for an individual key) and " ASC_KEY_FILEPATH          \
@@ -496,6 +497,18 @@ workers:
     v = conf_env_get(g, ENV_ANONYMOUS);
     if (v != NULL && conf_env_bool(v, &conf->allow_anonymous_clients) != 0)
         conf_msgs_add(errs, ENV_ANONYMOUS, "expected true or false (or 1/0, yes/no)");
+    v = conf_env_get(g, ENV_CA_DIR);
+    if (v != NULL && v[0] != '/') {
+        conf_msgs_add(errs, ENV_CA_DIR, "expected an absolute directory path");
+    } else if (v != NULL) {
+        char *d = strdup(v);
+        if (d == NULL) {
+            errs->oom = 1;
+        } else {
+            free(conf->intercept_ca_dir);
+            conf->intercept_ca_dir = d;
+        }
+    }
     v = conf_env_get(g, ENV_WORKERS);
     if (v == NULL)
         return;

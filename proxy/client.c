@@ -41,6 +41,7 @@
 #include "proxy/gateway.h"
 #include "proxy/http1.h"
 #include "proxy/http_error.h"
+#include "proxy/intercept.h"
 #include "proxy/linkrw.h"
 #include "proxy/log.h"
 #include "proxy/request.h"
@@ -115,6 +116,9 @@ struct client {
     struct exchange *x;         /* NULL only while idle with nothing buffered */
     struct upconn *up;
     char *tls_subject;          /* a verified client certificate's subject (TLS listeners) */
+    char *tunnel_host;          /* an intercepted CONNECT's host: requests inside go there */
+    char *tunnel_client;        /* the gateway client the CONNECT identified (NULL: none) */
+    int tunnel_port;
     unsigned up_gen;            /* counts upstream connections attached (see up_cb) */
     unsigned char state;        /* enum client_state */
     unsigned dead : 1;
@@ -298,6 +302,8 @@ static void client_free(struct client *c)
     if (c->gen)
         wgen_unref(c->gen);
     free(c->tls_subject);
+    free(c->tunnel_host);
+    free(c->tunnel_client);
     stream_close(&c->s);
     server_client_leave(w->server);
     free(c);
@@ -1231,6 +1237,110 @@ static void reply_verdict(struct client *c, const struct gateway_verdict *v, int
     reply_error_ex(c, v->code, v->detail, keep, extra);
 }
 
+/* ---- CONNECT interception ---- */
+
+/* Requests inside an intercepted connection: the gateway client is the one the CONNECT
+ * proved (looked up again: the configuration may have been reloaded since). */
+static void tunnel_identify(struct client *c, const struct runtime *rt,
+                            const struct conf_client **cl, struct gateway_verdict *v)
+{
+    memset(v, 0, sizeof(*v));
+    *cl = NULL;
+    for (size_t i = 0; i < rt->conf->nclients; i++)
+        if (strcmp(rt->conf->clients[i].name, c->tunnel_client) == 0) {
+            *cl = &rt->conf->clients[i];
+            return;
+        }
+    v->code = proxy_err_client_forbidden;
+    snprintf(v->detail, sizeof(v->detail), "client %s is no longer configured", c->tunnel_client);
+}
+
+/* "name:port" of a CONNECT target (RFC 9110 9.3.6: authority-form, the port required). */
+static int connect_target(const struct http1_msg *m, size_t *name_len, int *port)
+{
+    const char *colon = memchr(m->target, ':', m->target_len);
+    size_t i;
+    long p = 0;
+    if (colon == NULL || colon == m->target || (size_t)(colon - m->target) > INTERCEPT_MAX_NAME)
+        return -1;
+    *name_len = (size_t)(colon - m->target);
+    for (i = *name_len + 1; i < m->target_len; i++) {
+        if (m->target[i] < '0' || m->target[i] > '9' || p > 65535)
+            return -1;
+        p = p * 10 + (m->target[i] - '0');
+    }
+    if (i == *name_len + 1 || p < 1 || p > 65535)
+        return -1;
+    *port = (int)p;
+    return 0;
+}
+
+/* CONNECT host:port to a configured upstream (the client is already identified): answer 200
+ * and become that host, in TLS on this connection, with a leaf of the proxy's CA. What comes
+ * inside is planned by request_plan_tunnel, as plain requests to that upstream. */
+static void intercept_start(struct client *c, struct runtime *rt, const struct conf_client *cl)
+{
+    struct http1_msg *m = &c->x->req;
+    char name[INTERCEPT_MAX_NAME + 1], err[320];
+    size_t name_len, i;
+    int port;
+    SSL *ssl;
+    int bad = connect_target(m, &name_len, &port);
+    if (bad == 0)
+        snprintf(name, sizeof(name), "%.*s", (int)name_len, m->target);
+    else
+        snprintf(name, sizeof(name), "%.*s", (int)(m->target_len > 150 ? 150 : m->target_len),
+                 m->target);
+    evbuffer_drain(stream_input(&c->s), m->head_len);
+    if (bad) {
+        reply_error(c, proxy_err_bad_request, "CONNECT needs a host:port target", 0);
+        return;
+    }
+    for (i = 0; i < rt->ntargets; i++)
+        if (rt->targets[i].port == port && strcasecmp(rt->targets[i].name, name) == 0)
+            break;
+    if (i == rt->ntargets || !intercept_allows(rt->intercept, name, name_len)) {
+        snprintf(err, sizeof(err), "%s:%d is not one of the configured upstreams", name, port);
+        reply_error(c, proxy_err_forbidden_host, err, 0);
+        return;
+    }
+    if (c->tls) {
+        /* TLS inside TLS would need a second record layer; HTTPS listeners serve
+         * base-URL clients instead. */
+        reply_error(c, proxy_err_connect,
+                    "CONNECT is intercepted on plain http:// listeners only", 0);
+        return;
+    }
+    if (stream_input_length(&c->s) > 0) {
+        /* A client must wait for the 200 before its ClientHello. */
+        reply_error(c, proxy_err_bad_request, "data after CONNECT before the proxy's answer", 0);
+        return;
+    }
+    ssl = intercept_ssl_new(rt->intercept, name, name_len, err, sizeof(err));
+    c->tunnel_host = ssl ? strdup(name) : NULL;
+    c->tunnel_client = ssl && cl ? strdup(cl->name) : NULL;
+    if (ssl == NULL || c->tunnel_host == NULL || (cl && c->tunnel_client == NULL)) {
+        log_msg(LOG_ERROR, "client %s: cannot intercept %s: %s", peer(c), name,
+                ssl ? "out of memory" : err);
+        SSL_free(ssl);
+        reply_error(c, proxy_err_intercept, "no certificate could be made for this host", 0);
+        return;
+    }
+    c->tunnel_port = port;
+    ADD_LITERAL(stream_output(&c->s), "HTTP/1.1 200 Connection established\r\n\r\n");
+    c->x->status = 200;
+    c->x->bytes_out = 39;
+    end_exchange_objects(c);
+    if (stream_start_tls(&c->s, ssl) < 0) {
+        c->dead = 1;
+        return;
+    }
+    c->tls = 1;
+    /* The handshake and the first request head must arrive within the header timeout. */
+    c->state = C_HEAD;
+    arm_timer(c, limits(c)->client_header_timeout_ms);
+}
+
 /* The head is complete: plan it (route, token, upstream head), drain it from the input and
  * start the exchange, or answer the proxy's error. */
 static void start_exchange(struct client *c)
@@ -1279,7 +1389,10 @@ static void start_exchange(struct client *c)
     const struct conf_client *cl = NULL;
     struct gateway_verdict v;
     /* Who is asking comes first: an unknown client learns nothing about the routes. */
-    gateway_identify(rt->conf, m, c->tls_subject, &c->peer_addr.sa, &cl, &v);
+    if (c->tunnel_client)
+        tunnel_identify(c, rt, &cl, &v);
+    else
+        gateway_identify(rt->conf, m, c->tls_subject, &c->peer_addr.sa, &cl, &v);
     if (cl)
         c->x->client_name = cl->name;
     int keep = m->body == HTTP1_BODY_NONE;
@@ -1288,7 +1401,13 @@ static void start_exchange(struct client *c)
         reply_verdict(c, &v, keep);
         return;
     }
-    if (request_plan(&rt->routes, m, &plan) < 0) {
+    if (m->parser.method == HTTP_CONNECT && rt->intercept && !c->tunnel_host) {
+        intercept_start(c, rt, cl);
+        return;
+    }
+    if ((c->tunnel_host ? request_plan_tunnel(&rt->routes, m, c->tunnel_host,
+                                              strlen(c->tunnel_host), c->tunnel_port, &plan)
+                        : request_plan(&rt->routes, m, &plan)) < 0) {
         evbuffer_drain(stream_input(&c->s), m->head_len);
         reply_error(c, proxy_err_internal, "out of memory", 0);
         return;
@@ -1299,7 +1418,8 @@ static void start_exchange(struct client *c)
     c->x->route = plan.route;
     if (plan.code == NULL || plan.code == proxy_err_body_too_large)
         c->x->label = rt->route_label[plan.route];
-    if (plan.code == NULL && rt->conf->routes[plan.route].rewrite_links) {
+    /* Inside an intercepted connection the client sees Apple's own origin: nothing to rewrite. */
+    if (plan.code == NULL && rt->conf->routes[plan.route].rewrite_links && !c->tunnel_host) {
         /* The origin the client addressed, for rewriting links (copied: the head goes). An
          * HTTP/1.0 request may name none: then the address it connected to. */
         char local[INET6_ADDRSTRLEN + 16];
@@ -1496,6 +1616,12 @@ static void client_cb(struct stream *s, unsigned ev, void *arg)
                 c->x->outcome = "client_abort"; /* it stopped reading its response */
             c->dead = 1;
         }
+    }
+    if ((ev & STREAM_ALARM) && !c->dead && s->handshaking) {
+        /* A TLS handshake (of an intercepted CONNECT) that stalls: no reply can be sent. */
+        WSTAT_ADD(c->w, client_tls_failures, 1);
+        log_msg(LOG_DEBUG, "client %s: TLS handshake timed out", peer(c));
+        c->dead = 1;
     }
     if ((ev & STREAM_ALARM) && !c->dead) {
         switch (c->state) {

@@ -28,6 +28,7 @@ const char proxy_err_token[] = "PROXY_TOKEN_UNAVAILABLE";
 const char proxy_err_overloaded[] = "PROXY_OVERLOADED";
 const char proxy_err_upstream_timeout[] = "PROXY_UPSTREAM_TIMEOUT";
 const char proxy_err_internal[] = "PROXY_INTERNAL";
+const char proxy_err_intercept[] = "PROXY_INTERCEPT_UNAVAILABLE";
 
 static const struct {
     const char *code;
@@ -57,6 +58,7 @@ static const struct {
     {proxy_err_overloaded, 503, "The proxy is at its connection limit."},
     {proxy_err_upstream_timeout, 504, "The upstream did not answer in time."},
     {proxy_err_internal, 500, "The proxy ran out of memory for this request."},
+    {proxy_err_intercept, 503, "The proxy could not make a certificate for this host."},
 };
 
 int http_error_status(const char *code)

@@ -31,6 +31,7 @@ extern const char proxy_err_token[];              /* 503 PROXY_TOKEN_UNAVAILABLE
 extern const char proxy_err_overloaded[];         /* 503 PROXY_OVERLOADED */
 extern const char proxy_err_upstream_timeout[];   /* 504 PROXY_UPSTREAM_TIMEOUT */
 extern const char proxy_err_internal[];           /* 500 PROXY_INTERNAL: out of memory */
+extern const char proxy_err_intercept[];          /* 503 PROXY_INTERCEPT_UNAVAILABLE */
 
 /* The reason phrase for a status ("Bad Gateway"); "Unknown" for others. */
 const char *http_reason(int status);

@@ -14,6 +14,7 @@
 #include "proxy/gateway.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
+#include "proxy/cli_ca_cert.h"
 
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE 2
@@ -27,6 +28,7 @@ static const char usage[] =
     "  apple-auth-proxy check [-c FILE]\n"
     "  apple-auth-proxy client-key [NAME]\n"
     "  apple-auth-proxy health [--admin ADDR] [--ready] [--timeout SECONDS]\n"
+    "  apple-auth-proxy ca-cert [-c FILE] [--bundle]\n"
     "  apple-auth-proxy --help | --version\n"
     "\n"
     "serve   run the proxy (default 127.0.0.1:8080): requests get the Bearer token of their\n"
@@ -37,6 +39,8 @@ static const char usage[] =
     "        configuration (the secret goes to the client, only its hash to the proxy)\n"
     "health  GET /healthz (/readyz with --ready) on a running proxy's admin listener: exit 0\n"
     "        when it answers 200, else 1 (the container image's HEALTHCHECK)\n"
+    "ca-cert print the certificate of the CA that intercepts CONNECT (intercept.ca_dir), for\n"
+    "        clients to trust; --bundle prints it after the system's CA bundle\n"
     "\n"
     "Without --config the file named by APPLE_AUTH_PROXY_CONFIG is read; without either, the\n"
     "configuration comes from the environment (APP_STORE_CONNECT_API_KEY_KEY_ID, ...,\n"
@@ -467,6 +471,8 @@ static int run(int argc, char **argv)
         return cmd_client_key(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "health"))
         return cli_health(argc - 2, argv + 2);
+    if (argc >= 2 && !strcmp(argv[1], "ca-cert"))
+        return cli_ca_cert(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "serve"))
         return cmd_serve(argc - 2, argv + 2);
     if (argc >= 2 && argv[1][0] != '-') {

@@ -160,20 +160,66 @@ static int build_head(struct request_plan *p, const struct http1_msg *m, const c
     return 0;
 }
 
-int request_plan(const struct request_routes *routes, const struct http1_msg *m,
-                 struct request_plan *p)
-{
-    const struct conf *conf = routes->conf;
-    const char *host = NULL, *path = m->target, *query;
-    size_t host_len = 0, path_len = m->target_len;
-    int absolute = 0;
-    int no_body = m->body == HTTP1_BODY_NONE;
-    char err[200];
+static int plan_routed(const struct request_routes *routes, const struct http1_msg *m,
+                       struct request_plan *p, const char *host, size_t host_len, int absolute,
+                       const char *path, size_t path_len);
 
+static void plan_start(const struct http1_msg *m, struct request_plan *p)
+{
     memset(p, 0, sizeof(*p));
     p->http10 = m->version_major == 1 && m->version_minor == 0;
     p->is_head = m->method_len == 4 && memcmp(m->method, "HEAD", 4) == 0;
     p->idempotent = is_idempotent(m->method, m->method_len);
+}
+
+/* Whether m's Host is "host" or "host:port" (a DNS name: no brackets). */
+static int host_names(const struct http1_msg *m, const char *host, size_t host_len, int port)
+{
+    char want[16];
+    size_t n;
+    if (!m->has_host || m->host_len < host_len || strncasecmp(m->host, host, host_len) != 0)
+        return 0;
+    if (m->host_len == host_len)
+        return 1;
+    n = (size_t)snprintf(want, sizeof(want), ":%d", port);
+    return m->host_len - host_len == n && memcmp(m->host + host_len, want, n) == 0;
+}
+
+int request_plan_tunnel(const struct request_routes *routes, const struct http1_msg *m,
+                        const char *host, size_t host_len, int port, struct request_plan *p)
+{
+    plan_start(m, p);
+    if (m->parser.method == HTTP_CONNECT) {
+        fail(p, proxy_err_bad_request, "CONNECT inside an intercepted connection", 0);
+        return 0;
+    }
+    if (m->target_len == 0 || m->target[0] != '/') {
+        fail(p, proxy_err_bad_request,
+             "inside an intercepted connection the request target must be a path", 0);
+        return 0;
+    }
+    /* The connection was opened to one host: a request naming another could be routed, and
+     * given a token, for a host the client never connected to. */
+    if (!host_names(m, host, host_len, port)) {
+        char err[200];
+        snprintf(err, sizeof(err), "Host must name %.*s, the host this connection was opened to",
+                 (int)(host_len > 150 ? 150 : host_len), host);
+        fail(p, proxy_err_bad_request, err, 0);
+        return 0;
+    }
+    p->authority = m->host;
+    p->authority_len = m->host_len;
+    return plan_routed(routes, m, p, host, host_len, 1, m->target, m->target_len);
+}
+
+int request_plan(const struct request_routes *routes, const struct http1_msg *m,
+                 struct request_plan *p)
+{
+    const char *host = NULL, *path = m->target;
+    size_t host_len = 0, path_len = m->target_len;
+    int absolute = 0;
+
+    plan_start(m, p);
 
     if (m->parser.method == HTTP_CONNECT) {
         fail(p, proxy_err_connect,
@@ -208,6 +254,20 @@ int request_plan(const struct request_routes *routes, const struct http1_msg *m,
         p->authority = m->host;
         p->authority_len = m->host_len;
     }
+    return plan_routed(routes, m, p, host, host_len, absolute, path, path_len);
+}
+
+/* The rest of planning, once the target is parsed: the path's checks, the route (absolute:
+ * by host among the upstreams only), the body limit and the upstream head. */
+static int plan_routed(const struct request_routes *routes, const struct http1_msg *m,
+                       struct request_plan *p, const char *host, size_t host_len, int absolute,
+                       const char *path, size_t path_len)
+{
+    const struct conf *conf = routes->conf;
+    const char *query;
+    int no_body = m->body == HTTP1_BODY_NONE;
+    char err[200];
+
     query = memchr(path, '?', path_len);
     size_t bare_len = query ? (size_t)(query - path) : path_len;
     if (memchr(path, '#', path_len) || has_dot_segment(path, bare_len)) {

@@ -39,6 +39,11 @@ struct request_plan {
  * framing is the proxy's own. Returns 0 (p->code says whether to forward); -1 out of memory. */
 int request_plan(const struct request_routes *routes, const struct http1_msg *m,
                  struct request_plan *p);
+/* The same for a request inside an intercepted CONNECT tunnel to host:port: the target must be
+ * a path and Host must name that host (and port, when it gives one); the request is routed as
+ * an absolute-form request to that host would be. */
+int request_plan_tunnel(const struct request_routes *routes, const struct http1_msg *m,
+                        const char *host, size_t host_len, int port, struct request_plan *p);
 void request_plan_deinit(struct request_plan *p);
 
 /* RFC 9110 7.6.1 hop-by-hop fields, plus the proxy credentials that never cross the proxy. */

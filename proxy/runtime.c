@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "proxy/gateway.h"
+#include "proxy/intercept.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
 
@@ -70,6 +71,28 @@ const char *const *runtime_route_scope(const struct runtime *rt, size_t route, s
     }
     *n = c->nscope;
     return (const char *const *)c->scope;
+}
+
+/* The interception CA for the upstreams' names (loaded, or made on the first start). */
+static int runtime_intercept_init(struct runtime *rt, char *err, size_t errlen)
+{
+    const char **hosts = calloc(rt->ntargets ? rt->ntargets : 1, sizeof(*hosts));
+    char warn[1024];
+    size_t i;
+    if (hosts == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (i = 0; i < rt->ntargets; i++)
+        hosts[i] = rt->targets[i].name;
+    rt->intercept = intercept_new(rt->conf->intercept_ca_dir, hosts, rt->ntargets, err, errlen,
+                                  warn, sizeof(warn));
+    free(hosts);
+    if (rt->intercept == NULL)
+        return -1;
+    if (warn[0])
+        log_msg(LOG_WARN, "intercept: %s", warn);
+    return 0;
 }
 
 /* The token cache's mint hook: the count is kept in the credential's live entry, which
@@ -177,6 +200,8 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
     rt->routes.conf = conf;
     rt->routes.host = rt->route_host;
     rt->routes.host_len = rt->route_host_len;
+    if (conf->intercept_ca_dir && runtime_intercept_init(rt, err, errlen) < 0)
+        goto fail;
     /* Mint every route's token now: a broken key fails the start, not the first request. */
     for (i = 0; i < conf->nroutes; i++) {
         size_t n;
@@ -253,6 +278,7 @@ void runtime_unref(struct runtime *rt)
     free(rt->client_scope);
     free(rt->client_scope_n);
     token_cache_free(rt->tokens);
+    intercept_free(rt->intercept);
     conf_free(rt->conf);
     free(rt);
 }

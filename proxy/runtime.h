@@ -11,6 +11,7 @@
 #include "proxy/live.h"
 #include "proxy/request.h"
 
+struct intercept;
 
 /* A distinct upstream endpoint: routes that share name, address and CA share a target (and so
  * a connection pool in each worker). */
@@ -43,6 +44,7 @@ struct runtime {
     struct live_client **live_clients; /* per client index */
     char ***client_scope;          /* [client * nroutes + route]: "client_scopes" lists */
     size_t *client_scope_n;
+    struct intercept *intercept;   /* the CONNECT interception CA; NULL when it is off */
 };
 
 /* Takes ownership of conf (also on failure). Builds TLS contexts (verification always on),

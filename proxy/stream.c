@@ -544,6 +544,26 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
         s->cb(s, ev, s->arg);
 }
 
+/* Binds ssl to fd for the stream's read loop (short-read notes) and starts the handshake. */
+static int tls_attach(struct stream *s, SSL *ssl, int fd, enum stream_tls mode)
+{
+    BIO *rb;
+    if (!SSL_set_fd(ssl, fd))
+        return -1;
+    SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    rb = SSL_get_rbio(ssl);
+    if (rb) {
+        BIO_set_callback_ex(rb, bio_cb);
+        BIO_set_callback_arg(rb, (char *)s);
+    }
+    if (mode == STREAM_TLS_ACCEPT)
+        SSL_set_accept_state(ssl);
+    else
+        SSL_set_connect_state(ssl);
+    s->handshaking = 1;
+    return 0;
+}
+
 int stream_init(struct stream *s, struct stream_ctx *ctx, int fd, SSL *ssl, enum stream_tls mode,
                 stream_cb cb, void *arg)
 {
@@ -552,21 +572,8 @@ int stream_init(struct stream *s, struct stream_ctx *ctx, int fd, SSL *ssl, enum
     s->cb = cb;
     s->arg = arg;
     s->reading = 1;
-    if (ssl) {
-        if (!SSL_set_fd(ssl, fd))
-            return -1;
-        SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-        BIO *rb = SSL_get_rbio(ssl);
-        if (rb) {
-            BIO_set_callback_ex(rb, bio_cb);
-            BIO_set_callback_arg(rb, (char *)s);
-        }
-        if (mode == STREAM_TLS_ACCEPT)
-            SSL_set_accept_state(ssl);
-        else
-            SSL_set_connect_state(ssl);
-        s->handshaking = 1;
-    }
+    if (ssl && tls_attach(s, ssl, fd, mode) < 0)
+        return -1;
     /* Registered once, edge-triggered: the first wake-up reports the socket writable (and
      * readable, if data is already there), and no epoll_ctl follows until the close. */
     if (event_assign(&s->io, ctx->base, fd, EV_READ | EV_WRITE | EV_CLOSED | EV_PERSIST | EV_ET,
@@ -624,6 +631,27 @@ void stream_peer_post(struct stream *s, unsigned events, int sys_errno)
     s->pending |= events;
     if (events)
         event_active(&s->io, EV_READ, 1);
+}
+
+int stream_start_tls(struct stream *s, SSL *ssl)
+{
+    int fd = (int)event_get_fd(&s->io);
+    if (s->ssl || s->peer_ops || s->failed || s->eof || stream_input_length(s) != 0)
+        goto fail;
+    write_out(s);
+    if (s->failed || stream_output_length(s) != 0 ||
+        tls_attach(s, ssl, fd, STREAM_TLS_ACCEPT) < 0)
+        goto fail;
+    s->ssl = ssl;
+    s->read_wants_write = s->write_wants_read = 0;
+    s->tls_short = 0;
+    /* The ClientHello may already be waiting, and its edge was seen while the stream was
+     * plain: try the handshake from the loop. */
+    event_active(&s->io, EV_READ, 1);
+    return 0;
+fail:
+    SSL_free(ssl);
+    return -1;
 }
 
 void stream_close(struct stream *s)

@@ -115,6 +115,11 @@ int stream_init_peer(struct stream *s, struct stream_ctx *ctx, const struct stre
  * failed with sys_errno; STREAM_EOF marks it ended. STREAM_READ waits while reading is off. */
 void stream_peer_post(struct stream *s, unsigned events, int sys_errno);
 
+/* Turns a plain stream whose input is empty into the server side of a TLS connection (takes
+ * ssl; its fd is set here): what the output holds is written in plain text first, and must go
+ * at once (a CONNECT's 200 is small). The handshake then runs as for STREAM_TLS_ACCEPT. Returns
+ * 0, or -1 (ssl is freed; the stream stays plain). */
+int stream_start_tls(struct stream *s, SSL *ssl);
 /* Unregisters, sends close_notify on a TLS stream that completed its handshake (best
  * effort), frees the TLS session and closes the socket. */
 void stream_close(struct stream *s);
