@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -207,10 +208,13 @@ fail:
 
 /* ---- files ---- */
 
-/* The directory: created 0700 when missing; refused when others may read or change it. */
-static int dir_check(const char *dir, char *err, size_t errlen)
+/* The directory: created 0700 when missing; refused when others may read or change it. A
+ * directory on a read-only file system (a Kubernetes Secret volume) cannot be changed by anyone:
+ * only its key file's mode matters there (file_read). */
+static int dir_check(const char *dir, int *readonly, char *err, size_t errlen)
 {
     struct stat st;
+    struct statvfs vfs;
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         snprintf(err, errlen, "intercept.ca_dir %s: cannot create it: %s", dir, strerror(errno));
         return -1;
@@ -223,6 +227,9 @@ static int dir_check(const char *dir, char *err, size_t errlen)
         snprintf(err, errlen, "intercept.ca_dir %s: not a directory", dir);
         return -1;
     }
+    *readonly = statvfs(dir, &vfs) == 0 && (vfs.f_flag & ST_RDONLY);
+    if (*readonly)
+        return 0;
     if (st.st_mode & (S_IRWXO | S_IWGRP)) {
         snprintf(err, errlen,
                  "intercept.ca_dir %s: mode %03o lets others read or change the CA key's "
@@ -238,11 +245,14 @@ static int dir_check(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-/* Reads a whole file (at most CA_FILE_MAX). private: the file must be the owner's alone.
- * Returns a BIO over a copy, or NULL (errno ENOENT when the file does not exist). */
-static char *file_read(const char *path, int private, size_t *len, char *err, size_t errlen)
+/* Reads a whole file (at most CA_FILE_MAX) into a malloc'd copy. private: nobody but the owner
+ * may read it (but its group on a read-only file system, where a Kubernetes fsGroup makes
+ * Secret files group-readable: the pod's own group). Symbolic links are followed (Secret
+ * volumes are made of them): the directory was checked, so its owner placed them. */
+static char *file_read(const char *path, int private, int readonly, size_t *len, char *err,
+                       size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
     char *buf = NULL;
     ssize_t n;
@@ -256,7 +266,7 @@ static char *file_read(const char *path, int private, size_t *len, char *err, si
         snprintf(err, errlen, "%s: not a regular file of at most %d bytes", path, CA_FILE_MAX);
         goto fail;
     }
-    if (private && (st.st_mode & 077)) {
+    if (private && (st.st_mode & (readonly ? S_IRWXO : (S_IRWXG | S_IRWXO)))) {
         snprintf(err, errlen, "%s: mode %03o lets others read the CA key; chmod 600 it", path,
                  (unsigned)(st.st_mode & 0777));
         goto fail;
@@ -391,8 +401,8 @@ static int list_has(char *const *list, size_t n, const char *s)
 
 /* An existing CA: its key and certificate must belong together, the certificate must be a
  * valid CA whose constraints permit every host. */
-static int ca_load(struct intercept *ic, const char *dir, char *err, size_t errlen, char *warn,
-                   size_t warnlen)
+static int ca_load(struct intercept *ic, const char *dir, int readonly, char *err, size_t errlen,
+                   char *warn, size_t warnlen)
 {
     char path[4096];
     char *kdata = NULL, *cdata = NULL, **permitted = NULL;
@@ -400,7 +410,7 @@ static int ca_load(struct intercept *ic, const char *dir, char *err, size_t errl
     BIO *b = NULL;
     int rc = -1;
     snprintf(path, sizeof(path), "%s/%s", dir, INTERCEPT_CA_KEY_FILE);
-    kdata = file_read(path, 1, &klen, err, errlen);
+    kdata = file_read(path, 1, readonly, &klen, err, errlen);
     if (kdata == NULL)
         goto out;
     b = BIO_new_mem_buf(kdata, (int)klen);
@@ -412,7 +422,7 @@ static int ca_load(struct intercept *ic, const char *dir, char *err, size_t errl
         goto out;
     }
     snprintf(path, sizeof(path), "%s/%s", dir, INTERCEPT_CA_CERT_FILE);
-    cdata = file_read(path, 0, &clen, err, errlen);
+    cdata = file_read(path, 0, readonly, &clen, err, errlen);
     if (cdata == NULL)
         goto out;
     b = BIO_new_mem_buf(cdata, (int)clen);
@@ -480,7 +490,7 @@ struct intercept *intercept_new(const char *dir, const char *const *hosts, size_
     struct intercept *ic = calloc(1, sizeof(*ic));
     char path[4096];
     struct stat st;
-    int lockfd = -1;
+    int lockfd = -1, readonly = 0;
     size_t i;
     if (warn && warnlen)
         warn[0] = '\0';
@@ -516,19 +526,21 @@ struct intercept *intercept_new(const char *dir, const char *const *hosts, size_
         snprintf(err, errlen, "intercept: no upstream has a DNS name to intercept");
         goto fail;
     }
-    if (dir_check(dir, err, errlen) < 0)
+    if (dir_check(dir, &readonly, err, errlen) < 0)
         goto fail;
-    /* Two processes starting at once on a fresh directory must end up with one CA. */
+    /* Two processes starting at once on a fresh directory must end up with one CA (nothing is
+     * made in a read-only one). */
     snprintf(path, sizeof(path), "%s/.lock", dir);
-    lockfd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (lockfd < 0 || flock(lockfd, LOCK_EX) != 0) {
+    if (!readonly)
+        lockfd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (!readonly && (lockfd < 0 || flock(lockfd, LOCK_EX) != 0)) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
         goto fail;
     }
     snprintf(path, sizeof(path), "%s/%s", dir, INTERCEPT_CA_KEY_FILE);
-    if (lstat(path, &st) != 0 && errno == ENOENT) {
+    if (stat(path, &st) != 0 && errno == ENOENT) {
         snprintf(path, sizeof(path), "%s/%s", dir, INTERCEPT_CA_CERT_FILE);
-        if (lstat(path, &st) == 0) {
+        if (stat(path, &st) == 0) {
             snprintf(err, errlen, "%s exists without %s: remove it to make a new CA", path,
                      INTERCEPT_CA_KEY_FILE);
             goto fail;
@@ -536,10 +548,11 @@ struct intercept *intercept_new(const char *dir, const char *const *hosts, size_
         if (ca_create(ic, dir, err, errlen) < 0)
             goto fail;
         ic->ca_not_after = asn1_to_time(X509_get0_notAfter(ic->ca));
-    } else if (ca_load(ic, dir, err, errlen, warn, warnlen) < 0) {
+    } else if (ca_load(ic, dir, readonly, err, errlen, warn, warnlen) < 0) {
         goto fail;
     }
-    close(lockfd);
+    if (lockfd >= 0)
+        close(lockfd);
     return ic;
 fail:
     if (lockfd >= 0)

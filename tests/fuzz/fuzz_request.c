@@ -10,7 +10,9 @@
  *   - at most one framing field, matching the parsed body;
  *   - the head plus the token line re-parses with the proxy's own strict parser, completely;
  *   - parsing is consistent when bytes arrive in pieces (the proxy re-parses from the start);
- *   - body sinks never see more than Content-Length, and chunk sizes add up. */
+ *   - body sinks never see more than Content-Length, and chunk sizes add up;
+ *   - request_plan_tunnel (a request inside an intercepted CONNECT) forwards only to the
+ *     CONNECT's host, and only when Host names it, with the same head invariants. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -305,6 +307,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check_head(&plan, &m);
         else
             CHECK(plan.head == NULL, "an error plan with a head");
+        request_plan_deinit(&plan);
+
+        /* Inside an intercepted CONNECT to Apple's host: only that host's routes, and only
+         * when Host names it. */
+        static const char tunnel[] = "api.appstoreconnect.apple.com";
+        CHECK(request_plan_tunnel(rt, &m, tunnel, sizeof(tunnel) - 1, 443, &plan) == 0,
+              "request_plan_tunnel out of memory");
+        if (plan.code == NULL) {
+            check_head(&plan, &m);
+            CHECK(strcmp(rt->targets[rt->route_target[plan.route]].name, tunnel) == 0,
+                  "a tunnelled request routed to %s", rt->targets[rt->route_target[plan.route]].name);
+            CHECK(m.has_host && m.host_len >= sizeof(tunnel) - 1 &&
+                      strncasecmp(m.host, tunnel, sizeof(tunnel) - 1) == 0,
+                  "a tunnelled request with another Host");
+        } else {
+            CHECK(plan.head == NULL, "an error plan with a head");
+        }
         request_plan_deinit(&plan);
 
         /* The body, in two pieces (the second starts where the first stopped). */

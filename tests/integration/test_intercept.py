@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import ssl
 import stat
@@ -204,6 +205,43 @@ class Intercept(unittest.TestCase):
         rc, _, err = h.run_cli(["ca-cert", "-c", two])
         self.assertNotEqual(rc, 0)
         self.assertIn("do not permit weatherkit.apple.com", err)
+
+    def test_ca_from_a_read_only_secret_volume(self):
+        """A Kubernetes Secret volume: a read-only tmpfs, a world-writable sticky directory,
+        files behind ..data symbolic links, the key group-readable (fsGroup). The CA is used
+        as it is; a key others may read is refused even there."""
+        if os.geteuid() != 0 or shutil.which("unshare") is None:
+            self.skipTest("needs root and unshare(1) to mount a read-only tmpfs")
+        mnt = h.new_dir("secretvol")
+        script = r"""
+set -e
+mount -t tmpfs -o mode=1777 tmpfs "$MNT"
+mkdir "$MNT/..data"
+cp "$SRC/ca.key" "$SRC/ca.pem" "$MNT/..data/"
+chmod "$KEYMODE" "$MNT/..data/ca.key"
+chmod 0444 "$MNT/..data/ca.pem"
+ln -s ..data/ca.key "$MNT/ca.key"
+ln -s ..data/ca.pem "$MNT/ca.pem"
+mount -o remount,ro "$MNT"
+exec "$BIN" ca-cert -c "$CFG"
+"""
+        cfg = h.write_config({"asc": h.credential("app-store-connect", self.key)},
+                             [h.route(self.up, "app-store-connect", "asc")],
+                             intercept={"ca_dir": mnt})
+
+        def run(mode):
+            return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                   script], capture_output=True, text=True, timeout=60,
+                                  env=h.clean_env({"MNT": mnt, "SRC": self.ca_dir, "KEYMODE": mode,
+                                                   "BIN": h.BINARY, "CFG": cfg}))
+        p = run("0440")
+        if p.returncode != 0 and "mount" in p.stderr and "permission denied" in p.stderr.lower():
+            self.skipTest("mounting is not permitted here: " + p.stderr)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout, text_of(self.ca))
+        p = run("0444")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("chmod 600", p.stderr)
 
     def test_ca_cert_bundle_follows_the_system_bundle(self):
         system = os.path.join(h.new_dir("bundle"), "system.pem")

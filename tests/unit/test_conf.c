@@ -489,6 +489,55 @@ static void test_access_log(void **state)
     expect_error("{" CREDS ", \"access_log\": \"-\"}", "access_log: expected an object");
 }
 
+static void test_intercept(void **state)
+{
+    const char *const env[] = {"WEATHERKIT_KEY_ID",
+                               "ABC123DEFG",
+                               "WEATHERKIT_TEAM_ID",
+                               "DEF123GHIJ",
+                               "WEATHERKIT_SERVICE_ID",
+                               "com.example.w",
+                               "WEATHERKIT_KEY",
+                               pem,
+                               "APPLE_AUTH_PROXY_INTERCEPT_CA_DIR",
+                               "/var/lib/aap/ca",
+                               NULL};
+    const char *const relative[] = {"WEATHERKIT_KEY_ID",
+                                    "ABC123DEFG",
+                                    "WEATHERKIT_TEAM_ID",
+                                    "DEF123GHIJ",
+                                    "WEATHERKIT_SERVICE_ID",
+                                    "com.example.w",
+                                    "WEATHERKIT_KEY",
+                                    pem,
+                                    "APPLE_AUTH_PROXY_INTERCEPT_CA_DIR",
+                                    "ca",
+                                    NULL};
+    struct conf *conf = load_ok("{" CREDS "}");
+    char *errors = NULL;
+
+    (void)state;
+    assert_null(conf->intercept_ca_dir); /* off by default */
+    conf_free(conf);
+    conf = load_ok("{" CREDS ", \"intercept\": {\"ca_dir\": \"/var/lib/aap/ca\"}}");
+    assert_string_equal(conf->intercept_ca_dir, "/var/lib/aap/ca");
+    conf_free(conf);
+    expect_error("{" CREDS ", \"intercept\": {}}", "intercept.ca_dir: required");
+    expect_error("{" CREDS ", \"intercept\": {\"ca_dir\": \"ca\"}}",
+                 "intercept.ca_dir: expected an absolute directory path");
+    expect_error("{" CREDS ", \"intercept\": {\"ca_dir\": \"/a\\nb\"}}",
+                 "intercept.ca_dir: expected a directory path without control characters");
+    expect_error("{" CREDS ", \"intercept\": {\"ca_dir\": \"/x\", \"cadir\": 1}}",
+                 "intercept.cadir: unknown key");
+    expect_error("{" CREDS ", \"intercept\": \"/x\"}", "intercept: expected an object");
+    assert_int_equal(load_env(env, &conf, &errors), 0);
+    assert_string_equal(conf->intercept_ca_dir, "/var/lib/aap/ca");
+    conf_free(conf);
+    assert_int_equal(load_env(relative, &conf, &errors), -1);
+    assert_contains(errors, "APPLE_AUTH_PROXY_INTERCEPT_CA_DIR: expected an absolute directory path");
+    free(errors);
+}
+
 static void test_listen_forms(void **state)
 {
     struct conf *conf = load_ok("{\"listen\": [\"[::1]:8080\", \"localhost:8081\"], "
@@ -2079,6 +2128,7 @@ int main(void)
         cmocka_unit_test(test_explicit_routes),
         cmocka_unit_test(test_values_set),
         cmocka_unit_test(test_access_log),
+        cmocka_unit_test(test_intercept),
         cmocka_unit_test(test_listen_forms),
         cmocka_unit_test(test_addr_parse),
         cmocka_unit_test(test_example_file),
