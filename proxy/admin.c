@@ -14,6 +14,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "proxy/metrics.h"
+#include "proxy/intercept.h"
 #include "proxy/server.h"
 
 struct admin {
@@ -93,6 +94,13 @@ static void handle(struct evhttp_request *req, void *arg)
     } else if (plen == 8 && strncmp(uri, "/metrics", 8) == 0) {
         metrics_render(body, a->server);
         reply(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body);
+    } else if (plen == 7 && strncmp(uri, "/ca.pem", 7) == 0 && a->server->rt->intercept) {
+        /* The interception CA's certificate (public): what clients beside a container or in
+         * a cluster fetch to trust it. */
+        if (intercept_ca_pem(a->server->rt->intercept, body) == 0)
+            reply(req, 200, "OK", "application/x-pem-file", body);
+        else
+            reply(req, 500, "Internal Server Error", "text/plain; charset=utf-8", body);
     } else {
         evbuffer_add_printf(body, "not found: the admin endpoints are /healthz, /readyz and "
                                   "/metrics\n");

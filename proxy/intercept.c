@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
 #include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -594,6 +595,18 @@ int intercept_allows(const struct intercept *ic, const char *name, size_t len)
 X509 *intercept_ca_cert(const struct intercept *ic)
 {
     return ic->ca;
+}
+
+int intercept_ca_pem(const struct intercept *ic, struct evbuffer *out)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data;
+    long n;
+    int rc = -1;
+    if (b && PEM_write_bio_X509(b, ic->ca) && (n = BIO_get_mem_data(b, &data)) > 0)
+        rc = evbuffer_add(out, data, (size_t)n);
+    BIO_free(b);
+    return rc;
 }
 
 /* Clients inside a tunnel speak HTTP/1.1 (RFC 7301: no overlap means no ALPN answer). */

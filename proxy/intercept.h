@@ -7,6 +7,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+struct evbuffer;
+
 /* The CA: ca.pem (certificate) and ca.key (PKCS#8 P-256 key, mode 0600) in the directory. */
 #define INTERCEPT_CA_CERT_FILE "ca.pem"
 #define INTERCEPT_CA_KEY_FILE "ca.key"
@@ -46,5 +48,7 @@ SSL *intercept_ssl_new(struct intercept *ic, const char *name, size_t len, char 
 
 /* The CA certificate (owned by ic). */
 X509 *intercept_ca_cert(const struct intercept *ic);
+/* Appends the CA certificate as PEM to out. Returns 0/-1. */
+int intercept_ca_pem(const struct intercept *ic, struct evbuffer *out);
 
 #endif

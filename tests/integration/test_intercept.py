@@ -123,7 +123,8 @@ class Intercept(unittest.TestCase):
             {"asc": cred, "weather": h.credential("weatherkit", h.make_key())},
             [h.route(cls.up, "weatherkit", "weather", path_prefix="/api/v1/"),
              h.route(cls.up, "app-store-connect", "asc")],
-            intercept={"ca_dir": cls.ca_dir}, limits={"client_header_timeout": 2})
+            intercept={"ca_dir": cls.ca_dir}, limits={"client_header_timeout": 2},
+            admin_listen="127.0.0.1:0")
         cls.px = h.start_proxy(cls.config)
         rc, out, err = h.run_cli(["ca-cert", "-c", cls.config])
         if rc != 0:
@@ -151,6 +152,13 @@ class Intercept(unittest.TestCase):
                                r"DNS:weatherkit\.apple\.com\s+DNS:api\.appstoreconnect\.apple\.com\s+"
                                r"Excluded:\s+IP:0\.0\.0\.0/0\.0\.0\.0\s+IP:0:0:0:0:0:0:0:0/")
         self.assertRegex(text, r"Basic Constraints: critical\s+CA:TRUE, pathlen:0")
+
+    def test_admin_serves_the_ca_certificate(self):
+        with h.HttpClient(self.px.admin_port) as c:
+            r = c.request("GET", "/ca.pem")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.header("content-type"), "application/x-pem-file")
+        self.assertEqual(r.body.decode(), text_of(self.ca))
 
     def test_ca_is_reused_by_the_next_start(self):
         before = text_of(os.path.join(self.ca_dir, "ca.pem"))
@@ -484,6 +492,18 @@ print(json.dumps({"pages": pages, "apps": names}))
 
 
 class WithoutIntercept(unittest.TestCase):
+    def test_no_ca_on_the_admin_port(self):
+        up = h.start_standin()
+        cfg = h.write_config({"asc": h.credential("app-store-connect", h.make_key())},
+                             [h.route(up, "app-store-connect", "asc")], admin_listen="127.0.0.1:0")
+        px = h.start_proxy(cfg)
+        try:
+            with h.HttpClient(px.admin_port) as c:
+                self.assertEqual(c.request("GET", "/ca.pem").status, 404)
+        finally:
+            px.stop()
+            up.stop()
+
     def test_connect_stays_405(self):
         st = h.Stack()
         try:

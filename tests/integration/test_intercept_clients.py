@@ -9,7 +9,9 @@ Apple's own https:// links.next through the proxy:
 - Node with undici's ProxyAgent (requestTls.ca);
 - the npm libraries node-app-store-connect-api 5.0.6 (readAll, with a fetch through the
   ProxyAgent), @rage-against-the-pixel/app-store-connect-api 4.4.1 and appstore-connect-sdk
-  2.0.0 (both unchanged, their fetch routed by undici's setGlobalDispatcher).
+  2.0.0 (both unchanged, their fetch routed by undici's setGlobalDispatcher);
+- node-app-store-connect-api by base URL on an HTTPS listener, whose links.next the proxy
+  rewrites to its own https:// origin (the library takes anything else for a path).
 
 The npm packages are installed from the npm registry into a cache next to the binary
 (<build>/test-npm, reused while the pinned versions match). A missing tool or a failed install
@@ -214,6 +216,21 @@ console.log(JSON.stringify({ pages, apps }));
 """
 
 
+# node-app-store-connect-api by base URL: it treats every URL not starting with https:// as a
+# path of its own, so readAll needs the links rewritten to https:// -- an HTTPS listener's.
+NODE_DFABULICH_BASE_URL = r"""
+import { readFileSync } from "node:fs";
+import { api } from "node-app-store-connect-api";
+let pages = 0;
+const counting = (url, options) => { pages++; return fetch(url, options); };
+const { readAll } = await api({ issuerId: "00000000-0000-0000-0000-000000000000",
+                                apiKey: "DUMMYKEY00", privateKey: readFileSync(process.env.DUMMY_KEY, "utf8"),
+                                urlBase: process.env.BASE_URL, fetch: counting, automaticRetries: 0 });
+const { data } = await readAll("apps?limit=3");
+console.log(JSON.stringify({ pages, apps: data.length }));
+"""
+
+
 class InterceptClients(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -241,6 +258,7 @@ class InterceptClients(unittest.TestCase):
                          "SSL_CERT_FILE": self.ca, "PROXY_URL": self.proxy_url,
                          "CA_FILE": self.ca, "DUMMY_KEY": self.dummy_key})
         e.update(env or {})
+        e = {k: v for k, v in e.items() if v is not None}
         p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=e, cwd=cwd)
         self.assertEqual(p.returncode, 0, "%s failed:\n%s\n%s" % (argv[0], p.stdout, p.stderr))
         last = [line for line in p.stdout.splitlines() if line.startswith("{")][-1]
@@ -286,6 +304,27 @@ class InterceptClients(unittest.TestCase):
 
     def test_npm_appstore_connect_sdk(self):
         self.node("appstore_connect_sdk", NODE_SDK)
+
+    def test_npm_node_app_store_connect_api_base_url_on_https_listener(self):
+        certs = h.get_certs()
+        cfg = h.write_config({"asc": h.credential("app-store-connect", self.key)},
+                             [h.route(self.up, "app-store-connect", "asc")],
+                             listen=[{"address": "127.0.0.1:0",
+                                      "tls": {"cert_file": certs["good_cert"],
+                                              "key_file": certs["good_key"]}}])
+        px = h.start_proxy(cfg)
+        try:
+            npm_install()
+            path = os.path.join(NPM_DIR, "node_app_store_connect_api_base_url.mjs")
+            with open(path, "w") as f:
+                f.write(NODE_DFABULICH_BASE_URL)
+            # No proxy variables: the base URL is the proxy's HTTPS listener.
+            self.run_client([tool("node"), path], cwd=NPM_DIR,
+                            env={"BASE_URL": "https://localhost:%d" % px.port,
+                                 "NODE_EXTRA_CA_CERTS": certs["ca_cert"], "HTTPS_PROXY": None,
+                                 "https_proxy": None})
+        finally:
+            px.stop()
 
 
 if __name__ == "__main__":
