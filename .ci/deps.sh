@@ -16,8 +16,11 @@ if [ "${WITH_TEST_TOOLS:-1}" = 1 ]; then
   # The APNs stand-in and its tests speak HTTP/2 with python3-h2.
   packages+=(python3-h2)
   # The clients of the interception tests: Go's and Ruby's net/http, Node and npm (which
-  # installs undici and the App Store Connect libraries from the npm registry).
-  packages+=(golang-go ruby nodejs npm)
+  # installs undici and the App Store Connect libraries from the npm registry). A Node from
+  # elsewhere (NodeSource's nodejs carries its own npm) is kept.
+  packages+=(golang-go ruby)
+  command -v node >/dev/null || packages+=(nodejs)
+  command -v npm >/dev/null || packages+=(npm)
 fi
 
 if [ "${WITH_BENCH_TOOLS:-0}" = 1 ]; then
