@@ -623,10 +623,9 @@ static int alpn_http11(SSL *ssl, const unsigned char **out, unsigned char *outle
     return SSL_TLSEXT_ERR_OK;
 }
 
-static SSL_CTX *leaf_ctx(const struct intercept *ic, const char *host, time_t *renew_at,
-                         char *err, size_t errlen)
+static SSL_CTX *leaf_ctx(const struct intercept *ic, const char *host, time_t now,
+                         time_t *renew_at, char *err, size_t errlen)
 {
-    time_t now = time(NULL);
     long lifetime = INTERCEPT_LEAF_LIFETIME;
     X509 *cert = NULL;
     EVP_PKEY *key = NULL;
@@ -662,6 +661,12 @@ out:
 SSL *intercept_ssl_new(struct intercept *ic, const char *name, size_t len, char *err,
                        size_t errlen)
 {
+    return intercept_ssl_new_at(ic, name, len, time(NULL), err, errlen);
+}
+
+SSL *intercept_ssl_new_at(struct intercept *ic, const char *name, size_t len, time_t now,
+                          char *err, size_t errlen)
+{
     long i = host_index(ic, name, len);
     SSL *ssl = NULL;
     if (i < 0) {
@@ -670,9 +675,9 @@ SSL *intercept_ssl_new(struct intercept *ic, const char *name, size_t len, char 
     }
     pthread_mutex_lock(&ic->lock);
     struct leaf *l = &ic->leaves[i];
-    if (l->ctx == NULL || time(NULL) >= l->renew_at) {
+    if (l->ctx == NULL || now >= l->renew_at) {
         time_t renew_at = 0;
-        SSL_CTX *ctx = leaf_ctx(ic, ic->hosts[i], &renew_at, err, errlen);
+        SSL_CTX *ctx = leaf_ctx(ic, ic->hosts[i], now, &renew_at, err, errlen);
         if (ctx) {
             SSL_CTX_free(l->ctx); /* connections using the old one hold their own reference */
             l->ctx = ctx;

@@ -4,6 +4,7 @@
 #define AAP_PROXY_INTERCEPT_H
 
 #include <stddef.h>
+#include <time.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -45,6 +46,11 @@ int intercept_allows(const struct intercept *ic, const char *name, size_t len);
  * only. Returns NULL (name not allowed, or out of memory) with a message in err. */
 SSL *intercept_ssl_new(struct intercept *ic, const char *name, size_t len, char *err,
                        size_t errlen);
+
+/* The same at a given time (seconds since the epoch), which decides whether the cached leaf
+ * is due for renewal (the certificate's own validity starts from the real clock). */
+SSL *intercept_ssl_new_at(struct intercept *ic, const char *name, size_t len, time_t now,
+                          char *err, size_t errlen);
 
 /* The CA certificate (owned by ic). */
 X509 *intercept_ca_cert(const struct intercept *ic);

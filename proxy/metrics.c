@@ -28,7 +28,7 @@ static const char *const error_codes[] = {
     proxy_err_bad_upstream_response, proxy_err_token,             proxy_err_overloaded,
     proxy_err_upstream_timeout,   proxy_err_client_forbidden,     proxy_err_proxy_auth,
     proxy_err_rate_limited,       proxy_err_quota_reserved,       proxy_err_apple_retry_after,
-    proxy_err_http_version,       proxy_err_internal,
+    proxy_err_http_version,       proxy_err_internal,             proxy_err_intercept,
 };
 #define NERRORS (sizeof(error_codes) / sizeof(error_codes[0]))
 

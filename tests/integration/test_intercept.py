@@ -579,7 +579,35 @@ class GatewayIntercept(unittest.TestCase):
 
 
 class HttpsListenerLinks(unittest.TestCase):
-    """Base-URL clients on an HTTPS listener get links.next on the listener's https:// origin."""
+    """Base-URL clients on an HTTPS listener get links.next on the listener's https:// origin;
+    a handshake that stalls there is closed at the header timeout too."""
+
+    def test_stalled_handshake_on_an_https_listener(self):
+        """Regression: the 408 for a stalled handshake could never be written, so the
+        connection lived on until send_timeout (60 s) instead of client_header_timeout."""
+        certs = h.get_certs()
+        up = h.start_standin()
+        cfg = h.write_config({"asc": h.credential("app-store-connect", h.make_key())},
+                             [h.route(up, "app-store-connect", "asc")],
+                             listen=[{"address": "127.0.0.1:0",
+                                      "tls": {"cert_file": certs["good_cert"],
+                                              "key_file": certs["good_key"]}}],
+                             limits={"client_header_timeout": 2})
+        px = h.start_proxy(cfg)
+        try:
+            s = socket.create_connection(("127.0.0.1", px.port), timeout=30)
+            s.sendall(b"\x16\x03\x01\x00")
+            start = time.monotonic()
+            try:
+                self.assertEqual(s.recv(4096), b"")
+            except ConnectionResetError:
+                pass
+            took = time.monotonic() - start
+            s.close()
+            self.assertLess(took, 20)
+        finally:
+            px.stop()
+            up.stop()
 
     def test_links_are_rewritten_to_https(self):
         certs = h.get_certs()
