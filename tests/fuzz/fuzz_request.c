@@ -312,7 +312,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* Inside an intercepted CONNECT to Apple's host: only that host's routes, and only
          * when Host names it. */
         static const char tunnel[] = "api.appstoreconnect.apple.com";
-        CHECK(request_plan_tunnel(rt, &m, tunnel, sizeof(tunnel) - 1, 443, &plan) == 0,
+        CHECK(request_plan_tunnel(&rt->routes, &m, tunnel, sizeof(tunnel) - 1, 443, &plan) == 0,
               "request_plan_tunnel out of memory");
         if (plan.code == NULL) {
             check_head(&plan, &m);
