@@ -167,11 +167,74 @@ static void test_forwarded_heads(void **state)
     }
 }
 
+struct tunnel_case {
+    const char *host; /* the CONNECT's host (port 443) */
+    const char *request;
+    const char *code; /* NULL: forwarded by route */
+    size_t route;
+    const char *head;
+};
+
+/* Inside an intercepted CONNECT: Host must name the CONNECT's host (its port optional), the
+ * target must be a path, and the route is the one an absolute-form request to that host
+ * would take (so a WeatherKit tunnel never reaches an App Store Connect route). */
+static void test_tunnel(void **state)
+{
+    static const char asc[] = "api.appstoreconnect.apple.com", wk[] = "weatherkit.apple.com";
+    static const struct tunnel_case cases[] = {
+        {asc, "GET /v1/apps HTTP/1.1\r\nHost: api.appstoreconnect.apple.com\r\n\r\n", NULL, 3,
+         "GET /v1/apps HTTP/1.1\r\nHost: api.appstoreconnect.apple.com\r\n"},
+        {asc, "GET /v1/apps HTTP/1.1\r\nHost: API.AppStoreConnect.apple.com:443\r\n\r\n", NULL,
+         3, "GET /v1/apps HTTP/1.1\r\nHost: api.appstoreconnect.apple.com\r\n"},
+        {wk, "GET /api/v1/weather/en/1/2 HTTP/1.1\r\nHost: weatherkit.apple.com\r\n\r\n", NULL,
+         0, "GET /api/v1/weather/en/1/2 HTTP/1.1\r\nHost: weatherkit.apple.com\r\n"},
+        {wk, "GET /v1/apps HTTP/1.1\r\nHost: weatherkit.apple.com\r\n\r\n", proxy_err_no_route,
+         0, NULL},
+        {asc, "GET /v1/apps HTTP/1.1\r\nHost: weatherkit.apple.com\r\n\r\n",
+         proxy_err_bad_request, 0, NULL},
+        {asc, "GET /v1/apps HTTP/1.1\r\nHost: api.appstoreconnect.apple.com:8443\r\n\r\n",
+         proxy_err_bad_request, 0, NULL},
+        {asc, "GET /v1/apps HTTP/1.1\r\nHost: api.appstoreconnect.apple.com.evil\r\n\r\n",
+         proxy_err_bad_request, 0, NULL},
+        {asc, "GET /v1/apps HTTP/1.0\r\n\r\n", proxy_err_bad_request, 0, NULL},
+        {asc,
+         "GET https://api.appstoreconnect.apple.com/v1/apps HTTP/1.1\r\n"
+         "Host: api.appstoreconnect.apple.com\r\n\r\n",
+         proxy_err_bad_request, 0, NULL},
+        {asc, "CONNECT weatherkit.apple.com:443 HTTP/1.1\r\nHost: weatherkit.apple.com:443\r\n\r\n",
+         proxy_err_bad_request, 0, NULL},
+        {asc, "GET /v1/../x HTTP/1.1\r\nHost: api.appstoreconnect.apple.com\r\n\r\n",
+         proxy_err_bad_request, 0, NULL},
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const struct tunnel_case *k = &cases[i];
+        struct http1_msg m;
+        struct request_plan p;
+        unit_parse(&m, k->request);
+        assert_int_equal(request_plan_tunnel(&rt->routes, &m, k->host, strlen(k->host), 443, &p),
+                         0);
+        if (p.code != k->code)
+            fail_msg("row %zu: %s, want %s (%s)", i, p.code ? p.code : "forwarded",
+                     k->code ? k->code : "forwarded", p.detail);
+        if (k->head) {
+            assert_int_equal(p.route, k->route);
+            if (p.head_len != strlen(k->head) || memcmp(p.head, k->head, p.head_len) != 0)
+                fail_msg("row %zu: head\n%.*s\nwant\n%s", i, (int)p.head_len, p.head, k->head);
+        } else {
+            assert_null(p.head);
+        }
+        request_plan_deinit(&p);
+        http1_msg_deinit(&m);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_forwarded_heads),
+        cmocka_unit_test(test_tunnel),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
