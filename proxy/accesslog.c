@@ -156,13 +156,14 @@ void accesslog_append(struct evbuffer *b, const struct access_entry *e)
     size_t tl = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(ts + tl, sizeof(ts) - tl, ".%03dZ", (int)((e->time - (double)secs) * 1000));
     if (log_format == ACCESSLOG_TEXT) {
-        evbuffer_add_printf(b, "%s %s %s %.*s %s %d %llu %llu %.3f %s route=%s credential=%s%s%s\n",
+        evbuffer_add_printf(b, "%s %s %s %.*s %s %d %llu %llu %.3f %s route=%s credential=%s%s%s%s%s\n",
                             ts, e->remote ? e->remote : "-", e->client ? e->client : "-",
                             (int)e->method_len, e->method ? e->method : "-", masked, e->status,
                             (unsigned long long)e->bytes_in, (unsigned long long)e->bytes_out,
                             e->duration, e->outcome, e->route ? e->route : "-",
                             e->credential ? e->credential : "-", e->error ? " error=" : "",
-                            e->error ? e->error : "");
+                            e->error ? e->error : "", e->apns_id ? " apns_id=" : "",
+                            e->apns_id ? e->apns_id : "");
         return;
     }
     evbuffer_add_printf(b, "{\"time\":\"%s\",\"client\":", ts);
@@ -188,6 +189,11 @@ void accesslog_append(struct evbuffer *b, const struct access_entry *e)
         ADD_LITERAL(b, "\"upstream_reused\":null,");
     else
         evbuffer_add_printf(b, "\"upstream_reused\":%s,", e->upstream_reused ? "true" : "false");
+    if (e->apns_id != NULL) {
+        ADD_LITERAL(b, "\"apns_id\":");
+        json_opt(b, e->apns_id);
+        ADD_LITERAL(b, ",");
+    }
     if (e->quota_remaining < 0)
         ADD_LITERAL(b, "\"apple_quota_remaining\":null}\n");
     else

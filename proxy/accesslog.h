@@ -26,6 +26,7 @@ struct access_entry {
     double duration;          /* seconds */
     int upstream_reused;      /* -1: no upstream connection was used */
     long quota_remaining;     /* Apple's X-Rate-Limit remaining, -1 unknown */
+    const char *apns_id;      /* APNs' apns-id of the answer (a push), or NULL: left out */
 };
 
 /* Opens the destination: NULL or "-" is stdout; "off" disables logging. Not thread-safe: call

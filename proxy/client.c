@@ -97,6 +97,7 @@ struct exchange {
     char *log_line;             /* method, '\0', target: copied when the access log is on */
     size_t log_method_len, log_target_len;
     const char *client_name;    /* the gateway client (owned by the configuration) */
+    char apns_id[40];           /* APNs' apns-id of the answer, for the access log ("": none) */
     char *origin;               /* "http://HOST" the client addressed, on rewrite_links routes */
     char *origin_pending;       /* the same while the request is being checked */
     struct linkrw *rw;          /* the response's link rewriter, when one applies */
@@ -206,6 +207,7 @@ static void exchange_end(struct client *c, const char *outcome)
         e.bytes_out = x->bytes_out;
         e.duration = (double)dur / 1e6;
         e.upstream_reused = x->up_reused;
+        e.apns_id = x->apns_id[0] ? x->apns_id : NULL;
         e.quota_remaining = -1;
         if (route) {
             struct live_quota q;
@@ -851,6 +853,22 @@ static void up_read_body(struct client *c)
     up_read_body_ex(c, 0);
 }
 
+/* APNs names each push with apns-id (a UUID): kept for the access log, which is written after
+ * the head's bytes are gone. Anything that is not a short printable token is left out. */
+static void note_apns_id(struct client *c)
+{
+    const struct http1_header *h = http1_find(&c->x->resp, "apns-id");
+    size_t i;
+    if (h == NULL || h->value_len >= sizeof(c->x->apns_id))
+        return;
+    for (i = 0; i < h->value_len; i++)
+        if (h->value[i] <= 0x20 || h->value[i] >= 0x7f || h->value[i] == '"' ||
+            h->value[i] == '\\')
+            return;
+    memcpy(c->x->apns_id, h->value, h->value_len);
+    c->x->apns_id[h->value_len] = '\0';
+}
+
 static void up_read_head(struct client *c)
 {
     struct evbuffer *in = stream_input(&c->up->s);
@@ -899,8 +917,10 @@ static void up_read_head(struct client *c)
                                                              .credential_index],
                                  until);
         }
-        if (!c->x->discard)
+        if (!c->x->discard) {
+            note_apns_id(c);
             write_response_head(c);
+        }
         evbuffer_drain(in, c->x->resp.head_len);
         if (!c->x->req_done) {
             /* An answer before the whole request went up (a refusal mid-upload): its body
@@ -1363,6 +1383,7 @@ static void start_exchange(struct client *c)
     c->x->err_code = NULL;
     c->x->outcome = NULL;
     c->x->bytes_out = 0;
+    c->x->apns_id[0] = '\0';
     c->x->method_len = m->method_len < sizeof(c->x->method) ? m->method_len : 0;
     memcpy(c->x->method, m->method, c->x->method_len);
     if (accesslog_enabled()) {

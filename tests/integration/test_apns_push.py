@@ -17,6 +17,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
+import proxytest as pt  # noqa: E402
 
 DEVICE = "b" * 64
 PAYLOAD = b'{"aps":{"alert":{"title":"Hello","body":"from the proxy"}}}'
@@ -85,6 +86,11 @@ class ApnsPushTest(unittest.TestCase):
         self.assertEqual(ev["topic"], "com.example.app")
         self.assertEqual(ev["push_type"], "alert")
         self.assertEqual(ev["payload"], json.loads(PAYLOAD))
+        # The access log names the push by its apns-id.
+        lines = pt.access_log(self.proxy, n=1, pred=lambda l: l.get("apns_id") == apns_id)
+        line = [l for l in lines if l.get("apns_id") == apns_id][0]
+        self.assertEqual((line["status"], line["credential"], line["method"]),
+                         (200, "push", "POST"))
         # An error answer comes back as APNs gave it: status, apns-id and the JSON reason.
         status, headers, body = self.push(device="zz")
         hd = dict((k.lower(), v) for k, v in headers)
@@ -205,6 +211,29 @@ class ApnsPushTest(unittest.TestCase):
                           dict(push_headers(), **{"Transfer-Encoding": "chunked"}),
                           h.chunked_body([PAYLOAD[:10], PAYLOAD[10:]]))
             self.assertEqual(r.status, 200)
+
+
+class H2RequiredTest(unittest.TestCase):
+    """An h2 route to an upstream that does not select h2 fails the TLS step with 502
+    PROXY_UPSTREAM_TLS: the bytes of one protocol are never read as the other."""
+
+    def test_upstream_without_h2_is_refused(self):
+        key = h.make_key()
+        up = h.start_standin("good")
+        cred = h.credential("apns", key, team_id=h.random_team_id())
+        route = h.route(up, "https://api.push.apple.com", "push", path_prefix="/3/device/")
+        proxy = h.start_proxy(h.write_config({"push": cred}, [route]))
+        try:
+            status, headers, body = h.request(proxy.port, "POST", "/3/device/" + DEVICE,
+                                              push_headers(), PAYLOAD)
+            self.assertEqual(status, 502)
+            err = json.loads(body)["errors"][0]
+            self.assertEqual(err["code"], "PROXY_UPSTREAM_TLS")
+            self.assertIn("did not select ALPN protocol h2", proxy.stderr_text() + body.decode())
+            self.assertEqual(up.events("request"), [])
+        finally:
+            proxy.stop()
+            up.stop()
 
 
 class ApnsRecipesTest(unittest.TestCase):

@@ -102,6 +102,41 @@ static void test_text_format(void **state)
     accesslog_close();
 }
 
+/* A push's apns-id is in its line (JSON and text); lines without one do not mention it. */
+static void test_apns_id(void **state)
+{
+    char err[128];
+    struct access_entry e = {.time = 1795914872.5, .remote = "127.0.0.1:9", .method = "POST",
+                             .method_len = 4, .target = "/3/device/ab", .target_len = 12,
+                             .status = 200, .outcome = "ok", .upstream_reused = 1,
+                             .quota_remaining = -1,
+                             .apns_id = "123E4567-E89B-12D3-A456-4266554400A0"};
+    size_t len;
+    char *s;
+    cJSON *doc;
+    (void)state;
+    assert_int_equal(accesslog_open("-", ACCESSLOG_JSON, err, sizeof(err)), 0);
+    s = line_of(&e, &len);
+    doc = cJSON_Parse(s);
+    assert_non_null(doc);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(doc, "apns_id")->valuestring,
+                        "123E4567-E89B-12D3-A456-4266554400A0");
+    assert_non_null(cJSON_GetObjectItemCaseSensitive(doc, "apple_quota_remaining"));
+    cJSON_Delete(doc);
+    free(s);
+    e.apns_id = NULL;
+    s = line_of(&e, &len);
+    assert_null(strstr(s, "apns_id"));
+    free(s);
+    accesslog_close();
+    assert_int_equal(accesslog_open("-", ACCESSLOG_TEXT, err, sizeof(err)), 0);
+    e.apns_id = "123E4567-E89B-12D3-A456-4266554400A0";
+    s = line_of(&e, &len);
+    assert_non_null(strstr(s, " apns_id=123E4567-E89B-12D3-A456-4266554400A0\n"));
+    free(s);
+    accesslog_close();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -109,6 +144,7 @@ int main(void)
         cmocka_unit_test(test_masking),
         cmocka_unit_test(test_escaping),
         cmocka_unit_test(test_text_format),
+        cmocka_unit_test(test_apns_id),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

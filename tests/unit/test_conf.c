@@ -1979,6 +1979,44 @@ static void test_env_apns(void **state)
     free(errors);
 }
 
+/* "upstream_protocol": h2 by default for APNs' two hosts only; either value can be forced;
+ * anything else is refused with the path. */
+static void test_upstream_protocol(void **state)
+{
+    struct conf *conf = load_ok(
+        "{\"credentials\": {\"push\": {\"profile\": \"apns\", \"key_id\": \"ABC123DEFG\", "
+        "\"team_id\": \"DEF123GHIJ\", \"private_key_file\": \"@KEY@\"}, " ASC_CRED "}, "
+        "\"routes\": [{\"path_prefix\": \"/3/device/\", \"upstream\": "
+        "\"https://api.push.apple.com\", \"credential\": \"push\"}, "
+        "{\"path_prefix\": \"/sandbox/\", \"upstream\": \"https://API.Sandbox.Push.Apple.com\", "
+        "\"credential\": \"push\"}, "
+        "{\"path_prefix\": \"/h1/\", \"upstream\": \"https://api.push.apple.com\", "
+        "\"credential\": \"push\", \"upstream_protocol\": \"http/1.1\"}, "
+        "{\"path_prefix\": \"/h2/\", \"upstream\": \"https://api.appstoreconnect.apple.com\", "
+        "\"credential\": \"asc\", \"upstream_protocol\": \"h2\"}, " ROUTE_ASC "]}");
+
+    (void)state;
+    assert_int_equal(conf->nroutes, 5);
+    assert_int_equal(conf->routes[0].upstream_h2, 1);
+    assert_int_equal(conf->routes[1].upstream_h2, 1);
+    assert_int_equal(conf->routes[2].upstream_h2, 0);
+    assert_int_equal(conf->routes[3].upstream_h2, 1);
+    assert_int_equal(conf->routes[4].upstream_h2, 0);
+    conf_free(conf);
+    expect_error("{" CREDS ", \"routes\": [{\"path_prefix\": \"/\", \"upstream\": "
+                 "\"https://api.appstoreconnect.apple.com\", \"credential\": \"asc\", "
+                 "\"upstream_protocol\": \"h3\"}]}",
+                 "routes[0].upstream_protocol: expected \"h2\" or \"http/1.1\" (got \"h3\")");
+    expect_error("{" CREDS ", \"routes\": [{\"path_prefix\": \"/\", \"upstream\": "
+                 "\"https://api.appstoreconnect.apple.com\", \"credential\": \"asc\", "
+                 "\"upstream_protocol\": \"H2\"}]}",
+                 "routes[0].upstream_protocol: expected \"h2\" or \"http/1.1\" (got \"H2\")");
+    expect_error("{" CREDS ", \"routes\": [{\"path_prefix\": \"/\", \"upstream\": "
+                 "\"https://api.appstoreconnect.apple.com\", \"credential\": \"asc\", "
+                 "\"upstream_protocol\": 2}]}",
+                 "routes[0].upstream_protocol: expected a string");
+}
+
 /* An APNs token has no exp: a lifetime that would end before the 50-minute replacement is
  * refused. */
 static void test_apns_credential(void **state)
@@ -2125,6 +2163,7 @@ int main(void)
         cmocka_unit_test(test_default_routes_conflict),
         cmocka_unit_test(test_env_apns),
         cmocka_unit_test(test_apns_credential),
+        cmocka_unit_test(test_upstream_protocol),
         cmocka_unit_test(test_explicit_routes),
         cmocka_unit_test(test_values_set),
         cmocka_unit_test(test_access_log),
