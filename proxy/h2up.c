@@ -117,6 +117,11 @@ static const char *target_name(const struct upool *pool)
     return pool->target->name;
 }
 
+static struct worker *worker_of(const struct upool *pool)
+{
+    return pool->gen->worker;
+}
+
 static unsigned tick_now(const struct upool *pool)
 {
     return pool->gen->worker->house_ticks;
@@ -212,8 +217,10 @@ static void h2s_unbind(struct h2s *st)
 /* The exchange sees the upstream fail (502 before the head, a cut response after it). */
 static void h2s_fail(struct h2s *st, int err)
 {
-    if (st->up != NULL)
-        stream_peer_post(&st->up->s, STREAM_ERROR, err);
+    if (st->up == NULL)
+        return;
+    WSTAT_ADD(worker_of(st->up->pool), h2_failures, 1);
+    stream_peer_post(&st->up->s, STREAM_ERROR, err);
 }
 
 static struct evbuffer *h2s_input(struct h2s *st)
@@ -243,6 +250,7 @@ static int h2s_retry(struct h2s *st)
     /* The body goes again from its start. */
     evbuffer_prepend_buffer(st->body, st->sent);
     st->deferred = 0;
+    WSTAT_ADD(worker_of(st->up->pool), h2_retries, 1);
     h2s_bind(st);
     return 1;
 }
@@ -435,6 +443,7 @@ static void h2s_submit(struct h2s *st)
         return;
     }
     st->id = id;
+    WSTAT_ADD(worker_of(hc->pool), h2_streams, 1);
 }
 
 /* ---- the response: re-framed as HTTP/1.1 for the exchange ---- */
@@ -510,6 +519,7 @@ static int h2s_apns_decide(struct h2s *st)
     apns_reason(st->held, reason, sizeof(reason));
     if (st->status == 429 && strcmp(reason, "TooManyProviderTokenUpdates") == 0) {
         unsigned long n = token_cache_team_too_many(rt->tokens, st->cred);
+        WSTAT_ADD(worker_of(st->up->pool), apns_too_many, 1);
         log_msg(LOG_ERROR, "APNs refused the token of team %s as replaced too often "
                 "(TooManyProviderTokenUpdates, %lu so far): another sender is minting tokens "
                 "for this team; keeping the current token", st->cred->team_id, n);
@@ -562,6 +572,7 @@ static void h2s_end(struct h2s *st)
         if (h2s_apns_decide(st)) {
             struct h2conn *hc = st->conn;
             st->token_retried = 1;
+            WSTAT_ADD(worker_of(hc->pool), apns_token_retries, 1);
             evbuffer_drain(st->resp_head, evbuffer_get_length(st->resp_head));
             evbuffer_free(st->held);
             st->held = NULL;
@@ -811,6 +822,7 @@ static void conn_ready(struct upconn *carrier, enum upstream_error err, const ch
             }
         }
         TAILQ_REMOVE(&pool_h2(hc->pool)->conns, hc, link);
+        WSTAT_ADD(worker_of(hc->pool), h2_connections, -1);
         free(hc);
         return;
     }
@@ -909,6 +921,7 @@ static void conn_close(struct h2conn *hc, const char *why)
         nghttp2_session_del(hc->sess);
         hc->sess = NULL;
     }
+    WSTAT_ADD(worker_of(hc->pool), h2_connections, -1);
     free(hc);
 }
 
@@ -990,8 +1003,10 @@ static void h2s_bind(struct h2s *st)
         hc->goaway_last = INT32_MAX;
         TAILQ_INIT(&hc->streams);
         TAILQ_INSERT_TAIL(&hp->conns, hc, link);
+        WSTAT_ADD(worker_of(pool), h2_connections, 1);
         if (upstream_connect(pool, conn_ready, hc, &carrier) < 0) {
             TAILQ_REMOVE(&hp->conns, hc, link);
+            WSTAT_ADD(worker_of(pool), h2_connections, -1);
             free(hc);
             h2s_fail(st, ENOMEM);
             return;

@@ -148,6 +148,42 @@ static uint64_t sum_stat(struct server *s, size_t offset)
 
 #define STAT(s, field) sum_stat((s), offsetof(struct worker_stats, field))
 
+/* HTTP/2 upstreams (h2up.c) and APNs' token answers. */
+static void render_http2(struct evbuffer *out, struct server *s)
+{
+    evbuffer_add_printf(out,
+                        "# HELP apple_auth_proxy_http2_connections HTTP/2 upstream connections "
+                        "open or opening.\n"
+                        "# TYPE apple_auth_proxy_http2_connections gauge\n"
+                        "apple_auth_proxy_http2_connections %llu\n"
+                        "# HELP apple_auth_proxy_http2_streams_total Requests sent on HTTP/2 "
+                        "upstream connections (a retry counts again).\n"
+                        "# TYPE apple_auth_proxy_http2_streams_total counter\n"
+                        "apple_auth_proxy_http2_streams_total %llu\n"
+                        "# HELP apple_auth_proxy_http2_retries_total Requests sent again on "
+                        "another connection after GOAWAY or REFUSED_STREAM.\n"
+                        "# TYPE apple_auth_proxy_http2_retries_total counter\n"
+                        "apple_auth_proxy_http2_retries_total %llu\n"
+                        "# HELP apple_auth_proxy_http2_failures_total Exchanges failed by "
+                        "RST_STREAM or a lost HTTP/2 connection.\n"
+                        "# TYPE apple_auth_proxy_http2_failures_total counter\n"
+                        "apple_auth_proxy_http2_failures_total %llu\n"
+                        "# HELP apple_auth_proxy_apns_token_retries_total Pushes sent again with "
+                        "a new token after APNs refused the old one.\n"
+                        "# TYPE apple_auth_proxy_apns_token_retries_total counter\n"
+                        "apple_auth_proxy_apns_token_retries_total %llu\n"
+                        "# HELP apple_auth_proxy_apns_too_many_token_updates_total APNs answers "
+                        "429 TooManyProviderTokenUpdates (another sender mints for the team).\n"
+                        "# TYPE apple_auth_proxy_apns_too_many_token_updates_total counter\n"
+                        "apple_auth_proxy_apns_too_many_token_updates_total %llu\n",
+                        (unsigned long long)STAT(s, h2_connections),
+                        (unsigned long long)STAT(s, h2_streams),
+                        (unsigned long long)STAT(s, h2_retries),
+                        (unsigned long long)STAT(s, h2_failures),
+                        (unsigned long long)STAT(s, apns_token_retries),
+                        (unsigned long long)STAT(s, apns_too_many));
+}
+
 static void render_requests(struct evbuffer *out, struct server *s)
 {
     /* Merge every worker's series (small: at most METRICS_REQ_SLOTS per worker). */
@@ -258,6 +294,8 @@ void metrics_render(struct evbuffer *out, struct server *s)
                         "# TYPE apple_auth_proxy_upstream_reused_total counter\n"
                         "apple_auth_proxy_upstream_reused_total %llu\n",
                         (unsigned long long)STAT(s, upstream_reused));
+
+    render_http2(out, s);
 
     evbuffer_add_printf(out, "# HELP apple_auth_proxy_token_mints_total Tokens signed, by "
                              "credential.\n"

@@ -37,6 +37,12 @@ struct worker_stats {
     uint64_t accept_pauses;        /* accepting paused for lack of descriptors */
     uint64_t upstream_active;      /* gauge: connecting or serving an exchange */
     uint64_t upstream_idle;        /* gauge: waiting in a pool */
+    uint64_t h2_connections;       /* gauge: HTTP/2 upstream connections open or opening */
+    uint64_t h2_streams;           /* HTTP/2 requests sent (a retry counts again) */
+    uint64_t h2_retries;           /* requests sent again after GOAWAY or REFUSED_STREAM */
+    uint64_t h2_failures;          /* exchanges failed by RST_STREAM or a lost connection */
+    uint64_t apns_token_retries;   /* pushes sent again after APNs refused the token */
+    uint64_t apns_too_many;        /* APNs' 429 TooManyProviderTokenUpdates answers */
 };
 
 /* Adds to a counter or gauge of the worker's own (relaxed atomics: scrapes read concurrently). */

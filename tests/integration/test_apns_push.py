@@ -48,7 +48,7 @@ class ApnsPushTest(unittest.TestCase):
         cls.up = h.Standin(script=h.STANDIN_APNS, args=["--sandbox", "--max-streams", "200"])
         cred = h.credential("apns", cls.key, team_id=cls.team)
         route = h.route(cls.up, "https://api.push.apple.com", "push", path_prefix="/3/device/")
-        cfg = h.write_config({"push": cred}, [route], workers=1,
+        cfg = h.write_config({"push": cred}, [route], workers=1, admin_listen="127.0.0.1:0",
                              limits={"upstream_response_timeout": 2})
         cls.proxy = h.start_proxy(cfg)
 
@@ -155,14 +155,21 @@ class ApnsPushTest(unittest.TestCase):
         conns = {e["conn"] for e in self.up.events("push") if e["apns_id"] in idset}
         self.assertGreaterEqual(len(conns), 2)
         self.assertTrue(self.up.events("goaway"))
-        self.assertTrue(self.up.events("ignored"))
+        ignored = len(self.up.events("ignored"))
+        self.assertGreater(ignored, 0)
+        m = pt.metrics(self.proxy)
+        self.assertGreaterEqual(m.value("apple_auth_proxy_http2_retries_total"), ignored)
+        self.assertGreaterEqual(m.value("apple_auth_proxy_http2_connections"), 1)
 
     def test_rst_stream_is_502_and_the_connection_carries_on(self):
+        failures = pt.metrics(self.proxy).value("apple_auth_proxy_http2_failures_total")
         status, headers, body = self.push(**{"x-standin-action": "rst"})
         self.assertEqual(status, 502)
         err = json.loads(body)["errors"][0]
         self.assertEqual(err["status"], "502")
         self.assertTrue(err["code"].startswith("PROXY_UPSTREAM"), err)
+        self.assertEqual(pt.metrics(self.proxy).value("apple_auth_proxy_http2_failures_total"),
+                         failures + 1)
         status, _, _ = self.push()
         self.assertEqual(status, 200)
 
@@ -191,7 +198,9 @@ class ApnsPushTest(unittest.TestCase):
         self.assertEqual(status, 429)
         self.assertEqual(json.loads(body), {"reason": "TooManyProviderTokenUpdates"})
         wait_until(lambda: "TooManyProviderTokenUpdates, 1 so far" in self.proxy.stderr_text(),
-                     timeout=5)
+                   timeout=5)
+        self.assertEqual(pt.metrics(self.proxy).value(
+            "apple_auth_proxy_apns_too_many_token_updates_total"), 1)
         # 403 ExpiredProviderToken on a token under 20 minutes old: passed on, not re-minted.
         status, headers, body = self.push(
             **{"x-standin-action": "refuse=403:ExpiredProviderToken"})
