@@ -1438,7 +1438,7 @@ static void start_exchange(struct client *c)
     c->x->idempotent = plan.idempotent;
     c->x->route = plan.route;
     if (plan.code == NULL || plan.code == proxy_err_body_too_large)
-        c->x->label = rt->route_label[plan.route];
+        c->x->label = c->gen->route_label[plan.route];
     /* Inside an intercepted connection the client sees Apple's own origin: nothing to rewrite. */
     if (plan.code == NULL && rt->conf->routes[plan.route].rewrite_links && !c->tunnel_host) {
         /* The origin the client addressed, for rewriting links (copied: the head goes). An

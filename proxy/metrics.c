@@ -53,8 +53,8 @@ out:
 
 const char *metrics_label_name(int id)
 {
-    /* Labels are interned before any worker can see the runtime that uses them, and never
-     * change afterwards. */
+    /* A worker interns its routes' labels (under the lock) before its generation serves a
+     * request, and a label never changes afterwards. */
     if (id <= 0 || id >= METRICS_MAX_LABELS || labels[id] == NULL)
         return "";
     return labels[id];

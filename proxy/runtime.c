@@ -10,7 +10,6 @@
 #include "proxy/gateway.h"
 #include "proxy/intercept.h"
 #include "proxy/log.h"
-#include "proxy/metrics.h"
 
 static int str_eq(const char *a, const char *b)
 {
@@ -118,7 +117,6 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
     rt->tokens = token_cache_new(conf->token_refresh_margin, NULL);
     rt->targets = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->targets));
     rt->route_target = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_target));
-    rt->route_label = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_label));
     rt->route_host = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_host));
     rt->route_host_len = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_host_len));
     rt->live_creds = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(*rt->live_creds));
@@ -127,7 +125,7 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
     rt->client_scope = calloc(ncs ? ncs : 1, sizeof(*rt->client_scope));
     rt->client_scope_n = calloc(ncs ? ncs : 1, sizeof(*rt->client_scope_n));
     if (rt->tokens == NULL || rt->targets == NULL || rt->route_target == NULL ||
-        rt->route_label == NULL || rt->route_host == NULL || rt->route_host_len == NULL ||
+        rt->route_host == NULL || rt->route_host_len == NULL ||
         rt->live_creds == NULL || rt->live_clients == NULL ||
         rt->client_scope == NULL || rt->client_scope_n == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -145,13 +143,6 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
         }
     token_cache_on_mint(rt->tokens, runtime_count_mint, rt);
     token_cache_share_teams(rt->tokens, live_teams(live));
-    for (i = 0; i < conf->nroutes; i++) {
-        const struct conf_route *r = &conf->routes[i];
-        char label[600];
-        snprintf(label, sizeof(label), "%s%s", r->host ? r->host : r->upstream_host,
-                 r->path_prefix);
-        rt->route_label[i] = metrics_label_id(label);
-    }
     for (i = 0; i < conf->nroutes; i++) {
         const struct conf_route *r = &conf->routes[i];
         const char *chost = r->address_host ? r->address_host : r->upstream_host;
@@ -260,7 +251,6 @@ void runtime_unref(struct runtime *rt)
     }
     free(rt->targets);
     free(rt->route_target);
-    free(rt->route_label);
     free(rt->route_host);
     free(rt->route_host_len);
     if (rt->live_creds)

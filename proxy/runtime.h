@@ -34,7 +34,6 @@ struct runtime {
     struct target *targets;
     size_t ntargets;
     size_t *route_target; /* route index -> target index */
-    int *route_label;     /* route index -> metrics label id */
     struct request_routes routes; /* for request_plan: conf and each route's target Host */
     const char **route_host;      /* route index -> its target's host_header (borrowed) */
     size_t *route_host_len;

@@ -29,9 +29,21 @@ static struct wgen *wgen_new(struct worker *w, struct runtime *rt)
     if (g == NULL)
         return NULL;
     g->pools = calloc(rt->ntargets ? rt->ntargets : 1, sizeof(*g->pools));
-    if (g->pools == NULL) {
+    g->route_label = calloc(rt->conf->nroutes ? rt->conf->nroutes : 1, sizeof(*g->route_label));
+    if (g->pools == NULL || g->route_label == NULL) {
+        free(g->pools);
+        free(g->route_label);
         free(g);
         return NULL;
+    }
+    /* The metrics' names for the routes: interned once per process and label, so every
+     * generation of every worker finds the same ids. */
+    for (i = 0; i < rt->conf->nroutes; i++) {
+        const struct conf_route *r = &rt->conf->routes[i];
+        char label[600];
+        snprintf(label, sizeof(label), "%s%s", r->host ? r->host : r->upstream_host,
+                 r->path_prefix);
+        g->route_label[i] = metrics_label_id(label);
     }
     g->refs = 1;
     g->worker = w;
@@ -58,6 +70,7 @@ void wgen_unref(struct wgen *g)
     for (i = 0; i < g->rt->ntargets; i++)
         upool_deinit(&g->pools[i]);
     free(g->pools);
+    free(g->route_label);
     runtime_unref(g->rt);
     free(g);
 }

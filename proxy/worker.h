@@ -58,6 +58,7 @@ struct wgen {
     struct runtime *rt;
     struct http1_limits req_limits; /* request head limits from rt's configuration */
     struct upool *pools; /* rt->ntargets of them */
+    int *route_label;    /* route index -> metrics label id ("host/prefix") */
 };
 
 TAILQ_HEAD(client_list, client);
