@@ -516,18 +516,26 @@ class Proxy(_Process):
             raise RuntimeError("AAP_BINARY %s does not exist (build first)" % BINARY)
         argv = [BINARY, "serve", "--config", config_path] + list(args)
         self.config_path = config_path
-        if listeners is None:
-            try:
-                with open(config_path) as f:
-                    listeners = len(json.load(f).get("listen") or [1])
-            except (OSError, ValueError, AttributeError):
+        # The admin listener starts after the others: when the file names one (and the
+        # environment does not override it), its line is waited for too, so that a test
+        # reading admin_port at once never finds None on a loaded machine.
+        wants_admin = False
+        try:
+            with open(config_path) as f:
+                cfg = json.load(f)
+            if listeners is None:
+                listeners = len(cfg.get("listen") or [1])
+            wants_admin = (isinstance(cfg.get("admin_listen"), str) and
+                           "APPLE_AUTH_PROXY_ADMIN_LISTEN" not in (env or {}))
+        except (OSError, ValueError, AttributeError):
+            if listeners is None:
                 listeners = 1
         super().__init__("proxy", argv, env=clean_env(env))
         self.ports, self.admin_port = [], None
         deadline = time.monotonic() + timeout
         while True:
             self._scan()
-            if len(self.ports) >= listeners:
+            if len(self.ports) >= listeners and (self.admin_port is not None or not wants_admin):
                 break
             if not self.alive():
                 raise RuntimeError("proxy exited with %s before listening; stderr:\n%s" % (
