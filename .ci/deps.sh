@@ -7,7 +7,8 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 deps_dir="$top/.deps"
 
-packages=(build-essential cmake pkg-config libevent-dev libssl-dev libcjson-dev libnghttp2-dev ca-certificates)
+packages=(build-essential cmake pkg-config libevent-dev libssl-dev libcjson-dev libnghttp2-dev
+          libhiredis-dev ca-certificates)
 if [ "${WITH_TEST_TOOLS:-1}" = 1 ]; then
   # What `make test` and .ci/run need beyond the build: cmocka, the stand-in's PyJWT, openssl
   # for test certificates, promtool for the metrics format, clang for the fuzz targets.
@@ -21,6 +22,8 @@ if [ "${WITH_TEST_TOOLS:-1}" = 1 ]; then
   packages+=(golang-go ruby)
   command -v node >/dev/null || packages+=(nodejs)
   command -v npm >/dev/null || packages+=(npm)
+  # The shared-state tests start their own redis-server.
+  packages+=(redis-server)
 fi
 
 if [ "${WITH_BENCH_TOOLS:-0}" = 1 ]; then

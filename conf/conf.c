@@ -47,6 +47,7 @@ void conf_free(struct conf *conf)
     free(conf->clients);
     free(conf->access_log);
     free(conf->intercept_ca_dir);
+    conf_shared_deinit(&conf->shared);
     free(conf->source);
     free(conf);
 }
@@ -493,25 +494,29 @@ static void conf_cred_load_key(struct conf_ctx *ctx, const cJSON *obj, struct co
             conf_msgs_add(ctx->errs, sub, "%s", err);
     } else if (in->key_env != NULL) {
         const char *v = ctx->getenv_fn(in->key_env);
-        char **names = realloc(ctx->conf->key_env_names,
-                               (ctx->conf->nkey_env_names + 1) * sizeof *names);
-        if (names == NULL) {
-            conf_oom(ctx);
-        } else {
-            ctx->conf->key_env_names = names;
-            names[ctx->conf->nkey_env_names] = strdup(in->key_env);
-            if (names[ctx->conf->nkey_env_names] == NULL)
-                conf_oom(ctx);
-            else
-                ctx->conf->nkey_env_names++;
-        }
-
+        conf_key_env_note(ctx, in->key_env);
         if (v == NULL || v[0] == '\0')
             conf_msgs_add(ctx->errs, sub, "environment variable %s is not set", in->key_env);
         else if (key_load_text(v, strlen(v), &in->cred.key, err, sizeof err) != 0)
             conf_msgs_add(ctx->errs, sub, "%s: %s", in->key_env, err);
     }
     /* Otherwise the one source had the wrong type, already reported. */
+}
+
+void conf_key_env_note(struct conf_ctx *ctx, const char *name)
+{
+    char **names = realloc(ctx->conf->key_env_names,
+                           (ctx->conf->nkey_env_names + 1) * sizeof *names);
+    if (names == NULL) {
+        conf_oom(ctx);
+        return;
+    }
+    ctx->conf->key_env_names = names;
+    names[ctx->conf->nkey_env_names] = strdup(name);
+    if (names[ctx->conf->nkey_env_names] == NULL)
+        conf_oom(ctx);
+    else
+        ctx->conf->nkey_env_names++;
 }
 
 void conf_credential_validate(const struct credential *cred, struct conf_msgs *errs,
@@ -673,6 +678,7 @@ static const struct conf_field conf_top_fields[] = {
     {.name = "limits", .set = conf_set_limits},
     {.name = "access_log", .set = conf_set_access_log},
     {.name = "intercept", .set = conf_set_intercept},
+    {.name = "shared_state", .set = conf_set_shared},
     /* At least 10 s: a token must not expire between being taken and reaching Apple. */
     {.name = "token_refresh_margin",
      .set = conf_set_margin,

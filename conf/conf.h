@@ -106,6 +106,21 @@ struct conf_limits {
     long drain_timeout_ms;         /* "drain_timeout", graceful shutdown, default 30 s */
 };
 
+/* "shared_state": replicas share rate buckets, Apple's quota figures, Retry-After and mint
+ * counts through Redis (proxy/shared.h). redis is NULL when the key is absent: nothing is
+ * shared. */
+struct conf_shared {
+    char *redis;         /* "HOST:PORT" or "unix:/path", as written */
+    char *host;          /* TCP: the host part (malloc'd); NULL for a socket path */
+    int port;
+    char *unix_path;     /* "unix:/path": the path (malloc'd); NULL for TCP */
+    char *password_env;  /* "password_env": the variable the password was read from */
+    char *password;      /* its value when the configuration was read (wiped on free) */
+    char *key_prefix;    /* "key_prefix", default "apple-auth-proxy:" */
+    long timeout_ms;     /* "timeout" seconds, default 0.25: slower replies count as a failure */
+    int replicas;        /* "replicas", default 1: local limits are divided by it in fallback */
+};
+
 struct conf {
     struct conf_addr *listen;   /* default one: 127.0.0.1:8080 */
     size_t nlisten;
@@ -135,6 +150,7 @@ struct conf {
                                    APPLE_AUTH_PROXY_INTERCEPT_CA_DIR: CONNECT to a configured
                                    upstream is intercepted with the CA kept there; NULL: off */
     char *source;               /* the file it came from, or "environment" */
+    struct conf_shared shared;  /* "shared_state" */
 };
 
 /* Loads and validates a JSON configuration file, and loads every key it names. On success returns

@@ -184,6 +184,17 @@ void conf_set_routes(struct conf_ctx *ctx, const cJSON *item, const char *path, 
 void conf_routes_check(struct conf_ctx *ctx);
 void conf_route_deinit(struct conf_route *r);
 
+/* Records an environment variable the configuration read secrets from (conf.key_env_names),
+ * so that the caller can remove it from the process environment. */
+void conf_key_env_note(struct conf_ctx *ctx, const char *name);
+
+/* ---- shared state (conf_shared.c) ---- */
+
+/* "shared_state": the setter for the top-level key, and its deinit (wipes the password). */
+void conf_set_shared(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
+                     const struct conf_field *f);
+void conf_shared_deinit(struct conf_shared *sh);
+
 /* ---- the gateway (conf_gateway.c) ---- */
 
 /* A "listen" entry written as an object, {"address": "host:port", "tls": {"cert_file",

@@ -16,6 +16,7 @@
 #include "proxy/metrics.h"
 #include "proxy/intercept.h"
 #include "proxy/server.h"
+#include "proxy/shared.h"
 
 struct admin {
     struct server *server;
@@ -60,6 +61,27 @@ static int readiness(struct server *s, struct evbuffer *why)
     return ok;
 }
 
+/* Shared state's condition, said whether or not the proxy is ready: without Redis each replica
+ * still serves, on its share of the limits, so it is a detail and never a reason to be
+ * unready (an unready replica would take traffic away for what is Redis' problem). */
+static void shared_detail(struct server *s, struct evbuffer *out)
+{
+    struct shared_stats st;
+    if (s->shared == NULL)
+        return;
+    shared_stats_read(s->shared, &st);
+    if (st.up == st.connections)
+        evbuffer_add_printf(out, "shared_state: using Redis at %s\n", st.target);
+    else if (st.up > 0)
+        evbuffer_add_printf(out, "shared_state: Redis at %s used by %d of %d workers; the others "
+                            "decide locally\n", st.target, st.up, st.connections);
+    else
+        evbuffer_add_printf(out, "shared_state: Redis at %s is not reachable; rate limits are "
+                            "local, divided by %d replica%s (fallbacks so far: %llu)\n",
+                            st.target, st.replicas, st.replicas == 1 ? "" : "s",
+                            (unsigned long long)st.fallbacks);
+}
+
 static void handle(struct evhttp_request *req, void *arg)
 {
     struct admin *a = arg;
@@ -83,10 +105,12 @@ static void handle(struct evhttp_request *req, void *arg)
         struct evbuffer *why = evbuffer_new();
         if (why && readiness(a->server, why)) {
             evbuffer_add_printf(body, "ready\n");
+            shared_detail(a->server, body);
             reply(req, 200, "OK", "text/plain; charset=utf-8", body);
         } else {
             if (why)
                 evbuffer_add_buffer(body, why);
+            shared_detail(a->server, body);
             reply(req, 503, "Service Unavailable", "text/plain; charset=utf-8", body);
         }
         if (why)

@@ -47,6 +47,7 @@
 #include "proxy/request.h"
 #include "proxy/response.h"
 #include "proxy/server.h"
+#include "proxy/shared.h"
 #include "proxy/stream.h"
 #include "proxy/upstream.h"
 
@@ -101,6 +102,11 @@ struct exchange {
     char *origin;               /* "http://HOST" the client addressed, on rewrite_links routes */
     char *origin_pending;       /* the same while the request is being checked */
     struct linkrw *rw;          /* the response's link rewriter, when one applies */
+    /* CONNECTING: the client's rate decision asked of Redis (proxy/shared.h), for the client
+     * rate_client; rate_keep: the connection stays open after a refusal. */
+    struct shared_wait *rate_wait;
+    const struct conf_client *rate_client;
+    unsigned rate_keep : 1;
     struct exchange *next_spare;
 };
 
@@ -257,6 +263,8 @@ static struct exchange *exchange_get(struct worker *w)
 /* Frees what the exchange owns and keeps it as a spare (or frees it). */
 static void exchange_put(struct worker *w, struct exchange *x)
 {
+    shared_wait_cancel(x->rate_wait);
+    x->rate_wait = NULL;
     free(x->up_head);
     free(x->origin);
     free(x->origin_pending);
@@ -320,6 +328,8 @@ static void end_exchange_objects(struct client *c)
      * client did after sending its request (a half-close) did not cut it short. */
     x->outcome = NULL;
     exchange_end(c, "ok");
+    shared_wait_cancel(x->rate_wait);
+    x->rate_wait = NULL;
     free(x->origin);
     x->origin = NULL;
     free(x->origin_pending);
@@ -567,8 +577,10 @@ static void note_rate_limit(struct client *c)
     }
     if (rem >= 0) {
         const struct runtime *rt = c->gen->rt;
-        live_quota_note(rt->live_creds[rt->conf->routes[c->x->route].credential_index], lim, rem,
-                        now_real());
+        size_t ci = rt->conf->routes[c->x->route].credential_index;
+        double now = now_real();
+        live_quota_note(rt->live_creds[ci], lim, rem, now);
+        shared_note_quota(c->w->shared, rt->conf->credentials[ci].name, lim, rem, now);
     }
 }
 
@@ -912,10 +924,11 @@ static void up_read_head(struct client *c)
             const struct http1_header *ra = http1_find(&c->x->resp, "retry-after");
             double until = ra ? gateway_parse_retry_after(ra->value, ra->value_len, now_real())
                               : -1;
-            if (until > 0)
-                live_block_until(c->gen->rt->live_creds[c->gen->rt->conf->routes[c->x->route]
-                                                             .credential_index],
-                                 until);
+            size_t ci = c->gen->rt->conf->routes[c->x->route].credential_index;
+            if (until > 0) {
+                live_block_until(c->gen->rt->live_creds[ci], until);
+                shared_note_block(c->w->shared, c->gen->rt->conf->credentials[ci].name, until);
+            }
         }
         if (!c->x->discard) {
             note_apns_id(c);
@@ -1361,6 +1374,74 @@ static void intercept_start(struct client *c, struct runtime *rt, const struct c
     arm_timer(c, limits(c)->client_header_timeout_ms);
 }
 
+/* The request passed the gateway's checks (its upstream head in x->up_head): take the token
+ * and get an upstream connection. */
+static void exchange_go(struct client *c, const struct conf_client *cl, int keep)
+{
+    struct runtime *rt = c->gen->rt;
+    char err[256];
+    const struct credential *cred =
+        &rt->conf->credentials[rt->conf->routes[c->x->route].credential_index];
+    size_t nscope;
+    const char *const *scope = client_scope(c, cl, &nscope);
+    c->x->tok = token_cache_get(rt->tokens, cred, scope, nscope, err, sizeof(err));
+    if (c->x->tok == NULL) {
+        log_msg(LOG_ERROR, "credential %s: cannot mint a token: %s", cred->name, err);
+        reply_error(c, proxy_err_token, "the token for this route could not be made", keep);
+        return;
+    }
+    if (rt->conf->routes[c->x->route].rewrite_links && c->x->origin_pending) {
+        c->x->origin = c->x->origin_pending;
+        c->x->origin_pending = NULL;
+    }
+    acquire_upstream(c);
+}
+
+/* ---- the rate decision on Redis (shared_state) ---- */
+
+/* Ends the wait for the rate decision: result 1 allowed, 0 refused (wait: seconds until one
+ * would be), -1 Redis failed and the replica decides alone, with its share of the limit. */
+static void rate_conclude(struct client *c, int result, double wait)
+{
+    const struct conf_client *cl = c->x->rate_client;
+    const struct runtime *rt = c->gen->rt;
+    struct gateway_verdict v;
+    memset(&v, 0, sizeof(v));
+    c->x->rate_wait = NULL;
+    if (result < 0)
+        gateway_rate_take_share(rt->live_clients[cl - rt->conf->clients], cl,
+                                shared_local_divisor(c->w->shared), now_real(), &v);
+    else if (result == 0)
+        gateway_rate_refuse(cl, wait, &v);
+    if (v.code)
+        reply_verdict(c, &v, c->x->rate_keep);
+    else
+        exchange_go(c, cl, c->x->rate_keep);
+}
+
+/* Redis' answer, on the worker's loop; the client is still there (client_free cancels). */
+static void rate_decided(void *arg, int result, double wait)
+{
+    struct client *c = arg;
+    rate_conclude(c, result, wait);
+    if (c->state == C_IDLE && !c->dead)
+        process(c); /* a pipelined request may be waiting */
+    settle(c);
+}
+
+/* The request waits (CONNECTING, its body unread) for one round trip to Redis; the worker goes
+ * on with others. Redis' timeout bounds the wait: past it the decision is made locally. */
+static void rate_ask(struct client *c, const struct conf_client *cl, int keep)
+{
+    c->state = C_CONNECTING;
+    c->x->rate_client = cl;
+    c->x->rate_keep = keep != 0;
+    c->x->rate_wait = shared_rate_take(c->w->shared, cl->name, cl->rate_per_second,
+                                       cl->rate_burst, rate_decided, c);
+    if (c->x->rate_wait == NULL)
+        rate_conclude(c, -1, 0); /* not sent (Redis went away just now): decided here */
+}
+
 /* The head is complete: plan it (route, token, upstream head), drain it from the input and
  * start the exchange, or answer the proxy's error. */
 static void start_exchange(struct client *c)
@@ -1368,7 +1449,6 @@ static void start_exchange(struct client *c)
     struct http1_msg *m = &c->x->req;
     struct request_plan plan;
     struct runtime *rt;
-    char err[256];
 
     WSTAT_ADD(c->w, requests, 1);
     stream_set_alarm(&c->s, 0);
@@ -1409,6 +1489,7 @@ static void start_exchange(struct client *c)
         c->tls_subject = peer_subject(c);
     const struct conf_client *cl = NULL;
     struct gateway_verdict v;
+    int rate_remote = 0;
     /* Who is asking comes first: an unknown client learns nothing about the routes. */
     if (c->tunnel_client)
         tunnel_identify(c, rt, &cl, &v);
@@ -1467,8 +1548,13 @@ static void start_exchange(struct client *c)
             gateway_quota_check(rt->conf,
                                 rt->live_creds[rt->conf->routes[c->x->route].credential_index],
                                 cl, c->x->route, now_real(), &v);
-        if (v.code == NULL && cl)
-            gateway_rate_take(rt->live_clients[cl - rt->conf->clients], cl, now_real(), &v);
+        if (v.code == NULL && cl && cl->rate_per_second > 0) {
+            if (shared_up(c->w->shared))
+                rate_remote = 1; /* asked once the head is out of the input */
+            else
+                gateway_rate_take_share(rt->live_clients[cl - rt->conf->clients], cl,
+                                        shared_local_divisor(c->w->shared), now_real(), &v);
+        }
     }
     evbuffer_drain(stream_input(&c->s), m->head_len); /* m's spans are gone now */
     if (plan.code || v.code) {
@@ -1479,25 +1565,15 @@ static void start_exchange(struct client *c)
         request_plan_deinit(&plan);
         return;
     }
-    const struct credential *cred =
-        &rt->conf->credentials[rt->conf->routes[c->x->route].credential_index];
-    size_t nscope;
-    const char *const *scope = client_scope(c, cl, &nscope);
-    c->x->tok = token_cache_get(rt->tokens, cred, scope, nscope, err, sizeof(err));
-    if (c->x->tok == NULL) {
-        log_msg(LOG_ERROR, "credential %s: cannot mint a token: %s", cred->name, err);
-        reply_error(c, proxy_err_token, "the token for this route could not be made", keep);
-        request_plan_deinit(&plan);
-        return;
-    }
-    if (rt->conf->routes[c->x->route].rewrite_links && c->x->origin_pending) {
-        c->x->origin = c->x->origin_pending;
-        c->x->origin_pending = NULL;
-    }
     c->x->up_head = plan.head; /* ownership moves to the client */
     c->x->up_head_len = plan.head_len;
     plan.head = NULL;
-    acquire_upstream(c);
+    request_plan_deinit(&plan);
+    if (rate_remote) {
+        rate_ask(c, cl, keep);
+        return;
+    }
+    exchange_go(c, cl, keep);
 }
 
 static void process(struct client *c)

@@ -231,19 +231,35 @@ void gateway_authorize(const struct conf *conf, const struct conf_client *cl, co
          path);
 }
 
+void gateway_rate_refuse(const struct conf_client *cl, double wait, struct gateway_verdict *v)
+{
+    long secs = (long)ceil(wait);
+    deny(v, proxy_err_rate_limited, secs < 1 ? 1 : secs,
+         "client %s is over its rate of %g requests per second (burst %g)", cl->name,
+         cl->rate_per_second, cl->rate_burst);
+}
+
+void gateway_rate_take_share(struct live_client *bucket, const struct conf_client *cl,
+                             int replicas, double now, struct gateway_verdict *v)
+{
+    double missing, rate = cl->rate_per_second, burst = cl->rate_burst;
+    memset(v, 0, sizeof(*v));
+    if (rate <= 0)
+        return;
+    if (replicas > 1) {
+        rate /= replicas;
+        burst /= replicas;
+        if (burst < 1)
+            burst = 1;
+    }
+    if (!live_rate_take(bucket, rate, burst, now, &missing))
+        gateway_rate_refuse(cl, missing, v);
+}
+
 void gateway_rate_take(struct live_client *bucket, const struct conf_client *cl, double now,
                        struct gateway_verdict *v)
 {
-    double missing;
-    memset(v, 0, sizeof(*v));
-    if (cl->rate_per_second <= 0)
-        return;
-    if (!live_rate_take(bucket, cl->rate_per_second, cl->rate_burst, now, &missing)) {
-        long wait = (long)ceil(missing);
-        deny(v, proxy_err_rate_limited, wait < 1 ? 1 : wait,
-             "client %s is over its rate of %g requests per second (burst %g)", cl->name,
-             cl->rate_per_second, cl->rate_burst);
-    }
+    gateway_rate_take_share(bucket, cl, 1, now, v);
 }
 
 void gateway_quota_check(const struct conf *conf, const struct live_cred *quota,

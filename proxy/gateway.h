@@ -36,6 +36,13 @@ void gateway_authorize(const struct conf *conf, const struct conf_client *client
  * from its bucket, or sets a 429 verdict with Retry-After when it is empty. */
 void gateway_rate_take(struct live_client *bucket, const struct conf_client *cl, double now,
                        struct gateway_verdict *v);
+/* The same with the client's rate and burst divided by `replicas` (shared state without
+ * Redis: each replica keeps its share; the burst stays at least 1). */
+void gateway_rate_take_share(struct live_client *bucket, const struct conf_client *cl,
+                             int replicas, double now, struct gateway_verdict *v);
+/* The verdict for a request the rate refused, wait seconds before one would be allowed (used
+ * for decisions made elsewhere: proxy/shared.h). */
+void gateway_rate_refuse(const struct conf_client *cl, double wait, struct gateway_verdict *v);
 
 /* Apple's quota for the route's credential (quota: that credential's entry in the live table):
  * refuses (429) while Apple's own Retry-After runs, and, when the credential has a

@@ -20,6 +20,8 @@ struct live_cred {
     long limit, remaining;   /* atomic */
     long long updated_ms, blocked_until_ms; /* atomic */
     unsigned long mints;     /* atomic */
+    unsigned long mints_sent;  /* atomic: the part of mints already added to the shared count */
+    long mints_shared;       /* atomic: the shared count as last read (-1: never) */
 };
 
 struct live_client {
@@ -119,6 +121,7 @@ static void cred_init(struct live_entry *e)
 {
     struct live_cred *c = (struct live_cred *)e;
     c->limit = c->remaining = -1;
+    c->mints_shared = -1;
 }
 
 struct live_cred *live_cred_get(struct live *l, const char *name)
@@ -204,4 +207,37 @@ void live_cred_read(const struct live_cred *e, struct live_quota *q)
     q->updated = (double)__atomic_load_n(&e->updated_ms, __ATOMIC_RELAXED) / 1000.0;
     q->blocked_until = (double)__atomic_load_n(&e->blocked_until_ms, __ATOMIC_RELAXED) / 1000.0;
     q->mints = __atomic_load_n(&e->mints, __ATOMIC_RELAXED);
+    q->mints_shared = __atomic_load_n(&e->mints_shared, __ATOMIC_RELAXED);
+}
+
+struct live_cred *live_cred_hold(struct live_cred *e)
+{
+    pthread_mutex_lock(&e->e.table->lock);
+    e->e.refs++;
+    pthread_mutex_unlock(&e->e.table->lock);
+    return e;
+}
+
+void live_shared_merge(struct live_cred *e, const struct live_quota *remote)
+{
+    long long updated = to_ms(remote->updated), blocked = to_ms(remote->blocked_until);
+    if (remote->remaining >= 0 && updated > __atomic_load_n(&e->updated_ms, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&e->limit, remote->limit, __ATOMIC_RELAXED);
+        __atomic_store_n(&e->remaining, remote->remaining, __ATOMIC_RELAXED);
+        __atomic_store_n(&e->updated_ms, updated, __ATOMIC_RELAXED);
+    }
+    if (blocked > __atomic_load_n(&e->blocked_until_ms, __ATOMIC_RELAXED))
+        __atomic_store_n(&e->blocked_until_ms, blocked, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->mints_shared, (long)remote->mints, __ATOMIC_RELAXED);
+}
+
+unsigned long live_mints_unshared(struct live_cred *e)
+{
+    unsigned long now = __atomic_load_n(&e->mints, __ATOMIC_RELAXED);
+    return now - __atomic_exchange_n(&e->mints_sent, now, __ATOMIC_RELAXED);
+}
+
+void live_mints_unshare(struct live_cred *e, unsigned long n)
+{
+    __atomic_sub_fetch(&e->mints_sent, n, __ATOMIC_RELAXED);
 }

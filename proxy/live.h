@@ -63,7 +63,24 @@ struct live_quota {
     double updated;        /* when Apple last said (Unix time; 0: never) */
     double blocked_until;  /* Apple's Retry-After (Unix time; 0: none) */
     unsigned long mints;   /* tokens signed since the process started, across reloads */
+    long mints_shared;     /* with shared state: tokens signed by every replica (-1: unknown) */
 };
 void live_cred_read(const struct live_cred *e, struct live_quota *q);
+
+/* ---- shared state (proxy/shared.h) ---- */
+
+/* Another reference to an entry already held (released with live_cred_put): for a reply that
+ * may outlive the runtime that asked. */
+struct live_cred *live_cred_hold(struct live_cred *e);
+
+/* Takes in what the replicas know together (remote, as read from Redis): a quota reading newer
+ * than this table's replaces it, a later Retry-After extends the block, and remote->mints
+ * becomes mints_shared. */
+void live_shared_merge(struct live_cred *e, const struct live_quota *remote);
+
+/* The tokens signed here since the last call (to be added to the shared count), and the
+ * undoing of a call whose count could not be sent. */
+unsigned long live_mints_unshared(struct live_cred *e);
+void live_mints_unshare(struct live_cred *e, unsigned long n);
 
 #endif

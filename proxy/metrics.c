@@ -9,6 +9,7 @@
 
 #include "proxy/http_error.h"
 #include "proxy/server.h"
+#include "proxy/shared.h"
 #include "proxy/upstream.h"
 
 static const double bucket_bounds[METRICS_NBUCKETS - 1] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -266,6 +267,47 @@ static void render_durations(struct evbuffer *out, struct server *s)
     pthread_mutex_unlock(&labels_lock);
 }
 
+/* "shared_state": whether Redis is in use, how often a replica fell back to deciding alone,
+ * and the figures all replicas share. */
+static void render_shared(struct evbuffer *out, const struct shared *sh, const struct runtime *rt)
+{
+    struct shared_stats st;
+    shared_stats_read(sh, &st);
+    evbuffer_add_printf(
+        out,
+        "# HELP apple_auth_proxy_shared_state_up 1 while rate decisions go to Redis (some "
+        "worker connection is up), 0 while they are local.\n"
+        "# TYPE apple_auth_proxy_shared_state_up gauge\n"
+        "apple_auth_proxy_shared_state_up %d\n"
+        "# HELP apple_auth_proxy_shared_state_fallbacks_total Times a worker's Redis connection "
+        "stopped being used (closed, refused, or slower than the timeout).\n"
+        "# TYPE apple_auth_proxy_shared_state_fallbacks_total counter\n"
+        "apple_auth_proxy_shared_state_fallbacks_total %llu\n"
+        "# HELP apple_auth_proxy_shared_state_timeouts_total Of those, replies slower than the "
+        "timeout.\n"
+        "# TYPE apple_auth_proxy_shared_state_timeouts_total counter\n"
+        "apple_auth_proxy_shared_state_timeouts_total %llu\n"
+        "# HELP apple_auth_proxy_shared_rate_decisions_total Client rate decisions, by where "
+        "they were made (local: Redis not in use, limits divided by replicas).\n"
+        "# TYPE apple_auth_proxy_shared_rate_decisions_total counter\n"
+        "apple_auth_proxy_shared_rate_decisions_total{where=\"redis\"} %llu\n"
+        "apple_auth_proxy_shared_rate_decisions_total{where=\"local\"} %llu\n",
+        st.up > 0, (unsigned long long)st.fallbacks, (unsigned long long)st.timeouts,
+        (unsigned long long)st.remote_decisions, (unsigned long long)st.local_decisions);
+    evbuffer_add_printf(out, "# HELP apple_auth_proxy_shared_token_mints Tokens signed by all "
+                             "replicas together, by credential, as last read from Redis.\n"
+                             "# TYPE apple_auth_proxy_shared_token_mints gauge\n");
+    for (size_t i = 0; i < rt->conf->ncredentials; i++) {
+        struct live_quota q;
+        live_cred_read(rt->live_creds[i], &q);
+        if (q.mints_shared < 0)
+            continue;
+        evbuffer_add_printf(out, "apple_auth_proxy_shared_token_mints{credential=\"");
+        label_escaped(out, rt->conf->credentials[i].name);
+        evbuffer_add_printf(out, "\"} %ld\n", q.mints_shared);
+    }
+}
+
 void metrics_render(struct evbuffer *out, struct server *s)
 {
     struct runtime *rt = s->rt;
@@ -308,6 +350,8 @@ void metrics_render(struct evbuffer *out, struct server *s)
         live_cred_read(rt->live_creds[i], &q);
         evbuffer_add_printf(out, "\"} %lu\n", q.mints);
     }
+    if (s->shared)
+        render_shared(out, s->shared, rt);
     evbuffer_add_printf(out, "# HELP apple_auth_proxy_token_expiry_seconds Seconds until the "
                              "credential's current token expires (0: none valid).\n"
                              "# TYPE apple_auth_proxy_token_expiry_seconds gauge\n");
@@ -328,6 +372,18 @@ void metrics_render(struct evbuffer *out, struct server *s)
         evbuffer_add_printf(out, "apple_auth_proxy_apple_rate_limit_remaining{credential=\"");
         label_escaped(out, rt->conf->credentials[i].name);
         evbuffer_add_printf(out, "\"} %ld\n", q.remaining);
+    }
+    evbuffer_add_printf(out, "# HELP apple_auth_proxy_apple_retry_after_seconds Seconds until "
+                             "Apple's Retry-After for the credential ends (0: none).\n"
+                             "# TYPE apple_auth_proxy_apple_retry_after_seconds gauge\n");
+    for (i = 0; i < rt->conf->ncredentials; i++) {
+        struct live_quota q;
+        double left;
+        live_cred_read(rt->live_creds[i], &q);
+        left = q.blocked_until - (double)now;
+        evbuffer_add_printf(out, "apple_auth_proxy_apple_retry_after_seconds{credential=\"");
+        label_escaped(out, rt->conf->credentials[i].name);
+        evbuffer_add_printf(out, "\"} %.0f\n", left > 0 ? left : 0);
     }
     evbuffer_add_printf(out,
                         "# HELP apple_auth_proxy_client_connections Open client connections.\n"

@@ -1,5 +1,6 @@
 /* server: the process: listening sockets, worker threads, signals and the token refresher. */
 #include "proxy/server.h"
+#include "proxy/shared.h"
 
 #include <errno.h>
 #include <netdb.h>
@@ -282,6 +283,8 @@ int server_reload(struct server *s)
         log_msg(LOG_WARN, "reload: admin_listen changed; it takes effect at the next restart");
     if (rt->conf->workers != s->rt->conf->workers)
         log_msg(LOG_WARN, "reload: workers changed; it takes effect at the next restart");
+    if (!shared_same(&rt->conf->shared, &s->rt->conf->shared))
+        log_msg(LOG_WARN, "reload: shared_state changed; it takes effect at the next restart");
     /* HTTPS listeners at unchanged addresses get contexts from the new files: renewed
      * certificates and client CAs apply to the connections accepted from now on. */
     SSL_CTX **tls = NULL;
@@ -464,6 +467,16 @@ int server_run(struct conf *conf, const char *config_path)
     }
     ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     s->nworkers = s->rt->conf->workers > 0 ? s->rt->conf->workers : (int)(ncpu > 0 ? ncpu : 1);
+    {
+        int oom;
+        s->shared = shared_new(&s->rt->conf->shared, s->nworkers, &oom);
+        if (oom) {
+            log_msg(LOG_ERROR, "out of memory");
+            runtime_unref(s->rt);
+            live_free(s->live);
+            return 1;
+        }
+    }
     s->base = event_base_new();
     s->workers = calloc((size_t)s->nworkers, sizeof(*s->workers));
     for (i = 0; s->workers && i < s->nworkers; i++)
@@ -623,6 +636,7 @@ out:
     if (s->base)
         event_base_free(s->base);
     runtime_unref(s->rt);
+    shared_free(s->shared); /* after the workers' connections */
     live_free(s->live); /* after every runtime: the workers have released theirs */
     accesslog_close();
     return rc;

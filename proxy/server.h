@@ -12,6 +12,7 @@ struct server {
     struct event_base *base;      /* the main thread's loop: signals, token refresh */
     struct runtime *rt;           /* the current configuration */
     struct live *live;            /* owned: what outlives configurations (proxy/live.h) */
+    struct shared *shared;        /* owned: Redis for shared state (proxy/shared.h), or NULL */
     struct worker *workers;
     int nworkers;
     size_t nclients;              /* client connections across workers (atomic) */

@@ -20,6 +20,7 @@
 #include "proxy/http_error.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
+#include "proxy/shared.h"
 #include "proxy/upstream.h"
 
 static struct wgen *wgen_new(struct worker *w, struct runtime *rt)
@@ -197,6 +198,7 @@ static void apply_reload(struct worker *w)
     /* Exchanges in flight hold the old generation; its pools close when they are done. */
     wgen_unref(w->gen);
     w->gen = g;
+    shared_conn_set_runtime(w->shared, g->rt);
 }
 
 static void free_tls_list(SSL_CTX **tls, size_t n)
@@ -315,6 +317,15 @@ int worker_init(struct worker *w, int id, struct server *server, struct runtime 
             goto fail;
         }
     }
+    if (server->shared) {
+        /* One worker reads the credentials' figures back for the whole process. */
+        w->shared = shared_conn_new(server->shared, w->base, w->dns, id == 0);
+        if (w->shared == NULL) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        shared_conn_set_runtime(w->shared, w->gen->rt);
+    }
     for (i = 0; i < nfds; i++) {
         w->listeners[i].worker = w;
         w->listeners[i].l = evconnlistener_new(w->base, accept_cb, &w->listeners[i],
@@ -385,6 +396,8 @@ void worker_deinit(struct worker *w)
     size_t i;
     client_free_all(w);
     client_worker_cleanup(w);
+    shared_conn_free(w->shared); /* after the clients: their rate decisions are cancelled */
+    w->shared = NULL;
     if (w->alog) {
         accesslog_flush(w->alog);
         evbuffer_free(w->alog);

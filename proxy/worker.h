@@ -20,6 +20,7 @@ struct server;
 struct client;
 struct exchange;
 struct upool;
+struct shared_conn;
 
 /* Counters written only by the worker's own thread (no locks on the request path); a scrape
  * sums them across workers with relaxed atomic loads. */
@@ -103,6 +104,7 @@ struct worker {
     uint64_t house_churn;     /* connections opened, as of the last tick */
     int house_trim;           /* connections were opened in the tick before the last */
     unsigned house_ticks;
+    struct shared_conn *shared; /* the worker's Redis connection (proxy/shared.h), or NULL */
     struct evbuffer *alog;    /* access log lines waiting for the next flush */
     struct event *alog_timer;
 };

@@ -253,11 +253,14 @@ class K8sManifestsTest(unittest.TestCase):
         self.assertEqual(cfg.get("listen"), ["0.0.0.0:%d" % PROXY_PORT])
 
     def test_configmap_config_passes_check(self):
+        self.check_config(self.configmap_config())
+
+    def check_config(self, cfg, extra_env=None):
+        """Runs `apple-auth-proxy check` on cfg with keys made here and the pod's environment."""
         if not os.path.exists(BINARY):
             self.skipTest("no binary at %s" % BINARY)
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
-        cfg = self.configmap_config()
         d = tempfile.mkdtemp(prefix="aap-k8s-")
         try:
             os.chmod(d, 0o700)
@@ -277,6 +280,7 @@ class K8sManifestsTest(unittest.TestCase):
             env = {e["name"]: e["value"] for e in self.container.get("env", [])
                    if "value" in e and e["name"] != "APPLE_AUTH_PROXY_CONFIG"}
             env.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": d})
+            env.update(extra_env or {})
             p = subprocess.run([BINARY, "check", "--config", cpath], env=env, timeout=30,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             self.assertEqual(p.returncode, 0, "apple-auth-proxy check on the ConfigMap's "
@@ -340,6 +344,75 @@ class K8sManifestsTest(unittest.TestCase):
             self.assertGreater(lo, pdb["spec"]["minAvailable"],
                                "with minReplicas <= minAvailable no node could ever be drained")
 
+
+    # -- the optional Redis (docker/k8s/redis/) -------------------------------------------------
+
+    def redis_docs(self):
+        out = {}
+        rdir = os.path.join(K8S_DIR, "redis")
+        for name in sorted(os.listdir(rdir)):
+            with open(os.path.join(rdir, name)) as f:
+                for d in yaml.safe_load_all(f):
+                    if d is not None:
+                        out.setdefault(d["kind"], []).append((name, d))
+        return out
+
+    def test_redis_overlay_adds_redis_to_the_base(self):
+        docs = self.redis_docs()
+        k = docs["Kustomization"][0][1]
+        self.assertEqual(sorted(k["resources"]), ["../", "redis.yaml"])
+        self.assertEqual(sorted(p["path"] for p in k["patches"]),
+                         ["configmap.yaml", "deployment.yaml"])
+        ss = [d for n, d in docs["StatefulSet"] if n == "redis.yaml"]
+        self.assertEqual(len(ss), 1)
+        pod = ss[0]["spec"]["template"]["spec"]
+        self.assertIs(pod["securityContext"]["runAsNonRoot"], True)
+        self.assertIs(pod["automountServiceAccountToken"], False)
+        c = pod["containers"][0]
+        cmd = " ".join(c["command"])
+        for flag in ("--save ''", "--appendonly no", "--requirepass"):
+            self.assertIn(flag, cmd, "Redis runs without persistence and with a password")
+        env = {e["name"]: e for e in c["env"]}
+        self.assertEqual(env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"],
+                         "apple-auth-proxy-redis")
+        labels = ss[0]["spec"]["template"]["metadata"]["labels"]
+        svc = [d for n, d in docs["Service"] if n == "redis.yaml"][0]
+        for key, val in svc["spec"]["selector"].items():
+            self.assertEqual(labels.get(key), val)
+        self.assertEqual(svc["spec"]["ports"][0]["port"], 6379)
+        # only the proxy's pods reach Redis, and the proxy's own policy lets them
+        np = [d for n, d in docs["NetworkPolicy"] if n == "redis.yaml"][0]
+        self.assertEqual(np["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
+                         {"app.kubernetes.io/name": self.pod_labels()["app.kubernetes.io/name"]})
+        egress = self.one("NetworkPolicy")["spec"]["egress"]
+        self.assertTrue(any(r.get("to", [{}])[0].get("podSelector", {}).get("matchLabels") ==
+                            labels and r["ports"][0]["port"] == 6379 for r in egress),
+                        "the proxy's NetworkPolicy lets it reach Redis")
+
+    def redis_overlay_config(self):
+        cm = self.redis_docs()["ConfigMap"][0][1]
+        self.assertEqual(cm["metadata"]["name"], self.one("ConfigMap")["metadata"]["name"])
+        return json.loads(cm["data"]["config.json"])
+
+    def test_redis_overlay_config_is_the_base_with_shared_state(self):
+        cfg = self.redis_overlay_config()
+        shared = cfg.pop("shared_state")
+        self.assertEqual(cfg, self.configmap_config(), "only shared_state differs from the base")
+        svc = [d for n, d in self.redis_docs()["Service"] if n == "redis.yaml"][0]
+        self.assertEqual(shared["redis"], "%s:%d" % (svc["metadata"]["name"],
+                                                     svc["spec"]["ports"][0]["port"]))
+        hpa = self.one("HorizontalPodAutoscaler")
+        self.assertEqual(shared["replicas"], hpa["spec"].get("minReplicas", 1),
+                         "the replica count is the autoscaler's minimum")
+        self.assertEqual(shared["replicas"], self.deployment["spec"]["replicas"])
+        dep = self.redis_docs()["Deployment"][0][1]
+        env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        ref = env[shared["password_env"]]["valueFrom"]["secretKeyRef"]
+        self.assertEqual(ref["name"], "apple-auth-proxy-redis")
+
+    def test_redis_overlay_config_passes_check(self):
+        cfg = self.redis_overlay_config()
+        self.check_config(cfg, {cfg["shared_state"]["password_env"]: "not-a-real-password"})
 
     def test_networkpolicy(self):
         np = self.one("NetworkPolicy")

@@ -538,6 +538,57 @@ static void test_intercept(void **state)
     free(errors);
 }
 
+static void test_shared_state(void **state)
+{
+    struct conf *conf = load_ok("{" CREDS "}");
+
+    (void)state;
+    assert_null(conf->shared.redis); /* nothing shared */
+    conf_free(conf);
+    conf = load_ok("{" CREDS ", \"shared_state\": {\"redis\": \"redis.example:6380\"}}");
+    assert_string_equal(conf->shared.host, "redis.example");
+    assert_int_equal(conf->shared.port, 6380);
+    assert_null(conf->shared.unix_path);
+    assert_string_equal(conf->shared.key_prefix, "apple-auth-proxy:");
+    assert_int_equal(conf->shared.timeout_ms, 250);
+    assert_int_equal(conf->shared.replicas, 1);
+    conf_free(conf);
+    conf = load_ok("{" CREDS ", \"shared_state\": {\"redis\": \"unix:/run/redis.sock\", "
+                   "\"key_prefix\": \"team-a:\", \"timeout\": 0.05, \"replicas\": 3}}");
+    assert_null(conf->shared.host);
+    assert_string_equal(conf->shared.unix_path, "/run/redis.sock");
+    assert_string_equal(conf->shared.key_prefix, "team-a:");
+    assert_int_equal(conf->shared.timeout_ms, 50);
+    assert_int_equal(conf->shared.replicas, 3);
+    conf_free(conf);
+    expect_error("{" CREDS ", \"shared_state\": {}}", "shared_state.redis: required");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"nohost\"}}",
+                 "shared_state.redis: expected \"HOST:PORT\" or \"unix:/path\"");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:0\"}}", "shared_state.redis:");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"unix:relative.sock\"}}",
+                 "shared_state.redis: expected \"unix:\" and an absolute socket path");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"replicas\": 0}}",
+                 "shared_state.replicas: must be at least 1");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"replicas\": 1001}}",
+                 "shared_state.replicas: must be at most 1000");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"timeout\": 0}}",
+                 "shared_state.timeout: must be at least 0.005 seconds");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"timeout\": 11}}",
+                 "shared_state.timeout: must be at most 10 seconds");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"key_prefix\": \"a b\"}}",
+                 "shared_state.key_prefix: expected at most 64 printable ASCII");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"password_env\": "
+                 "\"AAP_TEST_UNSET_REDIS_PASSWORD\"}}",
+                 "shared_state.password_env: environment variable AAP_TEST_UNSET_REDIS_PASSWORD "
+                 "is not set");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"tls\": "
+                 "{\"ca_file\": \"/ca.pem\"}}}",
+                 "shared_state.tls: TLS to Redis is not supported");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"Redis\": 1}}",
+                 "shared_state.Redis: unknown key");
+    expect_error("{" CREDS ", \"shared_state\": \"h:1\"}", "shared_state: expected an object");
+}
+
 static void test_listen_forms(void **state)
 {
     struct conf *conf = load_ok("{\"listen\": [\"[::1]:8080\", \"localhost:8081\"], "
@@ -2168,6 +2219,7 @@ int main(void)
         cmocka_unit_test(test_values_set),
         cmocka_unit_test(test_access_log),
         cmocka_unit_test(test_intercept),
+        cmocka_unit_test(test_shared_state),
         cmocka_unit_test(test_listen_forms),
         cmocka_unit_test(test_addr_parse),
         cmocka_unit_test(test_example_file),

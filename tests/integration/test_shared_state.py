@@ -1,0 +1,274 @@
+"""Replicas that share one view through Redis ("shared_state", docs/deployment.md): two proxy
+processes on one configuration, and a real redis-server started here on a free loopback port
+with no persistence.
+
+Covered, each by its own test:
+  two replicas admit exactly one client's burst between them;
+  Apple's quota reserve, learnt through one replica, refuses on the other;
+  Apple's Retry-After, received through one replica, holds on the other;
+  Redis killed under load: no 5xx, each replica falls back to its share of the limit (logged
+    once, counted, said in /readyz while ready); restarted: sharing resumes without a restart;
+  Redis stopped (SIGSTOP, a Redis that no longer answers): requests are decided locally after
+    the timeout instead of stalling, and Redis is used again once it answers.
+"""
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+import proxytest as pt  # noqa: E402
+
+LIMITED = "shared-state-limited-secret-0123456789abcdef"
+FALLBACK = "shared-state-fallback-secret-0123456789abcde"
+FAST = "shared-state-fast-secret-0123456789abcdefghij"
+PRIORITY = "shared-state-priority-secret-0123456789abcde"
+TIMEOUT = 0.3  # shared_state.timeout in these tests (seconds)
+
+
+def bearer(secret):
+    return [("Proxy-Authorization", "Bearer " + secret)]
+
+
+def client(secret, **extra):
+    c = {"key_sha256": hashlib.sha256(secret.encode()).hexdigest()}
+    c.update(extra)
+    return c
+
+
+class Redis:
+    """redis-server on a free loopback port, no RDB or AOF files, in its own directory."""
+
+    def __init__(self, port=None):
+        self.port = port or h.unused_port()
+        self.dir = h.new_dir("redis")
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = h._Process("redis-server", [
+            shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
+            "--protected-mode", "yes", "--loglevel", "warning"])
+        pt.wait_until(self.answers, 10, 0.05, "redis-server answering PING")
+
+    def answers(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self):
+        self.proc.stop(signal.SIGKILL)
+
+    def stop(self):
+        if self.proc.alive():
+            self.proc.proc.send_signal(signal.SIGCONT)
+        self.proc.stop()
+
+
+@unittest.skipUnless(shutil.which("redis-server"), "redis-server is not installed")
+class SharedStateTest(unittest.TestCase):
+    def setUp(self):
+        self.redis = Redis()
+        self.addCleanup(self.redis.stop)
+        self.up = h.start_standin(rate_remaining=1000)
+        self.addCleanup(self.up.stop)
+        self.creds = {"asc": h.credential("app-store-connect", h.make_key())}
+        self.routes = [h.route(self.up, "app-store-connect", "asc")]
+
+    def start_pair(self, quota_reserve=None):
+        creds = {"asc": dict(self.creds["asc"])}
+        if quota_reserve is not None:
+            creds["asc"]["quota_reserve"] = quota_reserve
+        clients = {
+            "limited": client(LIMITED, rate={"per_second": 0.01, "burst": 6}),
+            "fallback": client(FALLBACK, rate={"per_second": 0.01, "burst": 4}),
+            "fast": client(FAST, rate={"per_second": 1000, "burst": 1000}),
+            "boss": client(PRIORITY, priority=True),
+        }
+        shared = {"redis": "127.0.0.1:%d" % self.redis.port, "timeout": TIMEOUT, "replicas": 2,
+                  "key_prefix": "test%d:" % os.getpid()}
+        config = h.write_config(creds, self.routes, workers=2, clients=clients,
+                                admin_listen="127.0.0.1:0", shared_state=shared)
+        self.px = []
+        for _ in range(2):
+            px = h.start_proxy(config)
+            self.addCleanup(px.stop)
+            self.px.append(px)
+        for px in self.px:
+            self.wait_using_redis(px)
+
+    def readyz(self, px):
+        r = pt.admin_get(px, "/readyz")
+        return r.status, r.body.decode()
+
+    def wait_using_redis(self, px, timeout=15):
+        pt.wait_until(lambda: "shared_state: using Redis" in self.readyz(px)[1], timeout, 0.05,
+                      "the replica using Redis")
+
+    def get(self, px, secret=LIMITED, path="/v1/apps", timeout=10):
+        with h.HttpClient(px.port, timeout=timeout) as c:
+            return c.request("GET", path, bearer(secret))
+
+    def test_two_replicas_share_one_burst_exactly(self):
+        self.start_pair()
+        statuses = [self.get(self.px[i % 2]).status for i in range(12)]
+        self.assertEqual(statuses.count(200), 6, statuses)
+        self.assertEqual(statuses[:6], [200] * 6, statuses)
+        self.assertEqual(set(statuses[6:]), {429}, statuses)
+        r = self.get(self.px[1])
+        self.assertEqual(pt.error_code(r), "PROXY_RATE_LIMITED")
+        self.assertGreaterEqual(int(r.header("Retry-After")), 50)
+        self.assertRedisHoldsNoSecrets()
+        for px in self.px:
+            m = pt.metrics(px)
+            self.assertGreater(m.value("apple_auth_proxy_shared_rate_decisions_total",
+                                       where="redis"), 0)
+            self.assertEqual(m.value("apple_auth_proxy_shared_rate_decisions_total",
+                                     where="local"), 0)
+            self.assertEqual(m.value("apple_auth_proxy_shared_state_up"), 1)
+
+    def redis_cli(self, *args):
+        p = subprocess.run([shutil.which("redis-cli"), "-p", str(self.redis.port), "--raw"] +
+                           list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30,
+                           text=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return p.stdout
+
+    def assertRedisHoldsNoSecrets(self):
+        """Only names and numbers: no token, no key, no client secret, under the prefix."""
+        prefix = "test%d:" % os.getpid()
+        keys = sorted(self.redis_cli("--scan").split())
+        self.assertTrue(keys)
+        for k in keys:
+            self.assertRegex(k, r"^%s(rate:[a-z]+|cred:asc)$" % re.escape(prefix))
+            kind = self.redis_cli("TYPE", k).strip()
+            value = self.redis_cli("HGETALL" if kind == "hash" else "GET", k)
+            self.assertRegex(value, r"^[A-Za-z_0-9.\s-]*$", (k, value))
+            for secret in (LIMITED, FAST, PRIORITY, FALLBACK, "eyJ", "PRIVATE KEY"):
+                self.assertNotIn(secret, value)
+
+    def test_quota_reserve_learnt_on_one_replica_holds_on_the_other(self):
+        # the stand-in reports about 1000 requests left; 2000 are kept for priority clients
+        self.start_pair(quota_reserve=2000)
+        r = self.get(self.px[0], secret=FAST)
+        self.assertEqual(r.status, 200, r.body[:300])
+        rem = int(re.search(r"user-hour-rem:(\d+)", r.header("X-Rate-Limit")).group(1))
+        # nothing goes through the second replica until it has read the figures back
+        pt.wait_until(lambda: pt.metrics(self.px[1]).value(
+            "apple_auth_proxy_apple_rate_limit_remaining", credential="asc") == rem, 15, 0.1,
+            "the second replica learning Apple's figures")
+        mark = self.up.mark()
+        r = self.get(self.px[1], secret=FAST)
+        self.assertEqual(r.status, 429, r.body[:300])
+        self.assertEqual(pt.error_code(r), "PROXY_QUOTA_RESERVED")
+        self.assertEqual(self.up.requests(mark), [], "nothing reached Apple")
+        self.assertEqual(self.get(self.px[1], secret=PRIORITY).status, 200)
+        self.assertRedisHoldsNoSecrets()
+
+    def test_retry_after_from_one_replica_holds_on_the_other(self):
+        self.start_pair()
+        r = self.get(self.px[0], secret=PRIORITY, path="/v1/__rate_limit?after=60")
+        self.assertEqual(r.status, 429, r.body[:300])
+        pt.wait_until(lambda: pt.metrics(self.px[1]).value(
+            "apple_auth_proxy_apple_retry_after_seconds", credential="asc") > 0, 15, 0.1,
+            "the second replica learning Apple's Retry-After")
+        mark = self.up.mark()
+        for secret in (PRIORITY, FAST):
+            r = self.get(self.px[1], secret=secret)
+            self.assertEqual(r.status, 429, r.body[:300])
+            self.assertEqual(pt.error_code(r), "PROXY_APPLE_RETRY_AFTER")
+            self.assertTrue(50 <= int(r.header("Retry-After")) <= 61, r.header("Retry-After"))
+        self.assertEqual(self.up.requests(mark), [], "nothing reached Apple while it rests")
+
+    def load(self, stop, results):
+        """Requests through both replicas until stop is set; every status is recorded."""
+        i = 0
+        while not stop.is_set():
+            try:
+                results.append(self.get(self.px[i % 2], secret=FAST, timeout=15).status)
+            except Exception as e:  # a failed exchange is a result too
+                results.append(repr(e))
+            i += 1
+
+    def test_redis_killed_under_load_then_restarted(self):
+        self.start_pair()
+        marks = [len(px.stderr_text()) for px in self.px]
+        stop, results = threading.Event(), []
+        threads = [threading.Thread(target=self.load, args=(stop, results)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            pt.wait_until(lambda: len(results) >= 30, 30, 0.05, "load before the kill")
+            self.redis.kill()
+            before = len(results)
+            pt.wait_until(lambda: len(results) >= before + 60, 60, 0.05, "load after the kill")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        self.assertEqual([s for s in results if s != 200], [], "every request was served")
+        for px, mark in zip(self.px, marks):
+            status, body = self.readyz(px)
+            self.assertEqual(status, 200, body)
+            self.assertIn("is not reachable; rate limits are local, divided by 2 replicas", body)
+            m = pt.metrics(px)
+            self.assertGreaterEqual(m.value("apple_auth_proxy_shared_state_fallbacks_total"), 1)
+            self.assertGreater(m.value("apple_auth_proxy_shared_rate_decisions_total",
+                                       where="local"), 0)
+            self.assertEqual(m.value("apple_auth_proxy_shared_state_up"), 0)
+            # logged once for the process, not per worker or per reconnect attempt
+            self.assertEqual(len(re.findall(r"is not usable", px.stderr_text()[mark:])), 1,
+                             px.stderr_text()[mark:])
+        # each replica admits its share of the burst: 4 / 2 replicas
+        statuses = [self.get(self.px[0], secret=FALLBACK).status for _ in range(4)]
+        self.assertEqual(statuses, [200, 200, 429, 429])
+        marks = [len(px.stderr_text()) for px in self.px]
+        self.redis.start()
+        for px, mark in zip(self.px, marks):
+            self.wait_using_redis(px)
+            pt.wait_stderr(px, r"shared state: using Redis", since=mark)
+        # sharing resumed: the restarted Redis holds a fresh bucket for "limited" (burst 6),
+        # which the two replicas now share
+        statuses = [self.get(self.px[i % 2]).status for i in range(9)]
+        self.assertEqual(statuses, [200] * 6 + [429] * 3)
+
+    def test_redis_that_stops_answering_times_out_without_stalling(self):
+        self.start_pair()
+        self.redis.proc.proc.send_signal(signal.SIGSTOP)
+        try:
+            for i in range(6):
+                t0 = time.monotonic()
+                r = self.get(self.px[i % 2], secret=FAST, timeout=15)
+                took = time.monotonic() - t0
+                self.assertEqual(r.status, 200, r.body[:300])
+                # a request waits at most about one timeout (checked four times per timeout)
+                self.assertLess(took, TIMEOUT * 1.25 + 2.0, "request %d took %.2f s" % (i, took))
+            for px in self.px:
+                m = pt.metrics(px)
+                self.assertGreaterEqual(m.value("apple_auth_proxy_shared_state_timeouts_total"),
+                                        1)
+                status, body = self.readyz(px)
+                self.assertEqual(status, 200, body)
+                self.assertNotIn("using Redis at", body)
+        finally:
+            self.redis.proc.proc.send_signal(signal.SIGCONT)
+        for px in self.px:
+            self.wait_using_redis(px)
+        statuses = [self.get(self.px[i % 2]).status for i in range(8)]
+        self.assertEqual(statuses, [200] * 6 + [429] * 2)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,187 @@
+/* shared: the Redis replies the proxy reads (rate decisions, credential figures), hostile
+ * shapes included, and the connection's states (when a replica falls back to local limits). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <hiredis/hiredis.h>
+
+#include "proxy/shared.h"
+
+static redisReply int_reply(long long v)
+{
+    redisReply r;
+    memset(&r, 0, sizeof(r));
+    r.type = REDIS_REPLY_INTEGER;
+    r.integer = v;
+    return r;
+}
+
+static redisReply str_reply(const char *s)
+{
+    redisReply r;
+    memset(&r, 0, sizeof(r));
+    r.type = REDIS_REPLY_STRING;
+    r.str = (char *)s;
+    r.len = strlen(s);
+    return r;
+}
+
+static redisReply nil_reply(void)
+{
+    redisReply r;
+    memset(&r, 0, sizeof(r));
+    r.type = REDIS_REPLY_NIL;
+    return r;
+}
+
+static redisReply array_of(redisReply **el, size_t n)
+{
+    redisReply r;
+    memset(&r, 0, sizeof(r));
+    r.type = REDIS_REPLY_ARRAY;
+    r.element = el;
+    r.elements = n;
+    return r;
+}
+
+static int rate_of(long long a, long long us, int *allowed, double *wait)
+{
+    redisReply e0 = int_reply(a), e1 = int_reply(us);
+    redisReply *el[2] = {&e0, &e1};
+    redisReply r = array_of(el, 2);
+    return shared_parse_rate(&r, allowed, wait);
+}
+
+static void test_rate_replies(void **state)
+{
+    int allowed = -1;
+    double wait = -1;
+    (void)state;
+    assert_int_equal(rate_of(1, 0, &allowed, &wait), 0);
+    assert_int_equal(allowed, 1);
+    assert_true(wait == 0);
+    assert_int_equal(rate_of(0, 2500000, &allowed, &wait), 0);
+    assert_int_equal(allowed, 0);
+    assert_true(wait > 2.49 && wait < 2.51);
+}
+
+static void test_rate_replies_hostile(void **state)
+{
+    int allowed = 7;
+    double wait = 7;
+    redisReply err;
+    (void)state;
+    assert_int_equal(shared_parse_rate(NULL, &allowed, &wait), -1);
+    memset(&err, 0, sizeof(err));
+    err.type = REDIS_REPLY_ERROR;
+    err.str = (char *)"NOSCRIPT";
+    err.len = 8;
+    assert_int_equal(shared_parse_rate(&err, &allowed, &wait), -1);
+    assert_int_equal(rate_of(2, 0, &allowed, &wait), -1);   /* not a yes or no */
+    assert_int_equal(rate_of(0, -5, &allowed, &wait), -1);  /* a negative wait */
+    assert_int_equal(rate_of(1, 10, &allowed, &wait), -1);  /* allowed with a wait */
+    {
+        redisReply e0 = int_reply(1), e1 = str_reply("0");
+        redisReply *el[2] = {&e0, &e1};
+        redisReply r = array_of(el, 2);
+        assert_int_equal(shared_parse_rate(&r, &allowed, &wait), -1);
+        r.elements = 1;
+        assert_int_equal(shared_parse_rate(&r, &allowed, &wait), -1);
+    }
+    assert_int_equal(allowed, 7); /* nothing written on a refusal */
+    assert_true(wait == 7);
+}
+
+static void test_figures(void **state)
+{
+    struct live_quota q;
+    redisReply e[5] = {str_reply("3600"), str_reply("12"), str_reply("1700000000123"), nil_reply(),
+                       int_reply(9)};
+    redisReply *el[5] = {&e[0], &e[1], &e[2], &e[3], &e[4]};
+    redisReply r = array_of(el, 5);
+    (void)state;
+    assert_int_equal(shared_parse_figures(&r, &q), 0);
+    assert_int_equal(q.limit, 3600);
+    assert_int_equal(q.remaining, 12);
+    assert_true(q.updated > 1700000000.12 && q.updated < 1700000000.13);
+    assert_true(q.blocked_until == 0);
+    assert_int_equal(q.mints, 9);
+    /* a credential nobody has heard of yet: all nil */
+    for (int i = 0; i < 5; i++)
+        e[i] = nil_reply();
+    assert_int_equal(shared_parse_figures(&r, &q), 0);
+    assert_int_equal(q.limit, -1);
+    assert_int_equal(q.remaining, -1);
+    assert_int_equal(q.mints, 0);
+}
+
+static void test_figures_hostile(void **state)
+{
+    struct live_quota q;
+    static const char *bad[] = {"", "-", "12x", "99999999999999999999", "9999999999999999999", "-5", " 1", "1.5"};
+    redisReply e[5] = {nil_reply(), nil_reply(), nil_reply(), nil_reply(), nil_reply()};
+    redisReply *el[5] = {&e[0], &e[1], &e[2], &e[3], &e[4]};
+    redisReply r = array_of(el, 5);
+    (void)state;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        e[2] = str_reply(bad[i]);
+        assert_int_equal(shared_parse_figures(&r, &q), -1);
+    }
+    e[2] = nil_reply();
+    e[0] = str_reply("-2"); /* below "unknown" */
+    assert_int_equal(shared_parse_figures(&r, &q), -1);
+    e[0] = nil_reply();
+    r.elements = 4;
+    assert_int_equal(shared_parse_figures(&r, &q), -1);
+    r.elements = 5;
+    {
+        redisReply inner = array_of(el, 5);
+        e[1] = inner; /* nested arrays are not figures */
+        assert_int_equal(shared_parse_figures(&r, &q), -1);
+    }
+    assert_int_equal(shared_parse_figures(NULL, &q), -1);
+}
+
+static void test_states(void **state)
+{
+    int fb = -1;
+    enum shared_state s = SHARED_DOWN;
+    (void)state;
+    s = shared_state_next(s, SHARED_EV_CONNECT, &fb);
+    assert_int_equal(s, SHARED_CONNECTING);
+    assert_int_equal(fb, 0);
+    /* a connection that never became ready is not a fallback: it was never in use */
+    assert_int_equal(shared_state_next(s, SHARED_EV_FAILED, &fb), SHARED_DOWN);
+    assert_int_equal(fb, 0);
+    assert_int_equal(shared_state_next(s, SHARED_EV_TIMEOUT, &fb), SHARED_DOWN);
+    assert_int_equal(fb, 0);
+    s = shared_state_next(s, SHARED_EV_READY, &fb);
+    assert_int_equal(s, SHARED_UP);
+    assert_int_equal(fb, 0);
+    /* up: a second connect or ready changes nothing */
+    assert_int_equal(shared_state_next(s, SHARED_EV_CONNECT, &fb), SHARED_UP);
+    assert_int_equal(fb, 0);
+    assert_int_equal(shared_state_next(s, SHARED_EV_READY, &fb), SHARED_UP);
+    assert_int_equal(fb, 0);
+    assert_int_equal(shared_state_next(s, SHARED_EV_TIMEOUT, &fb), SHARED_DOWN);
+    assert_int_equal(fb, 1);
+    assert_int_equal(shared_state_next(s, SHARED_EV_FAILED, &fb), SHARED_DOWN);
+    assert_int_equal(fb, 1);
+    /* ready without a connection attempt (a stale reply) does not bring it up */
+    assert_int_equal(shared_state_next(SHARED_DOWN, SHARED_EV_READY, &fb), SHARED_DOWN);
+    assert_int_equal(fb, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rate_replies),        cmocka_unit_test(test_rate_replies_hostile),
+        cmocka_unit_test(test_figures),             cmocka_unit_test(test_figures_hostile),
+        cmocka_unit_test(test_states),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
