@@ -1,0 +1,380 @@
+/* test_h2up: the HTTP/2 exchange path against an nghttp2 server in the same process, on a fake
+ * clock, for what a real APNs stand-in cannot show in a test's time: APNs refusing a token that
+ * is 20 minutes old (mint once more, send the push again) or younger (pass the answer on, keep
+ * the token), and a refusal of a token that has already been replaced. Includes h2up.c to build
+ * a connection without a socket (h2o's t/00unit style). */
+#include "proxy/h2up.c"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#include "auth/key.h"
+
+#define T0 ((time_t)1800000000)
+#define TEAM "TEAM000001"
+
+static time_t fake_now = T0;
+static time_t fake_clock(void)
+{
+    return fake_now;
+}
+
+/* The server side: answers each request from a script and records its authorization. */
+struct server {
+    nghttp2_session *sess;
+    int status[4];        /* the answer to request i (403 with `reason`, else 200) */
+    const char *reason[4];
+    char auth[4][1024];   /* the authorization of request i */
+    int nrequests;
+    size_t big_left;      /* status 200 with a body of this many bytes (0: none) */
+};
+
+struct fixture {
+    struct event_base *base;
+    struct worker w;
+    struct conf conf;
+    struct runtime rt;
+    struct wgen gen;
+    struct target target;
+    struct upool pool;
+    struct credential cred;
+    apple_key *key;
+    struct h2conn *hc;
+    struct h2s *st;
+    struct server srv;
+};
+
+static int srv_header(nghttp2_session *sess, const nghttp2_frame *frame, const uint8_t *name,
+                      size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                      void *ud)
+{
+    struct server *srv = ud;
+    (void)sess;
+    (void)flags;
+    if (frame->hd.type == NGHTTP2_HEADERS && namelen == 13 &&
+        memcmp(name, "authorization", 13) == 0 && srv->nrequests < 4)
+        snprintf(srv->auth[srv->nrequests], sizeof(srv->auth[0]), "%.*s", (int)valuelen,
+                 (const char *)value);
+    return 0;
+}
+
+static ssize_t srv_body(nghttp2_session *sess, int32_t id, uint8_t *buf, size_t len,
+                        uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    const char *reason = src->ptr;
+    int n = snprintf((char *)buf, len, "{\"reason\":\"%s\"}", reason);
+    (void)sess;
+    (void)id;
+    (void)ud;
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return n;
+}
+
+static ssize_t srv_big(nghttp2_session *sess, int32_t id, uint8_t *buf, size_t len,
+                       uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    struct server *srv = src->ptr;
+    size_t n = len < srv->big_left ? len : srv->big_left;
+    (void)sess;
+    (void)id;
+    (void)ud;
+    memset(buf, 'z', n);
+    srv->big_left -= n;
+    if (srv->big_left == 0)
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return (ssize_t)n;
+}
+
+static int srv_frame(nghttp2_session *sess, const nghttp2_frame *frame, void *ud)
+{
+    struct server *srv = ud;
+    int i;
+    if (frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM) || srv->nrequests >= 4)
+        return 0;
+    i = srv->nrequests++;
+    if (srv->status[i] == 403) {
+        nghttp2_nv nv[] = {{(uint8_t *)":status", (uint8_t *)"403", 7, 3, 0},
+                           {(uint8_t *)"apns-id", (uint8_t *)"ID", 7, 2, 0}};
+        nghttp2_data_provider dp = {.source.ptr = (void *)srv->reason[i],
+                                    .read_callback = srv_body};
+        nghttp2_submit_response(sess, frame->hd.stream_id, nv, 2, &dp);
+    } else {
+        nghttp2_nv nv[] = {{(uint8_t *)":status", (uint8_t *)"200", 7, 3, 0},
+                           {(uint8_t *)"apns-id", (uint8_t *)"ID", 7, 2, 0}};
+        nghttp2_data_provider dp = {.source.ptr = srv, .read_callback = srv_big};
+        nghttp2_submit_response(sess, frame->hd.stream_id, nv, 2, srv->big_left ? &dp : NULL);
+    }
+    return 0;
+}
+
+/* Moves bytes both ways until neither side has anything to send. */
+static void pump(struct fixture *f)
+{
+    for (int round = 0; round < 50; round++) {
+        const uint8_t *data;
+        ssize_t n;
+        int moved = 0;
+        f->hc->in_session = 1;
+        while ((n = nghttp2_session_mem_send(f->hc->sess, &data)) > 0) {
+            assert_int_equal(nghttp2_session_mem_recv(f->srv.sess, data, (size_t)n), n);
+            moved = 1;
+        }
+        f->hc->in_session = 0;
+        while ((n = nghttp2_session_mem_send(f->srv.sess, &data)) > 0) {
+            f->hc->in_session = 1;
+            assert_int_equal(nghttp2_session_mem_recv(f->hc->sess, data, (size_t)n), n);
+            f->hc->in_session = 0;
+            moved = 1;
+        }
+        if (!moved)
+            return;
+    }
+}
+
+static apple_key *new_key(void)
+{
+    EVP_PKEY *pkey = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    BIO *bio = BIO_new(BIO_s_mem());
+    apple_key *k = NULL;
+    char err[256], *pem;
+    long n;
+    assert_non_null(pkey);
+    assert_int_equal(PEM_write_bio_PrivateKey(bio, pkey, NULL, NULL, 0, NULL, NULL), 1);
+    n = BIO_get_mem_data(bio, &pem);
+    assert_int_equal(key_load_pem(pem, (size_t)n, &k, err, sizeof err), 0);
+    BIO_free(bio);
+    EVP_PKEY_free(pkey);
+    return k;
+}
+
+/* A connection with one stream carrying a push, the server answering from its script. */
+static struct fixture *fixture_new(void)
+{
+    static const char request[] = "POST /3/device/abc HTTP/1.1\r\nHost: api.push.apple.com\r\n"
+                                  "apns-topic: com.example.app\r\nContent-Length: 2\r\n";
+    struct fixture *f = calloc(1, sizeof(*f));
+    nghttp2_session_callbacks *cbs;
+    struct token *tok;
+    char err[256];
+    struct evbuffer *out;
+
+    assert_non_null(f);
+    f->base = event_base_new();
+    f->w.base = f->base;
+    stream_ctx_init(&f->w.sctx, f->base);
+    f->conf.limits.send_timeout_ms = 1000;
+    f->rt.conf = &f->conf;
+    f->rt.tokens = token_cache_new(300, fake_clock);
+    f->gen.worker = &f->w;
+    f->gen.rt = &f->rt;
+    f->target.name = "api.push.apple.com";
+    f->target.host_header = "api.push.apple.com";
+    f->target.host_header_len = strlen(f->target.host_header);
+    f->target.h2 = 1;
+    upool_init(&f->pool, &f->gen, &f->target);
+    f->key = new_key();
+    f->cred.name = "push";
+    f->cred.profile = PROFILE_APNS;
+    f->cred.key_id = "AAAAAAAAAA";
+    f->cred.team_id = TEAM;
+    f->cred.skew = TOKEN_DEFAULT_SKEW;
+    f->cred.key = f->key;
+
+    assert_int_equal(nghttp2_session_callbacks_new(&cbs), 0);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, srv_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, srv_frame);
+    assert_int_equal(nghttp2_session_server_new(&f->srv.sess, cbs, &f->srv), 0);
+    nghttp2_session_callbacks_del(cbs);
+    assert_int_equal(nghttp2_submit_settings(f->srv.sess, NGHTTP2_FLAG_NONE, NULL, 0), 0);
+
+    f->hc = calloc(1, sizeof(*f->hc));
+    f->st = h2s_new(&f->pool, &f->cred);
+    assert_non_null(f->hc);
+    assert_non_null(f->st);
+    assert_non_null(pool_h2(&f->pool));
+    f->hc->pool = &f->pool;
+    f->hc->cred = &f->cred;
+    f->hc->goaway_last = INT32_MAX;
+    TAILQ_INIT(&f->hc->streams);
+    TAILQ_INSERT_TAIL(&f->pool.h2->conns, f->hc, link);
+    assert_int_equal(conn_start_session(f->hc), 0);
+    f->st->attached = 1;
+    f->st->conn = f->hc;
+    TAILQ_INSERT_TAIL(&f->hc->streams, f->st, link);
+    f->hc->nstreams++;
+
+    /* The exchange writes its request with the team's token, as client.c does. */
+    tok = token_cache_get(f->rt.tokens, &f->cred, NULL, 0, err, sizeof(err));
+    assert_non_null(tok);
+    out = stream_output(&f->st->up->s);
+    evbuffer_add(out, request, sizeof(request) - 1);
+    evbuffer_add(out, tok->line, tok->line_len);
+    evbuffer_add(out, "\r\n{}", 4);
+    token_put(tok);
+    return f;
+}
+
+static void fixture_free(struct fixture *f)
+{
+    conn_close(f->hc, NULL);
+    h2up_release(f->st->up);
+    h2up_pool_free(&f->pool);
+    nghttp2_session_del(f->srv.sess);
+    token_cache_free(f->rt.tokens);
+    key_free(f->key);
+    event_base_loop(f->base, EVLOOP_NONBLOCK);
+    stream_ctx_deinit(&f->w.sctx);
+    event_base_free(f->base);
+    free(f);
+}
+
+/* What the exchange reads: the status of the HTTP/1.1 head it got. */
+static int answer_status(struct fixture *f)
+{
+    struct evbuffer *in = stream_input(&f->st->up->s);
+    size_t n = evbuffer_get_length(in);
+    const char *p = n ? (const char *)evbuffer_pullup(in, (ev_ssize_t)n) : "";
+    int status = 0;
+    if (n > 12 && memcmp(p, "HTTP/1.1 ", 9) == 0)
+        status = atoi(p + 9);
+    return status;
+}
+
+static void run(struct fixture *f)
+{
+    h2s_poke(&f->st->up->s, f->st);
+    assert_true(f->st->head_parsed);
+    pump(f);
+}
+
+/* A token 20 minutes old: APNs says it has expired; the proxy mints once more, sends the push
+ * again with the new token, and the exchange sees only the second answer. */
+static void test_refused_token_20_minutes_old_is_replaced_once(void **state)
+{
+    struct fixture *f;
+    (void)state;
+    fake_now = T0;
+    f = fixture_new();
+    fake_now = T0 + APNS_TOKEN_MIN_AGE;
+    f->srv.status[0] = 403;
+    f->srv.reason[0] = "ExpiredProviderToken";
+    f->srv.status[1] = 200;
+    run(f);
+    assert_int_equal(f->srv.nrequests, 2);
+    assert_string_not_equal(f->srv.auth[0], f->srv.auth[1]);
+    assert_int_equal(answer_status(f), 200);
+    assert_int_equal(f->w.stats.apns_token_retries, 1);
+    assert_int_equal(token_cache_mints(f->rt.tokens, &f->cred), 2);
+    fixture_free(f);
+}
+
+/* Younger than 20 minutes: the 403 goes to the client as APNs gave it, the token stays. */
+static void test_refused_young_token_is_kept(void **state)
+{
+    struct fixture *f;
+    struct evbuffer *in;
+    (void)state;
+    fake_now = T0;
+    f = fixture_new();
+    fake_now = T0 + APNS_TOKEN_MIN_AGE - 1;
+    f->srv.status[0] = 403;
+    f->srv.reason[0] = "InvalidProviderToken";
+    run(f);
+    assert_int_equal(f->srv.nrequests, 1);
+    assert_int_equal(answer_status(f), 403);
+    in = stream_input(&f->st->up->s);
+    assert_true(evbuffer_search(in, "{\"reason\":\"InvalidProviderToken\"}", 33, NULL).pos >= 0);
+    assert_int_equal(f->w.stats.apns_token_retries, 0);
+    assert_int_equal(token_cache_mints(f->rt.tokens, &f->cred), 1);
+    fixture_free(f);
+}
+
+/* Refused twice in a row: one new token, one retry, then APNs' second answer is passed on. */
+static void test_second_refusal_is_passed_on(void **state)
+{
+    struct fixture *f;
+    (void)state;
+    fake_now = T0;
+    f = fixture_new();
+    fake_now = T0 + APNS_TOKEN_MIN_AGE;
+    f->srv.status[0] = 403;
+    f->srv.reason[0] = "ExpiredProviderToken";
+    f->srv.status[1] = 403;
+    f->srv.reason[1] = "ExpiredProviderToken";
+    run(f);
+    assert_int_equal(f->srv.nrequests, 2);
+    assert_int_equal(answer_status(f), 403);
+    assert_int_equal(token_cache_mints(f->rt.tokens, &f->cred), 2);
+    fixture_free(f);
+}
+
+/* Other 403 reasons (a bad topic, say) are not the token's fault: passed on, nothing minted. */
+static void test_other_403_is_passed_on(void **state)
+{
+    struct fixture *f;
+    (void)state;
+    fake_now = T0;
+    f = fixture_new();
+    fake_now = T0 + APNS_TOKEN_MIN_AGE;
+    f->srv.status[0] = 403;
+    f->srv.reason[0] = "TopicDisallowed";
+    run(f);
+    assert_int_equal(f->srv.nrequests, 1);
+    assert_int_equal(answer_status(f), 403);
+    assert_int_equal(token_cache_mints(f->rt.tokens, &f->cred), 1);
+    fixture_free(f);
+}
+
+/* Backpressure: while the exchange does not read, the upstream can send no more than the
+ * stream's window; once it reads and turns reading back on, the window reopens and the rest
+ * comes, re-framed as chunked (the answer has no content-length). */
+static void test_window_follows_the_reader(void **state)
+{
+    struct fixture *f;
+    struct evbuffer *in;
+    size_t got = 0, total = 1024 * 1024;
+    int rounds = 0;
+    (void)state;
+    fake_now = T0;
+    f = fixture_new();
+    f->srv.big_left = total;
+    stream_set_reading(&f->st->up->s, 0);
+    run(f);
+    in = stream_input(&f->st->up->s);
+    assert_true(evbuffer_get_length(in) > 0);
+    /* The head, and at most one stream window of DATA with its chunk framing. */
+    assert_true(evbuffer_get_length(in) <= H2UP_STREAM_WINDOW + 4096);
+    assert_true(f->srv.big_left > 0);
+    while (f->srv.big_left > 0 && rounds++ < 100) {
+        got += evbuffer_get_length(in);
+        evbuffer_drain(in, evbuffer_get_length(in));
+        stream_set_reading(&f->st->up->s, 1); /* pokes: the window reopens */
+        pump(f);
+        stream_set_reading(&f->st->up->s, 0);
+    }
+    got += evbuffer_get_length(in);
+    assert_int_equal(f->srv.big_left, 0);
+    assert_true(got > total);
+    assert_true(f->st->resp_end);
+    fixture_free(f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_refused_token_20_minutes_old_is_replaced_once),
+        cmocka_unit_test(test_refused_young_token_is_kept),
+        cmocka_unit_test(test_second_refusal_is_passed_on),
+        cmocka_unit_test(test_other_403_is_passed_on),
+        cmocka_unit_test(test_window_follows_the_reader),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
