@@ -1715,7 +1715,8 @@ static void client_cb(struct stream *s, unsigned ev, void *arg)
         }
     }
     if ((ev & STREAM_ALARM) && !c->dead && s->handshaking) {
-        /* A TLS handshake (of an intercepted CONNECT) that stalls: no reply can be sent. */
+        /* A TLS handshake that stalls (an HTTPS listener's, or an intercepted CONNECT's): no
+         * reply can be sent, so the connection ends at the header timeout. */
         WSTAT_ADD(c->w, client_tls_failures, 1);
         log_msg(LOG_DEBUG, "client %s: TLS handshake timed out", peer(c));
         c->dead = 1;

@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import stat
@@ -585,6 +586,45 @@ class GatewayIntercept(unittest.TestCase):
             time.sleep(0.1)
         self.assertGreaterEqual(names.count("reader"), 3, names)
         self.assertGreaterEqual(names.count("alice"), 3, names)
+
+
+class GatewayReload(unittest.TestCase):
+    def test_a_client_removed_by_a_reload_loses_its_open_tunnel(self):
+        up = h.start_standin()
+        key = h.make_key()
+        alice, bob = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        sha = lambda s: hashlib.sha256(s.encode()).hexdigest()  # noqa: E731
+        ca_dir = os.path.join(h.new_dir("reload-ca"), "ca")
+        creds = {"asc": h.credential("app-store-connect", key)}
+        routes = [h.route(up, "app-store-connect", "asc")]
+        both = {"alice": {"key_sha256": sha(alice)}, "bob": {"key_sha256": sha(bob)}}
+        cfg = h.write_config(creds, routes, clients=both, intercept={"ca_dir": ca_dir})
+        px = h.start_proxy(cfg)
+        try:
+            ca = os.path.join(h.new_dir("reload-pem"), "ca.pem")
+            with open(ca, "w") as f:
+                f.write(h.run_cli(["ca-cert", "-c", cfg])[1])
+            a = tunnel(px.port, ASC, ca, [("Proxy-Authorization", "Bearer " + alice)])
+            b = tunnel(px.port, ASC, ca, [("Proxy-Authorization", "Bearer " + bob)])
+            self.assertEqual(get(a, "/v1/apps")[0], 200)
+            self.assertEqual(get(b, "/v1/apps")[0], 200)
+            h.write_config(creds, routes, clients={"bob": both["bob"]},
+                           intercept={"ca_dir": ca_dir}, path=cfg)
+            mark = len(px.stderr_text())
+            px.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "reloaded" not in px.stderr_text()[mark:] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertIn("reloaded", px.stderr_text()[mark:])
+            status, _, body = get(a, "/v1/apps")
+            self.assertEqual(status, 403)
+            self.assertIn("client alice is no longer configured", body.decode())
+            self.assertEqual(get(b, "/v1/apps")[0], 200)
+            a.close()
+            b.close()
+        finally:
+            px.stop()
+            up.stop()
 
 
 class HttpsListenerLinks(unittest.TestCase):
