@@ -6,6 +6,7 @@
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include "auth/errbuf.h"
 
 #include "auth/errbuf.h"
 

@@ -8,9 +8,11 @@
 #include <string.h>
 
 #include <cjson/cJSON.h>
+#include <openssl/rand.h>
 
 #include "auth/errbuf.h"
 #include "auth/jwt.h"
+#include "auth/errbuf.h"
 
 /* The longest clock-skew backdating accepted: beyond five minutes the clock is wrong, and
  * backdating further only eats into the lifetime Apple allows. */
@@ -39,7 +41,25 @@ static const struct profile_info profile_table[PROFILE_COUNT] = {
     /* APNs tokens carry no exp: the "lifetime" is how long APNs takes one from its iat. It is
      * fixed, and the token cache replaces the token on APNs' schedule (APNS_TOKEN_*). */
     [PROFILE_APNS] = {"apns", APNS_TOKEN_MAX_AGE, APNS_TOKEN_MAX_AGE},
+    /* DeviceCheck takes a token for an hour from its iat (it has no exp claim). */
+    [PROFILE_DEVICECHECK] = {"devicecheck", 3600, 1800},
+    /* The exchanged profiles sign a new token for each exchange, so it only has to outlive
+     * the exchange: ten minutes. Apple allows a client assertion up to 180 days. */
+    [PROFILE_MAPS] = {"maps", 3600, 600},
+    [PROFILE_APPLE_BUSINESS] = {"apple-business", 180L * 86400, 600},
 };
+
+/* The audience Apple's token endpoint wants in a client assertion (it differs from the URL the
+ * assertion is posted to: that one has no "/v2"). */
+#define BUSINESS_AUDIENCE "https://account.apple.com/auth/oauth2/v2/token"
+#define BUSINESS_DEFAULT_SCOPE "business.api"
+/* Apple Business Manager client IDs are "BUSINESSAPI.<uuid>" or "SCHOOLAPI.<uuid>". */
+#define CLIENT_ID_MAX 200
+
+int profile_exchanged(enum token_profile p)
+{
+    return p == PROFILE_MAPS || p == PROFILE_APPLE_BUSINESS;
+}
 
 static int profile_valid(enum token_profile p)
 {
@@ -129,6 +149,18 @@ static int is_apple_id(const char *s)
     return i == 10;
 }
 
+/* Apple Business Manager shows its key IDs as UUIDs; other Apple keys have 10-character IDs.
+ * Either way they go into a JSON header, so only letters, digits and '-' are accepted. */
+static int is_business_key_id(const char *s)
+{
+    size_t i;
+
+    for (i = 0; s[i] != '\0'; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '-')
+            return 0;
+    return i > 0 && i <= 64;
+}
+
 static int has_control(const char *s)
 {
     for (; *s != '\0'; s++)
@@ -179,6 +211,10 @@ int credential_validate(const struct credential *cred, char *err, size_t errlen)
     enum token_profile p = cred->profile;
     const char *pname = profile_name(p);
     int asc = p == PROFILE_APP_STORE_CONNECT;
+    int business = p == PROFILE_APPLE_BUSINESS;
+    int team = p == PROFILE_WEATHERKIT || p == PROFILE_MUSIC || p == PROFILE_APNS ||
+               p == PROFILE_DEVICECHECK ||
+               p == PROFILE_MAPS;
     size_t i;
 
     if (!profile_valid(p)) {
@@ -189,29 +225,51 @@ int credential_validate(const struct credential *cred, char *err, size_t errlen)
         cv_add(&count, err, errlen, cred->name,
                "key_id: required (the 10-character Key ID of "
                "the .p8 key)");
-    else if (!is_apple_id(cred->key_id))
+    else if (business ? !is_business_key_id(cred->key_id) : !is_apple_id(cred->key_id))
         cv_add(&count, err, errlen, cred->name,
-               "key_id: expected a 10-character Key ID such as "
-               "2X9R4HXF34");
+               business ? "key_id: expected the Key ID Apple Business Manager shows for the key "
+                          "(letters, digits and '-')"
+                        : "key_id: expected a 10-character Key ID such as 2X9R4HXF34");
     cv_ident(&count, err, errlen, cred, "issuer_id", cred->issuer_id,
              asc                                                          ? 1
              : (p == PROFILE_APP_STORE_SERVER || p == PROFILE_ENTERPRISE) ? 2
                                                                           : 0,
              "the Issuer ID shown above the key list, a UUID");
-    cv_ident(&count, err, errlen, cred, "team_id", cred->team_id,
-             (p == PROFILE_WEATHERKIT || p == PROFILE_MUSIC || p == PROFILE_APNS) ? 2 : 0,
+    cv_ident(&count, err, errlen, cred, "team_id", cred->team_id, team ? 2 : 0,
              "the 10-character Team ID");
     if (is_present(cred->team_id) && !has_control(cred->team_id) && !is_apple_id(cred->team_id) &&
-        (p == PROFILE_WEATHERKIT || p == PROFILE_MUSIC || p == PROFILE_APNS))
+        team)
         cv_add(&count, err, errlen, cred->name, "team_id: expected a 10-character Team ID");
     cv_ident(&count, err, errlen, cred, "service_id", cred->service_id,
              p == PROFILE_WEATHERKIT ? 2 : 0, "the Services ID, e.g. com.example.weather-client");
     cv_ident(&count, err, errlen, cred, "bundle_id", cred->bundle_id,
              p == PROFILE_APP_STORE_SERVER ? 2 : 0, "the app's bundle ID, e.g. com.example.app");
 
-    if (cred->nscope > 0 && !asc)
+    cv_ident(&count, err, errlen, cred, "client_id", cred->client_id, business ? 2 : 0,
+             "the client ID Apple Business Manager shows, e.g. BUSINESSAPI.9703f56c-...");
+    if (business && is_present(cred->client_id) && strlen(cred->client_id) > CLIENT_ID_MAX)
+        cv_add(&count, err, errlen, cred->name, "client_id: longer than %d characters",
+               CLIENT_ID_MAX);
+    if (!profile_exchanged(p) && cred->token_address_host != NULL)
         cv_add(&count, err, errlen, cred->name,
-               "scope: only app-store-connect tokens take a "
+               "token_address: only the maps and apple-business profiles exchange tokens, not %s",
+               pname);
+    if (!profile_exchanged(p) && cred->token_ca_file != NULL)
+        cv_add(&count, err, errlen, cred->name,
+               "token_ca_file: only the maps and apple-business profiles exchange tokens, not %s",
+               pname);
+
+    if (business) {
+        if (cred->nscope > 1 ||
+            (cred->nscope == 1 && (cred->scope[0] == NULL ||
+                                   (strcmp(cred->scope[0], "business.api") != 0 &&
+                                    strcmp(cred->scope[0], "school.api") != 0))))
+            cv_add(&count, err, errlen, cred->name,
+                   "scope: expected [\"business.api\"] (Apple Business Manager) or "
+                   "[\"school.api\"] (Apple School Manager)");
+    } else if (cred->nscope > 0 && !asc)
+        cv_add(&count, err, errlen, cred->name,
+               "scope: only app-store-connect and apple-business credentials take a "
                "scope, not %s",
                pname);
     else
@@ -219,9 +277,12 @@ int credential_validate(const struct credential *cred, char *err, size_t errlen)
             if (cred->scope[i] == NULL || !is_scope_entry(cred->scope[i]))
                 cv_add(&count, err, errlen, cred->name,
                        "scope[%zu]: expected \"METHOD /path?query\", e.g. \"GET /v1/apps\"", i);
-    if (cred->norigin > 0 && p != PROFILE_MUSIC)
-        cv_add(&count, err, errlen, cred->name, "origin: only music tokens take an origin, not %s",
-               pname);
+    if (cred->norigin > 0 && p != PROFILE_MUSIC && p != PROFILE_MAPS)
+        cv_add(&count, err, errlen, cred->name,
+               "origin: only music and maps tokens take an origin, not %s", pname);
+    else if (cred->norigin > 1 && p == PROFILE_MAPS)
+        cv_add(&count, err, errlen, cred->name,
+               "origin: a maps token takes one origin, not %zu", cred->norigin);
     else
         for (i = 0; i < cred->norigin; i++)
             if (!is_present(cred->origin[i]) || has_control(cred->origin[i]))
@@ -280,10 +341,29 @@ static const char *mint_missing(const struct credential *cred)
         /* fall through */
     case PROFILE_MUSIC:
     case PROFILE_APNS:
+    case PROFILE_DEVICECHECK:
+    case PROFILE_MAPS:
         return is_present(cred->team_id) ? NULL : "team_id";
+    case PROFILE_APPLE_BUSINESS:
+        return is_present(cred->client_id) ? NULL : "client_id";
     default:
         return NULL;
     }
+}
+
+/* A random (version 4) UUID: Apple refuses a client assertion whose jti it has seen before. */
+static int business_jti(char out[37])
+{
+    unsigned char r[16];
+
+    if (RAND_bytes(r, sizeof r) != 1)
+        return -1;
+    r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
+    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0],
+             r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
+             r[14], r[15]);
+    return 0;
 }
 
 static int mint_add_strings(cJSON *obj, const char *name, const char *const *v, size_t n)
@@ -328,6 +408,9 @@ char *token_mint(const struct credential *cred, const char *const *scope, size_t
         scope = (const char *const *)cred->scope;
         nscope = cred->nscope;
     }
+    /* The apple-business scope goes into the exchange's form, never into the assertion. */
+    if (p == PROFILE_APPLE_BUSINESS)
+        nscope = 0;
     if (nscope > 0 && p != PROFILE_APP_STORE_CONNECT) {
         errbuf_set(err, errlen, "credentials.%s: only app-store-connect tokens take a scope",
                  cred_name(cred));
@@ -356,21 +439,39 @@ char *token_mint(const struct credential *cred, const char *const *scope, size_t
         }
         snprintf(id, n, "%s.%s", cred->team_id, cred->service_id);
         ok &= cJSON_AddStringToObject(h, "id", id) != NULL;
-    } else if (p != PROFILE_MUSIC && p != PROFILE_APNS) {
+    } else if (p != PROFILE_MUSIC && p != PROFILE_APNS && p != PROFILE_DEVICECHECK &&
+               p != PROFILE_APPLE_BUSINESS) {
         ok &= cJSON_AddStringToObject(h, "typ", "JWT") != NULL;
     }
 
-    /* An individual App Store Connect key has no issuer: Apple wants "sub":"user" instead. */
-    if (p == PROFILE_APP_STORE_CONNECT && !is_present(cred->issuer_id))
-        ok &= cJSON_AddStringToObject(c, "sub", "user") != NULL;
-    else if (p == PROFILE_WEATHERKIT || p == PROFILE_MUSIC || p == PROFILE_APNS)
-        ok &= cJSON_AddStringToObject(c, "iss", cred->team_id) != NULL;
-    else
-        ok &= cJSON_AddStringToObject(c, "iss", cred->issuer_id) != NULL;
-    ok &= cJSON_AddNumberToObject(c, "iat", (double)iat) != NULL;
-    /* APNs documents exactly iss and iat; it decides the age itself from iat. */
-    if (p != PROFILE_APNS)
+    if (p == PROFILE_APPLE_BUSINESS) {
+        /* Apple's order: sub, aud, iat, exp, jti, iss; iss and sub are both the client ID. */
+        char jti[37];
+
+        if (business_jti(jti) != 0) {
+            errbuf_set(err, errlen, "no random bytes for the assertion's jti");
+            goto out;
+        }
+        ok &= cJSON_AddStringToObject(c, "sub", cred->client_id) != NULL;
+        ok &= cJSON_AddStringToObject(c, "aud", BUSINESS_AUDIENCE) != NULL;
+        ok &= cJSON_AddNumberToObject(c, "iat", (double)iat) != NULL;
         ok &= cJSON_AddNumberToObject(c, "exp", (double)exp) != NULL;
+        ok &= cJSON_AddStringToObject(c, "jti", jti) != NULL;
+        ok &= cJSON_AddStringToObject(c, "iss", cred->client_id) != NULL;
+    } else {
+        /* An individual App Store Connect key has no issuer: Apple wants "sub":"user". */
+        if (p == PROFILE_APP_STORE_CONNECT && !is_present(cred->issuer_id))
+            ok &= cJSON_AddStringToObject(c, "sub", "user") != NULL;
+        else if (p == PROFILE_WEATHERKIT || p == PROFILE_MUSIC || p == PROFILE_APNS ||
+                 p == PROFILE_DEVICECHECK || p == PROFILE_MAPS)
+            ok &= cJSON_AddStringToObject(c, "iss", cred->team_id) != NULL;
+        else
+            ok &= cJSON_AddStringToObject(c, "iss", cred->issuer_id) != NULL;
+        ok &= cJSON_AddNumberToObject(c, "iat", (double)iat) != NULL;
+        /* APNs and DeviceCheck document exactly iss and iat: they judge the age from iat. */
+        if (p != PROFILE_APNS && p != PROFILE_DEVICECHECK)
+            ok &= cJSON_AddNumberToObject(c, "exp", (double)exp) != NULL;
+    }
     switch (p) {
     case PROFILE_APP_STORE_CONNECT:
         ok &= cJSON_AddStringToObject(c, "aud", "appstoreconnect-v1") != NULL;
@@ -390,6 +491,11 @@ char *token_mint(const struct credential *cred, const char *const *scope, size_t
     case PROFILE_MUSIC:
         if (cred->norigin > 0)
             ok &= mint_add_strings(c, "origin", (const char *const *)cred->origin, cred->norigin);
+        break;
+    case PROFILE_MAPS:
+        /* Maps takes one origin, as a string (the web page the token is for). */
+        if (cred->norigin > 0)
+            ok &= cJSON_AddStringToObject(c, "origin", cred->origin[0]) != NULL;
         break;
     default:
         break;
@@ -419,10 +525,18 @@ static void free_strings(char **v, size_t n)
     free(v);
 }
 
+const char *credential_oauth_scope(const struct credential *cred)
+{
+    return cred->nscope > 0 && cred->scope[0] != NULL ? cred->scope[0] : BUSINESS_DEFAULT_SCOPE;
+}
+
 void credential_deinit(struct credential *cred)
 {
     if (cred == NULL)
         return;
+    free(cred->client_id);
+    free(cred->token_address_host);
+    free(cred->token_ca_file);
     free(cred->name);
     free(cred->key_id);
     free(cred->issuer_id);

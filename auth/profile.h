@@ -13,6 +13,9 @@ enum token_profile {
     PROFILE_ENTERPRISE,        /* "enterprise" */
     PROFILE_MUSIC,             /* "music" */
     PROFILE_APNS,              /* "apns": one token per team, replaced on APNs' schedule */
+    PROFILE_DEVICECHECK,       /* "devicecheck" */
+    PROFILE_MAPS,              /* "maps": the signed token is exchanged for an access token */
+    PROFILE_APPLE_BUSINESS,    /* "apple-business": a client assertion, exchanged likewise */
     PROFILE_COUNT
 };
 
@@ -25,24 +28,36 @@ struct credential {
     enum token_profile profile;
     char *key_id;     /* 10 characters */
     char *issuer_id;  /* app-store-connect (absent: individual key), app-store-server, enterprise */
-    char *team_id;    /* weatherkit, music, apns */
+    char *team_id;    /* weatherkit, music, apns, devicecheck, maps */
     char *service_id; /* weatherkit */
     char *bundle_id;  /* app-store-server (required) */
-    char **scope;     /* app-store-connect only: "METHOD /path?query" entries */
+    char *client_id;  /* apple-business: "BUSINESSAPI.<uuid>" or "SCHOOLAPI.<uuid>" */
+    char **scope;     /* app-store-connect: "METHOD /path?query" entries; apple-business: one
+                         OAuth scope, "business.api" (the default) or "school.api" */
     size_t nscope;
-    char **origin;    /* music only */
+    char **origin;    /* music (a list); maps (at most one) */
     size_t norigin;
+    /* Exchanged profiles: where the token endpoint is reached instead of Apple's host, and the
+     * CAs trusted for it (NULL: the system store), as "address" and "ca_file" on routes. */
+    char *token_address_host;
+    int token_address_port;
+    char *token_ca_file;
     long lifetime;    /* exp - iat in seconds; 0 means the profile's default */
     long skew;        /* seconds iat is backdated; TOKEN_DEFAULT_SKEW unless configured */
     apple_key *key;   /* owned */
 };
 
+/* Whether the profile's signed token is traded for an access token (maps, apple-business):
+ * the proxy never sends the signed token to the API itself. */
+int profile_exchanged(enum token_profile p);
+
 /* "app-store-connect" etc.; NULL for an out-of-range value. */
 const char *profile_name(enum token_profile p);
 /* Parses a profile name; returns -1 for an unknown one. */
 int profile_parse(const char *name, enum token_profile *out);
-/* The longest exp - iat Apple accepts for the profile (docs/tokens.md, "Profiles"): app-store-connect 1200,
- * app-store-server 3600, weatherkit 3600, enterprise 1200, music 15777000. */
+/* The longest exp - iat Apple accepts for the profile (docs/tokens.md, "Profiles"):
+ * app-store-connect 1200, app-store-server 3600, weatherkit 3600, enterprise 1200, music
+ * 15777000, devicecheck 3600, maps 3600, apple-business 15552000 (180 days). */
 long profile_max_lifetime(enum token_profile p);
 /* The lifetime used when none is configured. Chosen so that exp stays at most 18 minutes ahead
  * of now for App Store Connect with the default skew: iat = now - skew, exp = iat + lifetime,
@@ -80,9 +95,16 @@ int credential_validate(const struct credential *cred, char *err, size_t errlen)
  *   music:             {"alg","kid"}       {"iss","iat","exp","origin"?}
  *   apns:              {"alg","kid"}       {"iss","iat"} (exactly: APNs takes no exp; *exp_out
  *                                          is iat + APNS_TOKEN_MAX_AGE, when APNs stops taking it)
+ *   devicecheck:       {"alg","kid"}       {"iss","iat"}
+ *   maps:              {"alg","kid","typ"} {"iss","iat","exp","origin"?}
+ *   apple-business:    {"alg","kid"}       {"sub","aud","iat","exp","jti","iss"}
+ * (the apple-business client assertion gets a fresh random jti on every call).
  * Returns the compact JWT (malloc'd, caller frees) and the exp in *exp_out, or NULL with err. */
 char *token_mint(const struct credential *cred, const char *const *scope, size_t nscope,
                  time_t now, time_t *exp_out, char *err, size_t errlen);
+
+/* The OAuth scope of an apple-business credential ("business.api" unless configured). */
+const char *credential_oauth_scope(const struct credential *cred);
 
 /* Frees the strings and key of a credential embedded in another struct (not the struct). */
 void credential_deinit(struct credential *cred);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include "auth/errbuf.h"
 
 #include "auth/errbuf.h"
 
@@ -253,39 +254,47 @@ fail:
     return NULL;
 }
 
+/* A block holding "Authorization: Bearer <bearer>\r\n", with the entry's own reference. */
+static struct token_block *block_new(const char *bearer, size_t len, time_t iat, time_t exp,
+                                     time_t minted)
+{
+    size_t line_len, plen = sizeof BEARER_PREFIX - 1;
+    struct token_block *b;
+
+    line_len = plen + len + 2;
+    b = malloc(sizeof *b + line_len + 1);
+    if (b == NULL)
+        return NULL;
+    memcpy(b->text, BEARER_PREFIX, plen);
+    memcpy(b->text + plen, bearer, len);
+    memcpy(b->text + plen + len, "\r\n", 3);
+    b->pub.jwt = b->text + plen;
+    b->pub.jwt_len = len;
+    b->pub.line = b->text;
+    b->pub.line_len = line_len;
+    b->pub.iat = iat;
+    b->pub.exp = exp;
+    b->pub.generation = 0;
+    b->minted = minted;
+    atomic_init(&b->refs, 1);
+    return b;
+}
+
 /* Signs a new token. Called WITHOUT any lock: reads only immutable fields (an entry's cred and
  * scope, which no other thread changes while its `minting` is set). */
 static struct token_block *token_sign(const struct credential *cred, const char *const *scope,
                                       size_t nscope, time_t now, char *err, size_t errlen)
 {
     struct token_block *b = NULL;
-    size_t jwt_len, line_len, plen = sizeof BEARER_PREFIX - 1;
     time_t exp = 0;
     char *jwt;
 
     jwt = token_mint(cred, scope, nscope, now, &exp, err, errlen);
     if (jwt == NULL)
         goto out;
-    jwt_len = strlen(jwt);
-    line_len = plen + jwt_len + 2;
-    b = malloc(sizeof *b + line_len + 1);
-    if (b == NULL) {
+    b = block_new(jwt, strlen(jwt), now - cred->skew, exp, now);
+    if (b == NULL)
         errbuf_set(err, errlen, "out of memory");
-        goto out;
-    }
-    memcpy(b->text, BEARER_PREFIX, plen);
-    memcpy(b->text + plen, jwt, jwt_len);
-    memcpy(b->text + plen + jwt_len, "\r\n", 3);
-    b->pub.jwt = b->text + plen;
-    b->pub.jwt_len = jwt_len;
-    b->pub.line = b->text;
-    b->pub.line_len = line_len;
-    b->pub.iat = now - cred->skew;
-    b->pub.exp = exp;
-    b->pub.generation = 0;
-    b->minted = now;
-    /* The entry's own reference. */
-    atomic_init(&b->refs, 1);
 out:
     if (jwt != NULL) {
         OPENSSL_cleanse(jwt, strlen(jwt));
@@ -461,6 +470,19 @@ struct token *token_cache_get(token_cache *cache, const struct credential *cred,
         errbuf_set(err, errlen, "out of memory");
         goto out;
     }
+    if (profile_exchanged(cred->profile)) {
+        /* Access tokens come from the exchanger (token_cache_install); a request never signs
+         * or exchanges on its own. A token inside its margin still serves: its successor is
+         * being fetched. */
+        now = cache->now();
+        b = e->cur;
+        if (b == NULL || now >= b->pub.exp - TOKEN_EXPIRY_GUARD) {
+            errbuf_set(err, errlen, "credentials.%s: no access token yet",
+                      cred->name != NULL ? cred->name : "?");
+            b = NULL;
+        }
+        goto out;
+    }
     for (;;) {
         now = cache->now();
         b = e->cur;
@@ -524,7 +546,7 @@ int token_cache_refresh(token_cache *cache, char *err, size_t errlen)
             block_put(fresh);
             continue;
         }
-        if (e->minting)
+        if (e->minting || profile_exchanged(e->cred->profile))
             continue;
         if (e->cur != NULL && now < e->cur->pub.exp - cache_margin(cache, &e->cur->pub))
             continue;
@@ -689,4 +711,82 @@ time_t token_cache_expiry(token_cache *cache, const struct credential *cred)
             nearest = e->cur->pub.exp;
     pthread_mutex_unlock(&cache->lock);
     return nearest;
+}
+
+/* Called with the lock held: the entry of an exchanged credential (its own scope is the key). */
+static struct cache_entry *cache_exchanged_entry(token_cache *cache, const struct credential *cred)
+{
+    const char *const *scope = (const char *const *)cred->scope;
+    struct cache_entry *e = cache_find(cache, cred, scope, cred->nscope);
+
+    return e != NULL ? e : cache_add(cache, cred, scope, cred->nscope);
+}
+
+int token_cache_install(token_cache *cache, const struct credential *cred, const char *bearer,
+                        size_t len, long expires_in)
+{
+    struct cache_entry *e;
+    struct token_block *b;
+    time_t now = cache->now();
+
+    b = block_new(bearer, len, now, now + expires_in, now);
+    if (b == NULL)
+        return -1;
+    pthread_mutex_lock(&cache->lock);
+    e = cache_exchanged_entry(cache, cred);
+    if (e != NULL) {
+        entry_install(cache, e, b);
+        b = NULL;
+    }
+    pthread_mutex_unlock(&cache->lock);
+    if (b != NULL) {
+        block_put(b);
+        return -1;
+    }
+    return 0;
+}
+
+int token_cache_due(token_cache *cache, const struct credential *cred, time_t *exp_out)
+{
+    struct cache_entry *e;
+    int due = 1;
+    time_t now = cache->now();
+
+    pthread_mutex_lock(&cache->lock);
+    e = cache_exchanged_entry(cache, cred);
+    if (exp_out != NULL)
+        *exp_out = e != NULL && e->cur != NULL ? e->cur->pub.exp : 0;
+    if (e != NULL && e->cur != NULL && now < e->cur->pub.exp - cache_margin(cache, &e->cur->pub))
+        due = 0;
+    pthread_mutex_unlock(&cache->lock);
+    return due;
+}
+
+int token_cache_adopt(token_cache *cache, const struct credential *cred, token_cache *from,
+                      const struct credential *from_cred)
+{
+    struct cache_entry *e;
+    struct token_block *b = NULL;
+    time_t now = from->now();
+
+    pthread_mutex_lock(&from->lock);
+    e = cache_find(from, from_cred, (const char *const *)from_cred->scope, from_cred->nscope);
+    if (e != NULL && e->cur != NULL && now < e->cur->pub.exp - TOKEN_EXPIRY_GUARD) {
+        b = e->cur;
+        atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&from->lock);
+    if (b == NULL)
+        return 0;
+    pthread_mutex_lock(&cache->lock);
+    e = cache_exchanged_entry(cache, cred);
+    if (e != NULL && e->cur == NULL) {
+        /* Taken over, not obtained: no mint is counted. */
+        b->pub.generation = ++e->generation;
+        e->cur = b;
+        b = NULL;
+    }
+    pthread_mutex_unlock(&cache->lock);
+    block_put(b);
+    return b == NULL;
 }

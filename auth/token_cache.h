@@ -79,6 +79,25 @@ unsigned long token_teams_too_many(token_teams *teams, const char *team_id);
 void token_cache_on_mint(token_cache *cache, void (*fn)(void *arg, const struct credential *cred),
                          void *arg);
 
+/* Exchanged credentials (profile_exchanged: maps, apple-business). The cache never signs for
+ * them: token_cache_get returns their access token while it is valid, else NULL ("no access
+ * token yet"), and token_cache_refresh skips them. Their entry is keyed by the credential's
+ * own scope. */
+
+/* Makes `bearer` (len bytes, Apple's access token) the credential's current token, valid for
+ * expires_in seconds from now. Returns 0, or -1 when out of memory. Thread-safe. */
+int token_cache_install(token_cache *cache, const struct credential *cred, const char *bearer,
+                        size_t len, long expires_in);
+/* 1 when the credential needs an exchange: no token, or inside its refresh margin (the same
+ * margin as signed tokens: token_refresh_margin, at most a third of the token's life). *exp_out
+ * gets the current token's expiry (0: none). */
+int token_cache_due(token_cache *cache, const struct credential *cred, time_t *exp_out);
+/* A reload: the access token of from_cred in `from`, while valid, becomes cred's in cache (when
+ * cred has none yet), so a new configuration does not wait for an exchange. Returns 1 when a
+ * token was taken over. */
+int token_cache_adopt(token_cache *cache, const struct credential *cred, token_cache *from,
+                      const struct credential *from_cred);
+
 /* Counts for metrics: total mints so far, and the nearest expiry of the entries for cred. */
 unsigned long token_cache_mints(token_cache *cache, const struct credential *cred);
 time_t token_cache_expiry(token_cache *cache, const struct credential *cred);

@@ -331,6 +331,7 @@ static const struct conf_field conf_limit_fields[] = {
     LIMIT_TIME("upstream_idle_timeout", upstream_idle_timeout_ms, 30),
     LIMIT_TIME("send_timeout", send_timeout_ms, 60),
     LIMIT_TIME("drain_timeout", drain_timeout_ms, 30),
+    LIMIT_TIME("token_wait_timeout", token_wait_timeout_ms, 15),
 };
 #define CONF_NLIMITS (sizeof conf_limit_fields / sizeof conf_limit_fields[0])
 
@@ -385,9 +386,21 @@ static void conf_set_profile(struct conf_ctx *ctx, const cJSON *item, const char
         conf_printable(s, shown, sizeof shown);
         conf_msgs_add(ctx->errs, path,
                       "unknown profile \"%s\" (expected app-store-connect, "
-                      "app-store-server, weatherkit, enterprise, music or apns)",
+                      "app-store-server, weatherkit, enterprise, music, apns, devicecheck, maps "
+                      "or apple-business)",
                       shown);
     }
+}
+
+/* "token_address": where an exchanged credential's token endpoint is reached, as "address" on
+ * a route (the endpoint's name still goes into SNI, the certificate check and Host). */
+static void conf_set_token_address(struct conf_ctx *ctx, const cJSON *item, const char *path,
+                                   void *base, const struct conf_field *f)
+{
+    struct conf_cred_in *in = base;
+
+    conf_set_connect_address(ctx, item, path, &in->cred.token_address_host,
+                             &in->cred.token_address_port);
 }
 
 #define CRED_STRING(key, member, check_)                                                           \
@@ -436,7 +449,12 @@ static const struct conf_field conf_credential_fields[] = {
      .min = 0,
      .max = 300,
      .unit = " (seconds)"},
-    CRED_LIST("scope", scope, nscope, conf_check_scope),
+    CRED_STRING("client_id", client_id, conf_check_identifier),
+    {.name = "token_address", .set = conf_set_token_address},
+    {.name = "token_ca_file",
+     .set = conf_set_ca_file,
+     .offset = offsetof(struct conf_cred_in, cred) + offsetof(struct credential, token_ca_file)},
+    CRED_LIST("scope", scope, nscope, conf_check_cred_scope),
     CRED_LIST("origin", origin, norigin, conf_check_origin),
     /* Requests of Apple's hourly quota kept for clients with "priority" (the gateway). */
     {.name = "quota_reserve",
@@ -602,7 +620,8 @@ static void conf_set_credentials(struct conf_ctx *ctx, const cJSON *item, const 
         if (cJSON_GetObjectItemCaseSensitive(c, "profile") == NULL)
             conf_msgs_add(ctx->errs, sub,
                           "no profile: set \"profile\" to app-store-connect, "
-                          "app-store-server, weatherkit, enterprise, music or apns");
+                          "app-store-server, weatherkit, enterprise, music, apns, devicecheck, "
+                          "maps or apple-business");
         conf_cred_load_key(ctx, c, &in, sub);
         /* Profile rules (required and unused identifiers, lifetime within Apple's maximum)
          * belong to auth/; their messages use the raw name, so only for valid names. */
@@ -641,6 +660,9 @@ void conf_finish(struct conf *conf, int margin_given, struct conf_msgs *errs,
     for (i = 0; i < conf->ncredentials; i++) {
         long l = credential_lifetime(&conf->credentials[i]);
 
+        /* An exchanged credential's signed token is used once, never cached or refreshed. */
+        if (profile_exchanged(conf->credentials[i].profile))
+            continue;
         if (l > 0 && l < shortest) {
             shortest = l;
             who = conf->credentials[i].name;

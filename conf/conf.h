@@ -104,6 +104,8 @@ struct conf_limits {
     long upstream_idle_timeout_ms;      /* "upstream_idle_timeout", pooled connection, 30 s */
     long send_timeout_ms;          /* "send_timeout", a write making no progress, default 60 s */
     long drain_timeout_ms;         /* "drain_timeout", graceful shutdown, default 30 s */
+    long token_wait_timeout_ms;    /* "token_wait_timeout": the longest a request waits for an
+                                      access token (maps, apple-business), default 15 s -> 503 */
 };
 
 /* "shared_state": replicas share rate buckets, Apple's quota figures, Retry-After and mint

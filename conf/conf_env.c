@@ -1,6 +1,7 @@
 /* conf_env: configuration from environment variables (fastlane's names), and the overrides. */
 #include "conf/conf.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,15 @@
 #define APNS_KEY          "APNS_KEY"
 #define APNS_ENVIRONMENT  "APNS_ENVIRONMENT"
 #define APNS_SANDBOX_UPSTREAM "https://api.sandbox.push.apple.com"
+#define MAPS_KEY_ID      "APPLE_MAPS_KEY_ID"
+#define MAPS_TEAM_ID     "APPLE_MAPS_TEAM_ID"
+#define MAPS_KEY_FILEPATH "APPLE_MAPS_KEY_FILEPATH"
+#define MAPS_KEY         "APPLE_MAPS_KEY"
+#define BIZ_CLIENT_ID    "APPLE_BUSINESS_CLIENT_ID"
+#define BIZ_KEY_ID       "APPLE_BUSINESS_KEY_ID"
+#define BIZ_KEY_FILEPATH "APPLE_BUSINESS_KEY_FILEPATH"
+#define BIZ_KEY          "APPLE_BUSINESS_KEY"
+#define BIZ_SCOPE        "APPLE_BUSINESS_SCOPE"
 #define ENV_LISTEN       "APPLE_AUTH_PROXY_LISTEN"
 #define ENV_WORKERS      "APPLE_AUTH_PROXY_WORKERS"
 #define ENV_ADMIN        "APPLE_AUTH_PROXY_ADMIN_LISTEN"
@@ -42,6 +52,9 @@
 #define APNS_SET                                                                                   \
     APNS_KEY_ID ", " APNS_TEAM_ID " and " APNS_KEY_FILEPATH " or " APNS_KEY                        \
                 " (" APNS_ENVIRONMENT ": production or sandbox)"
+#define MAPS_SET MAPS_KEY_ID ", " MAPS_TEAM_ID " and " MAPS_KEY_FILEPATH " or " MAPS_KEY
+#define BIZ_SET                                                                                    \
+    BIZ_CLIENT_ID ", " BIZ_KEY_ID " and " BIZ_KEY_FILEPATH " or " BIZ_KEY " (" BIZ_SCOPE " optional)"
 #define WK_SET WK_KEY_ID ", " WK_TEAM_ID ", " WK_SERVICE_ID " and " WK_KEY_FILEPATH " or " WK_KEY
 
 /* A set variable; an empty one counts as unset (how `docker run -e NAME=` reads). */
@@ -160,17 +173,6 @@ static const char *conf_env_rename_asc(const char *field)
     return NULL;
 }
 
-static const char *conf_env_rename_weatherkit(const char *field)
-{
-    if (strcmp(field, "key_id") == 0)
-        return WK_KEY_ID;
-    if (strcmp(field, "team_id") == 0)
-        return WK_TEAM_ID;
-    if (strcmp(field, "service_id") == 0)
-        return WK_SERVICE_ID;
-    return NULL;
-}
-
 static void conf_env_asc(struct conf *conf, conf_getenv_fn g, struct conf_msgs *errs,
                          struct conf_msgs *warns, int *found)
 {
@@ -230,52 +232,141 @@ static void conf_env_asc(struct conf *conf, conf_getenv_fn g, struct conf_msgs *
         errs->oom = 1;
 }
 
-static void conf_env_weatherkit(struct conf *conf, conf_getenv_fn g, struct conf_msgs *errs,
-                                struct conf_msgs *warns, int *found)
+static const char *conf_env_check_business_scope(const char *s)
 {
-    static const char *const need[] = {WK_KEY_ID, WK_TEAM_ID, WK_SERVICE_ID};
-    const char *v[3];
-    const char *file = conf_env_get(g, WK_KEY_FILEPATH), *text = conf_env_get(g, WK_KEY);
+    return strcmp(s, "business.api") == 0 || strcmp(s, "school.api") == 0
+               ? NULL
+               : "expected business.api (Apple Business Manager) or school.api (Apple School "
+                 "Manager)";
+}
+
+/* A credential made of a fixed set of variables (WeatherKit, Maps, Apple Business Manager): every
+ * variable is required once any of them is set. */
+struct conf_env_var {
+    const char *var;
+    size_t field;                        /* offsetof(struct credential, ...) of a char * */
+    const char *(*check)(const char *s);
+};
+
+struct conf_env_set {
+    const char *name;    /* the credential's name */
+    enum token_profile profile;
+    const char *product; /* "WeatherKit" */
+    const char *prefix;  /* "WEATHERKIT_" */
+    const char *set;     /* the whole set, for messages */
+    const char *key_file, *key_text;
+    struct conf_env_var vars[4];
+    size_t nvars;
+    const char *(*rename)(const char *field); /* credential_validate's field -> variable */
+};
+
+static const char *conf_env_rename_weatherkit(const char *field)
+{
+    if (strcmp(field, "key_id") == 0)
+        return WK_KEY_ID;
+    if (strcmp(field, "team_id") == 0)
+        return WK_TEAM_ID;
+    if (strcmp(field, "service_id") == 0)
+        return WK_SERVICE_ID;
+    return NULL;
+}
+
+static const char *conf_env_rename_maps(const char *field)
+{
+    if (strcmp(field, "key_id") == 0)
+        return MAPS_KEY_ID;
+    if (strcmp(field, "team_id") == 0)
+        return MAPS_TEAM_ID;
+    return NULL;
+}
+
+static const char *conf_env_rename_business(const char *field)
+{
+    if (strcmp(field, "key_id") == 0)
+        return BIZ_KEY_ID;
+    if (strcmp(field, "client_id") == 0)
+        return BIZ_CLIENT_ID;
+    if (strcmp(field, "scope") == 0)
+        return BIZ_SCOPE;
+    return NULL;
+}
+
+static const struct conf_env_set conf_env_sets[] = {
+    {"weatherkit", PROFILE_WEATHERKIT, "WeatherKit", "WEATHERKIT_", WK_SET, WK_KEY_FILEPATH,
+     WK_KEY,
+     {{WK_KEY_ID, offsetof(struct credential, key_id), conf_check_key_id},
+      {WK_TEAM_ID, offsetof(struct credential, team_id), conf_check_team_id},
+      {WK_SERVICE_ID, offsetof(struct credential, service_id), conf_check_identifier}},
+     3, conf_env_rename_weatherkit},
+    {"maps", PROFILE_MAPS, "the Maps Server API", "APPLE_MAPS_", MAPS_SET, MAPS_KEY_FILEPATH,
+     MAPS_KEY,
+     {{MAPS_KEY_ID, offsetof(struct credential, key_id), conf_check_key_id},
+      {MAPS_TEAM_ID, offsetof(struct credential, team_id), conf_check_team_id}},
+     2, conf_env_rename_maps},
+    {"business", PROFILE_APPLE_BUSINESS, "the Apple Business Manager API", "APPLE_BUSINESS_",
+     BIZ_SET, BIZ_KEY_FILEPATH, BIZ_KEY,
+     {{BIZ_KEY_ID, offsetof(struct credential, key_id), conf_check_key_id},
+      {BIZ_CLIENT_ID, offsetof(struct credential, client_id), conf_check_identifier}},
+     2, conf_env_rename_business},
+};
+
+static void conf_env_one_set(const struct conf_env_set *set, struct conf *conf, conf_getenv_fn g,
+                             struct conf_msgs *errs, struct conf_msgs *warns, int *found)
+{
+    const char *file = conf_env_get(g, set->key_file), *text = conf_env_get(g, set->key_text);
+    const char *v[4];
     struct credential c;
     int bad = 0, any = file != NULL || text != NULL;
     size_t i;
 
-    for (i = 0; i < 3; i++) {
-        v[i] = conf_env_get(g, need[i]);
+    for (i = 0; i < set->nvars; i++) {
+        v[i] = conf_env_get(g, set->vars[i].var);
         any |= v[i] != NULL;
     }
     if (!any)
         return;
     *found = 1;
-    for (i = 0; i < 3; i++) {
+    for (i = 0; i < set->nvars; i++) {
         if (v[i] != NULL)
             continue;
-        conf_msgs_add(errs, need[i],
-                      "not set, but other WEATHERKIT_* variables are; WeatherKit "
-                      "needs " WK_SET);
+        conf_msgs_add(errs, set->vars[i].var, "not set, but other %s* variables are; %s needs %s",
+                      set->prefix, set->product, set->set);
         bad = 1;
     }
     if (file == NULL && text == NULL) {
-        conf_msgs_add(errs, WK_KEY_FILEPATH, "not set (nor " WK_KEY "); WeatherKit needs " WK_SET);
+        conf_msgs_add(errs, set->key_file, "not set (nor %s); %s needs %s", set->key_text,
+                      set->product, set->set);
         bad = 1;
     }
     if (file != NULL && text != NULL) {
-        conf_msgs_add(errs, WK_KEY, "set together with " WK_KEY_FILEPATH "; set only one");
+        conf_msgs_add(errs, set->key_text, "set together with %s; set only one", set->key_file);
         bad = 1;
     }
     if (bad)
         return;
     memset(&c, 0, sizeof c);
-    c.name = strdup("weatherkit");
-    c.profile = PROFILE_WEATHERKIT;
+    c.name = strdup(set->name);
+    c.profile = set->profile;
     c.skew = TOKEN_DEFAULT_SKEW;
-    c.key_id = conf_env_ident(WK_KEY_ID, v[0], conf_check_key_id, errs);
-    c.team_id = conf_env_ident(WK_TEAM_ID, v[1], conf_check_team_id, errs);
-    c.service_id = conf_env_ident(WK_SERVICE_ID, v[2], conf_check_identifier, errs);
+    for (i = 0; i < set->nvars; i++)
+        if (v[i] != NULL)
+            *(char **)((char *)&c + set->vars[i].field) =
+                conf_env_ident(set->vars[i].var, v[i], set->vars[i].check, errs);
+    if (set->profile == PROFILE_APPLE_BUSINESS && conf_env_get(g, BIZ_SCOPE) != NULL) {
+        /* One scope: "business.api" or "school.api" (checked with the profile). */
+        c.scope = calloc(1, sizeof *c.scope);
+        if (c.scope == NULL) {
+            errs->oom = 1;
+        } else {
+            c.scope[0] = conf_env_ident(BIZ_SCOPE, conf_env_get(g, BIZ_SCOPE),
+                                        conf_env_check_business_scope, errs);
+            c.nscope = 1;
+        }
+    }
     if (c.name == NULL)
         errs->oom = 1;
-    conf_env_key(&c, WK_KEY_FILEPATH, file, WK_KEY, text, errs, warns);
-    conf_credential_validate(&c, errs, conf_env_rename_weatherkit);
+    conf_env_key(&c, set->key_file, file, set->key_text, text, errs, warns);
+    conf_credential_validate(&c, errs, set->rename);
     if (conf_credential_add(conf, &c) != 0)
         errs->oom = 1;
 }
@@ -536,12 +627,14 @@ int conf_load_env(const char *(*getenv_fn)(const char *name), struct conf **out,
         goto out;
     }
     conf_env_asc(conf, getenv_fn, &errs, &warns, &found);
-    conf_env_weatherkit(conf, getenv_fn, &errs, &warns, &found);
+    for (size_t i = 0; i < sizeof conf_env_sets / sizeof conf_env_sets[0]; i++)
+        conf_env_one_set(&conf_env_sets[i], conf, getenv_fn, &errs, &warns, &found);
     conf_env_apns(conf, getenv_fn, &errs, &warns, &found, &sandbox);
     if (!found)
         conf_msgs_add(&errs, "no configuration",
                       "pass --config FILE, set APPLE_AUTH_PROXY_CONFIG, or set " ASC_SET
-                      " (App Store Connect) / " WK_SET " (WeatherKit) / " APNS_SET " (APNs)");
+                      " (App Store Connect) / " WK_SET " (WeatherKit) / " APNS_SET " (APNs) / "
+                      MAPS_SET " (Maps) / " BIZ_SET " (Apple Business Manager)");
     /* WeatherKit's "/api/v1/" sorts before App Store Connect's "/": most specific first. */
     conf_routes_derive(conf, &errs);
     if (sandbox)

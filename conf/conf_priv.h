@@ -66,6 +66,7 @@ const char *conf_check_team_id(const char *s);
 const char *conf_check_uuid(const char *s);
 const char *conf_check_identifier(const char *s);
 const char *conf_check_scope(const char *s);
+const char *conf_check_cred_scope(const char *s);
 const char *conf_check_origin(const char *s);
 const char *conf_check_env_name(const char *s);
 const char *conf_check_path_prefix(const char *s);
@@ -155,6 +156,13 @@ void conf_set_string(struct conf_ctx *ctx, const cJSON *item, const char *path, 
 /* Keeps a pointer into the JSON tree (key sources: read once, never copied). */
 void conf_set_borrowed(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
                        const struct conf_field *f);
+/* A "host:port" to connect to instead of an upstream's own name (a route's "address", a
+ * credential's "token_address"): replaces *host (malloc'd) and *port. */
+void conf_set_connect_address(struct conf_ctx *ctx, const cJSON *item, const char *path,
+                              char **host, int *port);
+/* A CA file (a readable regular file with a PEM certificate) into the char * at f->offset. */
+void conf_set_ca_file(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
+                      const struct conf_field *f);
 void conf_set_strings(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
                       const struct conf_field *f);
 /* true or false into an int. */

@@ -35,6 +35,12 @@ static const struct conf_profile_route {
     [PROFILE_MUSIC] = {"/", "https://api.music.apple.com", "api.music.apple.com", NULL},
     [PROFILE_APNS] = {"/3/device/", "https://api.push.apple.com", "api.push.apple.com",
                       "api.sandbox.push.apple.com"},
+    [PROFILE_DEVICECHECK] = {"/", "https://api.devicecheck.apple.com", "api.devicecheck.apple.com",
+                             "api.development.devicecheck.apple.com"},
+    [PROFILE_MAPS] = {"/", "https://maps-api.apple.com", "maps-api.apple.com", NULL},
+    /* Apple School Manager's API (scope "school.api") is the second host. */
+    [PROFILE_APPLE_BUSINESS] = {"/", "https://api-business.apple.com", "api-business.apple.com",
+                                "api-school.apple.com"},
 };
 
 void conf_route_deinit(struct conf_route *r)
@@ -109,10 +115,9 @@ static void conf_set_upstream(struct conf_ctx *ctx, const cJSON *item, const cha
         conf_oom(ctx);
 }
 
-static void conf_set_address(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
-                             const struct conf_field *f)
+void conf_set_connect_address(struct conf_ctx *ctx, const cJSON *item, const char *path,
+                              char **host, int *port)
 {
-    struct conf_route *r = base;
     const char *s = conf_string_value(ctx, item, path, NULL);
     struct conf_addr a;
     char why[160], shown[CONF_SHOWN];
@@ -124,17 +129,26 @@ static void conf_set_address(struct conf_ctx *ctx, const cJSON *item, const char
         conf_msgs_add(ctx->errs, path, "%s (got \"%s\")", why, shown);
         return;
     }
-    r->address_host = a.host;
-    r->address_port = a.port;
+    free(*host);
+    *host = a.host;
+    *port = a.port;
     free(a.text);
+}
+
+static void conf_set_address(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
+                             const struct conf_field *f)
+{
+    struct conf_route *r = base;
+
+    conf_set_connect_address(ctx, item, path, &r->address_host, &r->address_port);
 }
 
 /* The CA file is read again when the TLS context is built; checking here turns a typo into a
  * configuration error instead of a 502 on the first request. */
-static void conf_set_ca_file(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
-                             const struct conf_field *f)
+void conf_set_ca_file(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
+                      const struct conf_field *f)
 {
-    struct conf_route *r = base;
+    char **dst = (char **)((char *)base + f->offset);
     const char *s = conf_string_value(ctx, item, path, NULL);
     char shown[512];
     struct stat st;
@@ -170,9 +184,9 @@ static void conf_set_ca_file(struct conf_ctx *ctx, const cJSON *item, const char
                       shown);
         goto out;
     }
-    free(r->ca_file);
-    r->ca_file = strdup(s);
-    if (r->ca_file == NULL)
+    free(*dst);
+    *dst = strdup(s);
+    if (*dst == NULL)
         conf_oom(ctx);
 out:
     X509_free(x);
@@ -193,7 +207,7 @@ static const struct conf_field conf_route_fields[] = {
     ROUTE_STRING("host", host, conf_check_route_host, 1),
     ROUTE_STRING("strip_prefix", strip_prefix, conf_check_path_prefix, 0),
     {.name = "address", .set = conf_set_address},
-    {.name = "ca_file", .set = conf_set_ca_file},
+    {.name = "ca_file", .set = conf_set_ca_file, .offset = offsetof(struct conf_route, ca_file)},
     {.name = "scope",
      .set = conf_set_strings,
      .offset = offsetof(struct conf_route, scope),
@@ -467,8 +481,14 @@ void conf_routes_derive(struct conf *conf, struct conf_msgs *errs)
         struct conf_route *r = &conf->routes[i];
 
         r->path_prefix = strdup(d->prefix);
-        r->upstream = strdup(d->upstream);
-        r->upstream_host = strdup(d->host);
+        if (c->profile == PROFILE_APPLE_BUSINESS &&
+            strcmp(credential_oauth_scope(c), "school.api") == 0) {
+            r->upstream = strdup("https://api-school.apple.com");
+            r->upstream_host = strdup(d->other_host);
+        } else {
+            r->upstream = strdup(d->upstream);
+            r->upstream_host = strdup(d->host);
+        }
         r->upstream_port = 443;
         r->credential = strdup(c->name);
         r->credential_index = order[i];

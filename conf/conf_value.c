@@ -191,9 +191,12 @@ static int conf_apple_id_ok(const char *s)
 
 const char *conf_check_key_id(const char *s)
 {
-    return conf_apple_id_ok(s) ? NULL
-                               : "expected a 10-character string of capital letters and digits "
-                                 "(the Key ID shown next to the key in App Store Connect)";
+    /* Apple Business Manager shows its key IDs as UUIDs; which profile may use which form is
+     * checked with the profile (credential_validate). */
+    return conf_apple_id_ok(s) || conf_check_uuid(s) == NULL
+               ? NULL
+               : "expected a 10-character string of capital letters and digits "
+                 "(the Key ID shown next to the key in App Store Connect)";
 }
 
 const char *conf_check_team_id(const char *s)
@@ -246,6 +249,15 @@ const char *conf_check_scope(const char *s)
         if ((unsigned char)*p <= 0x20 || *p == 0x7f)
             return "expected \"METHOD /path\" with no spaces or control characters in the path";
     return NULL;
+}
+
+/* A credential's scope: App Store Connect entries, or the apple-business OAuth scope (which of
+ * them the profile takes is checked with the profile). */
+const char *conf_check_cred_scope(const char *s)
+{
+    if (strcmp(s, "business.api") == 0 || strcmp(s, "school.api") == 0)
+        return NULL;
+    return conf_check_scope(s);
 }
 
 const char *conf_check_origin(const char *s)

@@ -52,7 +52,16 @@ static int readiness(struct server *s, struct evbuffer *why)
         if (!used)
             continue; /* no route mints with it */
         time_t exp = token_cache_expiry(rt->tokens, c);
-        if (exp <= now + 5) {
+        if (exp <= now + 5 && profile_exchanged(c->profile)) {
+            char reason[256];
+            if (runtime_exchange_failing(rt, i, reason, sizeof(reason), NULL, NULL))
+                evbuffer_add_printf(why, "credential %s: cannot get an access token: %s\n",
+                                    c->name, reason);
+            else
+                evbuffer_add_printf(why, "credential %s: no access token yet (the first "
+                                         "exchange is in progress)\n", c->name);
+            ok = 0;
+        } else if (exp <= now + 5) {
             evbuffer_add_printf(why, "credential %s: no valid token (minting failed; see the "
                                      "error log)\n", c->name);
             ok = 0;

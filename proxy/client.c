@@ -49,6 +49,7 @@
 #include "proxy/server.h"
 #include "proxy/shared.h"
 #include "proxy/stream.h"
+#include "proxy/token_exchange.h"
 #include "proxy/upstream.h"
 
 /* Backpressure: stop reading one side when the other side's output holds this much, resume
@@ -84,6 +85,7 @@ struct exchange {
     unsigned keep_alive : 1;
     unsigned last_chunk : 1;
     unsigned in_exchange : 1;   /* a request head was parsed and its record is not written */
+    unsigned token_wait : 1;    /* CONNECTING: waiting for an access token (wait_for_token) */
     /* The exchange's record, for the access log and the metrics. */
     int status;                 /* sent to the client */
     int label;                  /* metrics route label (0: none) */
@@ -745,6 +747,93 @@ static void finish_exchange(struct client *c)
         process(c);
 }
 
+/* ---- waiting for an access token (maps, apple-business: token_exchange.h) ---- */
+
+static void settle(struct client *c);
+
+/* The credential's last exchange failed and its next attempt is still ahead: the request gets
+ * that failure now, in Apple's error shape, instead of waiting for nothing. Returns 1 when it
+ * answered. */
+static int token_wait_failed(struct client *c)
+{
+    struct runtime *rt = c->gen->rt;
+    size_t ci = rt->conf->routes[c->x->route].credential_index;
+    char reason[256], detail[400], extra[64];
+    const char *code = NULL;
+    long long retry_at = 0, now = (long long)(now_real() * 1000);
+    if (!runtime_exchange_failing(rt, ci, reason, sizeof(reason), &code, &retry_at) ||
+        retry_at <= now)
+        return 0;
+    c->x->token_wait = 0;
+    stream_set_alarm(&c->s, 0);
+    snprintf(detail, sizeof(detail), "credential %s: the access-token exchange failed: %s",
+             rt->conf->credentials[ci].name, reason);
+    snprintf(extra, sizeof(extra), "Retry-After: %lld\r\n", (retry_at - now + 999) / 1000);
+    reply_error_ex(c, code ? code : proxy_err_token_exchange, detail,
+                   c->x->req.body == HTTP1_BODY_NONE, extra);
+    return 1;
+}
+
+/* No access token yet for the route's exchanged credential: the request waits, its body
+ * unread, until the exchanger installs a token (client_tokens_ready), the exchange fails, or
+ * token_wait_timeout passes (503). A worker never exchanges or blocks itself. Returns 1 when
+ * the request was answered at once (the credential is backing off after a failure); the
+ * caller then looks for a pipelined request unless process() is already doing that. */
+static int wait_for_token(struct client *c)
+{
+    c->state = C_CONNECTING;
+    c->x->token_wait = 1;
+    if (token_wait_failed(c))
+        return 1;
+    arm_timer(c, limits(c)->token_wait_timeout_ms);
+    token_exchanger_want(c->w->server->exchanger);
+    return 0;
+}
+
+static void token_wait_retry(struct client *c)
+{
+    struct runtime *rt = c->gen->rt;
+    const struct credential *cred =
+        &rt->conf->credentials[rt->conf->routes[c->x->route].credential_index];
+    size_t n;
+    const char *const *scope = runtime_route_scope(rt, c->x->route, &n);
+    c->x->tok = token_cache_get(rt->tokens, cred, scope, n, NULL, 0);
+    if (c->x->tok != NULL) {
+        c->x->token_wait = 0;
+        stream_set_alarm(&c->s, 0);
+        acquire_upstream(c);
+        return;
+    }
+    if (token_wait_failed(c) && c->state == C_IDLE)
+        process(c); /* a pipelined request may be waiting */
+}
+
+static void token_wait_expired(struct client *c)
+{
+    const struct runtime *rt = c->gen->rt;
+    char detail[300];
+    c->x->token_wait = 0;
+    snprintf(detail, sizeof(detail),
+             "credential %s: no access token from Apple within token_wait_timeout (the exchange "
+             "is still in progress)",
+             rt->conf->credentials[rt->conf->routes[c->x->route].credential_index].name);
+    reply_error(c, proxy_err_token, detail, c->x->req.body == HTTP1_BODY_NONE);
+    if (c->state == C_IDLE)
+        process(c);
+}
+
+void client_tokens_ready(struct worker *w)
+{
+    struct client *c, *next;
+    for (c = TAILQ_FIRST(&w->clients); c; c = next) {
+        next = TAILQ_NEXT(c, link);
+        if (c->state != C_CONNECTING || c->x == NULL || !c->x->token_wait)
+            continue;
+        token_wait_retry(c);
+        settle(c); /* may free c, never another client */
+    }
+}
+
 static void response_complete(struct client *c)
 {
     int reusable =
@@ -763,6 +852,12 @@ static void response_complete(struct client *c)
         WSTAT_ADD(c->w, token_retries, 1);
         token_put(c->x->tok);
         c->x->tok = token_cache_get(c->gen->rt->tokens, cred, scope, n, err, sizeof(err));
+        if (c->x->tok == NULL && profile_exchanged(cred->profile)) {
+            /* The exchanger fetches a new access token. */
+            if (wait_for_token(c) && c->state == C_IDLE)
+                process(c);
+            return;
+        }
         if (c->x->tok == NULL) {
             reply_error(c, proxy_err_token, err, 0);
             return;
@@ -1385,7 +1480,7 @@ static void exchange_go(struct client *c, const struct conf_client *cl, int keep
     size_t nscope;
     const char *const *scope = client_scope(c, cl, &nscope);
     c->x->tok = token_cache_get(rt->tokens, cred, scope, nscope, err, sizeof(err));
-    if (c->x->tok == NULL) {
+    if (c->x->tok == NULL && !profile_exchanged(cred->profile)) {
         log_msg(LOG_ERROR, "credential %s: cannot mint a token: %s", cred->name, err);
         reply_error(c, proxy_err_token, "the token for this route could not be made", keep);
         return;
@@ -1393,6 +1488,11 @@ static void exchange_go(struct client *c, const struct conf_client *cl, int keep
     if (rt->conf->routes[c->x->route].rewrite_links && c->x->origin_pending) {
         c->x->origin = c->x->origin_pending;
         c->x->origin_pending = NULL;
+    }
+    if (c->x->tok == NULL) {
+        /* An exchanged credential whose access token is not there yet. */
+        wait_for_token(c);
+        return;
     }
     acquire_upstream(c);
 }
@@ -1730,6 +1830,10 @@ static void client_cb(struct stream *s, unsigned ev, void *arg)
         case C_IDLE:
         case C_CLOSING:
             c->dead = 1;
+            break;
+        case C_CONNECTING:
+            if (c->x->token_wait)
+                token_wait_expired(c);
             break;
         default:
             break;

@@ -18,6 +18,10 @@ void client_drain_all(struct worker *w);
 /* Frees every client of a stopped worker (their upstream connections are closed). */
 void client_free_all(struct worker *w);
 
+/* The worker's wake_cb: an access-token exchange ended; requests waiting for its token go on
+ * (or get its failure). */
+void client_tokens_ready(struct worker *w);
+
 /* Frees the worker's spare per-request state (after client_free_all). */
 void client_worker_cleanup(struct worker *w);
 

@@ -26,6 +26,7 @@ const char proxy_err_upstream_tls[] = "PROXY_UPSTREAM_TLS";
 const char proxy_err_bad_upstream_response[] = "PROXY_BAD_UPSTREAM_RESPONSE";
 const char proxy_err_token[] = "PROXY_TOKEN_UNAVAILABLE";
 const char proxy_err_overloaded[] = "PROXY_OVERLOADED";
+const char proxy_err_token_exchange[] = "PROXY_TOKEN_EXCHANGE_FAILED";
 const char proxy_err_upstream_timeout[] = "PROXY_UPSTREAM_TIMEOUT";
 const char proxy_err_internal[] = "PROXY_INTERNAL";
 const char proxy_err_intercept[] = "PROXY_INTERCEPT_UNAVAILABLE";
@@ -56,6 +57,7 @@ static const struct {
     {proxy_err_bad_upstream_response, 502, "The upstream sent an invalid response."},
     {proxy_err_token, 503, "The proxy could not make a token."},
     {proxy_err_overloaded, 503, "The proxy is at its connection limit."},
+    {proxy_err_token_exchange, 502, "Apple did not give the proxy an access token."},
     {proxy_err_upstream_timeout, 504, "The upstream did not answer in time."},
     {proxy_err_internal, 500, "The proxy ran out of memory for this request."},
     {proxy_err_intercept, 503, "The proxy could not make a certificate for this host."},

@@ -29,6 +29,7 @@ extern const char proxy_err_upstream_tls[];       /* 502 PROXY_UPSTREAM_TLS */
 extern const char proxy_err_bad_upstream_response[]; /* 502 PROXY_BAD_UPSTREAM_RESPONSE */
 extern const char proxy_err_token[];              /* 503 PROXY_TOKEN_UNAVAILABLE */
 extern const char proxy_err_overloaded[];         /* 503 PROXY_OVERLOADED */
+extern const char proxy_err_token_exchange[];     /* 502 PROXY_TOKEN_EXCHANGE_FAILED */
 extern const char proxy_err_upstream_timeout[];   /* 504 PROXY_UPSTREAM_TIMEOUT */
 extern const char proxy_err_internal[];           /* 500 PROXY_INTERNAL: out of memory */
 extern const char proxy_err_intercept[];          /* 503 PROXY_INTERCEPT_UNAVAILABLE */

@@ -11,6 +11,7 @@
 #include "auth/profile.h"
 #include "conf/conf.h"
 #include "proxy/cli_health.h"
+#include "proxy/cli_exchange.h"
 #include "proxy/gateway.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
@@ -33,8 +34,10 @@ static const char usage[] =
     "\n"
     "serve   run the proxy (default 127.0.0.1:8080): requests get the Bearer token of their\n"
     "        route's credential and go to Apple over verified TLS\n"
-    "token   print one token (the compact JWT alone, or with --decode its header and claims)\n"
-    "check   validate the configuration and keys, mint one token per credential\n"
+    "token   print one token (the compact JWT alone, or with --decode its header and claims;\n"
+    "        maps and apple-business: the access token Apple gives for it)\n"
+    "check   validate the configuration and keys, mint one token per credential (maps and\n"
+    "        apple-business: exchange one)\n"
     "client-key  make a secret for a gateway client and the key_sha256 line for the\n"
     "        configuration (the secret goes to the client, only its hash to the proxy)\n"
     "health  GET /healthz (/readyz with --ready) on a running proxy's admin listener: exit 0\n"
@@ -44,7 +47,7 @@ static const char usage[] =
     "\n"
     "Without --config the file named by APPLE_AUTH_PROXY_CONFIG is read; without either, the\n"
     "configuration comes from the environment (APP_STORE_CONNECT_API_KEY_KEY_ID, ...,\n"
-    "WEATHERKIT_KEY_ID, ...). Exit status: 0 ok, 1 runtime failure, 2 usage or configuration\n"
+    "WEATHERKIT_KEY_ID, ..., APPLE_MAPS_KEY_ID, ..., APPLE_BUSINESS_CLIENT_ID, ...). Exit status: 0 ok, 1 runtime failure, 2 usage or configuration\n"
     "error. Documentation: docs/configuration.md, docs/tokens.md, docs/troubleshooting.md.\n";
 
 /* Key material given in the environment leaves it once loaded: the value moves to a private
@@ -91,6 +94,8 @@ static void scrub_key_env(const struct conf *conf)
 {
     scrub_env("APP_STORE_CONNECT_API_KEY_KEY");
     scrub_env("WEATHERKIT_KEY");
+    scrub_env("APPLE_MAPS_KEY");
+    scrub_env("APPLE_BUSINESS_KEY");
     for (size_t i = 0; conf && i < conf->nkey_env_names; i++)
         scrub_env(conf->key_env_names[i]);
 }
@@ -262,6 +267,13 @@ static int cmd_token(int argc, char **argv)
             goto out;
         }
     }
+    if (profile_exchanged(cred->profile) && !decode) {
+        /* What a script needs is the access token; --decode shows the signed assertion. */
+        char *cname = strdup(cred->name);
+        rc = cname ? cli_exchange_token(&conf, cname) : EXIT_RUNTIME;
+        free(cname);
+        goto out;
+    }
     time_t exp;
     char *jwt = token_mint(cred, nscope ? scope : NULL, nscope, time(NULL), &exp, err,
                            sizeof(err));
@@ -327,6 +339,9 @@ static int cmd_check(int argc, char **argv)
         printf("route %zu: %s%s%s -> %s (credential %s)\n", r, rt->host ? rt->host : "",
                rt->host ? " " : "", rt->path_prefix, rt->upstream, rt->credential);
     }
+    /* maps and apple-business: one real exchange each (it takes conf). */
+    if (rc == 0 && cli_exchange_check(&conf) != 0)
+        rc = EXIT_RUNTIME;
     conf_free(conf);
     return rc;
 }

@@ -30,6 +30,7 @@ static const char *const error_codes[] = {
     proxy_err_upstream_timeout,   proxy_err_client_forbidden,     proxy_err_proxy_auth,
     proxy_err_rate_limited,       proxy_err_quota_reserved,       proxy_err_apple_retry_after,
     proxy_err_http_version,       proxy_err_internal,             proxy_err_intercept,
+    proxy_err_token_exchange,
 };
 #define NERRORS (sizeof(error_codes) / sizeof(error_codes[0]))
 
@@ -308,6 +309,42 @@ static void render_shared(struct evbuffer *out, const struct shared *sh, const s
     }
 }
 
+/* The access-token exchanges of the maps and apple-business credentials. */
+static void render_exchanges(struct evbuffer *out, struct runtime *rt)
+{
+    size_t i;
+    int r, any = 0;
+    for (i = 0; i < rt->conf->ncredentials; i++)
+        any |= profile_exchanged(rt->conf->credentials[i].profile);
+    if (!any)
+        return;
+    evbuffer_add_printf(out, "# HELP apple_auth_proxy_token_exchanges_total Access-token exchanges "
+                             "with Apple's token endpoint, by credential and result.\n"
+                             "# TYPE apple_auth_proxy_token_exchanges_total counter\n");
+    for (i = 0; i < rt->conf->ncredentials; i++) {
+        if (!profile_exchanged(rt->conf->credentials[i].profile))
+            continue;
+        for (r = 0; r < EXCHANGE_RESULT_COUNT; r++) {
+            evbuffer_add_printf(out, "apple_auth_proxy_token_exchanges_total{credential=\"");
+            label_escaped(out, rt->conf->credentials[i].name);
+            evbuffer_add_printf(out, "\",result=\"%s\"} %lu\n",
+                                exchange_result_name((enum exchange_result)r),
+                                __atomic_load_n(&rt->exchange[i].results[r], __ATOMIC_RELAXED));
+        }
+    }
+    evbuffer_add_printf(out, "# HELP apple_auth_proxy_token_exchange_failing 1 while the "
+                             "credential's last exchange failed.\n"
+                             "# TYPE apple_auth_proxy_token_exchange_failing gauge\n");
+    for (i = 0; i < rt->conf->ncredentials; i++) {
+        if (!profile_exchanged(rt->conf->credentials[i].profile))
+            continue;
+        evbuffer_add_printf(out, "apple_auth_proxy_token_exchange_failing{credential=\"");
+        label_escaped(out, rt->conf->credentials[i].name);
+        evbuffer_add_printf(out, "\"} %d\n",
+                            __atomic_load_n(&rt->exchange[i].failing, __ATOMIC_RELAXED));
+    }
+}
+
 void metrics_render(struct evbuffer *out, struct server *s)
 {
     struct runtime *rt = s->rt;
@@ -362,6 +399,7 @@ void metrics_render(struct evbuffer *out, struct server *s)
         label_escaped(out, c->name);
         evbuffer_add_printf(out, "\"} %lld\n", (long long)(exp > now ? exp - now : 0));
     }
+    render_exchanges(out, rt);
     evbuffer_add_printf(out, "# HELP apple_auth_proxy_apple_rate_limit_remaining Requests left in "
                              "Apple's rolling hour for the credential's key (X-Rate-Limit), -1 "
                              "until Apple has said.\n"

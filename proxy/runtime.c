@@ -3,10 +3,13 @@
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "auth/access_token.h"
 #include "proxy/gateway.h"
 #include "proxy/intercept.h"
 #include "proxy/log.h"
@@ -102,10 +105,54 @@ static void runtime_count_mint(void *arg, const struct credential *cred)
     live_count_mint(rt->live_creds[cred - rt->conf->credentials]);
 }
 
+/* Finds or adds the target for (name, port, connect address, CA, HTTP/2); its index goes to
+ * *index. Targets are shared only when every field matches, including the CA file. */
+static int runtime_target(struct runtime *rt, const char *name, int port, const char *addr_host,
+                          int addr_port, const char *ca_file, int h2, size_t *index, char *err,
+                          size_t errlen)
+{
+    const char *chost = addr_host ? addr_host : name;
+    int cport = addr_port ? addr_port : port;
+    size_t j;
+    for (j = 0; j < rt->ntargets; j++) {
+        const struct target *t = &rt->targets[j];
+        if (str_eq(t->name, name) && t->port == port && str_eq(t->connect_host, chost) &&
+            t->connect_port == cport && str_eq(t->ca_file, ca_file) && t->h2 == h2) {
+            *index = j;
+            return 0;
+        }
+    }
+    struct target *t = &rt->targets[rt->ntargets];
+    char hh[300];
+    int v6 = strchr(name, ':') != NULL; /* IP literal: brackets in Host */
+    if (port == 443)
+        snprintf(hh, sizeof(hh), v6 ? "[%s]" : "%s", name);
+    else
+        snprintf(hh, sizeof(hh), v6 ? "[%s]:%d" : "%s:%d", name, port);
+    t->name = strdup(name);
+    t->port = port;
+    t->host_header = strdup(hh);
+    t->host_header_len = strlen(hh);
+    t->connect_host = strdup(chost);
+    t->connect_port = cport;
+    t->ca_file = ca_file;
+    t->h2 = h2;
+    rt->ntargets++;
+    if (!t->name || !t->host_header || !t->connect_host) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    t->ssl_ctx = tls_client_ctx(ca_file, h2, err, errlen);
+    if (t->ssl_ctx == NULL)
+        return -1;
+    *index = j;
+    return 0;
+}
+
 struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, size_t errlen)
 {
     struct runtime *rt = calloc(1, sizeof(*rt));
-    size_t i, j;
+    size_t i;
     err[0] = '\0';
     if (rt == NULL) {
         conf_free(conf);
@@ -115,7 +162,9 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
     rt->refs = 1;
     rt->conf = conf;
     rt->tokens = token_cache_new(conf->token_refresh_margin, NULL);
-    rt->targets = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->targets));
+    rt->targets = calloc(conf->nroutes + conf->ncredentials + 1, sizeof(*rt->targets));
+    rt->token_target = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(size_t));
+    rt->exchange = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(*rt->exchange));
     rt->route_target = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_target));
     rt->route_host = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_host));
     rt->route_host_len = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_host_len));
@@ -124,6 +173,14 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
     size_t ncs = conf->nclients * conf->nroutes;
     rt->client_scope = calloc(ncs ? ncs : 1, sizeof(*rt->client_scope));
     rt->client_scope_n = calloc(ncs ? ncs : 1, sizeof(*rt->client_scope_n));
+    if (rt->token_target == NULL || rt->exchange == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (i = 0; i < conf->ncredentials; i++) {
+        pthread_mutex_init(&rt->exchange[i].lock, NULL);
+        rt->token_target[i] = SIZE_MAX;
+    }
     if (rt->tokens == NULL || rt->targets == NULL || rt->route_target == NULL ||
         rt->route_host == NULL || rt->route_host_len == NULL ||
         rt->live_creds == NULL || rt->live_clients == NULL ||
@@ -145,44 +202,21 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
     token_cache_share_teams(rt->tokens, live_teams(live));
     for (i = 0; i < conf->nroutes; i++) {
         const struct conf_route *r = &conf->routes[i];
-        const char *chost = r->address_host ? r->address_host : r->upstream_host;
-        int cport = r->address_port ? r->address_port : r->upstream_port;
-        /* Targets are shared only when every field matches, including the CA file. */
-        for (j = 0; j < rt->ntargets; j++) {
-            const struct target *t = &rt->targets[j];
-            if (str_eq(t->name, r->upstream_host) && t->port == r->upstream_port &&
-                str_eq(t->connect_host, chost) && t->connect_port == cport &&
-                str_eq(t->ca_file, r->ca_file) && t->h2 == (r->upstream_h2 == 1))
-                break;
-        }
-        if (j == rt->ntargets) {
-            struct target *t = &rt->targets[rt->ntargets];
-            char hh[300];
-            int v6 = strchr(r->upstream_host, ':') != NULL; /* IP literal: brackets in Host */
-            if (r->upstream_port == 443)
-                snprintf(hh, sizeof(hh), v6 ? "[%s]" : "%s", r->upstream_host);
-            else
-                snprintf(hh, sizeof(hh), v6 ? "[%s]:%d" : "%s:%d", r->upstream_host,
-                         r->upstream_port);
-            t->name = strdup(r->upstream_host);
-            t->port = r->upstream_port;
-            t->host_header = strdup(hh);
-            t->host_header_len = strlen(hh);
-            t->connect_host = strdup(chost);
-            t->connect_port = cport;
-            t->ca_file = r->ca_file;
-            t->h2 = r->upstream_h2 == 1;
-            if (!t->name || !t->host_header || !t->connect_host) {
-                snprintf(err, errlen, "out of memory");
-                rt->ntargets++;
-                goto fail;
-            }
-            t->ssl_ctx = tls_client_ctx(r->ca_file, t->h2, err, errlen);
-            rt->ntargets++;
-            if (t->ssl_ctx == NULL)
-                goto fail;
-        }
-        rt->route_target[i] = j;
+        if (runtime_target(rt, r->upstream_host, r->upstream_port, r->address_host,
+                           r->address_port, r->ca_file, r->upstream_h2 == 1, &rt->route_target[i],
+                           err, errlen) < 0)
+            goto fail;
+    }
+    /* The token endpoints of exchanged credentials are upstreams like the routes' (a route to
+     * the same name, address and CA shares their pools). */
+    for (i = 0; i < conf->ncredentials; i++) {
+        const struct credential *c = &conf->credentials[i];
+        if (!profile_exchanged(c->profile))
+            continue;
+        if (runtime_target(rt, c->profile == PROFILE_MAPS ? MAPS_TOKEN_HOST : BUSINESS_TOKEN_HOST,
+                           443, c->token_address_host, c->token_address_port, c->token_ca_file, 0,
+                           &rt->token_target[i], err, errlen) < 0)
+            goto fail;
     }
     for (i = 0; i < conf->nroutes; i++) {
         rt->route_host[i] = rt->targets[rt->route_target[i]].host_header;
@@ -199,6 +233,17 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
         const char *const *scope = runtime_route_scope(rt, i, &n);
         char terr[256];
         const struct credential *c = &conf->credentials[conf->routes[i].credential_index];
+        if (profile_exchanged(c->profile)) {
+            /* The access token comes from the exchanger; signing the request once here still
+             * fails the start on a broken key. */
+            struct access_token_request rq;
+            if (access_token_request_build(c, time(NULL), &rq, terr, sizeof(terr)) < 0) {
+                snprintf(err, errlen, "credential %s: %s", c->name, terr);
+                goto fail;
+            }
+            access_token_request_deinit(&rq);
+            continue;
+        }
         struct token *tok = token_cache_get(rt->tokens, c, scope, n, terr, sizeof(terr));
         if (tok == NULL) {
             snprintf(err, errlen, "credential %s: %s", c->name, terr);
@@ -267,8 +312,82 @@ void runtime_unref(struct runtime *rt)
                 gateway_scope_free(rt->client_scope[i], rt->client_scope_n[i]);
     free(rt->client_scope);
     free(rt->client_scope_n);
+    if (rt->exchange)
+        for (i = 0; i < rt->conf->ncredentials; i++)
+            pthread_mutex_destroy(&rt->exchange[i].lock);
+    free(rt->exchange);
+    free(rt->token_target);
     token_cache_free(rt->tokens);
     intercept_free(rt->intercept);
     conf_free(rt->conf);
     free(rt);
+}
+
+/* The same exchange: an access token of one is good for the other. */
+static int same_exchange(const struct credential *a, const struct credential *b)
+{
+    return a->profile == b->profile && profile_exchanged(a->profile) &&
+           str_eq(a->key_id, b->key_id) && str_eq(a->team_id, b->team_id) &&
+           str_eq(a->client_id, b->client_id) &&
+           (a->profile != PROFILE_APPLE_BUSINESS ||
+            strcmp(credential_oauth_scope(a), credential_oauth_scope(b)) == 0) &&
+           str_eq(a->token_address_host, b->token_address_host) &&
+           a->token_address_port == b->token_address_port &&
+           str_eq(a->token_ca_file, b->token_ca_file);
+}
+
+void runtime_carry_exchanges(struct runtime *rt, const struct runtime *old)
+{
+    for (size_t i = 0; i < rt->conf->ncredentials; i++)
+        for (size_t j = 0; j < old->conf->ncredentials; j++)
+            if (strcmp(rt->conf->credentials[i].name, old->conf->credentials[j].name) == 0) {
+                const struct credential *c = &rt->conf->credentials[i];
+                const struct credential *o = &old->conf->credentials[j];
+                for (int r = 0; r < EXCHANGE_RESULT_COUNT; r++)
+                    rt->exchange[i].results[r] =
+                        __atomic_load_n(&old->exchange[j].results[r], __ATOMIC_RELAXED);
+                /* A reload does not make requests wait for a new exchange. */
+                if (same_exchange(c, o))
+                    token_cache_adopt(rt->tokens, c, old->tokens, o);
+                break;
+            }
+}
+
+const char *exchange_result_name(enum exchange_result r)
+{
+    static const char *const names[EXCHANGE_RESULT_COUNT] = {
+        "ok", "sign", "unreachable", "timeout", "tls", "status", "malformed"};
+    return (int)r >= 0 && r < EXCHANGE_RESULT_COUNT ? names[r] : "unknown";
+}
+
+void runtime_exchange_record(struct runtime *rt, size_t cred, enum exchange_result result,
+                             const char *code, const char *reason, long long retry_at_ms)
+{
+    struct exchange_state *st = &rt->exchange[cred];
+    __atomic_add_fetch(&st->results[result], 1, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&st->lock);
+    snprintf(st->reason, sizeof(st->reason), "%s", reason ? reason : "");
+    st->code = code;
+    __atomic_store_n(&st->retry_at_ms, retry_at_ms, __ATOMIC_RELAXED);
+    __atomic_store_n(&st->failing, result != EXCHANGE_OK, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&st->lock);
+}
+
+int runtime_exchange_failing(struct runtime *rt, size_t cred, char *reason, size_t reasonlen,
+                             const char **code, long long *retry_at_ms)
+{
+    struct exchange_state *st = &rt->exchange[cred];
+    int failing;
+    if (!__atomic_load_n(&st->failing, __ATOMIC_ACQUIRE))
+        return 0;
+    pthread_mutex_lock(&st->lock);
+    failing = st->failing;
+    if (reason)
+        snprintf(reason, reasonlen, "%s", st->reason);
+    if (code)
+        *code = st->code;
+    if (retry_at_ms)
+        *retry_at_ms = st->retry_at_ms;
+    pthread_mutex_unlock(&st->lock);
+    return failing;
 }

@@ -4,6 +4,7 @@
 #ifndef AAP_PROXY_RUNTIME_H
 #define AAP_PROXY_RUNTIME_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <openssl/ssl.h>
 #include "auth/token_cache.h"
@@ -27,6 +28,34 @@ struct target {
     SSL_CTX *ssl_ctx;
 };
 
+/* How one access-token exchange ended: the label of its metric. */
+enum exchange_result {
+    EXCHANGE_OK,
+    EXCHANGE_SIGN,        /* the signed token could not be made */
+    EXCHANGE_UNREACHABLE, /* resolve, connect or the connection closed */
+    EXCHANGE_TIMEOUT,     /* connect, handshake, answer or the whole exchange too slow */
+    EXCHANGE_TLS,         /* certificate or TLS failure */
+    EXCHANGE_STATUS,      /* Apple answered, but not 200 */
+    EXCHANGE_MALFORMED,   /* a 200 whose body is not the access token Apple documents */
+    EXCHANGE_RESULT_COUNT
+};
+/* "ok", "sign", "unreachable", "timeout", "tls", "status", "malformed". */
+const char *exchange_result_name(enum exchange_result r);
+
+/* The access-token exchange of one exchanged credential (maps, apple-business). The exchanger
+ * thread writes it; workers (requests waiting for a token) and the admin thread read it. */
+struct exchange_state {
+    pthread_mutex_t lock;           /* guards reason and code */
+    char reason[256];               /* the last failure ("" after a success): no secrets */
+    const char *code;               /* the proxy error answered for that failure */
+    int failing;                    /* atomic: the last exchange failed */
+    long long retry_at_ms;          /* atomic: the next attempt after a failure (wall clock) */
+    unsigned long results[EXCHANGE_RESULT_COUNT]; /* atomic counters, across reloads */
+    /* The exchanger thread's own. */
+    int in_flight;
+    unsigned failures;              /* consecutive */
+};
+
 struct runtime {
     int refs;           /* atomic */
     struct conf *conf;  /* owned */
@@ -44,7 +73,23 @@ struct runtime {
     char ***client_scope;          /* [client * nroutes + route]: "client_scopes" lists */
     size_t *client_scope_n;
     struct intercept *intercept;   /* the CONNECT interception CA; NULL when it is off */
+    /* Per credential: the target of its token endpoint (exchanged profiles; SIZE_MAX for the
+     * others) and its exchange state. */
+    size_t *token_target;
+    struct exchange_state *exchange;
 };
+
+/* Records how an exchange of credential cred ended; reason says why it failed (NULL on
+ * success), code is the proxy error requests get meanwhile, retry_at_ms the next attempt. */
+void runtime_exchange_record(struct runtime *rt, size_t cred, enum exchange_result result,
+                             const char *code, const char *reason, long long retry_at_ms);
+/* 1 when the credential's last exchange failed: its reason (copied), code and next attempt. */
+int runtime_exchange_failing(struct runtime *rt, size_t cred, char *reason, size_t reasonlen,
+                             const char **code, long long *retry_at_ms);
+
+/* A reload: the exchange counters of old's credentials, and the access tokens of those whose
+ * exchange is unchanged, go to rt's credentials of the same names. */
+void runtime_carry_exchanges(struct runtime *rt, const struct runtime *old);
 
 /* Takes ownership of conf (also on failure). Builds TLS contexts (verification always on),
  * takes the entries of its credentials and clients from live (borrowed: it must outlive the

@@ -20,7 +20,9 @@
 
 #include "proxy/accesslog.h"
 #include "proxy/admin.h"
+#include "proxy/client.h"
 #include "proxy/log.h"
+#include "proxy/token_exchange.h"
 #include "proxy/upstream.h"
 
 #define LISTEN_BACKLOG 1024
@@ -306,8 +308,10 @@ int server_reload(struct server *s)
             }
         }
     }
+    runtime_carry_exchanges(rt, s->rt);
     for (int i = 0; i < s->nworkers; i++)
         worker_reload(&s->workers[i], rt, tls);
+    token_exchanger_reload(s->exchanger, rt);
     if (tls) {
         for (size_t l = 0; l < s->nlisten; l++)
             if (tls[l]) {
@@ -550,6 +554,12 @@ int server_run(struct conf *conf, const char *config_path)
             log_msg(LOG_ERROR, "worker %d: %s", i, err);
             goto out;
         }
+        s->workers[i].wake_cb = client_tokens_ready;
+    }
+    s->exchanger = token_exchanger_new(s, err, sizeof(err));
+    if (s->exchanger == NULL) {
+        log_msg(LOG_ERROR, "token exchanger: %s", err);
+        goto out;
     }
     {
         int disabled;
@@ -584,6 +594,11 @@ int server_run(struct conf *conf, const char *config_path)
             stop_workers_now(s);
             goto join;
         }
+    if (token_exchanger_start(s->exchanger) < 0) {
+        log_msg(LOG_ERROR, "cannot start the token exchanger's thread");
+        stop_workers_now(s);
+        goto join;
+    }
     log_msg(LOG_INFO, "apple-auth-proxy %s serving with %d worker%s, %zu route%s", AAP_VERSION,
             s->nworkers, s->nworkers == 1 ? "" : "s", s->rt->conf->nroutes,
             s->rt->conf->nroutes == 1 ? "" : "s");
@@ -596,6 +611,9 @@ join:
     if (rc == 0)
         log_msg(LOG_INFO, "stopped");
 out:
+    /* Before the workers: it wakes them when an exchange ends. */
+    token_exchanger_free(s->exchanger);
+    s->exchanger = NULL;
     if (s->workers)
         for (i = 0; i < s->nworkers; i++)
             worker_deinit(&s->workers[i]);

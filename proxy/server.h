@@ -20,6 +20,7 @@ struct server {
     struct event *sig_term, *sig_int, *sig_hup, *sig_usr1, *refresh_timer, *drain_timer,
         *stop_check;
     struct admin *admin;
+    struct token_exchanger *exchanger; /* access tokens for maps and apple-business */
     SSL_CTX **listen_tls;         /* per listen address: the HTTPS context, or NULL */
     struct tls_tickets *tickets;  /* session ticket keys of every HTTPS context, across reloads */
     struct event *ticket_timer;   /* rotates them */

@@ -371,13 +371,19 @@ void worker_drain(struct worker *w)
     notify(w);
 }
 
+void worker_wake(struct worker *w)
+{
+    __atomic_store_n(&w->want_wake, 1, __ATOMIC_RELEASE);
+    notify(w);
+}
+
 void worker_stop(struct worker *w)
 {
     __atomic_store_n(&w->want_stop, 1, __ATOMIC_RELEASE);
     notify(w);
 }
 
-/* Requests from the main thread: a new configuration, draining, stopping. */
+/* Requests from other threads: a new configuration, a wake, draining, stopping. */
 static void notify_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
@@ -385,6 +391,8 @@ static void notify_cb(evutil_socket_t fd, short what, void *arg)
     ssize_t r = read(fd, &n, sizeof(n));
     (void)r;
     apply_reload(w);
+    if (__atomic_exchange_n(&w->want_wake, 0, __ATOMIC_ACQ_REL) && w->wake_cb)
+        w->wake_cb(w);
     if (__atomic_load_n(&w->want_drain, __ATOMIC_ACQUIRE))
         start_draining(w);
     if (__atomic_load_n(&w->want_stop, __ATOMIC_ACQUIRE))

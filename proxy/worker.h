@@ -91,6 +91,11 @@ struct worker {
     int notify_fd;
     struct event *notify_ev;
     int want_drain, want_stop; /* atomic */
+    /* worker_wake (from any thread) runs wake_cb on the worker's own thread: client workers
+     * look at the requests waiting for an access token, the token exchanger starts exchanges. */
+    void (*wake_cb)(struct worker *w);
+    void *wake_arg;
+    int want_wake;             /* atomic */
     pthread_mutex_t pending_lock;
     struct runtime *pending_rt; /* a reference handed over by the main thread */
     SSL_CTX **pending_tls;      /* new contexts for the HTTPS listeners (references), or NULL */
@@ -124,6 +129,9 @@ void worker_stop(struct worker *w);
  * each listener (NULL entries: unchanged), taken by reference: connections accepted from then
  * on use it (renewed certificates, a new client CA). Thread-safe. */
 void worker_reload(struct worker *w, struct runtime *rt, SSL_CTX *const *tls);
+/* Runs w->wake_cb soon on the worker's thread (several wakes before it runs: one call).
+ * Thread-safe. */
+void worker_wake(struct worker *w);
 /* Frees everything of a stopped worker. */
 void worker_deinit(struct worker *w);
 

@@ -60,6 +60,10 @@ UPSTREAMS = {
     "weatherkit": "https://weatherkit.apple.com",
     "enterprise": "https://api.enterprise.developer.apple.com",
     "music": "https://api.music.apple.com",
+    "devicecheck": "https://api.devicecheck.apple.com",
+    "maps": "https://maps-api.apple.com",
+    "apple-business": "https://api-business.apple.com",
+    "apple-school": "https://api-school.apple.com",
 }
 MAX_LIFETIME = {"app-store-connect": 1200, "app-store-server": 3600, "weatherkit": 3600,
                 "enterprise": 1200, "music": 15777000}
@@ -458,8 +462,10 @@ def credential(profile, key, **fields):
         c["issuer_id"] = str(uuid.uuid4())
     if profile == "app-store-server":
         c["bundle_id"] = "com.example.demo"
-    if profile in ("weatherkit", "music"):
+    if profile in ("weatherkit", "music", "devicecheck", "maps"):
         c["team_id"] = random_team_id()
+    if profile == "apple-business":
+        c["client_id"] = "BUSINESSAPI." + str(uuid.uuid4())
     if profile == "weatherkit":
         c["service_id"] = "com.example.weatherkit-client"
     if source == "private_key_file":

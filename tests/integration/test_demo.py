@@ -29,7 +29,10 @@ class DemoTest(unittest.TestCase):
                        "== 2. The same requests through the proxy",
                        "HTTP 200 OK", "== 3. The token the proxy added ==",
                        '"alg":\t"ES256"', "64 raw bytes", "accepted",
-                       "== 4. Where to go next ==", "docs/troubleshooting.md"):
+                       "== 4. A token exchange: the Apple Maps Server API ==",
+                       "GET /v1/token with the Maps auth token (verified: accepted)",
+                       "One exchange for both requests",
+                       "== 5. Where to go next ==", "docs/troubleshooting.md"):
             self.assertIn(needle, out)
         self.assertLess(out.index("MISSING_AUTH"), out.index("HTTP 200 OK"))
         # The push: through the proxy, carried over HTTP/2.

@@ -31,6 +31,8 @@ ASC = "api.appstoreconnect.apple.com"
 WK = "weatherkit.apple.com"
 SK = "api.storekit.itunes.apple.com"
 SK_SANDBOX = "api.storekit-sandbox.itunes.apple.com"
+MAPS = "maps-api.apple.com"
+BUSINESS = "api-business.apple.com"
 EXAMPLES = os.path.join(h.SOURCE_DIR, "docs", "examples")
 NODE = shutil.which("node")
 SALES = ("/v1/salesReports?filter[frequency]=DAILY&filter[reportType]=SALES"
@@ -72,6 +74,12 @@ EXPECT = {
                         r"^  \d{4}-\d\d-\d\d  Rain +"]),
     "transaction_history": ([], [r"^com\.example\.demo \(Production\): 7 transactions in 3 pages$",
                                  r"Auto-Renewable Subscription +com\.example\.demo\.premium\.monthly$"]),
+    "maps": ([], [r"^geocode '1 Apple Park Way, Cupertino': 37\.3349, -122\.009 \(United States\)$",
+                  r"^search 'coffee': 1 results; first: coffee \(Cafe\)$",
+                  r"^directions Cupertino -> San Francisco: 12\.3 km, 15 min by Automobile$"]),
+    "business_devices": ([], [r"^2 devices$", r"^  XABC123X0ABC123X0 +iPad Air +ASSIGNED$",
+                              r"^MDM server 1F97349736CF4614A94F624E705841AD  Example MDM$",
+                              r"^assigning XABC123X0ABC123X0 to Example MDM: activity \S+ IN_PROGRESS$"]),
     "subscription_status": ([], [r"^com\.example\.demo \(Production\)$",
                                  r"group 21450001: com\.example\.demo\.premium\.monthly is active, expires \d{4}-\d\d-\d\d, auto-renew on$"]),
 }
@@ -88,13 +96,22 @@ def example_env(extra):
 class Recipes(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.keys = {p: h.make_key() for p in ("app-store-connect", "weatherkit", "app-store-server")}
+        cls.keys = {p: h.make_key() for p in ("app-store-connect", "weatherkit", "app-store-server",
+                                              "maps", "apple-business")}
+        cls.up = h.start_standin()
+        ca = h.get_certs()["ca_cert"]
         cls.creds = {"asc": h.credential("app-store-connect", cls.keys["app-store-connect"]),
                      "weather": h.credential("weatherkit", cls.keys["weatherkit"]),
-                     "storekit": h.credential("app-store-server", cls.keys["app-store-server"])}
-        cls.up = h.start_standin()
+                     "storekit": h.credential("app-store-server", cls.keys["app-store-server"]),
+                     "maps": h.credential("maps", cls.keys["maps"], token_address=cls.up.address,
+                                          token_ca_file=ca),
+                     "business": h.credential("apple-business", cls.keys["apple-business"],
+                                              token_address=cls.up.address, token_ca_file=ca)}
         # the routes of docs/recipes.md, plus /raw/ without rewrite_links
         routes = [h.route(cls.up, "weatherkit", "weather", path_prefix="/api/v1/"),
+                  h.route(cls.up, "maps", "maps", path_prefix="/maps/", strip_prefix="/maps"),
+                  h.route(cls.up, "apple-business", "business", path_prefix="/business/",
+                          strip_prefix="/business"),
                   h.route(cls.up, "app-store-server-sandbox", "storekit", path_prefix="/inApps/",
                           host=SK_SANDBOX),
                   h.route(cls.up, "app-store-server-sandbox", "storekit",
@@ -124,7 +141,8 @@ class Recipes(unittest.TestCase):
             return c.request("GET", path, [("Authorization", "Bearer " + tok)], host=host)
 
     def assert_tokens_ok(self, since):
-        reqs = [e for e in self.up.requests(since) if e["host"] in (ASC, WK, SK, SK_SANDBOX)]
+        reqs = [e for e in self.up.requests(since)
+                if e["host"] in (ASC, WK, SK, SK_SANDBOX, MAPS, BUSINESS)]
         self.assertTrue(reqs, "the stand-in saw no request")
         bad = [(e["target"], e["token_error"]) for e in reqs if not e["token_ok"]]
         self.assertEqual(bad, [], "requests without a valid token")

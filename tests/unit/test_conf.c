@@ -39,6 +39,9 @@ static char *pem_json;      /* the PEM as a JSON string body (newlines escaped) 
     "\"DEF123GHIJ\", \"service_id\": \"com.example.weatherkit-client\", "                          \
     "\"private_key_file\": \"@WKEY@\"}"
 #define CREDS "\"credentials\": {" ASC_CRED "}"
+#define ASC_CRED_TOKEN_ADDRESS                                                                     \
+    "\"asc\": {\"profile\": \"app-store-connect\", \"key_id\": \"2X9R4HXF34\", "                \
+    "\"token_address\": \"127.0.0.1:1\", \"private_key_file\": \"@KEY@\"}"
 #define ROUTE_ASC                                                                                  \
     "{\"path_prefix\": \"/\", \"upstream\": \"https://api.appstoreconnect.apple.com\", "           \
     "\"credential\": \"asc\"}"
@@ -1905,6 +1908,105 @@ static void test_config_files(void **state)
 /* ---- environment-only mode --------------------------------------------------------------------
  */
 
+/* The exchanged profiles: client_id, token_address, token_ca_file, the OAuth scope picking the
+ * default host, and what other profiles may not have. */
+static void test_exchanged_credentials(void **state)
+{
+    struct conf *conf = load_ok(
+        "{\"credentials\": {\"biz\": {\"profile\": \"apple-business\", \"key_id\": "
+        "\"d136aa66-0c3b-4bd4-9892-c20e8db024ab\", \"client_id\": "
+        "\"SCHOOLAPI.9703f56c-10ce-4876-8f59-e78e5e23a152\", \"scope\": [\"school.api\"], "
+        "\"token_address\": \"127.0.0.1:8443\", \"token_ca_file\": \"@CA@\", "
+        "\"private_key_file\": \"@KEY@\"}}}");
+
+    (void)state;
+    assert_string_equal(conf->credentials[0].client_id,
+                        "SCHOOLAPI.9703f56c-10ce-4876-8f59-e78e5e23a152");
+    assert_string_equal(conf->credentials[0].token_address_host, "127.0.0.1");
+    assert_int_equal(conf->credentials[0].token_address_port, 8443);
+    assert_string_equal(conf->credentials[0].token_ca_file, capath);
+    assert_int_equal(conf->nroutes, 1);
+    assert_string_equal(conf->routes[0].upstream_host, "api-school.apple.com");
+    conf_free(conf);
+
+    conf = load_ok("{\"credentials\": {\"m\": {\"profile\": \"maps\", \"key_id\": "
+                   "\"ABC123DEFG\", \"team_id\": \"DEF123GHIJ\", \"origin\": "
+                   "[\"https://maps.example.com\"], \"private_key_file\": \"@KEY@\"}}}");
+    assert_string_equal(conf->routes[0].upstream_host, "maps-api.apple.com");
+    /* A maps credential's ten-minute signed token does not cap the refresh margin. */
+    assert_int_equal(conf->token_refresh_margin, 300);
+    conf_free(conf);
+
+    expect_error("{\"credentials\": {\"m\": {\"profile\": \"maps\", \"key_id\": "
+                 "\"ABC123DEFG\", \"team_id\": \"DEF123GHIJ\", \"token_address\": \"nope\", "
+                 "\"private_key_file\": \"@KEY@\"}}}",
+                 "credentials.m.token_address:");
+    expect_error("{\"credentials\": {\"m\": {\"profile\": \"maps\", \"key_id\": "
+                 "\"ABC123DEFG\", \"team_id\": \"DEF123GHIJ\", \"token_ca_file\": "
+                 "\"@DIR@/missing.pem\", \"private_key_file\": \"@KEY@\"}}}",
+                 "credentials.m.token_ca_file: ");
+    expect_error("{\"credentials\": {" ASC_CRED_TOKEN_ADDRESS "}}",
+                 "credentials.asc.token_address: only the maps and apple-business profiles");
+    expect_error("{\"credentials\": {\"b\": {\"profile\": \"apple-business\", \"key_id\": "
+                 "\"ABC123DEFG\", \"private_key_file\": \"@KEY@\"}}}",
+                 "credentials.b.client_id: required by the apple-business profile");
+    expect_error("{\"credentials\": {\"b\": {\"profile\": \"apple-business\", \"key_id\": "
+                 "\"ABC123DEFG\", \"client_id\": \"BUSINESSAPI.x\", \"scope\": "
+                 "[\"GET /v1/apps\"], \"private_key_file\": \"@KEY@\"}}}",
+                 "credentials.b.scope: expected [\"business.api\"]");
+    expect_error("{\"credentials\": {" ASC_CRED "}, \"routes\": [{\"path_prefix\": \"/\", "
+                 "\"upstream\": \"https://api.appstoreconnect.apple.com\", \"credential\": "
+                 "\"asc\"}], \"x\": {\"profile\": \"devicecheck\"}}",
+                 "x: unknown key");
+    expect_error("{\"credentials\": {\"a\": {\"profile\": \"app-store-connect\", "
+                 "\"key_id\": \"d136aa66-0c3b-4bd4-9892-c20e8db024ab\", "
+                 "\"private_key_file\": \"@KEY@\"}}}",
+                 "credentials.a.key_id: expected a 10-character Key ID");
+}
+
+static void test_env_maps_and_business(void **state)
+{
+    const char *const maps[] = {"APPLE_MAPS_KEY_ID", "ABC123DEFG", "APPLE_MAPS_TEAM_ID",
+                                "DEF123GHIJ", "APPLE_MAPS_KEY", pem, NULL};
+    const char *const biz[] = {"APPLE_BUSINESS_CLIENT_ID", "BUSINESSAPI.9703f56c",
+                               "APPLE_BUSINESS_KEY_ID", "d136aa66-0c3b-4bd4-9892-c20e8db024ab",
+                               "APPLE_BUSINESS_KEY_FILEPATH", keypath, "APPLE_BUSINESS_SCOPE",
+                               "school.api\n", NULL};
+    const char *const partial[] = {"APPLE_BUSINESS_CLIENT_ID", "BUSINESSAPI.9703f56c",
+                                   "APPLE_BUSINESS_KEY_FILEPATH", keypath, NULL};
+    const char *const bad[] = {"APPLE_BUSINESS_CLIENT_ID", "BUSINESSAPI.9703f56c",
+                               "APPLE_BUSINESS_KEY_ID", "d136aa66-0c3b-4bd4-9892-c20e8db024ab",
+                               "APPLE_BUSINESS_KEY_FILEPATH", keypath, "APPLE_BUSINESS_SCOPE",
+                               "maps.api", NULL};
+    struct conf *conf = NULL;
+    char *errors = NULL;
+
+    (void)state;
+    assert_int_equal(load_env(maps, &conf, &errors), 0);
+    assert_string_equal(conf->credentials[0].name, "maps");
+    assert_int_equal(conf->credentials[0].profile, PROFILE_MAPS);
+    assert_string_equal(conf->credentials[0].team_id, "DEF123GHIJ");
+    assert_string_equal(conf->routes[0].upstream_host, "maps-api.apple.com");
+    conf_free(conf);
+    conf = NULL;
+    assert_int_equal(load_env(biz, &conf, &errors), 0);
+    assert_string_equal(conf->credentials[0].name, "business");
+    assert_string_equal(conf->credentials[0].client_id, "BUSINESSAPI.9703f56c");
+    assert_string_equal(credential_oauth_scope(&conf->credentials[0]), "school.api");
+    assert_string_equal(conf->routes[0].upstream_host, "api-school.apple.com");
+    conf_free(conf);
+    conf = NULL;
+    assert_int_not_equal(load_env(partial, &conf, &errors), 0);
+    assert_contains(errors, "APPLE_BUSINESS_KEY_ID: not set, but other APPLE_BUSINESS_* "
+                            "variables are; the Apple Business Manager API needs");
+    free(errors);
+    errors = NULL;
+    assert_int_not_equal(load_env(bad, &conf, &errors), 0);
+    assert_contains(errors, "APPLE_BUSINESS_SCOPE: expected business.api (Apple Business "
+                            "Manager) or school.api (Apple School Manager) (got \"maps.api\")");
+    free(errors);
+}
+
 static void test_env_asc(void **state)
 {
     const char *const env[] = {"APP_STORE_CONNECT_API_KEY_KEY_ID",
@@ -2248,6 +2350,8 @@ int main(void)
         cmocka_unit_test(test_multiple_errors),
         cmocka_unit_test(test_many_errors_capped),
         cmocka_unit_test(test_config_files),
+        cmocka_unit_test(test_exchanged_credentials),
+        cmocka_unit_test(test_env_maps_and_business),
         cmocka_unit_test(test_env_asc),
         cmocka_unit_test(test_env_asc_individual_base64),
         cmocka_unit_test(test_env_weatherkit),

@@ -15,9 +15,12 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
+#include <cjson/cJSON.h>
+
 #include "auth/b64.h"
 #include "auth/es256.h"
 #include "auth/key.h"
+#include "unit_key.h"
 #include "auth/profile.h"
 
 #define NOW    ((time_t)1700000000)
@@ -26,26 +29,16 @@
 #define TEAM   "DEF123GHIJ"
 #define SVC    "com.example.weatherkit-client"
 #define BUNDLE "com.example.app"
+#define CLIENT "BUSINESSAPI.9703f56c-10ce-4876-8f59-e78e5e23a152"
+#define BIZKID "d136aa66-0c3b-4bd4-9892-c20e8db024ab"
 
 static apple_key *key;
 
 static int group_setup(void **state)
 {
-    EVP_PKEY *pkey = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    BIO *bio = BIO_new(BIO_s_mem());
-    char err[256], *pem;
-    long n;
-
     (void)state;
-    if (pkey == NULL || bio == NULL ||
-        PEM_write_bio_PrivateKey(bio, pkey, NULL, NULL, 0, NULL, NULL) != 1)
-        return -1;
-    n = BIO_get_mem_data(bio, &pem);
-    if (key_load_pem(pem, (size_t)n, &key, err, sizeof err) != 0)
-        return -1;
-    BIO_free(bio);
-    EVP_PKEY_free(pkey);
-    return 0;
+    key = unit_key_new();
+    return key != NULL ? 0 : -1;
 }
 
 static int group_teardown(void **state)
@@ -80,7 +73,13 @@ static struct credential cred_for(enum token_profile p)
         break;
     case PROFILE_MUSIC:
     case PROFILE_APNS:
+    case PROFILE_DEVICECHECK:
+    case PROFILE_MAPS:
         c.team_id = TEAM;
+        break;
+    case PROFILE_APPLE_BUSINESS:
+        c.key_id = BIZKID;
+        c.client_id = CLIENT;
         break;
     default:
         break;
@@ -260,6 +259,128 @@ static void test_music(void **state)
                  1700043140);
 }
 
+/* DeviceCheck: iss and iat only (Apple takes the token for an hour from iat; no exp claim). */
+static void test_devicecheck(void **state)
+{
+    struct credential c = cred_for(PROFILE_DEVICECHECK);
+
+    (void)state;
+    assert_token(&c, NULL, 0, "{\"alg\":\"ES256\",\"kid\":\"" KID "\"}",
+                 "{\"iss\":\"" TEAM "\",\"iat\":1699999940}", 1699999940 + 1800);
+}
+
+/* Maps: typ JWT, and the one origin as a string. */
+static void test_maps(void **state)
+{
+    struct credential c = cred_for(PROFILE_MAPS);
+    char *origin[] = {"https://maps.example.com"}, *two[] = {"https://a.example", "https://b.example"};
+    char err[256] = "";
+
+    (void)state;
+    assert_token(&c, NULL, 0, "{\"alg\":\"ES256\",\"kid\":\"" KID "\",\"typ\":\"JWT\"}",
+                 "{\"iss\":\"" TEAM "\",\"iat\":1699999940,\"exp\":1700000540}", 1700000540);
+    c.origin = origin;
+    c.norigin = 1;
+    assert_token(&c, NULL, 0, "{\"alg\":\"ES256\",\"kid\":\"" KID "\",\"typ\":\"JWT\"}",
+                 "{\"iss\":\"" TEAM "\",\"iat\":1699999940,\"exp\":1700000540,"
+                 "\"origin\":\"https://maps.example.com\"}",
+                 1700000540);
+    c.origin = two;
+    c.norigin = 2;
+    assert_int_equal(credential_validate(&c, err, sizeof err), 1);
+    assert_non_null(strstr(err, "credentials.test.origin: a maps token takes one origin"));
+}
+
+/* The apple-business client assertion: alg and kid only; sub, aud, iat, exp, jti, iss in
+ * Apple's order, iss = sub = the client ID, and a new jti (a version 4 UUID) every time. */
+static void test_apple_business_assertion(void **state)
+{
+    struct credential c = cred_for(PROFILE_APPLE_BUSINESS);
+    char *h1, *c1, *h2, *c2, err[256] = "";
+    char *j1 = token_mint(&c, NULL, 0, NOW, NULL, err, sizeof err);
+    char *j2 = token_mint(&c, NULL, 0, NOW, NULL, err, sizeof err);
+    cJSON *a, *b;
+    const cJSON *it;
+    static const char *const order[] = {"sub", "aud", "iat", "exp", "jti", "iss"};
+    size_t i = 0;
+
+    (void)state;
+    assert_non_null(j1);
+    assert_non_null(j2);
+    decode_and_verify(j1, &h1, &c1);
+    decode_and_verify(j2, &h2, &c2);
+    assert_string_equal(h1, "{\"alg\":\"ES256\",\"kid\":\"" BIZKID "\"}");
+    a = cJSON_Parse(c1);
+    b = cJSON_Parse(c2);
+    assert_non_null(a);
+    assert_non_null(b);
+    for (it = a->child; it != NULL; it = it->next, i++) {
+        assert_true(i < 6);
+        assert_string_equal(it->string, order[i]);
+    }
+    assert_int_equal(i, 6);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(a, "iss")->valuestring, CLIENT);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(a, "sub")->valuestring, CLIENT);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(a, "aud")->valuestring,
+                        "https://account.apple.com/auth/oauth2/v2/token");
+    assert_int_equal((long)cJSON_GetObjectItemCaseSensitive(a, "iat")->valuedouble, NOW - 60);
+    assert_int_equal((long)cJSON_GetObjectItemCaseSensitive(a, "exp")->valuedouble, NOW - 60 + 600);
+    {
+        const char *jti = cJSON_GetObjectItemCaseSensitive(a, "jti")->valuestring;
+
+        assert_int_equal(strlen(jti), 36);
+        assert_int_equal(jti[14], '4');
+        assert_string_not_equal(jti, cJSON_GetObjectItemCaseSensitive(b, "jti")->valuestring);
+    }
+    /* 180 days is the most Apple takes; a day more is refused. */
+    c.lifetime = 180L * 86400;
+    assert_int_equal(credential_validate(&c, err, sizeof err), 0);
+    c.lifetime = 181L * 86400;
+    assert_int_equal(credential_validate(&c, err, sizeof err), 1);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    free(h1);
+    free(c1);
+    free(h2);
+    free(c2);
+    free(j1);
+    free(j2);
+}
+
+/* The apple-business identifiers: client_id required, scope business.api or school.api, key IDs
+ * in Apple Business Manager's UUID form (refused on other profiles). */
+static void test_apple_business_validation(void **state)
+{
+    struct credential c = cred_for(PROFILE_APPLE_BUSINESS);
+    char *school[] = {"school.api"}, *bad[] = {"business.api school.api"};
+    char err[512] = "";
+
+    (void)state;
+    assert_string_equal(credential_oauth_scope(&c), "business.api");
+    c.scope = school;
+    c.nscope = 1;
+    assert_int_equal(credential_validate(&c, err, sizeof err), 0);
+    assert_string_equal(credential_oauth_scope(&c), "school.api");
+    c.scope = bad;
+    assert_int_equal(credential_validate(&c, err, sizeof err), 1);
+    c.scope = NULL;
+    c.nscope = 0;
+    c.client_id = NULL;
+    err[0] = '\0';
+    assert_int_equal(credential_validate(&c, err, sizeof err), 1);
+    assert_non_null(strstr(err, "credentials.test.client_id: required by the apple-business"));
+    c = cred_for(PROFILE_MAPS);
+    c.key_id = BIZKID;
+    err[0] = '\0';
+    assert_int_equal(credential_validate(&c, err, sizeof err), 1);
+    assert_non_null(strstr(err, "credentials.test.key_id: expected a 10-character Key ID"));
+    c = cred_for(PROFILE_MUSIC);
+    c.token_address_host = "127.0.0.1";
+    err[0] = '\0';
+    assert_int_equal(credential_validate(&c, err, sizeof err), 1);
+    assert_non_null(strstr(err, "credentials.test.token_address: only the maps and"));
+}
+
 static void test_configured_skew_and_lifetime(void **state)
 {
     struct credential c = cred_for(PROFILE_APP_STORE_CONNECT);
@@ -285,6 +406,9 @@ static void test_names_and_limits(void **state)
         [PROFILE_ENTERPRISE] = {"enterprise", 1200, 1140},
         [PROFILE_MUSIC] = {"music", 15777000, 43200},
         [PROFILE_APNS] = {"apns", 3600, 3600},
+        [PROFILE_DEVICECHECK] = {"devicecheck", 3600, 1800},
+        [PROFILE_MAPS] = {"maps", 3600, 600},
+        [PROFILE_APPLE_BUSINESS] = {"apple-business", 15552000, 600},
     };
     enum token_profile p, parsed;
 
@@ -298,7 +422,11 @@ static void test_names_and_limits(void **state)
         assert_true(profile_default_lifetime(p) <= profile_max_lifetime(p));
     }
     assert_null(profile_name(PROFILE_COUNT));
-    assert_int_equal(profile_parse("maps", &parsed), -1);
+    assert_int_equal(profile_parse("maps-api", &parsed), -1);
+    assert_true(profile_exchanged(PROFILE_MAPS));
+    assert_true(profile_exchanged(PROFILE_APPLE_BUSINESS));
+    assert_false(profile_exchanged(PROFILE_DEVICECHECK));
+    assert_false(profile_exchanged(PROFILE_APP_STORE_CONNECT));
     assert_int_equal(profile_parse("App-Store-Connect", &parsed), -1);
     assert_int_equal(profile_parse("", &parsed), -1);
 }
@@ -394,6 +522,11 @@ static void test_scope_on_other_profiles_refused(void **state)
         c.scope = scope;
         c.nscope = 1;
         assert_int_equal(credential_validate(&c, err, sizeof err), 1);
+        if (p == PROFILE_APPLE_BUSINESS) {
+            /* Its scope is the OAuth one, never in the assertion. */
+            assert_non_null(strstr(err, "credentials.test.scope: expected [\"business.api\"]"));
+            continue;
+        }
         assert_non_null(strstr(err, "credentials.test.scope: only app-store-connect"));
         c.scope = NULL;
         c.nscope = 0;
@@ -520,6 +653,10 @@ int main(void)
         cmocka_unit_test(test_music),
         cmocka_unit_test(test_apns),
         cmocka_unit_test(test_configured_skew_and_lifetime),
+        cmocka_unit_test(test_devicecheck),
+        cmocka_unit_test(test_maps),
+        cmocka_unit_test(test_apple_business_assertion),
+        cmocka_unit_test(test_apple_business_validation),
         cmocka_unit_test(test_names_and_limits),
         cmocka_unit_test(test_default_lifetime_app_store_connect),
         cmocka_unit_test(test_lifetime_at_and_over_maximum),

@@ -16,6 +16,7 @@
 #include <openssl/pem.h>
 
 #include "auth/key.h"
+#include "unit_key.h"
 #include "auth/profile.h"
 #include "auth/token_cache.h"
 
@@ -36,21 +37,9 @@ static void set_now(time_t t)
 
 static int group_setup(void **state)
 {
-    EVP_PKEY *pkey = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    BIO *bio = BIO_new(BIO_s_mem());
-    char err[256], *pem;
-    long n;
-
     (void)state;
-    if (pkey == NULL || bio == NULL ||
-        PEM_write_bio_PrivateKey(bio, pkey, NULL, NULL, 0, NULL, NULL) != 1)
-        return -1;
-    n = BIO_get_mem_data(bio, &pem);
-    if (key_load_pem(pem, (size_t)n, &key, err, sizeof err) != 0)
-        return -1;
-    BIO_free(bio);
-    EVP_PKEY_free(pkey);
-    return 0;
+    key = unit_key_new();
+    return key != NULL ? 0 : -1;
 }
 
 static int group_teardown(void **state)

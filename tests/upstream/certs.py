@@ -37,6 +37,12 @@ GOOD_NAMES = [
     "api.music.apple.com",
     "api.push.apple.com",
     "api.sandbox.push.apple.com",
+    "maps-api.apple.com",
+    "account.apple.com",
+    "api-business.apple.com",
+    "api-school.apple.com",
+    "api.devicecheck.apple.com",
+    "api.development.devicecheck.apple.com",
     "localhost",
 ]
 GOOD_IPS = ["127.0.0.1", "::1"]

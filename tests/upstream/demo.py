@@ -12,7 +12,9 @@ Apple (tests/upstream/standin.py: TLS on 127.0.0.1, checking tokens as Apple doe
   2. the same requests through the proxy: 200; and a push notification, sent as plain HTTP/1.1
      and carried to the APNs stand-in (tests/upstream/standin_apns.py) over HTTP/2;
   3. the token the proxy added (`apple-auth-proxy token --decode`, and as the stand-in saw it);
-  4. where to go next.
+  4. a token exchange: the Apple Maps Server API takes an access token that the proxy gets
+     once for its signed token (GET /v1/token) and reuses;
+  5. where to go next.
 
 Everything is removed at the end. Exit status 0 when every step worked, 1 otherwise. Nothing
 leaves 127.0.0.1.
@@ -30,6 +32,8 @@ SOURCE_DIR = os.path.dirname(os.path.dirname(HERE))
 WK_HOST = "weatherkit.apple.com"
 ASC_HOST = "api.appstoreconnect.apple.com"
 WK_PATH = "/api/v1/weather/en/37.3349/-122.0090?dataSets=currentWeather"
+MAPS_HOST = "maps-api.apple.com"
+MAPS_PATHS = ("/maps/v1/geocode?q=1%20Apple%20Park%20Way", "/maps/v1/search?q=coffee")
 ASC_PATH = "/v1/apps?limit=1"
 
 BOLD = "\033[1m" if sys.stdout.isatty() else ""
@@ -95,9 +99,12 @@ def main(argv=None):
             "weather": h.credential("weatherkit", key, team_id="DEF123GHIJ",
                                     service_id="com.example.weatherkit-client"),
             "push": h.credential("apns", key, team_id="DEF123GHIJ"),
+            "maps": h.credential("maps", key, team_id="DEF123GHIJ", token_address=up.address,
+                                 token_ca_file=certs["ca_cert"]),
         }
         routes = [h.route(apns, "https://api.push.apple.com", "push", path_prefix="/3/device/"),
                   h.route(up, "weatherkit", "weather", path_prefix="/api/v1/"),
+                  h.route(up, "maps", "maps", path_prefix="/maps/", strip_prefix="/maps"),
                   h.route(up, "app-store-connect", "asc", path_prefix="/")]
         config = h.write_config(creds, routes, workers=1, listen=["127.0.0.1:0"])
         px = h.start_proxy(config)
@@ -112,8 +119,9 @@ def main(argv=None):
         say("   proxy      http://127.0.0.1:%d  -- %s serve --config %s" % (
             px.port, os.path.relpath(binary), config))
         say()
-        say("   The proxy's routes (a real configuration leaves out \"address\" and \"ca_file\",")
-        say("   which point it at the stand-in instead of Apple):")
+        say("   The proxy's routes (a real configuration leaves out \"address\", \"ca_file\" and")
+        say("   the maps credential's \"token_address\", \"token_ca_file\", which point it at")
+        say("   the stand-in instead of Apple):")
         for r in routes:
             say("     %-12s -> %-38s credential %s" % (r["path_prefix"], r["upstream"],
                                                         r["credential"]))
@@ -215,13 +223,48 @@ def main(argv=None):
         say("   nothing it writes (logs, errors, metrics) contains the token or the key.")
 
         step = "4"
-        heading(4, "Where to go next")
+        heading(4, "A token exchange: the Apple Maps Server API")
+        say("   Maps does not take the signed token on its API: the proxy trades it once for an")
+        say("   access token (GET https://%s/v1/token), keeps it, and exchanges again" % MAPS_HOST)
+        say("   before it expires. It made the exchange as it started; two requests through it:")
+        m = up.mark()
+        for path in MAPS_PATHS:
+            say()
+            say("   $ curl 'http://127.0.0.1:%d%s'" % (px.port, path))
+            with px.client() as c:
+                r = c.request("GET", path)
+            show_response(r, max_lines=6)
+            expect(r.status == 200 and r.json()["results"],
+                   "Maps through the proxy should answer 200 with results")
+        exchanges = [e for e in up.requests() if e["host"] == MAPS_HOST and e["path"] == "/v1/token"]
+        api = [e for e in up.requests(m) if e["host"] == MAPS_HOST and e["path"] != "/v1/token"]
+        expect(len(exchanges) == 1 and len(api) == 2,
+               "one exchange and two API requests expected, saw %d and %d" % (
+                   len(exchanges), len(api)))
+        say()
+        say("   What the stand-in for Apple saw:")
+        ex = exchanges[0]
+        say("     GET /v1/token with the Maps auth token (verified: %s)" % (
+            "accepted" if ex["token_ok"] else "REFUSED"))
+        say("       header  %s" % json.dumps(ex["token_header"]))
+        say("       claims  %s" % json.dumps(ex["token_claims"]))
+        for e in api:
+            tok = [v for k, v in e["headers"] if k.lower() == "authorization"][0].split(" ", 1)[1]
+            say("     GET %s with the access token %s... (%s)" % (
+                e["target"].split("?")[0], tok[:10], "accepted" if e["token_ok"] else "REFUSED"))
+            expect(e["token_ok"], "the stand-in refused the access token: %s" % e["token_error"])
+        say("   One exchange for both requests; the access token never left the proxy's cache")
+        say("   except on requests to Maps.")
+
+        step = "5"
+        heading(5, "Where to go next")
         say("   README.md                 run it against Apple: `make run` with fastlane's")
         say("                             APP_STORE_CONNECT_API_KEY_* variables, or a config file")
         say("   docs/configuration.md     every configuration key, routes, limits")
-        say("   docs/tokens.md            the token profiles, lifetimes and clock skew")
+        say("   docs/tokens.md            the token profiles, lifetimes and clock skew, and the")
+        say("                             token exchange of Maps and Apple Business Manager")
         say("   docs/recipes.md           pushes from curl, Python and Node (alert, background,")
-        say("                             Live Activity)")
+        say("                             Live Activity), Maps, Apple Business Manager")
         say("   docs/troubleshooting.md   MISSING_AUTH, NOT_AUTHORIZED, TLS errors, error codes")
         say("   apple-auth-proxy check -c my.json    validate a configuration and its keys")
         say()

@@ -25,7 +25,8 @@ Paths (any host, answered after the token check):
                            and the connection closes after the response)
   /__close                 200 with Connection: close, then closes
   plus a few real-looking endpoints per host (ASC /v1/apps, WeatherKit availability/weather,
-  StoreKit /inApps/v1/history/TXID); everything else 404 with Apple's errors JSON.
+  StoreKit /inApps/v1/history/TXID; the Maps and Apple Business Manager token exchanges and
+  APIs, and DeviceCheck, in standin_exchange.py); everything else 404 with Apple's errors JSON.
 To add a behaviour, decorate a handler with @route(pattern, hosts=...) returning a Response.
 
 Log (--log): one JSON object per line, flushed, with "event" one of accept, handshake, tls_error,
@@ -574,6 +575,7 @@ def h_history(req, m):
 
 import standin_recipes  # noqa: E402,F401  (registers the endpoints of docs/recipes.md)
 import standin_gateway  # noqa: E402,F401  (Apple's 429 + Retry-After forms, test_gateway.py)
+import standin_exchange  # noqa: E402,F401  (maps, apple-business and devicecheck)
 
 # ------------------------------------------------------------------------------------------------
 # Server
@@ -848,6 +850,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         """Verifies, logs, answers. Returns False when the connection must close."""
         srv = self.server
         req.profile = PROFILES.get(req.host, GENERIC)
+        req.keys = srv.keys  # for handlers that verify tokens themselves (standin_exchange)
         auth = req.header_all("authorization")
         token_ok, token_error, resp = False, None, None
         token = None

@@ -18,22 +18,12 @@ after defaults to 2 and may be fractional. Both answer only after the token chec
 without a valid token gets the host's 401 first, as everywhere on the stand-in).
 """
 import json
-import sys
 import time
 
-
-def _host_globals():
-    """The globals of the standin module importing this one (run as __main__ or imported)."""
-    f = sys._getframe(1)
-    while f is not None:
-        g = f.f_globals
-        if "ROUTES" in g and "Response" in g and str(g.get("__file__", "")).endswith("standin.py"):
-            return g
-        f = f.f_back
-    raise ImportError("standin_gateway must be imported by tests/upstream/standin.py")
+from standin_host import host_globals
 
 
-_S = _host_globals()
+_S = host_globals("standin_gateway")
 route = _S["route"]
 Response = _S["Response"]
 ASC_HOST = _S["ASC_HOST"]

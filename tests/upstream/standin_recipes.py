@@ -47,24 +47,14 @@ import gzip
 import hashlib
 import json
 import re
-import sys
 import time
 import urllib.parse
 import uuid
 
-
-def _host_globals():
-    """The globals of the standin module importing this one (run as __main__ or imported)."""
-    f = sys._getframe(1)
-    while f is not None:
-        g = f.f_globals
-        if "ROUTES" in g and "Response" in g and str(g.get("__file__", "")).endswith("standin.py"):
-            return g
-        f = f.f_back
-    raise ImportError("standin_recipes must be imported by tests/upstream/standin.py")
+from standin_host import host_globals
 
 
-_S = _host_globals()
+_S = host_globals("standin_recipes")
 Response = _S["Response"]
 ROUTES = _S["ROUTES"]
 ASC_HOST = _S["ASC_HOST"]
