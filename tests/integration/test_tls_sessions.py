@@ -4,11 +4,13 @@ listener other than the one that made the session, nor after a reload changed th
 (a resumed session skips certificate verification, so it must not carry an identity verified
 under CAs no longer trusted).
 """
+import base64
 import os
 import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import sys
 import time
 import unittest
@@ -52,6 +54,44 @@ def one_request(port, ctx, session=None):
                 body += d
             status = int(head.split(b" ")[1]) if head.startswith(b"HTTP/1.1 ") else None
             return status, s.session_reused, s.session
+
+
+def der_length(der, i):
+    """(length, index after the length octets) of the DER length at der[i]."""
+    first = der[i]
+    if first < 0x80:
+        return first, i + 1
+    n = first & 0x7F
+    return int.from_bytes(der[i + 1:i + 1 + n], "big"), i + 1 + n
+
+
+def ticket_span(der):
+    """(start, end) of the session ticket inside an SSL_SESSION in DER: OpenSSL encodes it as
+    [10] EXPLICIT OCTET STRING (tag 0xAA, then 0x04)."""
+    i = 0
+    while i < len(der) - 4:
+        if der[i] == 0xAA:
+            outer, j = der_length(der, i + 1)
+            if j < len(der) and der[j] == 0x04:
+                inner, k = der_length(der, j + 1)
+                if k + inner == j + outer and inner >= 64:
+                    return k, k + inner
+        i += 1
+    raise AssertionError("no session ticket in the saved session")
+
+
+def s_client(port, version, sess_out=None, sess_in=None):
+    """openssl s_client with one request; returns its output (New/Reused line, response)."""
+    argv = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-servername",
+            "localhost", version, "-ign_eof"]
+    if sess_out:
+        argv += ["-sess_out", sess_out]
+    if sess_in:
+        argv += ["-sess_in", sess_in]
+    r = subprocess.run(argv, input=b"GET /v1/apps HTTP/1.1\r\nHost: localhost\r\n"
+                       b"Connection: close\r\n\r\n", stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=30)
+    return r.stdout.decode("latin-1")
 
 
 class TlsSessions(unittest.TestCase):
@@ -161,6 +201,38 @@ class TlsSessions(unittest.TestCase):
             self.assertEqual(status, 200)
             self.assertFalse(reused, "%s: a session outlived a change of client CAs"
                              % version.name)
+
+    def test_6_forged_tickets_get_a_full_handshake(self):
+        # A ticket with a byte changed in its key name, its encrypted state or its MAC is
+        # never resumed and never breaks the connection: the handshake is a full one.
+        d = h.new_dir("tickets")
+        for version in ("-tls1_3", "-tls1_2"):
+            saved = os.path.join(d, "session%s.pem" % version)
+            out = s_client(self.plain_port, version, sess_out=saved)
+            self.assertRegex(out, r"(?m)^New, ")
+            self.assertIn("HTTP/1.1 200", out)
+            with open(saved) as f:
+                pem = f.read()
+            body = "".join(l for l in pem.splitlines() if not l.startswith("-----"))
+            der = base64.b64decode(body)
+            start, end = ticket_span(der)
+            for where in (start, start + 20, (start + end) // 2, end - 1):
+                forged = bytearray(der)
+                forged[where] ^= 0x01
+                path = os.path.join(d, "forged%s-%d.pem" % (version, where))
+                with open(path, "w") as f:
+                    f.write("-----BEGIN SSL SESSION PARAMETERS-----\n")
+                    b64 = base64.b64encode(bytes(forged)).decode()
+                    f.write("\n".join(b64[i:i + 64] for i in range(0, len(b64), 64)))
+                    f.write("\n-----END SSL SESSION PARAMETERS-----\n")
+                out = s_client(self.plain_port, version, sess_in=path)
+                self.assertRegex(out, r"(?m)^New, ", "%s, byte %d changed" % (version, where))
+                self.assertIn("HTTP/1.1 200", out)
+            # The untouched ticket still resumes: the forgeries changed nothing.
+            out = s_client(self.plain_port, version, sess_in=saved)
+            self.assertRegex(out, r"(?m)^Reused, ")
+            self.assertIn("HTTP/1.1 200", out)
+        self.assertTrue(self.px.alive())
 
 
 if __name__ == "__main__":
