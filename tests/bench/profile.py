@@ -9,15 +9,20 @@ and, for a fixed number of requests made with `h2load --h1 -c 50`:
   callgrind  apple-auth-proxy under valgrind --tool=callgrind (instructions per request, the
              top functions by self and inclusive cost; used when perf has no hardware counters);
   perf       perf record -e cpu-clock (a software clock, so it works in VMs without a PMU) on
-             apple-auth-proxy while wrk runs, including kernel time: the top symbols.
+             apple-auth-proxy while wrk runs, including kernel time: the top symbols;
+  tls        HTTPS listeners (bench test 7): apple-auth-proxy and nginx under callgrind while
+             tls_connect.py makes new TLS connections with one request each (full handshakes,
+             or resumed ones with --tls-resume): instructions per connection, by object. Not
+             in the default modes.
 
-    profile.py [--binary build/apple-auth-proxy] [--modes strace,callgrind,perf]
-               [--requests 20000] [--seconds 10] [--out DIR]
+    profile.py [--binary build/apple-auth-proxy] [--modes strace,callgrind,perf,tls]
+               [--requests 20000] [--seconds 10] [--tls-seconds 15] [--tls-resume] [--out DIR]
 
 Raw outputs go to --out (default BUILD/bench-profile/); summaries are printed. A measurement
 tool, not a test: nothing is asserted.
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -113,37 +118,41 @@ class Profiler:
         print()
 
     # -- callgrind ------------------------------------------------------------------------------
-    def callgrind(self):
-        n = self.args.callgrind_requests
+    def callgrind_run(self, kinds, warm, load, tag="", **variant):
+        """Each proxy in kinds under callgrind: warm(port) uninstrumented, then load(port)
+        instrumented, which returns how many requests or connections it made. Returns
+        {kind: annotate()} with the figures per request or connection."""
         addr = "127.0.0.1:%d" % self.setup.upstream_port
         summary = {}
-        for k in self.bench.kinds:
-            outfile = os.path.join(self.out, "callgrind.out.%s.%%p" % k)
+        for k in kinds:
+            outfile = os.path.join(self.out, "callgrind.out.%s%s.%%p" % (k, tag))
             wrapper = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + outfile,
                        "--instr-atstart=no"]
             before = set(os.listdir(self.out))
-            p = B.Proxy(self.setup, k, 1, addr, wrapper=wrapper, start_timeout=120)
+            p = B.Proxy(self.setup, k, 1, addr, wrapper=wrapper, start_timeout=120, **variant)
             try:
                 # Start-up (keys, TLS contexts) and the warm-up are not instrumented: only the
-                # measured requests (and the exit) are in the profile.
-                h2load_n(p.port, 500, timeout=900)
+                # measured load (and the exit) is in the profile.
+                warm(p.port)
                 serving = p.pids()[:1]  # nginx runs as one process under valgrind
                 for pid in serving:
                     subprocess.run(["callgrind_control", "-i", "on", str(pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    check=True)
                 t0 = time.monotonic()
-                ok = h2load_n(p.port, n, timeout=1800)
-                B.log("callgrind %s: %d requests in %.1f s" % (k, ok, time.monotonic() - t0))
+                ok = load(p.port)
+                B.log("callgrind %s%s: %d in %.1f s" % (k, tag, ok, time.monotonic() - t0))
             finally:
                 p.stop(timeout=120)
             dumps = [f for f in set(os.listdir(self.out)) - before if f.startswith("callgrind.out")]
             serving_dumps = [os.path.join(self.out, f) for f in dumps
                              if any(f.endswith(".%d" % pid) for pid in serving)]
             dump = serving_dumps[0] if serving_dumps else os.path.join(self.out, sorted(dumps)[-1])
-            summary[k] = self.annotate(k, dump, ok)
-        print("callgrind: instructions per request (user space, %d requests, h2load --h1 -c 50, "
-              "1 worker)" % n)
+            summary[k] = self.annotate(k, dump, ok, tag)
+        return summary
+
+    @staticmethod
+    def print_by_object(summary):
         objs = sorted({o for s in summary.values() for o in s["by_object"]},
                       key=lambda o: -max(s["by_object"].get(o, 0) for s in summary.values()))
         head = "%-34s" % "object" + "".join("%18s" % B.NAMES[k] for k in summary)
@@ -157,9 +166,40 @@ class Profiler:
         print("%-34s" % "total" + "".join("%18.0f" % summary[k]["per_request"] for k in summary))
         print()
 
-    def annotate(self, kind, dump, ok):
+    def callgrind(self):
+        n = self.args.callgrind_requests
+        summary = self.callgrind_run(self.bench.kinds,
+                                     lambda port: h2load_n(port, 500, timeout=900),
+                                     lambda port: h2load_n(port, n, timeout=1800))
+        print("callgrind: instructions per request (user space, %d requests, h2load --h1 -c 50, "
+              "1 worker)" % n)
+        self.print_by_object(summary)
+
+    # -- tls: handshakes on HTTPS listeners -------------------------------------------------------
+    def tls_connections(self, port, seconds):
+        """New TLS connections with one request each for seconds (tls_connect.py, one client
+        process); returns how many were made."""
+        argv = [B.PYTHON, os.path.join(HERE, "tls_connect.py"), "--port", str(port), "--procs",
+                "1", "--seconds", str(seconds)] + (["--resume"] if self.args.tls_resume else [])
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           universal_newlines=True, timeout=seconds + 600)
+        return json.loads(r.stdout.strip().splitlines()[-1])["connections"]
+
+    def tls(self):
+        kinds = [k for k in ("aap", "nginx") if k in self.bench.kinds]
+        summary = self.callgrind_run(
+            kinds, lambda port: self.tls_connections(port, 2),
+            lambda port: self.tls_connections(port, self.args.tls_seconds), tag="-tls", tls=True,
+            pool=64)
+        print("callgrind: instructions per new TLS connection with one request (%s handshakes, "
+              "tls_connect.py --procs 1, 1 worker)" % ("resumed" if self.args.tls_resume
+                                                       else "full"))
+        self.print_by_object(summary)
+
+    def annotate(self, kind, dump, ok, tag=""):
         """Writes callgrind_annotate's self and inclusive listings; prints the top of both for
-        apple-auth-proxy; returns {"per_request": Ir/request, "by_object": {obj: Ir/request}}."""
+        apple-auth-proxy; returns {"per_request": Ir/request, "by_object": {obj: Ir/request}}
+        (per connection for the tls mode)."""
         total = None
         by_object = {}
         for inclusive in ("no", "yes"):
@@ -167,8 +207,8 @@ class Profiler:
                                 "--threshold=99.5", dump], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, universal_newlines=True)
             text = r.stdout
-            with open(os.path.join(self.out, "callgrind-%s-%s.txt" % (
-                    kind, "inclusive" if inclusive == "yes" else "self")), "w") as f:
+            with open(os.path.join(self.out, "callgrind-%s%s-%s.txt" % (
+                    kind, tag, "inclusive" if inclusive == "yes" else "self")), "w") as f:
                 f.write(text)
             m = re.search(r"^([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", text, re.M)
             if m:
@@ -263,13 +303,17 @@ def main():
     ap.add_argument("--requests", type=int, default=20000, help="requests for strace")
     ap.add_argument("--callgrind-requests", type=int, default=20000)
     ap.add_argument("--seconds", type=float, default=10.0, help="perf recording time")
+    ap.add_argument("--tls-seconds", type=float, default=15.0,
+                    help="tls: seconds of new connections under callgrind")
+    ap.add_argument("--tls-resume", action="store_true",
+                    help="tls: resumed handshakes instead of full ones")
     ap.add_argument("--out")
     args = ap.parse_args()
     args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.binary)),
                                         "bench-profile")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
-        tool = {"strace": "strace", "callgrind": "valgrind", "perf": "perf"}[m]
+        tool = {"strace": "strace", "callgrind": "valgrind", "perf": "perf", "tls": "valgrind"}[m]
         if not shutil.which(tool):
             sys.exit("profile: %s needs %s (apt-get install %s)" % (
                 m, tool, {"perf": "linux-perf"}.get(m, tool)))
