@@ -15,6 +15,7 @@
 
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,7 @@
 #define SHARED_RETRY_MAX_MS   2000
 #define SHARED_SYNC_MS        1000   /* credential figures are read back this often */
 #define SHARED_KEY_MAX        256
+#define SHARED_MAX_READ_BUFFER (1024 * 1024) /* unparsed reply bytes: more ends the connection */
 
 /* GCRA on Redis' clock (the replicas' clocks never meet): the key holds the theoretical
  * arrival time in microseconds; a request is admitted when it is at most burst intervals
@@ -199,6 +201,43 @@ int shared_parse_figures(const redisReply *r, struct live_quota *q)
     q->updated = (double)v[2] / 1000.0;
     q->blocked_until = (double)v[3] / 1000.0;
     q->mints = (unsigned long)v[4];
+    return 0;
+}
+
+/* hiredis' own reply constructors (copied from a reader made for the purpose: 0.14 does not
+ * export them), and the limited array constructor in front of them. */
+static redisReplyObjectFunctions limited_fns;
+static void *(*default_create_array)(const redisReadTask *task, int elements);
+static pthread_once_t limited_once = PTHREAD_ONCE_INIT;
+static int limited_ok;
+
+static void *create_array_limited(const redisReadTask *task, int elements)
+{
+    if (elements < 0 || elements > SHARED_MAX_REPLY_ELEMENTS)
+        return NULL;
+    return default_create_array(task, elements);
+}
+
+static void limited_init(void)
+{
+    redisReader *model = redisReaderCreate();
+    if (model == NULL || model->fn == NULL || model->fn->createArray == NULL) {
+        redisReaderFree(model);
+        return;
+    }
+    limited_fns = *model->fn;
+    default_create_array = model->fn->createArray;
+    limited_fns.createArray = create_array_limited;
+    limited_ok = 1;
+    redisReaderFree(model);
+}
+
+int shared_reader_limit(redisReader *r)
+{
+    pthread_once(&limited_once, limited_init);
+    if (!limited_ok)
+        return -1;
+    r->fn = &limited_fns;
     return 0;
 }
 
@@ -437,6 +476,10 @@ static void conn_open(struct shared_conn *conn, const char *ip)
     }
     ac->data = conn;
     conn->ac = ac;
+    if (shared_reader_limit(ac->c.reader) < 0) {
+        conn_drop(conn, SHARED_EV_FAILED, "out of memory", 1);
+        return;
+    }
     if (redisLibeventAttach(ac, conn->base) != REDIS_OK) {
         conn_drop(conn, SHARED_EV_FAILED, "cannot watch the connection", 1);
         return;
@@ -452,9 +495,14 @@ static void resolved(int err, struct evutil_addrinfo *res, void *arg)
 {
     struct shared_conn *conn = arg;
     char ip[INET6_ADDRSTRLEN], why[160];
+    /* Cancelled: the connection is being freed (libevent may call this after it is gone),
+     * so conn is not touched. */
+    if (err == EVUTIL_EAI_CANCEL) {
+        if (res)
+            evutil_freeaddrinfo(res);
+        return;
+    }
     conn->resolving = NULL;
-    if (err == EVUTIL_EAI_CANCEL)
-        return; /* the connection is being freed */
     if (err != 0 || res == NULL) {
         snprintf(why, sizeof(why), "cannot resolve %.80s: %s", conn->sh->cfg.host,
                  evutil_gai_strerror(err));
@@ -546,6 +594,12 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
                                                    : "no answer to PING in time", 1);
             return;
         }
+    }
+    if (conn->ac && conn->ac->c.reader && conn->ac->c.reader->len > SHARED_MAX_READ_BUFFER) {
+        /* A reply larger than any of ours (a bulk string of gigabytes announced): not Redis
+         * as the proxy uses it. */
+        conn_drop(conn, SHARED_EV_FAILED, "a reply larger than 1 MiB", 1);
+        return;
     }
     if (conn->state == SHARED_DOWN && conn->resolving == NULL && now >= conn->retry_at_us)
         conn_start(conn);

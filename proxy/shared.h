@@ -84,6 +84,14 @@ void shared_stats_read(const struct shared *sh, struct shared_stats *st);
 /* ---- reply parsing (pure; exposed for the unit tests) ---- */
 
 struct redisReply;
+struct redisReader;
+/* Makes a hiredis reader refuse (as out of memory, which ends the connection) an array reply
+ * of more than SHARED_MAX_REPLY_ELEMENTS elements before allocating it: hiredis 0.14 would
+ * otherwise allocate whatever count a server announces (*2000000000 is 16 GB). */
+#define SHARED_MAX_REPLY_ELEMENTS 64
+/* Returns 0, or -1 when out of memory (the reader is then unchanged). */
+int shared_reader_limit(struct redisReader *r);
+
 /* The rate script's reply: {allowed (0|1), wait in microseconds}. Returns 0, or -1 when the
  * reply has another shape (an error reply, a script that is not ours). */
 int shared_parse_rate(const struct redisReply *r, int *allowed, double *wait);

@@ -9,7 +9,9 @@ Covered, each by its own test:
   Redis killed under load: no 5xx, each replica falls back to its share of the limit (logged
     once, counted, said in /readyz while ready); restarted: sharing resumes without a restart;
   Redis stopped (SIGSTOP, a Redis that no longer answers): requests are decided locally after
-    the timeout instead of stalling, and Redis is used again once it answers.
+    the timeout instead of stalling, and Redis is used again once it answers;
+  a client that leaves while its rate decision is pending, and pipelined requests each waiting
+    for one.
 """
 import hashlib
 import os
@@ -47,15 +49,16 @@ def client(secret, **extra):
 class Redis:
     """redis-server on a free loopback port, no RDB or AOF files, in its own directory."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, bind="127.0.0.1"):
         self.port = port or h.unused_port()
+        self.bind = bind
         self.dir = h.new_dir("redis")
         self.proc = None
         self.start()
 
     def start(self):
         self.proc = h._Process("redis-server", [
-            shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+            shutil.which("redis-server"), "--port", str(self.port), "--bind"] + self.bind.split() + [
             "--save", "", "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
             "--protected-mode", "yes", "--loglevel", "warning"])
         pt.wait_until(self.answers, 10, 0.05, "redis-server answering PING")
@@ -87,7 +90,7 @@ class SharedStateTest(unittest.TestCase):
         self.creds = {"asc": h.credential("app-store-connect", h.make_key())}
         self.routes = [h.route(self.up, "app-store-connect", "asc")]
 
-    def start_pair(self, quota_reserve=None):
+    def start_pair(self, quota_reserve=None, redis_host="127.0.0.1"):
         creds = {"asc": dict(self.creds["asc"])}
         if quota_reserve is not None:
             creds["asc"]["quota_reserve"] = quota_reserve
@@ -97,7 +100,7 @@ class SharedStateTest(unittest.TestCase):
             "fast": client(FAST, rate={"per_second": 1000, "burst": 1000}),
             "boss": client(PRIORITY, priority=True),
         }
-        shared = {"redis": "127.0.0.1:%d" % self.redis.port, "timeout": TIMEOUT, "replicas": 2,
+        shared = {"redis": "%s:%d" % (redis_host, self.redis.port), "timeout": TIMEOUT, "replicas": 2,
                   "key_prefix": "test%d:" % os.getpid()}
         config = h.write_config(creds, self.routes, workers=2, clients=clients,
                                 admin_listen="127.0.0.1:0", shared_state=shared)
@@ -268,6 +271,50 @@ class SharedStateTest(unittest.TestCase):
             self.wait_using_redis(px)
         statuses = [self.get(self.px[i % 2]).status for i in range(8)]
         self.assertEqual(statuses, [200] * 6 + [429] * 2)
+
+    def raw_request(self, secret, path="/v1/apps"):
+        return ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nProxy-Authorization: Bearer %s\r\n\r\n"
+                % (path, secret)).encode()
+
+    def test_client_gone_while_its_rate_decision_is_pending(self):
+        self.start_pair()
+        px = self.px[0]
+        # replies that arrive after the client left (Redis answering within a millisecond
+        # or two) ...
+        for _ in range(40):
+            with socket.create_connection(("127.0.0.1", px.port)) as s:
+                s.sendall(self.raw_request(FAST))
+        # ... and waits that end when Redis is dropped for being too slow
+        self.redis.proc.proc.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(5):
+                with socket.create_connection(("127.0.0.1", px.port)) as s:
+                    s.sendall(self.raw_request(FAST))
+            time.sleep(TIMEOUT * 3)
+        finally:
+            self.redis.proc.proc.send_signal(signal.SIGCONT)
+        self.wait_using_redis(px)
+        self.assertTrue(px.alive())
+        self.assertEqual(self.get(px, secret=FAST).status, 200)
+
+    def test_redis_named_by_host_name(self):
+        # the name goes through the worker's own resolver (hiredis would block on it); the
+        # hosts file answers for localhost, with 127.0.0.1 or ::1 (Redis listens on both)
+        self.redis.stop()
+        self.redis = Redis(port=self.redis.port, bind="127.0.0.1 ::1")
+        self.addCleanup(self.redis.stop)
+        self.start_pair(redis_host="localhost")
+        statuses = [self.get(self.px[i % 2]).status for i in range(7)]
+        self.assertEqual(statuses, [200] * 6 + [429])
+
+    def test_pipelined_requests_after_a_decision_from_redis(self):
+        self.start_pair()
+        with h.HttpClient(self.px[0].port) as c:
+            c.send(self.raw_request(LIMITED) * 3)
+            statuses = [c.read_response().status for _ in range(3)]
+        self.assertEqual(statuses, [200, 200, 200])
+        m = pt.metrics(self.px[0])
+        self.assertEqual(m.value("apple_auth_proxy_shared_rate_decisions_total", where="redis"), 3)
 
 
 if __name__ == "__main__":

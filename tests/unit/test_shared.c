@@ -146,6 +146,40 @@ static void test_figures_hostile(void **state)
     assert_int_equal(shared_parse_figures(NULL, &q), -1);
 }
 
+/* Regression (found by fuzz_redis_reply): hiredis allocated the element array a reply announced
+ * before any element arrived, 16 GB for "*2000000123". */
+static void test_reader_refuses_huge_arrays(void **state)
+{
+    static const char huge[] = "*2000000123\r\n$-1\r\n";
+    static const char big[] = "*65\r\n";
+    static const char ours[] = "*5\r\n:1\r\n:2\r\n:3\r\n:4\r\n:5\r\n";
+    redisReader *r = redisReaderCreate();
+    void *reply = NULL;
+    struct live_quota q;
+    (void)state;
+    assert_non_null(r);
+    assert_int_equal(shared_reader_limit(r), 0);
+    assert_int_equal(redisReaderFeed(r, huge, sizeof(huge) - 1), REDIS_OK);
+    assert_int_equal(redisReaderGetReply(r, &reply), REDIS_ERR);
+    assert_null(reply);
+    redisReaderFree(r);
+    r = redisReaderCreate();
+    assert_int_equal(shared_reader_limit(r), 0);
+    assert_int_equal(redisReaderFeed(r, big, sizeof(big) - 1), REDIS_OK);
+    assert_int_equal(redisReaderGetReply(r, &reply), REDIS_ERR);
+    redisReaderFree(r);
+    /* what the proxy's scripts answer still reads */
+    r = redisReaderCreate();
+    assert_int_equal(shared_reader_limit(r), 0);
+    assert_int_equal(redisReaderFeed(r, ours, sizeof(ours) - 1), REDIS_OK);
+    assert_int_equal(redisReaderGetReply(r, &reply), REDIS_OK);
+    assert_non_null(reply);
+    assert_int_equal(shared_parse_figures(reply, &q), 0);
+    assert_int_equal(q.mints, 5);
+    freeReplyObject(reply);
+    redisReaderFree(r);
+}
+
 static void test_states(void **state)
 {
     int fb = -1;
@@ -182,6 +216,7 @@ int main(void)
         cmocka_unit_test(test_rate_replies),        cmocka_unit_test(test_rate_replies_hostile),
         cmocka_unit_test(test_figures),             cmocka_unit_test(test_figures_hostile),
         cmocka_unit_test(test_states),
+        cmocka_unit_test(test_reader_refuses_huge_arrays),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
