@@ -97,6 +97,8 @@ struct h2conn {
     int closing;            /* being closed: callbacks do nothing more */
     int in_session;         /* inside nghttp2's recv or send: no nested send, no close */
     uint32_t goaway_error;  /* a GOAWAY's error code: the peer gave up on the connection */
+    struct event *flush_ev; /* writes once per loop iteration what every stream queued */
+    int flush_pending;
 };
 
 TAILQ_HEAD(h2conn_list, h2conn);
@@ -107,6 +109,7 @@ struct h2pool {
 
 static const struct stream_peer_ops h2s_peer_ops;
 static int conn_flush(struct h2conn *hc);
+static void conn_want_flush(struct h2conn *hc);
 static void conn_close(struct h2conn *hc, const char *why);
 static void h2s_bind(struct h2s *st);
 static void h2s_submit(struct h2s *st);
@@ -823,6 +826,8 @@ static void conn_ready(struct upconn *carrier, enum upstream_error err, const ch
         }
         TAILQ_REMOVE(&pool_h2(hc->pool)->conns, hc, link);
         WSTAT_ADD(worker_of(hc->pool), h2_connections, -1);
+        if (hc->flush_ev != NULL)
+            event_free(hc->flush_ev);
         free(hc);
         return;
     }
@@ -922,7 +927,35 @@ static void conn_close(struct h2conn *hc, const char *why)
         hc->sess = NULL;
     }
     WSTAT_ADD(worker_of(hc->pool), h2_connections, -1);
+    if (hc->flush_ev != NULL)
+        event_free(hc->flush_ev);
     free(hc);
+}
+
+/* The deferred flush: many exchanges' requests (or resets) in one loop iteration leave in one
+ * write, as few TLS records as they fill, instead of one write each. */
+static void conn_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct h2conn *hc = arg;
+    (void)fd;
+    (void)what;
+    hc->flush_pending = 0;
+    if (conn_flush(hc) == 0 && !hc->closing && hc->going_away && hc->nstreams == 0)
+        conn_close(hc, NULL);
+}
+
+static void conn_want_flush(struct h2conn *hc)
+{
+    if (hc->closing || hc->in_session)
+        return;
+    if (hc->flush_ev == NULL) {
+        conn_flush(hc);
+        return;
+    }
+    if (!hc->flush_pending) {
+        hc->flush_pending = 1;
+        event_active(hc->flush_ev, EV_TIMEOUT, 1);
+    }
 }
 
 static void conn_io_cb(struct stream *s, unsigned ev, void *arg)
@@ -1002,11 +1035,18 @@ static void h2s_bind(struct h2s *st)
         hc->cred = st->cred;
         hc->goaway_last = INT32_MAX;
         TAILQ_INIT(&hc->streams);
+        hc->flush_ev = event_new(worker_of(pool)->base, -1, 0, conn_flush_cb, hc);
+        if (hc->flush_ev == NULL) {
+            free(hc);
+            h2s_fail(st, ENOMEM);
+            return;
+        }
         TAILQ_INSERT_TAIL(&hp->conns, hc, link);
         WSTAT_ADD(worker_of(pool), h2_connections, 1);
         if (upstream_connect(pool, conn_ready, hc, &carrier) < 0) {
             TAILQ_REMOVE(&hp->conns, hc, link);
             WSTAT_ADD(worker_of(pool), h2_connections, -1);
+            event_free(hc->flush_ev);
             free(hc);
             h2s_fail(st, ENOMEM);
             return;
@@ -1018,7 +1058,7 @@ static void h2s_bind(struct h2s *st)
     hc->nstreams++;
     if (hc->sess != NULL) {
         h2s_submit(st);
-        conn_flush(hc);
+        conn_want_flush(hc);
     }
 }
 
@@ -1062,9 +1102,8 @@ void h2up_release(struct upconn *up)
         h2s_unbind(st);
         h2s_free(st);
     }
-    if (hc != NULL && !hc->closing && !hc->in_session && conn_flush(hc) == 0 &&
-        hc->going_away && hc->nstreams == 0)
-        conn_close(hc, NULL);
+    if (hc != NULL)
+        conn_want_flush(hc); /* the reset, and a GOAWAY'd connection's end */
 }
 
 /* The exchange settled its stream, or turned reading back on. */
@@ -1091,7 +1130,7 @@ static void h2s_poke(struct stream *s, void *peer)
     }
     h2s_consume(st);
     if (st->conn != NULL)
-        conn_flush(st->conn);
+        conn_want_flush(st->conn);
 }
 
 static const struct stream_peer_ops h2s_peer_ops = {h2s_poke};
