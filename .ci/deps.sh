@@ -28,7 +28,7 @@ fi
 
 if [ "${WITH_BENCH_TOOLS:-0}" = 1 ]; then
   # make bench (tests/bench/bench.py installs these itself when run as root).
-  packages+=(nginx haproxy wrk nghttp2-client strace valgrind linux-perf)
+  packages+=(nginx haproxy wrk nghttp2-client nghttp2-server strace valgrind linux-perf)
 fi
 
 # apt-get that waits for another apt or dpkg (a parallel `make test`, unattended-upgrades) instead
