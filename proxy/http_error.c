@@ -94,6 +94,7 @@ const char *http_reason(int status)
     case 407: return "Proxy Authentication Required";
     case 408: return "Request Timeout";
     case 409: return "Conflict";
+    case 410: return "Gone"; /* APNs: the device token is no longer registered */
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
     case 417: return "Expectation Failed";

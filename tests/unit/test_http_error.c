@@ -94,6 +94,7 @@ static void test_statuses(void **state)
     assert_int_equal(http_error_status(proxy_err_upstream_timeout), 504);
     assert_string_equal(http_reason(431), "Request Header Fields Too Large");
     assert_string_equal(http_reason(299), "Unknown");
+    assert_string_equal(http_reason(410), "Gone");
 }
 
 int main(void)
