@@ -71,6 +71,9 @@ struct exchange {
     char *up_head; /* the re-serialised head without the token line and the final CRLF */
     size_t up_head_len;
     uint64_t req_remaining;  /* Content-Length bodies: bytes still to forward */
+    uint64_t req_consumed;   /* bytes after the head the request parser has taken from the
+                                client's input (data and chunk framing): what an upstream
+                                connection has been given of the body */
     uint64_t resp_remaining;
     unsigned req_done : 1;      /* the request (with its body) has been forwarded */
     unsigned resp_started : 1;  /* the response head went to the client */
@@ -1071,13 +1074,30 @@ static void up_drained(struct client *c)
     }
 }
 
+/* Whether a request whose pooled connection closed before any answer goes once more on a
+ * new connection. A retry replays only what the exchange keeps: the head and the token line.
+ * The body is not kept: bytes of it that the request parser has consumed are gone from the
+ * client's input, and with them the framing they carried (a chunk-size line, the last chunk),
+ * which the parser will not produce again. So a request with a body is retried only while the
+ * parser has consumed none of it, and then the new connection gets exactly the same bytes as
+ * the first one; once anything was consumed the client gets a 502. Without a body, only
+ * idempotent methods are retried: the upstream may have acted on a whole request. */
+static int retry_allowed(const struct client *c)
+{
+    const struct exchange *x = c->x;
+    if (!c->up->reused || x->retried)
+        return 0;
+    if (x->req.body == HTTP1_BODY_NONE)
+        return x->idempotent;
+    return x->req_consumed == 0;
+}
+
 /* The upstream connection ended (EOF, or an error when failed). */
 static void up_closed(struct client *c, int failed)
 {
     struct exchange *x = c->x;
     if (x->resp.phase == 0) {
-        if (stream_input_length(&c->up->s) == 0 && c->up->reused && !x->retried &&
-            x->req.body_seen == 0 && (x->idempotent || x->req.body != HTTP1_BODY_NONE)) {
+        if (stream_input_length(&c->up->s) == 0 && retry_allowed(c)) {
             /* The pooled connection was closed by the upstream while idle: nothing of this
              * request can have been processed, so it goes once more on a fresh connection. */
             upstream_abort(c->up);
@@ -1153,7 +1173,7 @@ static void send_request(struct client *c)
         c->x->req_done = 1;
     } else if (c->x->req.expect_continue &&
                stream_input_length(&c->s) == 0 &&
-               c->x->req.body_seen == 0) {
+               c->x->req.body_seen == 0 && !c->x->retried) {
         ADD_LITERAL(stream_output(&c->s), "HTTP/1.1 100 Continue\r\n\r\n");
     }
 }
@@ -1250,6 +1270,7 @@ static void feed_body(struct client *c)
             size_t n = avail < c->x->req_remaining ? avail : (size_t)c->x->req_remaining;
             evbuffer_remove_buffer(in, out, n);
             c->x->req.body_seen += n;
+            c->x->req_consumed += n;
             c->x->req_remaining -= n;
             if (c->x->req_remaining == 0)
                 c->x->req_done = 1;
@@ -1260,6 +1281,7 @@ static void feed_body(struct client *c)
                 break;
             int r = http1_parse_body(&c->x->req, v.iov_base, v.iov_len, &used);
             evbuffer_drain(in, used);
+            c->x->req_consumed += used;
             if (r < 0) {
                 const char *code = code_for_status(c->x->req.error_status);
                 c->x->close_after = 1;
@@ -1581,6 +1603,7 @@ static void start_exchange(struct client *c)
     }
     c->x->keep_alive = m->keep_alive;
     c->x->req_done = c->x->resp_started = c->x->retried = c->x->token_retried = c->x->discard = 0;
+    c->x->req_consumed = 0;
     c->x->close_after = c->x->chunked_out = c->x->last_chunk = 0;
     c->x->req.sink = &req_sink;
     c->x->req.sink_arg = c;

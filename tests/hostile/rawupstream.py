@@ -21,6 +21,8 @@ list of actions. Actions:
                              sent so far is conn.body_sent)
 
 After the actions, unless one of them closed the connection, the next request is read.
+cut_when(pred) closes a connection in the middle of a request instead: once, as soon as
+pred(bytes that connection received since the call) is true.
 Which script answers a request: the oldest one given to queue() (one-shot) if any, else the
 one given to set_behaviour() (persistent) if any, else ok_response() with a small JSON body.
 Every default answer carries X-Upstream-Conn (the connection id) and X-Upstream-Request (its
@@ -258,6 +260,7 @@ class RawUpstream:
         self.conns = []
         self._queue = []
         self._behaviour = None
+        self._cut = None
         self._stopping = False
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -285,6 +288,23 @@ class RawUpstream:
         with self.lock:
             self._queue = []
             self._behaviour = None
+            self._cut = None
+
+    def cut_when(self, pred):
+        """One-shot: the first connection whose bytes received from now on satisfy pred is
+        closed cleanly (close_notify, then FIN) at that moment, wherever in a request it is."""
+        with self.lock:
+            self._cut = (pred, {id(c): len(c.data) for c in self.conns})
+
+    def _cut_due(self, conn):
+        with self.lock:
+            if self._cut is None:
+                return False
+            pred, start = self._cut
+            if not pred(bytes(conn.data[start.get(id(conn), 0):])):
+                return False
+            self._cut = None
+            return True
 
     def _script_for(self, conn, raw):
         with self.lock:
@@ -465,6 +485,14 @@ class RawUpstream:
             data = b""
         if data:
             self._record(conn, data)
+            if self._cut_due(conn):
+                try:
+                    tls.settimeout(1.0)
+                    tls.unwrap().close()
+                except (OSError, ValueError, ssl.SSLError):
+                    pass
+                self._end(conn, "us")
+                return b""
         return data
 
     def _read_request(self, conn, tls, buf):

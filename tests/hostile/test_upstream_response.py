@@ -12,13 +12,14 @@ Every request the upstream received is also judged with parse_request_strict.
 """
 import json
 import os
+import socket
 import sys
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hostile import (ASC, ProxyFixture, converse, error_code, ok_response,  # noqa: E402
-                     parse_request_strict)
+from hostile import (ASC, ProxyFixture, converse, error_code, h,  # noqa: E402
+                     ok_response, parse_request_strict)
 
 RESPONSE_TIMEOUT = 1.5
 GET = b"GET /v1/apps HTTP/1.1\r\nHost: " + ASC.encode() + b"\r\n\r\n"
@@ -321,6 +322,107 @@ class UpstreamResponseTest(unittest.TestCase):
         o = converse(fx.port, raw)
         self.assertEqual(o.statuses(), [502], "%r" % o)
         self.assertEqual(len(fx.up.requests_since(mark)), 1)
+
+    # The retry of a request whose pooled connection dies, at each point of a chunked
+    # upload. The body hides a whole second request after a "0" chunk: were a chunk-size line
+    # lost on the way to a new connection, the upstream would read the client's data as
+    # framing and run that request.
+    SMUGGLED = (b"0\r\n\r\nDELETE /v1/smuggled HTTP/1.1\r\nHost: " + ASC.encode() +
+                b"\r\nContent-Length: 0\r\n\r\n")
+    CHUNKED_HEAD = (b"POST /v1/x HTTP/1.1\r\nHost: " + ASC.encode() +
+                    b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+    def retry_case(self, first, rest, cut, body):
+        """Pools a connection, arms a cut of it at `cut` (a predicate on the bytes it receives),
+        sends `first`, waits for the cut, then sends `rest`. The client must get a 200 from a
+        correctly framed request carrying `body` on a new connection, or a 502; whatever the
+        upstream received is the client's framing and nothing else."""
+        fx = self.fx
+        self.assertEqual(converse(fx.port, GET).statuses(), [200])  # a pooled connection
+        mark = fx.up.mark()
+        fx.up.cut_when(cut)
+        c = h.HttpClient(fx.port, timeout=RESPONSE_TIMEOUT + 8)
+        try:
+            c.send(first)
+            # (wait() holds the upstream's lock while it calls these: they read conns bare.)
+            fx.up.wait(lambda: any(x.closed_by == "us" for x in fx.up.conns), timeout=10)
+            # Give a retry time to open its connection before the rest arrives.
+            fx.up.wait(lambda: len(fx.up.conns) > mark.nconns, timeout=1.0)
+            if rest:
+                try:
+                    c.send(rest)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+            try:
+                r = c.read_response("POST")
+            except (socket.timeout, TimeoutError):
+                self.fail("no answer: the retried request hangs")
+        finally:
+            c.close()
+        self.assertIn(r.status, (200, 502), "%r" % r.body)
+        if r.status == 502:
+            self.assertEqual(error_code(r), "PROXY_UPSTREAM_UNREACHABLE")
+        # Every byte a connection other than the cut one received must be whole requests,
+        # each exactly as the client framed it.
+        fx.up.wait(lambda: r.status == 502 or fx.up._requests_since_nolock(mark), timeout=5)
+        time.sleep(0.2)
+        cut_conns = [x for x in fx.up.conns if x.closed_by == "us"]
+        for conn in fx.up.new_conns(mark):
+            data = bytes(conn.data)
+            self.assertNotIn(b"/v1/smuggled", data.split(b"\r\n\r\n", 1)[0])
+            if conn in cut_conns or not data:
+                continue
+            req = parse_request_strict(data, ASC)
+            self.assertEqual(req.body, body, "the new connection got %r" % data[-200:])
+        if r.status == 200:
+            reqs = [(conn, raw) for conn, raw in fx.up.requests_since(mark)]
+            self.assertEqual(len(reqs), 1, "%r" % reqs)
+            self.assertEqual(parse_request_strict(reqs[0][1], ASC).body, body)
+        for conn, raw in fx.up.requests_since(mark):
+            self.assertEqual(raw.split(b" ", 2)[1], b"/v1/x", "%r" % raw[:300])
+
+    @staticmethod
+    def _head_seen(d):
+        return b"\r\n\r\n" in d
+
+    def test_retry_cut_after_head_is_retried_whole(self):
+        """Cut once the head is up, before any of the body was read from the client: retried,
+        and the new connection gets the whole request."""
+        data = b"%x\r\n" % len(self.SMUGGLED) + self.SMUGGLED + b"\r\n0\r\n\r\n"
+        self.retry_case(self.CHUNKED_HEAD, data, self._head_seen, self.SMUGGLED)
+
+    def test_retry_cut_after_chunk_size_line_regression(self):
+        """Cut after the head and the first chunk-size line: that line was consumed, so a
+        retry could not resend it; the client gets a 502 and the data is never read as framing
+        (a retry used to send the chunk's data as if it were framing)."""
+        size = b"%x\r\n" % len(self.SMUGGLED)
+
+        def cut(d):
+            i = d.find(b"\r\n\r\n")
+            return i >= 0 and d.endswith(b"\r\n") and len(d) > i + 4
+        self.retry_case(self.CHUNKED_HEAD + size, self.SMUGGLED + b"\r\n0\r\n\r\n", cut,
+                        self.SMUGGLED)
+
+    def test_retry_cut_mid_chunk_data(self):
+        """Cut in the middle of a chunk's data: a 502, nothing more reaches any upstream."""
+        size = b"%x\r\n" % len(self.SMUGGLED)
+        half = self.SMUGGLED[:10]
+        self.retry_case(self.CHUNKED_HEAD + size + half,
+                        self.SMUGGLED[10:] + b"\r\n0\r\n\r\n",
+                        lambda d: d.endswith(half), self.SMUGGLED)
+
+    def test_retry_cut_after_last_chunk(self):
+        """Cut after the whole request (data and the last chunk) went up: the upstream may have
+        acted on it, so a 502."""
+        body = b"hello"
+        self.retry_case(self.CHUNKED_HEAD + b"5\r\nhello\r\n0\r\n\r\n", b"",
+                        lambda d: d.endswith(b"0\r\n\r\n"), body)
+
+    def test_retry_cut_after_empty_chunked_body_regression(self):
+        """An empty chunked body ("0" chunk only) cut after it went up: answered (a 502), never
+        left hanging (a retry used to send the head without the last chunk and wait forever)."""
+        self.retry_case(self.CHUNKED_HEAD + b"0\r\n\r\n", b"",
+                        lambda d: d.endswith(b"0\r\n\r\n"), b"")
 
     def test_te_chunked_with_trailing_whitespace(self):
         """RFC 9110 5.5 allows OWS after a field value, so "chunked<TAB>" is chunked; whatever
