@@ -49,6 +49,8 @@ void conf_free(struct conf *conf)
     free(conf->intercept_ca_dir);
     conf_shared_deinit(&conf->shared);
     free(conf->source);
+    conf_strings_free(conf->server_names, conf->nserver_names);
+    conf_strings_free(conf->allowed_origins, conf->nallowed_origins);
     free(conf);
 }
 
@@ -701,6 +703,16 @@ static const struct conf_field conf_top_fields[] = {
     {.name = "access_log", .set = conf_set_access_log},
     {.name = "intercept", .set = conf_set_intercept},
     {.name = "shared_state", .set = conf_set_shared},
+    {.name = "server_names",
+     .set = conf_set_strings,
+     .offset = offsetof(struct conf, server_names),
+     .count_offset = offsetof(struct conf, nserver_names),
+     .check = conf_check_server_name},
+    {.name = "allowed_origins",
+     .set = conf_set_strings,
+     .offset = offsetof(struct conf, allowed_origins),
+     .count_offset = offsetof(struct conf, nallowed_origins),
+     .check = conf_check_allowed_origin},
     /* At least 10 s: a token must not expire between being taken and reaching Apple. */
     {.name = "token_refresh_margin",
      .set = conf_set_margin,

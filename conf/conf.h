@@ -21,6 +21,9 @@ struct conf_addr {
     char *tls_client_ca_file; /* optional: client certificates are verified against these CAs
                                  (mutual TLS; a verified certificate identifies a client by its
                                  subject, see conf_client.cert_subject) */
+    char **server_names;      /* "server_names" of a listener object: more names a request's
+                                 Host may give for this listener (the browser rule) */
+    size_t nserver_names;
 };
 
 /* One "allow" rule of a client: a request is allowed when its method is one of methods (all
@@ -153,6 +156,13 @@ struct conf {
                                    upstream is intercepted with the CA kept there; NULL: off */
     char *source;               /* the file it came from, or "environment" */
     struct conf_shared shared;  /* "shared_state" */
+    char **server_names;        /* "server_names" (or APPLE_AUTH_PROXY_SERVER_NAMES): names a
+                                   request's Host may give on every listener, besides localhost,
+                                   loopback and listener addresses and the upstreams' names */
+    size_t nserver_names;
+    char **allowed_origins;     /* "allowed_origins": web origins ("https://host[:port]") whose
+                                   pages may send requests through the proxy; none by default */
+    size_t nallowed_origins;
 };
 
 /* Loads and validates a JSON configuration file, and loads every key it names. On success returns
@@ -196,6 +206,10 @@ const struct credential *conf_credential(const struct conf *conf, const char *na
  * address; allow_port0 permits port 0. */
 int conf_addr_parse(const char *text, struct conf_addr *addr, int allow_port0);
 void conf_addr_deinit(struct conf_addr *addr);
+/* Moves what a listener object adds to an address (its TLS files and server_names) from src
+ * to dst, whose own are freed first: an override of the listen addresses keeps them. Returns
+ * whether src had any. */
+int conf_addr_move_settings(struct conf_addr *dst, struct conf_addr *src);
 
 /* conf_free(NULL) is a no-op. */
 void conf_free(struct conf *conf);

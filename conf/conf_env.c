@@ -45,6 +45,7 @@
 #define ENV_ADMIN        "APPLE_AUTH_PROXY_ADMIN_LISTEN"
 #define ENV_ANONYMOUS    "APPLE_AUTH_PROXY_ALLOW_ANONYMOUS_CLIENTS"
 #define ENV_CA_DIR       "APPLE_AUTH_PROXY_INTERCEPT_CA_DIR"
+#define ENV_SERVER_NAMES "APPLE_AUTH_PROXY_SERVER_NAMES"
 
 #define ASC_SET                                                                                    \
     ASC_KEY_ID ", " ASC_ISSUER_ID " (absent for an individual key) and " ASC_KEY_FILEPATH          \
@@ -479,12 +480,10 @@ static size_t conf_env_keep_tls(struct conf *conf, struct conf_addr *list, size_
         for (j = 0; j < conf->nlisten; j++) {
             struct conf_addr *old = &conf->listen[j];
 
-            if (old->tls_cert_file == NULL || strcmp(old->text, list[i].text) != 0)
+            if ((old->tls_cert_file == NULL && old->nserver_names == 0) ||
+                strcmp(old->text, list[i].text) != 0)
                 continue;
-            list[i].tls_cert_file = old->tls_cert_file;
-            list[i].tls_key_file = old->tls_key_file;
-            list[i].tls_client_ca_file = old->tls_client_ca_file;
-            old->tls_cert_file = old->tls_key_file = old->tls_client_ca_file = NULL;
+            conf_addr_move_settings(&list[i], old);
             break;
         }
     for (j = 0; j < conf->nlisten; j++) {
@@ -499,6 +498,59 @@ static size_t conf_env_keep_tls(struct conf *conf, struct conf_addr *list, size_
         bad++;
     }
     return bad;
+}
+
+/* APPLE_AUTH_PROXY_SERVER_NAMES: comma-separated names replacing the top-level server_names
+ * (a container reached by its service name needs one). */
+static void conf_env_server_names(struct conf *conf, conf_getenv_fn g, struct conf_msgs *errs)
+{
+    const char *v = conf_env_get(g, ENV_SERVER_NAMES), *p;
+    char **names;
+    size_t n = 0, i = 0, k, bad = 0;
+
+    if (v == NULL)
+        return;
+    for (p = v; *p != '\0'; p++)
+        n += *p == ',';
+    if (++n > CONF_MAX_LIST) {
+        conf_msgs_add(errs, ENV_SERVER_NAMES, "at most %d names", CONF_MAX_LIST);
+        return;
+    }
+    names = calloc(n + 1, sizeof *names);
+    if (names == NULL) {
+        errs->oom = 1;
+        return;
+    }
+    for (p = v, k = 0; k < n; k++) {
+        size_t len = strcspn(p, ",");
+        char *entry = conf_env_trimmed(p, len);
+        char shown[72];
+
+        p += len + (p[len] == ',');
+        if (entry == NULL) {
+            errs->oom = 1;
+            bad++;
+            break;
+        }
+        if (entry[0] == '\0') {
+            free(entry);
+        } else if (conf_check_server_name(entry) != NULL) {
+            conf_printable(entry, shown, sizeof shown);
+            conf_msgs_add(errs, ENV_SERVER_NAMES, "%s (got \"%s\")",
+                          conf_check_server_name(entry), shown);
+            free(entry);
+            bad++;
+        } else {
+            names[i++] = entry;
+        }
+    }
+    if (bad > 0) {
+        conf_strings_free(names, i);
+        return;
+    }
+    conf_strings_free(conf->server_names, conf->nserver_names);
+    conf->server_names = names;
+    conf->nserver_names = i;
 }
 
 void conf_env_overrides(struct conf *conf, conf_getenv_fn g, struct conf_msgs *errs)
@@ -585,6 +637,7 @@ workers:
         }
         free(t);
     }
+    conf_env_server_names(conf, g, errs);
     v = conf_env_get(g, ENV_ANONYMOUS);
     if (v != NULL && conf_env_bool(v, &conf->allow_anonymous_clients) != 0)
         conf_msgs_add(errs, ENV_ANONYMOUS, "expected true or false (or 1/0, yes/no)");

@@ -174,9 +174,30 @@ static void conf_set_listen_tls(struct conf_ctx *ctx, const cJSON *item, const c
     }
 }
 
+/* "server_names" is refused on admin_listen: the admin endpoints carry no token. */
+static void conf_set_listen_names(struct conf_ctx *ctx, const cJSON *item, const char *path,
+                                  void *base, const struct conf_field *f)
+{
+    struct conf_listen_in *in = base;
+
+    if (in->admin) {
+        conf_msgs_add(ctx->errs, path, "not allowed on admin_listen");
+        return;
+    }
+    conf_strings_free(in->addr.server_names, in->addr.nserver_names);
+    in->addr.server_names = NULL;
+    in->addr.nserver_names = 0;
+    conf_set_strings(ctx, item, path, base, f);
+}
+
 static const struct conf_field conf_listen_fields[] = {
     {.name = "address", .set = conf_set_listen_address},
     {.name = "tls", .set = conf_set_listen_tls},
+    {.name = "server_names",
+     .set = conf_set_listen_names,
+     .offset = offsetof(struct conf_listen_in, addr.server_names),
+     .count_offset = offsetof(struct conf_listen_in, addr.nserver_names),
+     .check = conf_check_server_name},
 };
 #define CONF_NLISTEN_FIELDS (sizeof conf_listen_fields / sizeof conf_listen_fields[0])
 

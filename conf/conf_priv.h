@@ -72,6 +72,11 @@ const char *conf_check_env_name(const char *s);
 const char *conf_check_path_prefix(const char *s);
 const char *conf_check_credential_name(const char *s);
 const char *conf_check_route_host(const char *s);
+const char *conf_check_server_name(const char *s);
+const char *conf_check_allowed_origin(const char *s);
+
+/* Frees a list of n strings (and the list); NULL is a no-op. */
+void conf_strings_free(char **v, size_t n);
 
 /* Parses an address with the reason for a refusal in why. */
 int conf_addr_parse_why(const char *text, struct conf_addr *addr, int allow_port0, char *why,

@@ -345,6 +345,63 @@ const char *conf_check_route_host(const char *s)
                                             "api.example.com";
 }
 
+static int conf_port_parse(const char *s, size_t n, int allow0, int *port, char *why,
+                           size_t whylen);
+
+/* A name a request's Host may give for the proxy: a DNS name or an IPv4 address, no port. */
+const char *conf_check_server_name(const char *s)
+{
+    return conf_hostname_ok(s, strlen(s)) ? NULL
+                                          : "expected a host name without a port, such as "
+                                            "proxy.example.internal";
+}
+
+/* An origin as browsers send it in Origin (RFC 6454 6.1): "http" or "https", "://", a host
+ * name or bracketed IPv6 address, an optional port, nothing after it. "null" is refused: it
+ * is what every sandboxed frame and file: page sends, so allowing it would allow them all. */
+const char *conf_check_allowed_origin(const char *s)
+{
+    static const char want[] = "expected a web origin such as https://dashboard.example.com "
+                               "(http or https, a host, an optional port, no path)";
+    const char *host, *end;
+    size_t n;
+
+    if (strcmp(s, "null") == 0)
+        return "\"null\" is the origin of every sandboxed frame and local file: it cannot be "
+               "allowed";
+    if (strncmp(s, "https://", 8) == 0)
+        host = s + 8;
+    else if (strncmp(s, "http://", 7) == 0)
+        host = s + 7;
+    else
+        return want;
+    if (host[0] == '[') {
+        end = strchr(host, ']');
+        if (end == NULL || !conf_ipv6_ok(host + 1, (size_t)(end - host - 1)))
+            return want;
+        end++;
+    } else {
+        n = strcspn(host, ":");
+        if (!conf_hostname_ok(host, n))
+            return want;
+        end = host + n;
+    }
+    if (*end == ':') {
+        int port;
+        char why[80];
+        n = strlen(end + 1);
+        if (conf_port_parse(end + 1, n, 0, &port, why, sizeof why) != 0)
+            return want;
+        end += 1 + n;
+    }
+    if (*end != '\0')
+        return want;
+    for (; *s != '\0'; s++)
+        if (*s >= 'A' && *s <= 'Z')
+            return "expected an origin in lower case, as browsers send it";
+    return NULL;
+}
+
 /* Parses a decimal port; -1 with why on anything else. */
 static int conf_port_parse(const char *s, size_t n, int allow0, int *port, char *why, size_t whylen)
 {
@@ -447,7 +504,38 @@ void conf_addr_deinit(struct conf_addr *addr)
     free(addr->tls_cert_file);
     free(addr->tls_key_file);
     free(addr->tls_client_ca_file);
+    conf_strings_free(addr->server_names, addr->nserver_names);
     memset(addr, 0, sizeof *addr);
+}
+
+int conf_addr_move_settings(struct conf_addr *dst, struct conf_addr *src)
+{
+    int had = src->tls_cert_file != NULL || src->nserver_names > 0;
+
+    free(dst->tls_cert_file);
+    free(dst->tls_key_file);
+    free(dst->tls_client_ca_file);
+    conf_strings_free(dst->server_names, dst->nserver_names);
+    dst->tls_cert_file = src->tls_cert_file;
+    dst->tls_key_file = src->tls_key_file;
+    dst->tls_client_ca_file = src->tls_client_ca_file;
+    dst->server_names = src->server_names;
+    dst->nserver_names = src->nserver_names;
+    src->tls_cert_file = src->tls_key_file = src->tls_client_ca_file = NULL;
+    src->server_names = NULL;
+    src->nserver_names = 0;
+    return had;
+}
+
+void conf_strings_free(char **v, size_t n)
+{
+    size_t i;
+
+    if (v == NULL)
+        return;
+    for (i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
 }
 
 /* Parses "https://name[:port]" with at most a trailing "/". Returns NULL with *host (malloc'd,

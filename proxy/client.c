@@ -38,6 +38,7 @@
 #include <openssl/x509.h>
 
 #include "proxy/accesslog.h"
+#include "proxy/browser.h"
 #include "proxy/gateway.h"
 #include "proxy/http1.h"
 #include "proxy/http_error.h"
@@ -133,6 +134,7 @@ struct client {
     int tunnel_port;
     unsigned up_gen;            /* counts upstream connections attached (see up_cb) */
     unsigned char state;        /* enum client_state */
+    unsigned short listener;    /* index in the configuration's listen list (at most 64) */
     unsigned dead : 1;
     unsigned client_eof : 1;
     unsigned read_paused : 1;   /* client reading stopped for backpressure */
@@ -1564,6 +1566,33 @@ static void rate_ask(struct client *c, const struct conf_client *cl, int keep)
         rate_conclude(c, -1, 0); /* not sent (Redis went away just now): decided here */
 }
 
+/* The browser rule (proxy/browser.c): 0 when the request may go on, else -1 after the refusal
+ * (logged: a page trying the proxy is worth an operator's attention). */
+static int check_browser(struct client *c, const struct runtime *rt, const struct http1_msg *m)
+{
+    char detail[256];
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    enum browser_verdict v =
+        browser_check(rt->conf, c->listener, m, NULL, detail, sizeof(detail));
+    if (v == BROWSER_NEED_LOCAL) {
+        const struct sockaddr *local =
+            getsockname(stream_fd(&c->s), (struct sockaddr *)&ss, &sl) == 0
+                ? (const struct sockaddr *)&ss : NULL;
+        v = local ? browser_check(rt->conf, c->listener, m, local, detail, sizeof(detail))
+                  : BROWSER_MISDIRECTED;
+        if (local == NULL)
+            snprintf(detail, sizeof(detail), "the connection's own address is unknown");
+    }
+    if (v == BROWSER_OK)
+        return 0;
+    log_msg(LOG_WARN, "client %s: refused by the browser rule: %s", peer(c), detail);
+    evbuffer_drain(stream_input(&c->s), m->head_len);
+    reply_error(c, v == BROWSER_MISDIRECTED ? proxy_err_misdirected : proxy_err_browser_forbidden,
+                detail, m->body == HTTP1_BODY_NONE);
+    return -1;
+}
+
 /* The head is complete: plan it (route, token, upstream head), drain it from the input and
  * start the exchange, or answer the proxy's error. */
 static void start_exchange(struct client *c)
@@ -1613,6 +1642,9 @@ static void start_exchange(struct client *c)
     const struct conf_client *cl = NULL;
     struct gateway_verdict v;
     int rate_remote = 0;
+    /* Before anything else, even who is asking: a web page gets no further. */
+    if (check_browser(c, rt, m) < 0)
+        return;
     /* Who is asking comes first: an unknown client learns nothing about the routes. */
     if (c->tunnel_client)
         tunnel_identify(c, rt, &cl, &v);
@@ -1866,7 +1898,7 @@ static void client_cb(struct stream *s, unsigned ev, void *arg)
 }
 
 int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen,
-               SSL_CTX *tls)
+               SSL_CTX *tls, size_t listener)
 {
     const struct conf_limits *lim = &w->gen->rt->conf->limits;
     struct client *c = calloc(1, sizeof(*c));
@@ -1894,6 +1926,7 @@ int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t 
         return -1;
     }
     c->tls = ssl != NULL;
+    c->listener = (unsigned short)listener;
     if ((size_t)addrlen <= sizeof(c->peer_addr))
         memcpy(&c->peer_addr, addr, (size_t)addrlen);
     TAILQ_INSERT_TAIL(&w->clients, c, link);

@@ -8,9 +8,10 @@
 #include <openssl/ssl.h>
 
 /* Takes the accepted socket (closed on failure). tls: the listener's server context for HTTPS
- * listeners, NULL for plain HTTP. Returns 0 or -1. */
+ * listeners, NULL for plain HTTP. listener: its index in the configuration's listen list.
+ * Returns 0 or -1. */
 int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen,
-               SSL_CTX *tls);
+               SSL_CTX *tls, size_t listener);
 
 /* Draining: idle connections close now, busy ones after their current exchange. */
 void client_drain_all(struct worker *w);

@@ -9,6 +9,8 @@ const char proxy_err_bad_request[] = "PROXY_BAD_REQUEST";
 const char proxy_err_forbidden_host[] = "PROXY_FORBIDDEN_HOST";
 const char proxy_err_no_route[] = "PROXY_NO_ROUTE";
 const char proxy_err_client_forbidden[] = "PROXY_CLIENT_FORBIDDEN";
+const char proxy_err_browser_forbidden[] = "PROXY_BROWSER_FORBIDDEN";
+const char proxy_err_misdirected[] = "PROXY_MISDIRECTED_REQUEST";
 const char proxy_err_proxy_auth[] = "PROXY_AUTHENTICATION_REQUIRED";
 const char proxy_err_rate_limited[] = "PROXY_RATE_LIMITED";
 const char proxy_err_quota_reserved[] = "PROXY_QUOTA_RESERVED";
@@ -40,6 +42,8 @@ static const struct {
     {proxy_err_forbidden_host, 403, "The proxy does not forward to this host."},
     {proxy_err_no_route, 404, "No route matches this request."},
     {proxy_err_client_forbidden, 403, "This client may not make this request."},
+    {proxy_err_browser_forbidden, 403, "The proxy does not serve requests from web pages."},
+    {proxy_err_misdirected, 421, "The request's Host does not name this proxy."},
     {proxy_err_proxy_auth, 407, "The gateway needs client credentials."},
     {proxy_err_rate_limited, 429, "The client is over its request rate."},
     {proxy_err_quota_reserved, 429, "The rest of Apple's hourly quota is reserved."},
@@ -98,6 +102,7 @@ const char *http_reason(int status)
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
     case 417: return "Expectation Failed";
+    case 421: return "Misdirected Request";
     case 422: return "Unprocessable Content";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";

@@ -11,6 +11,8 @@
 extern const char proxy_err_bad_request[];        /* 400 PROXY_BAD_REQUEST */
 extern const char proxy_err_forbidden_host[];     /* 403 PROXY_FORBIDDEN_HOST */
 extern const char proxy_err_client_forbidden[];   /* 403 PROXY_CLIENT_FORBIDDEN */
+extern const char proxy_err_browser_forbidden[];  /* 403 PROXY_BROWSER_FORBIDDEN */
+extern const char proxy_err_misdirected[];        /* 421 PROXY_MISDIRECTED_REQUEST */
 extern const char proxy_err_proxy_auth[];         /* 407 PROXY_AUTHENTICATION_REQUIRED */
 extern const char proxy_err_rate_limited[];       /* 429 PROXY_RATE_LIMITED */
 extern const char proxy_err_quota_reserved[];     /* 429 PROXY_QUOTA_RESERVED */

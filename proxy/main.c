@@ -419,12 +419,10 @@ static int cmd_serve(int argc, char **argv)
         for (size_t k = 0; k < nlisten; k++)
             for (size_t j = 0; j < conf->nlisten; j++) {
                 struct conf_addr *old = &conf->listen[j];
-                if (old->tls_cert_file == NULL || strcmp(old->text, addrs[k].text) != 0)
+                if ((old->tls_cert_file == NULL && old->nserver_names == 0) ||
+                    strcmp(old->text, addrs[k].text) != 0)
                     continue;
-                addrs[k].tls_cert_file = old->tls_cert_file;
-                addrs[k].tls_key_file = old->tls_key_file;
-                addrs[k].tls_client_ca_file = old->tls_client_ca_file;
-                old->tls_cert_file = old->tls_key_file = old->tls_client_ca_file = NULL;
+                conf_addr_move_settings(&addrs[k], old);
                 break;
             }
         for (size_t j = 0; j < conf->nlisten; j++)

@@ -31,6 +31,7 @@ static const char *const error_codes[] = {
     proxy_err_rate_limited,       proxy_err_quota_reserved,       proxy_err_apple_retry_after,
     proxy_err_http_version,       proxy_err_internal,             proxy_err_intercept,
     proxy_err_token_exchange,
+    proxy_err_browser_forbidden,  proxy_err_misdirected,
 };
 #define NERRORS (sizeof(error_codes) / sizeof(error_codes[0]))
 

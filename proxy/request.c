@@ -164,6 +164,12 @@ static int plan_routed(const struct request_routes *routes, const struct http1_m
                        struct request_plan *p, const char *host, size_t host_len, int absolute,
                        const char *path, size_t path_len);
 
+int request_target_is_absolute(const char *t, size_t n)
+{
+    return (n > 7 && strncasecmp(t, "http://", 7) == 0) ||
+           (n > 8 && strncasecmp(t, "https://", 8) == 0);
+}
+
 static void plan_start(const struct http1_msg *m, struct request_plan *p)
 {
     memset(p, 0, sizeof(*p));
@@ -228,8 +234,7 @@ int request_plan(const struct request_routes *routes, const struct http1_msg *m,
              0);
         return 0;
     }
-    if (path_len > 7 && (strncasecmp(path, "http://", 7) == 0 ||
-                         (path_len > 8 && strncasecmp(path, "https://", 8) == 0))) {
+    if (request_target_is_absolute(path, path_len)) {
         /* absolute-form (what clients send through HTTP_PROXY): routed by its own host */
         const char *auth = path + (path[4] == ':' ? 7 : 8);
         const char *end = m->target + m->target_len;

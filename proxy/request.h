@@ -46,6 +46,9 @@ int request_plan_tunnel(const struct request_routes *routes, const struct http1_
                         const char *host, size_t host_len, int port, struct request_plan *p);
 void request_plan_deinit(struct request_plan *p);
 
+/* Whether a request target is in absolute form ("http://..." or "https://...", any case). */
+int request_target_is_absolute(const char *t, size_t n);
+
 /* RFC 9110 7.6.1 hop-by-hop fields, plus the proxy credentials that never cross the proxy. */
 int http_is_hop_by_hop(const char *name, size_t len);
 /* Whether a Connection header of m lists this field name. */

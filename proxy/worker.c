@@ -106,7 +106,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
         return;
     }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (client_new(w, fd, addr, (socklen_t)len, wl->tls) < 0)
+    if (client_new(w, fd, addr, (socklen_t)len, wl->tls, (size_t)(wl - w->listeners)) < 0)
         server_client_leave(w->server);
 }
 

@@ -131,8 +131,10 @@ CASES = [
     # Host and friends cannot redirect the token
     Case("x_forwarded_host_foreign", get(b"X-Forwarded-Host: evil.example"), Forward()),
     Case("forwarded_host_foreign", get(b"Forwarded: host=evil.example;proto=https"), Forward()),
-    Case("host_foreign_origin_form", get(b"Host: evil.example", host=False), Forward(),
-         "origin-form with a foreign Host still goes to the configured upstream, Host rewritten"),
+    Case("host_foreign_origin_form", get(b"Host: evil.example", host=False),
+         Reject(421, code="PROXY_MISDIRECTED_REQUEST", closed=None),
+         "origin-form with a Host that does not name the proxy (a page rebinding its own name "
+         "to the proxy's address) is refused: nothing goes upstream"),
     Case("host_with_port", get(b"Host: " + ASC.encode() + b":8443", host=False), Forward()),
     Case("double_slash_path", get(line=b"GET //evil.example/v1/apps HTTP/1.1"),
          Forward(target(b"//evil.example/v1/apps"))),

@@ -357,9 +357,30 @@ class GatewayTest(unittest.TestCase):
         # HTTP_PROXY-style absolute form, and a path no route would take: same answer, before
         # any routing (an unknown client learns nothing about the routes)
         assert_407(self, self.gw.get("http://%s/v1/apps" % ASC, host=ASC))
-        assert_407(self, self.gw.get("/nothing/routes/here", host="example.org"))
+        assert_407(self, self.gw.get("/nothing/routes/here", host="localhost"))
         # a body is read or the connection closed; the answer is the same
         assert_407(self, self.gw.get("/v1/apps", method="POST", body=b'{"data":{}}'))
+        self.assert_nothing_forwarded(mark)
+
+    def test_browser_rule_on_gateway_listeners_regression(self):
+        """An identified client's request is still refused when its Host does not name the
+        gateway (421) or a web page sent it (403), on the plain and the mutual-TLS listener:
+        a browser can hold a client certificate or cached proxy credentials."""
+        mark = self.up.mark()
+        auth = bearer(self.gw.secrets["dev-alice"])
+        for tls in (None, self.gw.mtls()):
+            port = self.gw.tls_port if tls else self.gw.port
+            r = send(port, "GET", "/v1/apps", auth, host="r.attacker.example:8080", tls=tls)
+            self.assertEqual((r.status, pt.error_code(r)), (421, "PROXY_MISDIRECTED_REQUEST"),
+                             r.body)
+            r = send(port, "GET", "/v1/apps", auth + [("Origin", "https://evil.example")],
+                     tls=tls)
+            self.assertEqual((r.status, pt.error_code(r)), (403, "PROXY_BROWSER_FORBIDDEN"),
+                             r.body)
+            r = send(port, "GET", "/v1/apps", auth + [("Sec-Fetch-Site", "same-origin")],
+                     host="localhost", tls=tls)
+            self.assertEqual((r.status, pt.error_code(r)), (403, "PROXY_BROWSER_FORBIDDEN"),
+                             r.body)
         self.assert_nothing_forwarded(mark)
 
     def test_407_wrong_bearer_secret(self):

@@ -78,8 +78,7 @@ class RequestHeadersTest(unittest.TestCase):
         self.assertEqual(pt.header_values(ev, "Content-Length"), ["1000"])
 
     def test_host_rewritten_to_upstream(self):
-        for host in ("127.0.0.1:%d" % self.st.port, "localhost", "evil.example",
-                     pt.ASC + ":8080"):
+        for host in ("127.0.0.1:%d" % self.st.port, "localhost", pt.ASC + ":8080"):
             with self.subTest(host=host):
                 r, ev = self.send([("X-Forwarded-Host", "evil.example")], host=host)
                 self.assertEqual(pt.header_values(ev, "Host"), [pt.ASC])
@@ -120,7 +119,7 @@ class RequestHeadersTest(unittest.TestCase):
     def test_expect_not_forwarded(self):
         m = self.up.mark()
         with self.st.client() as c:
-            c.send(b"POST /__echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            c.send(b"POST /__echo HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
                    b"Content-Length: 2\r\n\r\n")
             self.assertEqual(c.read_head().status, 100)
             c.send(b"ok")

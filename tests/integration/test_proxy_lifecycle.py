@@ -210,7 +210,7 @@ class LimitsTest(unittest.TestCase):
 
     def test_request_line_too_long_414(self):
         path = "/__echo?" + "a" * 1100
-        self.refused(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode(), 414,
+        self.refused(("GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n" % path).encode(), 414,
                      "PROXY_URI_TOO_LONG")
 
     def test_request_line_at_limit_ok(self):
@@ -222,12 +222,12 @@ class LimitsTest(unittest.TestCase):
 
     def test_too_many_headers_431(self):
         hdrs = "".join("X-H%d: %d\r\n" % (i, i) for i in range(25))
-        self.refused(("GET /__echo HTTP/1.1\r\nHost: x\r\n%s\r\n" % hdrs).encode(), 431,
+        self.refused(("GET /__echo HTTP/1.1\r\nHost: localhost\r\n%s\r\n" % hdrs).encode(), 431,
                      "PROXY_HEADERS_TOO_LARGE")
 
     def test_head_too_large_431(self):
         hdrs = "".join("X-Big%d: %s\r\n" % (i, "v" * 900) for i in range(5))
-        self.refused(("GET /__echo HTTP/1.1\r\nHost: x\r\n%s\r\n" % hdrs).encode(), 431,
+        self.refused(("GET /__echo HTTP/1.1\r\nHost: localhost\r\n%s\r\n" % hdrs).encode(), 431,
                      "PROXY_HEADERS_TOO_LARGE")
 
     def test_headers_under_limits_ok(self):
@@ -236,7 +236,7 @@ class LimitsTest(unittest.TestCase):
             self.assertEqual(c.request("GET", "/__echo", hdrs).status, 200)
 
     def test_body_over_limit_413(self):
-        r = self.refused(b"POST /__echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n" +
+        r = self.refused(b"POST /__echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1001\r\n\r\n" +
                          b"x" * 1001, 413, "PROXY_BODY_TOO_LARGE")
         # a body at the limit passes
         with self.st.client() as c:
@@ -249,7 +249,7 @@ class LimitsTest(unittest.TestCase):
         m = self.up.mark()
         marker = pt.new_marker()
         with self.st.client() as c:
-            c.send(b"PUT /__echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            c.send(b"PUT /__echo HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
                    b"X-Test-Mark: " + marker.encode() + b"\r\n"
                    b"Content-Length: 5000\r\n\r\n")
             r = c.read_head()
@@ -258,7 +258,7 @@ class LimitsTest(unittest.TestCase):
 
     def test_chunked_body_over_limit_413(self):
         with self.st.client() as c:
-            c.send(b"POST /__echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            c.send(b"POST /__echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
             try:
                 for _ in range(5):
                     c.send(b"190\r\n" + b"z" * 400 + b"\r\n")
@@ -276,7 +276,7 @@ class LimitsTest(unittest.TestCase):
             t0 = time.monotonic()
             c = h.HttpClient(self.st.port, timeout=15)
             try:
-                c.send(b"GET /__echo HTTP/1.1\r\nHost: x\r\n")
+                c.send(b"GET /__echo HTTP/1.1\r\nHost: localhost\r\n")
                 try:
                     for j in range(40):
                         c.send(b"X-S%d: y\r\n" % j)
@@ -321,7 +321,7 @@ class LimitsTest(unittest.TestCase):
     def test_body_timeout_408(self):
         t0 = time.monotonic()
         with self.st.client() as c:
-            c.send(b"POST /__echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+            c.send(b"POST /__echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n0123456789")
             data = c.read_until_close(self.BODY_TIMEOUT + SLACK + 2)
         self.assertLess(time.monotonic() - t0, self.BODY_TIMEOUT + SLACK)
         self.assertTrue(data == b"" or data.startswith(b"HTTP/1.1 408 "), data[:100])

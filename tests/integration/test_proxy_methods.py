@@ -86,7 +86,7 @@ class MethodsTest(unittest.TestCase):
         wire += b"0\r\nX-Trailer: t\r\nAuthorization: Bearer smuggled\r\n\r\n"
         m = self.up.mark()
         with self.st.client() as c:
-            c.send(b"POST /__echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            c.send(b"POST /__echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
                    b"Content-Type: application/octet-stream\r\n\r\n")
             # in several sends, split across chunk boundaries
             for i in range(0, len(wire), 4097):
@@ -119,7 +119,7 @@ class MethodsTest(unittest.TestCase):
         body = b"x" * 10000
         m = self.up.mark()
         with self.st.client() as c:
-            c.send(b"PUT /__echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            c.send(b"PUT /__echo HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
                    b"Content-Length: %d\r\n\r\n" % len(body))
             interim = c.read_head()
             self.assertEqual(interim.status, 100, "expected 100 Continue before the body")
@@ -134,7 +134,7 @@ class MethodsTest(unittest.TestCase):
 
     def test_expect_100_continue_chunked(self):
         with self.st.client() as c:
-            c.send(b"POST /__echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            c.send(b"POST /__echo HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
                    b"Transfer-Encoding: chunked\r\n\r\n")
             interim = c.read_head()
             self.assertEqual(interim.status, 100)
@@ -173,10 +173,10 @@ class MethodsTest(unittest.TestCase):
     # -- connection handling ----------------------------------------------------------------------
 
     def test_pipelining_answered_in_order(self):
-        reqs = b"".join(b"GET /__echo?i=%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(3))
-        reqs_body = b"POST /__echo?i=3 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+        reqs = b"".join(b"GET /__echo?i=%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % i for i in range(3))
+        reqs_body = b"POST /__echo?i=3 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello"
         with self.st.client() as c:
-            c.send(reqs + reqs_body + b"GET /__echo?i=4 HTTP/1.1\r\nHost: x\r\n\r\n")
+            c.send(reqs + reqs_body + b"GET /__echo?i=4 HTTP/1.1\r\nHost: localhost\r\n\r\n")
             got = [c.read_response() for _ in range(5)]
         self.assertEqual([r.status for r in got], [200] * 5)
         self.assertEqual([r.json()["query"] for r in got], ["i=%d" % i for i in range(5)])
@@ -236,7 +236,7 @@ class MethodsTest(unittest.TestCase):
 
     def test_half_close_after_full_request(self):
         with self.st.client() as c:
-            c.send(b"GET /__slow?delay=0.3 HTTP/1.1\r\nHost: x\r\n\r\n")
+            c.send(b"GET /__slow?delay=0.3 HTTP/1.1\r\nHost: localhost\r\n\r\n")
             c.shutdown_write()
             r = c.read_response()
         self.assertEqual(r.status, 200)

@@ -121,10 +121,10 @@ class RoutingTest(unittest.TestCase):
         # Requests the proxy answers itself (404, 403 for a body-less request) keep the
         # connection, and the requests pipelined behind them are answered in order.
         with self.px.client() as c:
-            c.send(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"
-                   b"GET /__echo?i=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            c.send(b"GET /nothing HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                   b"GET /__echo?i=1 HTTP/1.1\r\nHost: localhost\r\n\r\n"
                    b"GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\n\r\n"
-                   b"GET /__echo?i=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+                   b"GET /__echo?i=2 HTTP/1.1\r\nHost: localhost\r\n\r\n")
             got = [c.read_response() for _ in range(4)]
         self.assertEqual([r.status for r in got], [404, 200, 403, 200])
         self.assertEqual(got[1].json()["query"], "i=1")

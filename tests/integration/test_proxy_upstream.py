@@ -362,7 +362,7 @@ class UpstreamFailureTest(unittest.TestCase):
         # The upstream is down: the client is told so instead of being invited to send a body
         # that would go nowhere (the proxy answers Expect only once the upstream is ready).
         with self.px.client(timeout=30) as c:
-            c.send(b"PUT /down/__echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            c.send(b"PUT /down/__echo HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
                    b"Content-Length: 5\r\n\r\n")
             r = c.read_head()
         self.assertEqual(r.status, 502)

@@ -35,7 +35,7 @@ class HalfCloseBeforeUpstreamReady(unittest.TestCase):
 
     def test_get_then_shutdown_gets_the_response(self):
         with socket.create_connection(("127.0.0.1", self.st.port), timeout=10) as s:
-            s.sendall(b"GET /v1/apps HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /v1/apps HTTP/1.1\r\nHost: localhost\r\n\r\n")
             s.shutdown(socket.SHUT_WR)
             data = read_all(s)
         self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data[:80])
@@ -43,7 +43,7 @@ class HalfCloseBeforeUpstreamReady(unittest.TestCase):
 
     def test_post_with_body_then_shutdown_gets_the_response(self):
         with socket.create_connection(("127.0.0.1", self.st.port), timeout=10) as s:
-            s.sendall(b"POST /__echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+            s.sendall(b"POST /__echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello")
             s.shutdown(socket.SHUT_WR)
             data = read_all(s)
         self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data[:80])
@@ -64,7 +64,7 @@ class PipelinedBehindProxyError(unittest.TestCase):
     def test_second_request_answered(self):
         with socket.create_connection(("127.0.0.1", self.st.port), timeout=10) as s:
             s.sendall(b"GET http://evil.example/x HTTP/1.1\r\nHost: evil.example\r\n\r\n"
-                      b"GET /v1/apps HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                      b"GET /v1/apps HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             data = read_all(s)
         first = data.find(b"HTTP/1.1 403 ")
         second = data.find(b"HTTP/1.1 200 ")
@@ -158,7 +158,7 @@ class ClientGoneWhileUpstreamOpens(unittest.TestCase):
 
     def test_partial_post_then_close(self):
         for _ in range(5):
-            self.abandon(b"POST /v1/apps HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+            self.abandon(b"POST /v1/apps HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n"
                          b"0123456789", "close")
         time.sleep(2.0)  # past the handshake timeout: the callbacks have run
         self.assertTrue(self.px.alive(), self.px.stderr_text()[-2000:])
@@ -167,7 +167,7 @@ class ClientGoneWhileUpstreamOpens(unittest.TestCase):
 
     def test_get_then_reset(self):
         for _ in range(5):
-            self.abandon(b"GET /v1/apps HTTP/1.1\r\nHost: x\r\n\r\n", "reset")
+            self.abandon(b"GET /v1/apps HTTP/1.1\r\nHost: localhost\r\n\r\n", "reset")
         time.sleep(2.0)
         self.assertTrue(self.px.alive(), self.px.stderr_text()[-2000:])
         with self.px.client() as c:
@@ -187,7 +187,7 @@ class SlowUploadNotCutByResponseTimeout(unittest.TestCase):
     def test_upload_longer_than_the_response_timeout(self):
         body = b"x" * 3000
         with socket.create_connection(("127.0.0.1", self.st.port), timeout=10) as s:
-            s.sendall(b"POST /__echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+            s.sendall(b"POST /__echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n"
                       b"Connection: close\r\n\r\n" % len(body))
             for i in range(0, len(body), 100):  # 30 pieces over 3 s
                 s.sendall(body[i:i + 100])

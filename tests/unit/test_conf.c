@@ -592,6 +592,71 @@ static void test_shared_state(void **state)
     expect_error("{" CREDS ", \"shared_state\": \"h:1\"}", "shared_state: expected an object");
 }
 
+/* The browser rule's names and origins: what loads, and every shape that is refused. */
+static void test_server_names_and_origins(void **state)
+{
+    struct conf *conf = load_ok("{" CREDS ", \"server_names\": [\"proxy.team.test\", "
+                                "\"10.0.0.5\"], \"allowed_origins\": [\"https://a.test\", "
+                                "\"http://b.test:8080\", \"http://[::1]:3000\"], \"listen\": "
+                                "[{\"address\": \"127.0.0.1:8080\", \"server_names\": "
+                                "[\"gw.test\"]}]}");
+
+    (void)state;
+    assert_int_equal(conf->nserver_names, 2);
+    assert_string_equal(conf->server_names[0], "proxy.team.test");
+    assert_int_equal(conf->nallowed_origins, 3);
+    assert_string_equal(conf->allowed_origins[2], "http://[::1]:3000");
+    assert_int_equal(conf->listen[0].nserver_names, 1);
+    assert_string_equal(conf->listen[0].server_names[0], "gw.test");
+    conf_free(conf);
+    expect_error("{" CREDS ", \"server_names\": [\"proxy.test:8080\"]}",
+                 "server_names[0]: expected a host name without a port");
+    expect_error("{" CREDS ", \"server_names\": [\"a b\"]}", "server_names[0]: expected");
+    expect_error("{" CREDS ", \"server_names\": [\"\"]}", "server_names[0]:");
+    expect_error("{" CREDS ", \"server_names\": \"proxy.test\"}",
+                 "server_names: expected an array of strings");
+    expect_error("{" CREDS ", \"allowed_origins\": [\"null\"]}",
+                 "allowed_origins[0]: \"null\" is the origin of every sandboxed frame");
+    expect_error("{" CREDS ", \"allowed_origins\": [\"*\"]}", "allowed_origins[0]: expected a web origin");
+    expect_error("{" CREDS ", \"allowed_origins\": [\"https://a.test/\"]}",
+                 "allowed_origins[0]: expected a web origin");
+    expect_error("{" CREDS ", \"allowed_origins\": [\"ftp://a.test\"]}",
+                 "allowed_origins[0]: expected a web origin");
+    expect_error("{" CREDS ", \"allowed_origins\": [\"https://a.test:99999\"]}",
+                 "allowed_origins[0]: expected a web origin");
+    expect_error("{" CREDS ", \"allowed_origins\": [\"https://A.test\"]}",
+                 "allowed_origins[0]: expected an origin in lower case");
+    expect_error("{" CREDS ", \"admin_listen\": {\"address\": \"127.0.0.1:9901\", "
+                 "\"server_names\": [\"x.test\"]}}",
+                 "admin_listen.server_names: not allowed on admin_listen");
+}
+
+static void test_env_server_names(void **state)
+{
+    const char *const env[] = {"APP_STORE_CONNECT_API_KEY_KEY_ID", "2X9R4HXF34",
+                               "APP_STORE_CONNECT_API_KEY_ISSUER_ID", ISSUER,
+                               "APP_STORE_CONNECT_API_KEY_KEY_FILEPATH", keypath,
+                               "APPLE_AUTH_PROXY_SERVER_NAMES", " aap , aap.ci.svc,", NULL};
+    const char *const bad[] = {"APP_STORE_CONNECT_API_KEY_KEY_ID", "2X9R4HXF34",
+                               "APP_STORE_CONNECT_API_KEY_ISSUER_ID", ISSUER,
+                               "APP_STORE_CONNECT_API_KEY_KEY_FILEPATH", keypath,
+                               "APPLE_AUTH_PROXY_SERVER_NAMES", "aap:8080", NULL};
+    struct conf *conf = NULL;
+    char *errors = NULL;
+
+    (void)state;
+    assert_int_equal(load_env(env, &conf, &errors), 0);
+    assert_null(errors);
+    assert_int_equal(conf->nserver_names, 2);
+    assert_string_equal(conf->server_names[0], "aap");
+    assert_string_equal(conf->server_names[1], "aap.ci.svc");
+    conf_free(conf);
+    conf = NULL;
+    assert_int_equal(load_env(bad, &conf, &errors), -1);
+    assert_contains(errors, "APPLE_AUTH_PROXY_SERVER_NAMES: expected a host name without a port");
+    free(errors);
+}
+
 static void test_listen_forms(void **state)
 {
     struct conf *conf = load_ok("{\"listen\": [\"[::1]:8080\", \"localhost:8081\"], "
@@ -2322,6 +2387,8 @@ int main(void)
         cmocka_unit_test(test_access_log),
         cmocka_unit_test(test_intercept),
         cmocka_unit_test(test_shared_state),
+        cmocka_unit_test(test_server_names_and_origins),
+        cmocka_unit_test(test_env_server_names),
         cmocka_unit_test(test_listen_forms),
         cmocka_unit_test(test_addr_parse),
         cmocka_unit_test(test_example_file),
