@@ -13,6 +13,8 @@
  *   - body sinks never see more than Content-Length, and chunk sizes add up;
  *   - request_plan_tunnel (a request inside an intercepted CONNECT) forwards only to the
  *     CONNECT's host, and only when Host names it, with the same head invariants. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +25,7 @@
 #include <openssl/pem.h>
 
 #include "conf/conf.h"
+#include "proxy/browser.h"
 #include "proxy/http1.h"
 #include "proxy/request.h"
 #include "proxy/runtime.h"
@@ -62,7 +65,9 @@ static char *new_key_pem(void)
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     static const char tmpl[] =
-        "{\"listen\": [\"127.0.0.1:0\"], \"admin_listen\": null, \"workers\": 1,"
+        "{\"listen\": [{\"address\": \"127.0.0.1:0\", \"server_names\": [\"gw.example\"]}],"
+        " \"admin_listen\": null, \"workers\": 1, \"server_names\": [\"proxy.example\"],"
+        " \"allowed_origins\": [\"https://dash.example\"],"
         " \"access_log\": {\"path\": \"off\"},"
         " \"credentials\": {"
         "  \"asc\": {\"profile\": \"app-store-connect\", \"key_id\": \"ABCDEFGHIJ\","
@@ -300,6 +305,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
               p.error_status, p.error_detail ? p.error_detail : "");
         CHECK(http1_parse_head(&p, buf, hl / 2) == 0, "half the head is not 'need more' (%d %s)",
               p.error_status, p.error_detail ? p.error_detail : "");
+
+        /* The browser rule: a verdict, a detail that is printable and short, and a second
+         * call with the connection's address never asks for it again. */
+        {
+            char detail[256];
+            struct sockaddr_in local;
+            memset(&local, 0, sizeof(local));
+            local.sin_family = AF_INET;
+            local.sin_addr.s_addr = htonl(0x0a000001); /* 10.0.0.1 */
+            enum browser_verdict bv = browser_check(rt->conf, 0, &m, NULL, detail, sizeof(detail));
+            if (bv == BROWSER_NEED_LOCAL) {
+                bv = browser_check(rt->conf, 0, &m, (const struct sockaddr *)&local, detail,
+                                   sizeof(detail));
+                CHECK(bv != BROWSER_NEED_LOCAL, "asked for the local address twice");
+            }
+            if (bv != BROWSER_OK)
+                for (const char *d = detail; *d; d++)
+                    CHECK(*d >= 0x20 && *d < 0x7f, "unprintable byte in the detail");
+        }
 
         struct request_plan plan;
         CHECK(request_plan(&rt->routes, &m, &plan) == 0, "request_plan out of memory");
