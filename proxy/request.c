@@ -83,6 +83,38 @@ static void fail(struct request_plan *p, const char *code, const char *detail, i
     p->keep = keep;
 }
 
+/* Bytes some servers read as a path separator or a segment's end, so that a path that starts
+ * with an allowed prefix names another resource there; the query may hold anything. Apple's
+ * resource paths never need one:
+ * - '\\', literal or encoded: a '/' to servers that accept Windows paths ("/v1\\..\\admin");
+ * - an encoded '/' ("..%2F" is a dot-segment to a server that decodes before resolving);
+ * - ';', literal or encoded: RFC 3986 3.3 path parameters, which servers such as Tomcat strip
+ *   from a segment before resolving ("/v1/apps/..;/users" is "/v1/users" there), while the
+ *   proxy and a gateway client's allow rules compare the path as sent.
+ * Returns 1 after failing the plan. */
+static int has_path_separator_trick(const char *path, size_t n, struct request_plan *p)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (path[i] == '\\') {
+            fail(p, proxy_err_bad_request, "the request path has a '\\'", 0);
+            return 1;
+        }
+        if (path[i] == ';') {
+            fail(p, proxy_err_bad_request, "the request path has a ';' (path parameters are "
+                 "refused)", 0);
+            return 1;
+        }
+        if (path[i] == '%' && i + 3 <= n &&
+            (strncasecmp(path + i, "%2f", 3) == 0 || strncasecmp(path + i, "%5c", 3) == 0 ||
+             strncasecmp(path + i, "%3b", 3) == 0)) {
+            fail(p, proxy_err_bad_request,
+                 "the request path has an encoded '/', '\\' or ';'", 0);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* A head assembled in one allocation sized beforehand: the proxy's additions are bounded, the
  * rest is the request's own bytes. */
 struct head_out {
@@ -279,15 +311,8 @@ static int plan_routed(const struct request_routes *routes, const struct http1_m
         fail(p, proxy_err_bad_request, "the request path has a fragment or dot-segments", 0);
         return 0;
     }
-    /* An encoded '/' or '\' would let "..%2F" become a dot-segment in a server that decodes
-     * before resolving, stepping outside the prefix the request was routed and allowed by.
-     * Apple's resource paths never need one. */
-    for (size_t i = 0; i + 2 < bare_len; i++)
-        if (path[i] == '%' && (strncasecmp(path + i, "%2f", 3) == 0 ||
-                               strncasecmp(path + i, "%5c", 3) == 0)) {
-            fail(p, proxy_err_bad_request, "the request path has an encoded '/' or '\\'", 0);
-            return 0;
-        }
+    if (has_path_separator_trick(path, bare_len, p))
+        return 0;
     /* An absolute-form target with an empty path means "/" (RFC 9112 3.2.2). */
     const char *route_path = bare_len ? path : "/";
     size_t route_len = bare_len ? bare_len : 1;

@@ -101,6 +101,17 @@ BAD = [
     ("encoded_slash_dot_segment", get(line=b"GET /v1/apps/..%2F..%2Fusers HTTP/1.1")),
     ("encoded_slash", get(line=b"GET /v1/apps%2fusers HTTP/1.1")),
     ("encoded_backslash", get(line=b"GET /v1/apps/..%5Cusers HTTP/1.1")),
+    # regression: a literal '\' passed the dot-segment and prefix checks; servers that accept
+    # Windows paths read it as '/'
+    ("backslash_in_target", get(line=b"GET /v1\\..\\admin HTTP/1.1")),
+    ("backslash_dot_segment", get(line=b"GET /v1/apps/..\\users HTTP/1.1")),
+    ("backslash_alone", get(line=b"GET /v1/apps\\ HTTP/1.1")),
+    # ';' path parameters: refused ("..;" is ".." to servers that strip parameters first)
+    ("semicolon_dot_segment", get(line=b"GET /v1/apps/..;/users HTTP/1.1")),
+    ("semicolon_param", get(line=b"GET /v1/apps;jsessionid=1 HTTP/1.1")),
+    ("encoded_semicolon", get(line=b"GET /v1/apps/..%3b/users HTTP/1.1")),
+    ("absolute_semicolon", get(line=b"GET https://" + ASC.encode() + b"/v1/apps/..;/users "
+                                    b"HTTP/1.1")),
     ("asterisk_form", get(line=b"OPTIONS * HTTP/1.1")),
     ("http2_preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
     ("tls_client_hello", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32),
@@ -135,12 +146,13 @@ CASES += [
     # '_' is a tchar, but some servers read it as '-': such names are dropped, never forwarded.
     Case("underscore_name_dropped", get(b"Transfer_Encoding: chunked\r\nX_A: v"),
          Forward(header_absent("transfer_encoding", "x_a"))),
-    # Bytes >= 0x80 in the target, a backslash, or empty lines before the request line: RFC
-    # 9112 allows a server to accept or refuse these; either way nothing raw goes upstream.
+    # Bytes >= 0x80 in the target, or empty lines before the request line: RFC 9112 allows a
+    # server to accept or refuse these; either way nothing raw goes upstream.
     Case("high_byte_in_target", get(line=b"GET /v1/\xffapps HTTP/1.1"),
          OneOf(Reject(400), Forward())),
-    Case("backslash_in_target", get(line=b"GET /v1\\..\\admin HTTP/1.1"),
-         OneOf(Reject(400), Forward())),
+    # The query may hold ';' and '\' (only the path is compared with prefixes).
+    Case("semicolon_backslash_in_query", get(line=b"GET /v1/apps?a=1;b=%5C HTTP/1.1"),
+         Forward()),
     # RFC 9112 3: a recipient MAY parse on whitespace boundaries; the proxy re-serialises the
     # line with single spaces, so the upstream never sees the ambiguity.
     Case("double_space_before_target", get(line=b"GET  /v1/apps HTTP/1.1"),
