@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/x509.h>
 
@@ -69,6 +70,9 @@ struct exchange {
     struct http1_msg req, resp;
     size_t route;
     struct token *tok;
+    const char *const *scope;   /* the token's scope: the client's or the route's (owned by the
+                                   runtime, held through gen for the exchange) */
+    size_t nscope;
     char *up_head; /* the re-serialised head without the token line and the final CRLF */
     size_t up_head_len;
     uint64_t req_remaining;  /* Content-Length bodies: bytes still to forward */
@@ -693,7 +697,9 @@ static void write_response_head(struct client *c)
             /* a HEAD on a rewritten resource: the headers a GET would get */
             if (!c->x->http10)
                 HW_LITERAL(&hw, "Transfer-Encoding: chunked\r\n");
-        } else if (status != 204 && status >= 200) {
+        } else if (status != 204 && status != 304 && status >= 200) {
+            /* A 304 is never given a length of its own: a cache would take it as the stored
+             * response's new length (RFC 9111 4.3.4). */
             HW_LITERAL(&hw, "Content-Length: 0\r\n");
         }
         break;
@@ -800,9 +806,7 @@ static void token_wait_retry(struct client *c)
     struct runtime *rt = c->gen->rt;
     const struct credential *cred =
         &rt->conf->credentials[rt->conf->routes[c->x->route].credential_index];
-    size_t n;
-    const char *const *scope = runtime_route_scope(rt, c->x->route, &n);
-    c->x->tok = token_cache_get(rt->tokens, cred, scope, n, NULL, 0);
+    c->x->tok = token_cache_get(rt->tokens, cred, c->x->scope, c->x->nscope, NULL, 0);
     if (c->x->tok != NULL) {
         c->x->token_wait = 0;
         stream_set_alarm(&c->s, 0);
@@ -848,15 +852,14 @@ static void response_complete(struct client *c)
     if (c->x->discard) {
         /* Apple refused the cached token: it was dropped, so this mints a fresh one. */
         char err[256];
-        size_t n;
-        const char *const *scope = runtime_route_scope(c->gen->rt, c->x->route, &n);
         const struct credential *cred =
             &c->gen->rt->conf->credentials[c->gen->rt->conf->routes[c->x->route].credential_index];
         c->x->discard = 0;
         c->x->token_retried = 1;
         WSTAT_ADD(c->w, token_retries, 1);
         token_put(c->x->tok);
-        c->x->tok = token_cache_get(c->gen->rt->tokens, cred, scope, n, err, sizeof(err));
+        c->x->tok = token_cache_get(c->gen->rt->tokens, cred, c->x->scope, c->x->nscope, err,
+                                    sizeof(err));
         if (c->x->tok == NULL && profile_exchanged(cred->profile)) {
             /* The exchanger fetches a new access token. */
             if (wait_for_token(c) && c->state == C_IDLE)
@@ -1006,12 +1009,11 @@ static void up_read_head(struct client *c)
         }
         if (c->x->resp.status == 401 && !c->x->token_retried && c->x->idempotent &&
             c->x->req.body == HTTP1_BODY_NONE && c->x->req_done) {
-            size_t ns;
-            const char *const *scope = runtime_route_scope(c->gen->rt, c->x->route, &ns);
             const struct credential *cred =
                 &c->gen->rt->conf
                      ->credentials[c->gen->rt->conf->routes[c->x->route].credential_index];
-            if (token_cache_invalidate(c->gen->rt->tokens, cred, scope, ns, c->x->tok, 60) == 1) {
+            if (token_cache_invalidate(c->gen->rt->tokens, cred, c->x->scope, c->x->nscope,
+                                       c->x->tok, 60) == 1) {
                 log_msg(LOG_WARN, "upstream %s answered 401 to the cached token of %s: minting "
                         "a new one and retrying once", c->gen->rt->targets[
                         c->gen->rt->route_target[c->x->route]].name, cred->name);
@@ -1391,6 +1393,8 @@ static void reply_verdict(struct client *c, const struct gateway_verdict *v, int
 
 /* ---- CONNECT interception ---- */
 
+static void drain_head(struct client *c, const struct http1_msg *m);
+
 /* Requests inside an intercepted connection: the gateway client is the one the CONNECT
  * proved (looked up again: the configuration may have been reloaded since). */
 static void tunnel_identify(struct client *c, const struct runtime *rt,
@@ -1443,7 +1447,7 @@ static void intercept_start(struct client *c, struct runtime *rt, const struct c
     else
         snprintf(name, sizeof(name), "%.*s", (int)(m->target_len > 150 ? 150 : m->target_len),
                  m->target);
-    evbuffer_drain(stream_input(&c->s), m->head_len);
+    drain_head(c, m);
     if (bad) {
         reply_error(c, proxy_err_bad_request, "CONNECT needs a host:port target", 0);
         return;
@@ -1501,9 +1505,9 @@ static void exchange_go(struct client *c, const struct conf_client *cl, int keep
     char err[256];
     const struct credential *cred =
         &rt->conf->credentials[rt->conf->routes[c->x->route].credential_index];
-    size_t nscope;
-    const char *const *scope = client_scope(c, cl, &nscope);
-    c->x->tok = token_cache_get(rt->tokens, cred, scope, nscope, err, sizeof(err));
+    /* Kept for the 401 re-mint, which must find and replace this very token. */
+    c->x->scope = client_scope(c, cl, &c->x->nscope);
+    c->x->tok = token_cache_get(rt->tokens, cred, c->x->scope, c->x->nscope, err, sizeof(err));
     if (c->x->tok == NULL && !profile_exchanged(cred->profile)) {
         log_msg(LOG_ERROR, "credential %s: cannot mint a token: %s", cred->name, err);
         reply_error(c, proxy_err_token, "the token for this route could not be made", keep);
@@ -1566,6 +1570,23 @@ static void rate_ask(struct client *c, const struct conf_client *cl, int keep)
         rate_conclude(c, -1, 0); /* not sent (Redis went away just now): decided here */
 }
 
+/* Takes the parsed head out of the client's input, wiped first: it may hold a
+ * Proxy-Authorization secret (or a client's own Authorization), and the buffer's memory can
+ * live on with the body or a pipelined request behind it. */
+static void drain_head(struct client *c, const struct http1_msg *m)
+{
+    struct evbuffer *in = stream_input(&c->s);
+    struct evbuffer_iovec v[4];
+    int n = evbuffer_peek(in, (ev_ssize_t)m->head_len, NULL, v, 4);
+    size_t left = m->head_len;
+    for (int i = 0; i < n && i < 4 && left; i++) {
+        size_t k = v[i].iov_len < left ? v[i].iov_len : left;
+        OPENSSL_cleanse(v[i].iov_base, k);
+        left -= k;
+    }
+    evbuffer_drain(in, m->head_len);
+}
+
 /* The browser rule (proxy/browser.c): 0 when the request may go on, else -1 after the refusal
  * (logged: a page trying the proxy is worth an operator's attention). */
 static int check_browser(struct client *c, const struct runtime *rt, const struct http1_msg *m)
@@ -1587,7 +1608,7 @@ static int check_browser(struct client *c, const struct runtime *rt, const struc
     if (v == BROWSER_OK)
         return 0;
     log_msg(LOG_WARN, "client %s: refused by the browser rule: %s", peer(c), detail);
-    evbuffer_drain(stream_input(&c->s), m->head_len);
+    drain_head(c, m);
     reply_error(c, v == BROWSER_MISDIRECTED ? proxy_err_misdirected : proxy_err_browser_forbidden,
                 detail, m->body == HTTP1_BODY_NONE);
     return -1;
@@ -1654,7 +1675,7 @@ static void start_exchange(struct client *c)
         c->x->client_name = cl->name;
     int keep = m->body == HTTP1_BODY_NONE;
     if (v.code) {
-        evbuffer_drain(stream_input(&c->s), m->head_len);
+        drain_head(c, m);
         reply_verdict(c, &v, keep);
         return;
     }
@@ -1665,7 +1686,7 @@ static void start_exchange(struct client *c)
     if ((c->tunnel_host ? request_plan_tunnel(&rt->routes, m, c->tunnel_host,
                                               strlen(c->tunnel_host), c->tunnel_port, &plan)
                         : request_plan(&rt->routes, m, &plan)) < 0) {
-        evbuffer_drain(stream_input(&c->s), m->head_len);
+        drain_head(c, m);
         reply_error(c, proxy_err_internal, "out of memory", 0);
         return;
     }
@@ -1711,7 +1732,7 @@ static void start_exchange(struct client *c)
                                         shared_local_divisor(c->w->shared), now_real(), &v);
         }
     }
-    evbuffer_drain(stream_input(&c->s), m->head_len); /* m's spans are gone now */
+    drain_head(c, m); /* m's spans are gone now */
     if (plan.code || v.code) {
         if (plan.code)
             reply_error(c, plan.code, plan.detail, plan.keep);

@@ -13,6 +13,7 @@
 #include "proxy/cli_health.h"
 #include "proxy/cli_exchange.h"
 #include "proxy/gateway.h"
+#include "proxy/hardening.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
 #include "proxy/cli_ca_cert.h"
@@ -454,6 +455,8 @@ static int run(int argc, char **argv);
 int main(int argc, char **argv)
 {
     int rc;
+    if (hardening_apply() < 0)
+        return EXIT_FAILURE;
     conf_set_getenv(secret_getenv);
     rc = run(argc, argv);
     conf_set_getenv(NULL);

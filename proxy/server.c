@@ -171,6 +171,9 @@ static SSL_CTX *listener_tls(const struct conf_addr *a, struct tls_tickets *tick
     what = "cannot set up session tickets";
     if (tls_tickets_attach(tickets, ctx) < 0)
         goto fail;
+    /* OpenSSL decrypts records in place and would keep a client's plaintext (its
+     * Proxy-Authorization secret) in its read buffer until the next record overwrites it. */
+    SSL_CTX_set_options(ctx, SSL_OP_CLEANSE_PLAINTEXT);
     what = "cannot load cert_file";
     if (SSL_CTX_use_certificate_chain_file(ctx, a->tls_cert_file) != 1)
         goto fail;

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 
 /* Reading stops after this much per wake-up so that one busy socket cannot starve the
@@ -318,11 +319,17 @@ static unsigned read_in(struct stream *s)
                                : (int)(v[0].iov_len > TLS_READ ? TLS_READ : v[0].iov_len));
             if (r > 0) {
                 s->read_wants_write = 0;
-                if (!small)
+                if (!small) {
                     commit(in, v, 1, (size_t)r);
-                else if (evbuffer_add(in, dst, (size_t)r) < 0) {
-                    fail(s, ENOMEM);
-                    break;
+                } else {
+                    int added = evbuffer_add(in, dst, (size_t)r);
+                    /* The scratch is shared by every connection of the worker and may have
+                     * held a secret (a Proxy-Authorization line): not left behind. */
+                    OPENSSL_cleanse(dst, (size_t)r);
+                    if (added < 0) {
+                        fail(s, ENOMEM);
+                        break;
+                    }
                 }
                 total += (size_t)r;
                 if (s->tls_short && !SSL_has_pending(s->ssl) && !s->rdhup) {
@@ -360,11 +367,15 @@ static unsigned read_in(struct stream *s)
             }
             n = readv(event_get_fd(&s->io), iov, nv);
             if (n > 0) {
-                if (!small)
+                if (!small) {
                     commit(in, v, nv, (size_t)n);
-                else if (evbuffer_add(in, s->ctx->scratch, (size_t)n) < 0) {
-                    fail(s, ENOMEM);
-                    break;
+                } else {
+                    int added = evbuffer_add(in, s->ctx->scratch, (size_t)n);
+                    OPENSSL_cleanse(s->ctx->scratch, (size_t)n); /* as above */
+                    if (added < 0) {
+                        fail(s, ENOMEM);
+                        break;
+                    }
                 }
                 total += (size_t)n;
                 /* A short read emptied the socket's queue: the next byte brings a new edge.

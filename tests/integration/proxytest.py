@@ -16,6 +16,7 @@ import re
 import socket
 import sys
 import time
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -400,6 +401,37 @@ def access_log(proxy_or_path, n=0, timeout=5.0, pred=None):
     if n == 0:
         return read_json_lines(path)[0]
     return wait_until(enough, timeout, 0.05, "%d access-log lines in %s" % (n, path))
+
+
+def memory_count(pid, needle):
+    """How many times needle (bytes) occurs in the writable memory of process pid (its heap,
+    stacks and anonymous mappings, read through /proc/PID/mem: needs root or ptrace rights)."""
+    count = 0
+    with open("/proc/%d/maps" % pid) as maps:
+        regions = [line.split() for line in maps]
+    fd = os.open("/proc/%d/mem" % pid, os.O_RDONLY)
+    try:
+        for r in regions:
+            if len(r) < 2 or "w" not in r[1] or (len(r) > 5 and r[5] in ("[vvar]", "[vsyscall]")):
+                continue
+            start, end = (int(x, 16) for x in r[0].split("-"))
+            try:
+                data = os.pread(fd, end - start, start)
+            except OSError:
+                continue
+            count += data.count(needle)
+    finally:
+        os.close(fd)
+    return count
+
+
+def standin_control(standin, action, **params):
+    """Drives the stand-in's revocation list over a direct TLS connection (Host localhost)."""
+    q = urllib.parse.urlencode(params)
+    with standin.client("localhost") as c:
+        r = c.request("GET", "/__control/%s%s" % (action, "?" + q if q else ""), host="localhost")
+    assert r.status == 200, r.body
+    return r.json()
 
 
 def tokens_seen(standin, since=0):

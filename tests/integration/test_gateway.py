@@ -684,6 +684,80 @@ class GatewayTest(unittest.TestCase):
         ev = self.assert_forwarded_ok(mark, 1)[0]
         self.assertNotIn("scope", ev["token_claims"])
 
+    def test_secrets_wiped_from_memory_regression(self):
+        """After requests whose heads carried a client's secret (Bearer, and Basic in base64;
+        heads split across reads on the plain and the TLS listener so that buffers are joined
+        and grown), the secret is nowhere in the proxy's memory, and the JWT it sent is held
+        once: by the token cache, not by freed buffers."""
+        secret = self.gw.secrets["local-svc"]
+        basic_value = basic("local-svc", secret)[0][1]
+        mark = self.up.mark()
+        for tls in (None, self.gw.mtls(cert=False)):
+            port = self.gw.tls_port if tls else self.gw.port
+            for auth in ("Bearer " + secret, basic_value):
+                head = ("GET /v1/apps HTTP/1.1\r\nHost: localhost\r\nProxy-Authorization: %s"
+                        "\r\nX-Pad: %s\r\n\r\n" % (auth, "p" * 3000)).encode()
+                cut = head.index(b"Proxy-Authorization") + 30
+                with h.HttpClient(port, tls=tls,
+                                  server_hostname="localhost" if tls else None) as c:
+                    c.send(head[:cut])
+                    time.sleep(0.1)
+                    c.send(head[cut:])
+                    r = c.read_response("GET")
+                    self.assertEqual(r.status, 200, r.body)
+        reqs = self.up.requests(mark)
+        self.assertEqual(len(reqs), 4)
+        jwt = pt.auth_headers(reqs[-1])[0][len("Bearer "):].encode()
+        time.sleep(0.3)  # the last exchange's buffers are given back after the response
+        pid = self.px.pid
+        self.assertEqual(pt.memory_count(pid, secret.encode()), 0,
+                         "the client's secret is still in the proxy's memory")
+        self.assertEqual(pt.memory_count(pid, basic_value.split(" ")[1].encode()), 0,
+                         "the Basic credentials are still in the proxy's memory")
+        self.assertLessEqual(pt.memory_count(pid, jwt), 1,
+                             "copies of the token line outlive the requests that carried it")
+
+    def test_path_tricks_cannot_pass_allow_rules(self):
+        """The reader may GET /v1/apps...: paths that start with that prefix as sent but name
+        something else to a server that reads '\\' as '/' or strips ';' parameters are refused
+        before its rules are looked at (a literal '\\' used to pass)."""
+        mark = self.up.mark()
+        auth = self.gw.auth("reader")
+        for path in ("/v1/apps\\..\\users", "/v1/apps/..\\users", "/v1/apps/..;/users",
+                     "/v1/apps;x=1/../../users", "/v1/apps/..%3B/users", "/v1/apps;"):
+            with self.subTest(path=path):
+                r = self.gw.get(path, auth)
+                self.assertEqual((r.status, pt.error_code(r)), (400, "PROXY_BAD_REQUEST"), r.body)
+        self.assert_nothing_forwarded(mark)
+        # the query may hold them
+        r = self.gw.get("/v1/apps?filter=a;b\\c", auth)
+        self.assertEqual(r.status, 200, r.body)
+
+    def test_client_scope_401_remint_regression(self):
+        """Apple refuses a client-scoped token once: the proxy drops that token, mints a new one
+        with the client's own scope (not the route's wider one) and retries once; the client
+        sees the 200. (The 401 used to reach the client: the invalidation looked up the
+        route's token, not the client's.)"""
+        auth = self.gw.auth("reader")
+        mark = self.up.mark()
+        self.assertEqual(self.gw.get("/v1/apps", auth).status, 200)
+        t1 = pt.tokens_seen(self.up, mark)[0]
+        pt.standin_control(self.up, "revoke", token=t1)
+        mark = self.up.mark()
+        r = self.gw.get("/v1/apps", auth)
+        self.assertEqual(r.status, 200, r.body)
+        reqs = self.up.requests(mark)
+        self.assertEqual(len(reqs), 2, "one refused request and exactly one retry")
+        self.assertIn("revoked", reqs[0]["token_error"])
+        self.assertTrue(reqs[1]["token_ok"], reqs[1]["token_error"])
+        self.assertEqual(reqs[1]["token_claims"].get("scope"), ["GET /v1/apps"])
+        t2 = pt.auth_headers(reqs[1])[0][len("Bearer "):]
+        self.assertNotEqual(t2, t1)
+        # the new token is the one cached for the client from now on
+        mark = self.up.mark()
+        self.assertEqual(self.gw.get("/v1/apps", auth).status, 200)
+        self.assertEqual(pt.tokens_seen(self.up, mark), [t2])
+
     def test_client_scope_names_exact_resources(self):
         """The allow rule is a path prefix, but Apple's scope entries name exact resources: the
         reader's token ("GET /v1/apps") is refused by Apple for /v1/apps/1 although the proxy's

@@ -170,6 +170,25 @@ class MethodsTest(unittest.TestCase):
             self.assertFalse(c.closed_by_peer(0.2), "connection must stay open")
             self.assertEqual(c.buf, b"", "no stray bytes after the responses")
 
+    def test_304_on_rewrite_links_route_keeps_upstream_headers_regression(self):
+        """A 304 for a JSON resource on a rewrite_links route (App Store Connect's default):
+        the upstream's headers pass unchanged and no Content-Length is made up (a cache would
+        take "Content-Length: 0" as the stored response's new length; it used to be added)."""
+        with self.st.client() as c:
+            r = c.request("GET", "/__status/304?ETag=%22v1%22&Content-Type=application/json"
+                                 "&Cache-Control=max-age%3D60&X-Rate-Limit=user-hour-rem%3A9")
+            self.assertEqual(r.status, 304)
+            self.assertEqual(r.body, b"")
+            self.assertEqual(r.header_all("Content-Length"), [])
+            self.assertEqual(r.header_all("Transfer-Encoding"), [])
+            self.assertEqual(r.header_all("ETag"), ['"v1"'])
+            self.assertEqual(r.header_all("Content-Type"), ["application/json"])
+            self.assertEqual(r.header_all("Cache-Control"), ["max-age=60"])
+            # the connection stays usable
+            r = c.request("GET", "/__echo?after=304")
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.json()["query"], "after=304")
+
     # -- connection handling ----------------------------------------------------------------------
 
     def test_pipelining_answered_in_order(self):

@@ -9,7 +9,6 @@ import os
 import sys
 import time
 import unittest
-import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -18,13 +17,7 @@ import proxytest as pt  # noqa: E402
 MINTS = "apple_auth_proxy_token_mints_total"
 
 
-def control(standin, action, **params):
-    """Drives the stand-in's revocation list over a direct TLS connection (Host localhost)."""
-    q = urllib.parse.urlencode(params)
-    with standin.client("localhost") as c:
-        r = c.request("GET", "/__control/%s%s" % (action, "?" + q if q else ""), host="localhost")
-    assert r.status == 200, r.body
-    return r.json()
+control = pt.standin_control
 
 
 class TokenReuseTest(unittest.TestCase):
