@@ -139,7 +139,7 @@ static void shown(char *out, size_t outlen, const char *v, size_t n)
     out[k] = '\0';
 }
 
-enum browser_verdict browser_check(const struct conf *conf, size_t listener,
+enum browser_verdict browser_check(const struct conf *conf, size_t listener, int in_tunnel,
                                    const struct http1_msg *m, const struct sockaddr *local,
                                    char *detail, size_t detail_len)
 {
@@ -150,7 +150,7 @@ enum browser_verdict browser_check(const struct conf *conf, size_t listener,
 
     /* Origin-form only: absolute-form targets are routed by their own host, to configured
      * upstreams only, and CONNECT's authority-form is refused on its own. */
-    if (m->has_host && m->target_len > 0 && m->target[0] == '/') {
+    if (!in_tunnel && m->has_host && m->target_len > 0 && m->target[0] == '/') {
         enum browser_verdict v = host_verdict(conf, listener, m->host, m->host_len, local);
         if (v == BROWSER_NEED_LOCAL)
             return v;

@@ -18,10 +18,13 @@ enum browser_verdict {
 };
 
 /* Checks m (a complete request head) against the browser rule of docs/security.md.
- * listener: the index in conf->listen the connection was accepted on. local: the address the
- * connection was accepted on, or NULL (asked for only when needed). On a refusal, detail says
- * why (it may quote the Host or Origin, cut short and made printable). */
-enum browser_verdict browser_check(const struct conf *conf, size_t listener,
+ * listener: the index in conf->listen the connection was accepted on. in_tunnel: m came inside
+ * an intercepted CONNECT, where Host must name the CONNECT's host instead (request.h's
+ * request_plan_tunnel checks that), so only Origin and Sec-Fetch-Site are checked here.
+ * local: the address the connection was accepted on, or NULL (asked for only when needed).
+ * On a refusal, detail says why (it may quote the Host or Origin, cut short and made
+ * printable). */
+enum browser_verdict browser_check(const struct conf *conf, size_t listener, int in_tunnel,
                                    const struct http1_msg *m, const struct sockaddr *local,
                                    char *detail, size_t detail_len);
 

@@ -1594,13 +1594,15 @@ static int check_browser(struct client *c, const struct runtime *rt, const struc
     char detail[256];
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
+    int in_tunnel = c->tunnel_host != NULL;
     enum browser_verdict v =
-        browser_check(rt->conf, c->listener, m, NULL, detail, sizeof(detail));
+        browser_check(rt->conf, c->listener, in_tunnel, m, NULL, detail, sizeof(detail));
     if (v == BROWSER_NEED_LOCAL) {
         const struct sockaddr *local =
             getsockname(stream_fd(&c->s), (struct sockaddr *)&ss, &sl) == 0
                 ? (const struct sockaddr *)&ss : NULL;
-        v = local ? browser_check(rt->conf, c->listener, m, local, detail, sizeof(detail))
+        v = local ? browser_check(rt->conf, c->listener, in_tunnel, m, local, detail,
+                                  sizeof(detail))
                   : BROWSER_MISDIRECTED;
         if (local == NULL)
             snprintf(detail, sizeof(detail), "the connection's own address is unknown");

@@ -314,9 +314,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             memset(&local, 0, sizeof(local));
             local.sin_family = AF_INET;
             local.sin_addr.s_addr = htonl(0x0a000001); /* 10.0.0.1 */
-            enum browser_verdict bv = browser_check(rt->conf, 0, &m, NULL, detail, sizeof(detail));
+            enum browser_verdict bv =
+                browser_check(rt->conf, 0, size & 1, &m, NULL, detail, sizeof(detail));
             if (bv == BROWSER_NEED_LOCAL) {
-                bv = browser_check(rt->conf, 0, &m, (const struct sockaddr *)&local, detail,
+                CHECK(!(size & 1), "a tunnel's request asked for the local address");
+                bv = browser_check(rt->conf, 0, 0, &m, (const struct sockaddr *)&local, detail,
                                    sizeof(detail));
                 CHECK(bv != BROWSER_NEED_LOCAL, "asked for the local address twice");
             }

@@ -237,7 +237,7 @@ class HostileH2UpstreamTest(unittest.TestCase):
 
     def push(self, prefix=""):
         with h.HttpClient(self.proxy.port, timeout=20) as c:
-            c.send(("POST %s/3/device/%s HTTP/1.1\r\nHost: x\r\napns-topic: com.example.app\r\n"
+            c.send(("POST %s/3/device/%s HTTP/1.1\r\nHost: localhost\r\napns-topic: com.example.app\r\n"
                     "Content-Length: 10\r\n\r\n{\"aps\":{}}" % (prefix, DEVICE)).encode())
             try:
                 r = c.read_response("POST")

@@ -464,6 +464,19 @@ print(json.dumps({"pages": pages, "apps": names}))
         s.close()
         self.assertEqual(len(self.up.requests(since=mark)), 1)
 
+    def test_browser_rule_inside_the_tunnel(self):
+        """A browser configured with the proxy opens the tunnel itself, but the requests a page
+        makes through it carry Origin or Sec-Fetch-Site: refused there too (the browser rule),
+        while Host is the tunnel's rule."""
+        mark = self.up.mark()
+        for extra in ("Origin: https://evil.example\r\n", "Sec-Fetch-Site: cross-site\r\n"):
+            s = tunnel(self.px.port, ASC, self.ca)
+            status, _, body = get(s, "/v1/apps", extra=extra)
+            s.close()
+            self.assertEqual(status, 403, extra)
+            self.assertIn("PROXY_BROWSER_FORBIDDEN", body.decode())
+        self.assertEqual(self.up.requests(since=mark), [])
+
     def test_garbage_instead_of_a_client_hello(self):
         s, status, _ = connect(self.px.port, ASC + ":443")
         self.assertEqual(status, 200)
