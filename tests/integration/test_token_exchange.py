@@ -311,6 +311,12 @@ class FailureTest(unittest.TestCase):
         self.addCleanup(s.stop)
         self.check_failure(s, "malformed", r"expiresInSeconds is 315360000, outside")
 
+    def test_answer_too_large(self):
+        s = ExchangeSetup(standin_mode="?mode=huge")
+        self.addCleanup(s.stop)
+        self.check_failure(s, "malformed", r"maps-api\.apple\.com sent a malformed answer: a "
+                                           r"body over 64 KiB")
+
     def test_connection_closed(self):
         s = ExchangeSetup(standin_mode="?mode=close")
         self.addCleanup(s.stop)

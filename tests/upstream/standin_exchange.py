@@ -31,7 +31,8 @@ Test controls, on hosts without a profile (127.0.0.1, localhost):
       how the token endpoints answer from now on (both of them, or only one), for K answers
       (default: until changed): ok (the default), status (HTTP N, default 500, with an OAuth error body),
       malformed (not JSON), missing (no token field), zero (expires 0), absurd (expires ten
-      years), slow (sleep delay seconds, then answer ok), close (close without an answer);
+      years), huge (a chunked 100 KiB body), slow (sleep delay seconds, then answer ok), close
+      (close without an answer);
       expires: the lifetime of the tokens issued (default Apple's: 1800 maps, 3600 business)
   /__control/exchange/forget   forget every access token issued (the API answers 401 to them)
   /__control/exchange/reset    all of the above back to the defaults
@@ -136,6 +137,9 @@ def _exchange_answer(kind, ok_body):
         return Response(200, b"<html>not json</html>", content_type="application/json")
     if mode == "close":
         return Response(0, raw=b"")
+    if mode == "huge":
+        return Response(200, b'{"pad": "' + b"x" * (100 * 1024) + b'"}', chunked=True,
+                        content_type="application/json")
     body = ok_body()
     field = "expiresInSeconds" if kind == "maps" else "expires_in"
     if mode == "missing":
