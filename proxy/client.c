@@ -13,6 +13,9 @@
  *     |                        ^                                          with backpressure
  *     +--- keep-alive ---------+------------- response complete ---------------+
  *
+ * CONNECTING also covers the wait for a client's rate decision from Redis (rate_ask, with
+ * shared_state): the head is planned and drained, the body waits unread.
+ *
  * One exchange at a time: pipelined requests wait in the input buffer until the response
  * before them is complete. Client and upstream connections are separate objects; the upstream
  * connection (upstream.c) belongs to the client only for the length of one exchange.

@@ -162,6 +162,25 @@ class SharedStateTest(unittest.TestCase):
             for secret in (LIMITED, FAST, PRIORITY, FALLBACK, "eyJ", "PRIVATE KEY"):
                 self.assertNotIn(secret, value)
 
+    def test_shared_metrics_pass_promtool(self):
+        promtool = shutil.which("promtool")
+        self.assertIsNotNone(promtool, "promtool (Debian's prometheus package) is needed: make deps")
+        self.start_pair()
+        self.assertEqual(self.get(self.px[0]).status, 200)
+        pt.wait_until(lambda: pt.metrics(self.px[0]).value(
+            "apple_auth_proxy_shared_token_mints", credential="asc") is not None, 15, 0.1,
+            "the shared mint count read back")
+        text = pt.admin_get(self.px[0], "/metrics").body
+        p = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                           timeout=60)
+        self.assertEqual(p.returncode, 0, "promtool: %s %s" % (p.stdout.decode(),
+                                                              p.stderr.decode()))
+        # one token minted by each replica (each mints its own), added up in Redis
+        pt.wait_until(lambda: all(pt.metrics(px).value(
+            "apple_auth_proxy_shared_token_mints", credential="asc") ==
+            sum(pt.metrics(q).value("apple_auth_proxy_token_mints_total", credential="asc")
+                for q in self.px) for px in self.px), 15, 0.1, "the mint counts added up")
+
     def test_quota_reserve_learnt_on_one_replica_holds_on_the_other(self):
         # the stand-in reports about 1000 requests left; 2000 are kept for priority clients
         self.start_pair(quota_reserve=2000)
