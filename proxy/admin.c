@@ -85,7 +85,7 @@ static void shared_detail(struct server *s, struct evbuffer *out)
         evbuffer_add_printf(out, "shared_state: Redis at %s used by %d of %d workers; the others "
                             "decide locally\n", st.target, st.up, st.connections);
     else
-        evbuffer_add_printf(out, "shared_state: Redis at %s is not reachable; rate limits are "
+        evbuffer_add_printf(out, "shared_state: Redis at %s is not usable; rate limits are "
                             "local, divided by %d replica%s (fallbacks so far: %llu)\n",
                             st.target, st.replicas, st.replicas == 1 ? "" : "s",
                             (unsigned long long)st.fallbacks);

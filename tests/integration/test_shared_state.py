@@ -49,9 +49,10 @@ def client(secret, **extra):
 class Redis:
     """redis-server on a free loopback port, no RDB or AOF files, in its own directory."""
 
-    def __init__(self, port=None, bind="127.0.0.1"):
+    def __init__(self, port=None, bind="127.0.0.1", password=None):
         self.port = port or h.unused_port()
         self.bind = bind
+        self.password = password
         self.dir = h.new_dir("redis")
         self.proc = None
         self.start()
@@ -60,14 +61,16 @@ class Redis:
         self.proc = h._Process("redis-server", [
             shutil.which("redis-server"), "--port", str(self.port), "--bind"] + self.bind.split() + [
             "--save", "", "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
-            "--protected-mode", "yes", "--loglevel", "warning"])
+            "--protected-mode", "yes", "--loglevel", "warning"] +
+            (["--requirepass", self.password] if self.password else []))
         pt.wait_until(self.answers, 10, 0.05, "redis-server answering PING")
 
     def answers(self):
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                answer = s.recv(64)
+                return answer.startswith(b"+PONG") or answer.startswith(b"-NOAUTH")
         except OSError:
             return False
 
@@ -90,7 +93,7 @@ class SharedStateTest(unittest.TestCase):
         self.creds = {"asc": h.credential("app-store-connect", h.make_key())}
         self.routes = [h.route(self.up, "app-store-connect", "asc")]
 
-    def start_pair(self, quota_reserve=None, redis_host="127.0.0.1"):
+    def start_pair(self, quota_reserve=None, redis_host="127.0.0.1", password=None, wait=True):
         creds = {"asc": dict(self.creds["asc"])}
         if quota_reserve is not None:
             creds["asc"]["quota_reserve"] = quota_reserve
@@ -102,15 +105,20 @@ class SharedStateTest(unittest.TestCase):
         }
         shared = {"redis": "%s:%d" % (redis_host, self.redis.port), "timeout": TIMEOUT, "replicas": 2,
                   "key_prefix": "test%d:" % os.getpid()}
+        env = None
+        if password is not None:
+            shared["password_env"] = "TEST_REDIS_PASSWORD"
+            env = h.clean_env({"TEST_REDIS_PASSWORD": password})
         config = h.write_config(creds, self.routes, workers=2, clients=clients,
                                 admin_listen="127.0.0.1:0", shared_state=shared)
         self.px = []
         for _ in range(2):
-            px = h.start_proxy(config)
+            px = h.start_proxy(config, env=env)
             self.addCleanup(px.stop)
             self.px.append(px)
         for px in self.px:
-            self.wait_using_redis(px)
+            if wait:
+                self.wait_using_redis(px)
 
     def readyz(self, px):
         r = pt.admin_get(px, "/readyz")
@@ -244,7 +252,7 @@ class SharedStateTest(unittest.TestCase):
         for px, mark in zip(self.px, marks):
             status, body = self.readyz(px)
             self.assertEqual(status, 200, body)
-            self.assertIn("is not reachable; rate limits are local, divided by 2 replicas", body)
+            self.assertIn("is not usable; rate limits are local, divided by 2 replicas", body)
             m = pt.metrics(px)
             self.assertGreaterEqual(m.value("apple_auth_proxy_shared_state_fallbacks_total"), 1)
             self.assertGreater(m.value("apple_auth_proxy_shared_rate_decisions_total",
@@ -325,6 +333,31 @@ class SharedStateTest(unittest.TestCase):
         self.start_pair(redis_host="localhost")
         statuses = [self.get(self.px[i % 2]).status for i in range(7)]
         self.assertEqual(statuses, [200] * 6 + [429])
+
+    def test_redis_password(self):
+        self.redis.stop()
+        self.redis = Redis(port=self.redis.port, password="s3cret-redis-pass")
+        self.addCleanup(self.redis.stop)
+        self.start_pair(password="s3cret-redis-pass")
+        statuses = [self.get(self.px[i % 2]).status for i in range(7)]
+        self.assertEqual(statuses, [200] * 6 + [429])
+        for px in self.px:
+            self.assertNotIn("s3cret-redis-pass", px.stderr_text())
+
+    def test_wrong_redis_password_falls_back(self):
+        self.redis.stop()
+        self.redis = Redis(port=self.redis.port, password="the-right-one")
+        self.addCleanup(self.redis.stop)
+        self.start_pair(password="a-wrong-one", wait=False)
+        for px in self.px:
+            pt.wait_stderr(px, r"is not usable \(AUTH refused: ", timeout=15)
+            status, body = self.readyz(px)
+            self.assertEqual(status, 200, body)
+            self.assertIn("is not usable; rate limits are local", body)
+            self.assertNotIn("a-wrong-one", px.stderr_text())
+        # each replica keeps its share of the burst of 6
+        statuses = [self.get(self.px[0]).status for _ in range(4)]
+        self.assertEqual(statuses, [200, 200, 200, 429])
 
     def test_pipelined_requests_after_a_decision_from_redis(self):
         self.start_pair()
