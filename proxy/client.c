@@ -809,6 +809,13 @@ static void token_wait_retry(struct client *c)
     struct runtime *rt = c->gen->rt;
     const struct credential *cred =
         &rt->conf->credentials[rt->conf->routes[c->x->route].credential_index];
+    struct runtime *cur = c->w->gen->rt;
+    size_t j;
+    /* A reload came while this request waited: the exchange may have been made for the new
+     * configuration; its token is as good when the credential did not change. */
+    if (cur != rt && (j = runtime_credential_index(cur, cred->name)) != SIZE_MAX &&
+        runtime_same_exchange(&cur->conf->credentials[j], cred))
+        token_cache_adopt(rt->tokens, cred, cur->tokens, &cur->conf->credentials[j]);
     c->x->tok = token_cache_get(rt->tokens, cred, c->x->scope, c->x->nscope, NULL, 0);
     if (c->x->tok != NULL) {
         c->x->token_wait = 0;

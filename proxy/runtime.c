@@ -323,8 +323,7 @@ void runtime_unref(struct runtime *rt)
     free(rt);
 }
 
-/* The same exchange: an access token of one is good for the other. */
-static int same_exchange(const struct credential *a, const struct credential *b)
+int runtime_same_exchange(const struct credential *a, const struct credential *b)
 {
     return a->profile == b->profile && profile_exchanged(a->profile) &&
            str_eq(a->key_id, b->key_id) && str_eq(a->team_id, b->team_id) &&
@@ -334,6 +333,14 @@ static int same_exchange(const struct credential *a, const struct credential *b)
            str_eq(a->token_address_host, b->token_address_host) &&
            a->token_address_port == b->token_address_port &&
            str_eq(a->token_ca_file, b->token_ca_file);
+}
+
+size_t runtime_credential_index(const struct runtime *rt, const char *name)
+{
+    for (size_t i = 0; i < rt->conf->ncredentials; i++)
+        if (strcmp(rt->conf->credentials[i].name, name) == 0)
+            return i;
+    return SIZE_MAX;
 }
 
 void runtime_carry_exchanges(struct runtime *rt, const struct runtime *old)
@@ -347,7 +354,7 @@ void runtime_carry_exchanges(struct runtime *rt, const struct runtime *old)
                     rt->exchange[i].results[r] =
                         __atomic_load_n(&old->exchange[j].results[r], __ATOMIC_RELAXED);
                 /* A reload does not make requests wait for a new exchange. */
-                if (same_exchange(c, o))
+                if (runtime_same_exchange(c, o))
                     token_cache_adopt(rt->tokens, c, old->tokens, o);
                 break;
             }

@@ -90,6 +90,11 @@ int runtime_exchange_failing(struct runtime *rt, size_t cred, char *reason, size
 /* A reload: the exchange counters of old's credentials, and the access tokens of those whose
  * exchange is unchanged, go to rt's credentials of the same names. */
 void runtime_carry_exchanges(struct runtime *rt, const struct runtime *old);
+/* Whether two exchanged credentials (of two configurations) make the same exchange: an access
+ * token of one is good for the other. */
+int runtime_same_exchange(const struct credential *a, const struct credential *b);
+/* The index of the credential named `name`, or SIZE_MAX. */
+size_t runtime_credential_index(const struct runtime *rt, const char *name);
 
 /* Takes ownership of conf (also on failure). Builds TLS contexts (verification always on),
  * takes the entries of its credentials and clients from live (borrowed: it must outlive the

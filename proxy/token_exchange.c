@@ -402,8 +402,13 @@ static void exchanger_done(struct tx_run *run, enum exchange_result result, cons
         reason = "out of memory";
     }
     if (result == EXCHANGE_OK) {
+        struct runtime *cur = x->w.gen->rt;
+        size_t j = cur != rt ? runtime_credential_index(cur, c->name) : SIZE_MAX;
         st->failures = 0;
         runtime_exchange_record(rt, run->cred, EXCHANGE_OK, NULL, NULL, 0);
+        /* Begun before a reload: the configuration now in use gets the token too. */
+        if (j != SIZE_MAX && runtime_same_exchange(&cur->conf->credentials[j], c))
+            token_cache_adopt(cur->tokens, &cur->conf->credentials[j], rt->tokens, c);
         log_msg(LOG_INFO, "credential %s: new access token from %s (expires in %ld s)", c->name,
                 run_target(run)->name, expires_in);
     } else {
@@ -420,6 +425,19 @@ static void exchanger_done(struct tx_run *run, enum exchange_result result, cons
     /* Requests waiting for this credential go on, or get the failure. */
     for (int i = 0; i < x->server->nworkers; i++)
         worker_wake(&x->server->workers[i]);
+}
+
+/* Whether an exchange begun on an earlier configuration, for the same credential, is still
+ * going: its token will do (exchanger_done hands it over), so a reload does not start a second
+ * exchange. */
+static int exchange_in_flight_before(const struct token_exchanger *x, const struct runtime *rt,
+                                     const struct credential *c)
+{
+    for (const struct tx_run *run = x->runs; run; run = run->next)
+        if (run->gen->rt != rt && strcmp(run_cred(run)->name, c->name) == 0 &&
+            runtime_same_exchange(run_cred(run), c))
+            return 1;
+    return 0;
 }
 
 /* Whether a route uses the credential (an unused one is never exchanged). */
@@ -444,7 +462,7 @@ static void exchanger_scan(struct token_exchanger *x)
         if (__atomic_load_n(&st->failing, __ATOMIC_ACQUIRE) &&
             now < __atomic_load_n(&st->retry_at_ms, __ATOMIC_RELAXED))
             continue; /* backing off */
-        if (!token_cache_due(rt->tokens, c, NULL))
+        if (!token_cache_due(rt->tokens, c, NULL) || exchange_in_flight_before(x, rt, c))
             continue;
         st->in_flight = 1;
         if (run_start(gen, i, exchanger_done, x, &x->runs) < 0) {

@@ -250,6 +250,25 @@ class ReloadTest(unittest.TestCase):
         self.assertEqual(exchanges_metric(text, "biz", "ok"), 2)
 
 
+class ReloadDuringExchangeTest(unittest.TestCase):
+    def test_reload_while_an_exchange_is_in_flight(self):
+        # The first exchange takes 2 s; a reload comes meanwhile. The waiting request is served,
+        # the new configuration gets that exchange's token, and no second exchange is made.
+        s = ExchangeSetup(standin_mode="?mode=slow&delay=2&times=1&only=maps")
+        self.addCleanup(s.stop)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(s.maps)
+            pt.wait_until(lambda: token_requests(s.up, host=MAPS), 10, 0.02, "the exchange")
+            s.px.proc.send_signal(signal.SIGHUP)
+            r = waiting.result(timeout=20)
+        self.assertEqual(r.status, 200, r.body)
+        pt.wait_until(lambda: "reloaded" in s.px.stderr_text(), 10, 0.05, "the reload")
+        r = s.maps()
+        self.assertEqual(r.status, 200, r.body)
+        time.sleep(1.5)  # a scan of the new configuration would have started a second one
+        self.assertEqual(len(token_requests(s.up, host=MAPS)), 1)
+
+
 class FailureTest(unittest.TestCase):
     """Each way an exchange fails: Apple's error shape to the client with the reason, the error
     log, /metrics and /readyz say so, nothing secret anywhere, and a retry with backoff."""
