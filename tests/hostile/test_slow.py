@@ -237,10 +237,15 @@ class SlowClientsTest(unittest.TestCase):
         got = 0
         peak = base
         t_end = time.monotonic() + 4.0
+        t_stop = time.monotonic()
         while time.monotonic() < t_end:
             d = s.recv(65536)
             if not d:
                 break
+            # The proxy's send timeout runs from its last write, which this read allowed: the
+            # wait is measured from here, not from after the RSS probe and the sleep below (a
+            # loaded machine can spend a good part of a second in those).
+            t_stop = time.monotonic()
             got += len(d)
             peak = max(peak, fx.rss_kib())
             time.sleep(0.015)
@@ -259,7 +264,6 @@ class SlowClientsTest(unittest.TestCase):
             self.assertLess(peak - base, 24 * 1024,
                             "the proxy's RSS grew by %d KiB" % (peak - base))
         # The reader stops: send_timeout closes the connection, and the upstream one with it.
-        t_stop = time.monotonic()
         fx.up.wait(lambda: up_conn.closed, SEND_TIMEOUT + 6)
         self.assertTrue(up_conn.closed, "the upstream connection outlived the stalled reader")
         waited = time.monotonic() - t_stop
