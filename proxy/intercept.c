@@ -27,6 +27,10 @@
 #define CA_FILE_MAX (64 * 1024)
 /* Warn when the CA has less than this left: every client must be given the next one. */
 #define CA_WARN_DAYS 90
+/* The longest Common Name a certificate may carry (X.520 ub-common-name). A longer host name
+ * (DNS allows 253) goes in the subjectAltName alone, marked critical as RFC 5280 4.2.1.6 asks
+ * of a certificate whose subject is empty; clients match the subjectAltName anyway. */
+#define LEAF_CN_MAX 64
 
 struct leaf {
     SSL_CTX *ctx;    /* NULL until the host's first connection */
@@ -177,15 +181,16 @@ static int leaf_make(const struct intercept *ic, const char *host, long lifetime
 {
     X509 *x = NULL;
     EVP_PKEY *k = p256_new();
-    char san[INTERCEPT_MAX_NAME + 8];
+    char san[INTERCEPT_MAX_NAME + 16];
+    int has_cn = strlen(host) <= LEAF_CN_MAX;
     *cert = NULL;
     *key = NULL;
     if (k == NULL || (x = X509_new()) == NULL)
         goto fail;
-    snprintf(san, sizeof(san), "DNS:%s", host);
+    snprintf(san, sizeof(san), "%sDNS:%s", has_cn ? "" : "critical,", host);
     if (!X509_set_version(x, 2) || set_serial(x) < 0 ||
-        !X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-                                    (const unsigned char *)host, -1, -1, 0) ||
+        (has_cn && !X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                                               (const unsigned char *)host, -1, -1, 0)) ||
         !X509_set_issuer_name(x, X509_get_subject_name(ic->ca)) ||
         !X509_gmtime_adj(X509_getm_notBefore(x), -INTERCEPT_BACKDATE) ||
         !X509_gmtime_adj(X509_getm_notAfter(x), lifetime) || !X509_set_pubkey(x, k) ||

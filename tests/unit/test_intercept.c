@@ -203,6 +203,43 @@ static void test_refusals(void **state)
     rmdir(d2);
 }
 
+/* A host name longer than 64 characters (the most a certificate's Common Name may hold; a DNS
+ * name may have 253) still gets a leaf: the name is in the subjectAltName, which is what
+ * clients check. */
+static void test_leaf_for_a_name_longer_than_a_common_name(void **state)
+{
+    static const char longname[] =
+        "mdm-enrollment-gateway-eu-west-1-production.devices.business.apple.com";
+    const char *const one[] = {longname};
+    char err[512], d2[300];
+    struct intercept *ic;
+    SSL *ssl;
+    (void)state;
+    assert_true(strlen(longname) > 64);
+    snprintf(d2, sizeof(d2), "%s-long", dir);
+    ic = intercept_new(d2, one, 1, err, sizeof(err), NULL, 0);
+    if (ic == NULL)
+        fail_msg("intercept_new: %s", err);
+    ssl = intercept_ssl_new(ic, longname, strlen(longname), err, sizeof(err));
+    if (ssl == NULL)
+        fail_msg("intercept_ssl_new: %s", err);
+    assert_int_equal(X509_check_host(SSL_get_certificate(ssl), longname, 0, 0, NULL), 1);
+    /* And it verifies under the CA's name constraints, as a client's check does. */
+    X509_STORE *store = X509_STORE_new();
+    X509_STORE_CTX *vctx = X509_STORE_CTX_new();
+    assert_non_null(store);
+    assert_non_null(vctx);
+    assert_int_equal(X509_STORE_add_cert(store, intercept_ca_cert(ic)), 1);
+    assert_int_equal(X509_STORE_CTX_init(vctx, store, SSL_get_certificate(ssl), NULL), 1);
+    X509_VERIFY_PARAM_set1_host(X509_STORE_CTX_get0_param(vctx), longname, 0);
+    if (X509_verify_cert(vctx) != 1)
+        fail_msg("verify: %s", X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
+    X509_STORE_CTX_free(vctx);
+    X509_STORE_free(store);
+    SSL_free(ssl);
+    intercept_free(ic);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -210,6 +247,7 @@ int main(void)
         cmocka_unit_test(test_leaf_cached_and_renewed),
         cmocka_unit_test(test_threads_share_one_leaf),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_leaf_for_a_name_longer_than_a_common_name),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
