@@ -649,7 +649,7 @@ void shared_conn_free(struct shared_conn *conn)
         return;
     event_free(conn->tick);
     if (conn->resolving)
-        evdns_getaddrinfo_cancel(conn->resolving); /* calls resolved() with a cancel */
+        evdns_getaddrinfo_cancel(conn->resolving); /* resolved() hears of it later */
     if (conn->state == SHARED_UP)
         __atomic_sub_fetch(&conn->sh->up, 1, __ATOMIC_RELAXED);
     __atomic_sub_fetch(&conn->sh->conns, 1, __ATOMIC_RELAXED);
