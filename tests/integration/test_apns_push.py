@@ -222,6 +222,31 @@ class ApnsPushTest(unittest.TestCase):
             self.assertEqual(r.status, 200)
 
 
+class IdleConnectionTest(unittest.TestCase):
+    """An idle HTTP/2 connection stays open (Apple asks providers to keep them): after 30 s
+    without traffic the proxy PINGs it, and the next push goes over the same connection."""
+
+    def test_idle_connection_is_pinged_and_kept(self):
+        key = h.make_key()
+        up = h.Standin(script=h.STANDIN_APNS)
+        cred = h.credential("apns", key, team_id=h.random_team_id())
+        route = h.route(up, "https://api.push.apple.com", "push", path_prefix="/3/device/")
+        proxy = h.start_proxy(h.write_config({"push": cred}, [route],
+                                             limits={"upstream_idle_timeout": 2}))
+        try:
+            self.assertEqual(h.request(proxy.port, "POST", "/3/device/" + DEVICE,
+                                       push_headers(), PAYLOAD)[0], 200)
+            first = up.events("push")[0]["conn"]
+            up.wait_for(lambda e: e["conn"] == first, kind="ping", timeout=60)
+            self.assertEqual(h.request(proxy.port, "POST", "/3/device/" + DEVICE,
+                                       push_headers(), PAYLOAD)[0], 200)
+            self.assertEqual([e["conn"] for e in up.events("push")], [first, first])
+            self.assertEqual(up.events("conn_close"), [])
+        finally:
+            proxy.stop()
+            up.stop()
+
+
 class H2RequiredTest(unittest.TestCase):
     """An h2 route to an upstream that does not select h2 fails the TLS step with 502
     PROXY_UPSTREAM_TLS: the bytes of one protocol are never read as the other."""

@@ -40,7 +40,7 @@ Commands (tests drive misbehaviour with a request header; the stream carrying it
   GET /__stats                    JSON: connections, pushes, per apns-id counts (duplicates)
 
 Log (--log): one JSON object per line (event: accept, handshake, tls_error, push, answer,
-goaway, rst, conn_close).
+goaway, rst, ping, conn_close).
 """
 import argparse
 import json
@@ -284,6 +284,8 @@ class Connection:
                 self.on_request(ev.stream_id)
         elif isinstance(ev, h2.events.StreamReset):
             self.streams.pop(ev.stream_id, None)
+        elif isinstance(ev, h2.events.PingReceived):
+            self.log("ping", conn=self.cid)
 
     def answer(self, sid, status, reason, headers, extra=(), timestamp=None):
         apns_id = headers.get("apns-id") or str(uuid.uuid4()).upper()
