@@ -904,6 +904,9 @@ static void conn_close(struct h2conn *hc, const char *why)
     if (why != NULL && hc->nstreams > 0)
         log_msg(LOG_WARN, "upstream %s: HTTP/2 connection lost with %zu exchanges on it: %s",
                 target_name(hc->pool), hc->nstreams, why);
+    else if (why != NULL)
+        log_msg(LOG_INFO, "upstream %s: idle HTTP/2 connection closed: %s",
+                target_name(hc->pool), why);
     TAILQ_REMOVE(&pool_h2(hc->pool)->conns, hc, link);
     while ((st = TAILQ_FIRST(&hc->streams)) != NULL) {
         int unsent = st->id < 0 || st->id > hc->goaway_last;

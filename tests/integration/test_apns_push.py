@@ -247,6 +247,33 @@ class IdleConnectionTest(unittest.TestCase):
             up.stop()
 
 
+class DeadConnectionTest(unittest.TestCase):
+    """A connection whose peer stops answering (PING unanswered for 10 s after 30 s idle) is
+    closed, and the next push opens a new one instead of waiting on the dead one."""
+
+    def test_unanswered_ping_closes_the_connection(self):
+        key = h.make_key()
+        up = h.Standin(script=h.STANDIN_APNS)
+        cred = h.credential("apns", key, team_id=h.random_team_id())
+        route = h.route(up, "https://api.push.apple.com", "push", path_prefix="/3/device/")
+        proxy = h.start_proxy(h.write_config({"push": cred}, [route]))
+        try:
+            status = h.request(proxy.port, "POST", "/3/device/" + DEVICE,
+                               push_headers(**{"x-standin-action": "freeze-after"}), PAYLOAD)[0]
+            self.assertEqual(status, 200)
+            first = up.events("push")[0]["conn"]
+            wait_until(lambda: "no answer to PING" in proxy.stderr_text() or
+                       [e for e in up.events("conn_close") if e["conn"] == first], timeout=70)
+            self.assertEqual(h.request(proxy.port, "POST", "/3/device/" + DEVICE,
+                                       push_headers(), PAYLOAD)[0], 200)
+            conns = [e["conn"] for e in up.events("push")]
+            self.assertEqual(len(conns), 2)
+            self.assertNotEqual(conns[0], conns[1])
+        finally:
+            proxy.stop()
+            up.stop()
+
+
 class H2RequiredTest(unittest.TestCase):
     """An h2 route to an upstream that does not select h2 fails the TLS step with 502
     PROXY_UPSTREAM_TLS: the bytes of one protocol are never read as the other."""

@@ -35,6 +35,8 @@ Commands (tests drive misbehaviour with a request header; the stream carrying it
                                   answers that cannot be provoked in a test's time, such as
                                   429 TooManyProviderTokenUpdates from another sender's token)
   x-standin-action: headers=N     answer 200 with N extra header fields (a huge head)
+  x-standin-action: freeze-after  answer this stream, then read nothing more on the connection
+                                  (a dead peer behind a live socket: PINGs go unanswered)
   x-standin-clock: N              this connection's clock runs N seconds ahead from now on (the
                                   20-minute and one-hour rules without waiting)
   GET /__stats                    JSON: connections, pushes, per apns-id counts (duplicates)
@@ -210,6 +212,7 @@ class Connection:
         self.lock = threading.Lock()     # the h2 state and the socket (delayed answers)
         self.streams = {}                # stream id -> {"headers": dict, "body": bytearray}
         self.closed = False
+        self.frozen = False
         self.refused_from = None         # after a GOAWAY: streams from this id are ignored
 
     def now(self):
@@ -256,6 +259,8 @@ class Connection:
                     for ev in events:
                         self.on_event(ev)
                     self.flush()
+                while self.frozen and not self.closed:
+                    time.sleep(1)
         except (OSError, ssl.SSLError) as e:
             self.log("conn_error", conn=self.cid, error=str(e))
         finally:
@@ -347,6 +352,9 @@ class Connection:
         self.process(sid, hd, bytes(st["body"]))
         if action == "goaway-after":
             self.send_goaway(sid)
+        if action == "freeze-after":
+            self.log("freeze", conn=self.cid)
+            self.frozen = True
 
     def send_goaway(self, last):
         """A graceful GOAWAY: streams up to `last` still get their answers (h2's own
