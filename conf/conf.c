@@ -472,6 +472,32 @@ static const struct conf_field conf_credential_fields[] = {
 static const char *const conf_key_sources[] = {"private_key_file", "private_key",
                                                "private_key_env"};
 
+/* Apple names the key file it hands out AuthKey_<KEY ID>.p8. A file of that form whose ID is
+ * not the credential's key_id is nearly always a paste error, which Apple would answer with a
+ * bare 401 on every request: warn while the mistake can still be named. */
+static void conf_cred_check_key_file_name(struct conf_ctx *ctx, const struct conf_cred_in *in,
+                                          const char *sub)
+{
+    static const char prefix[] = "AuthKey_", suffix[] = ".p8";
+    const char *base = strrchr(in->key_file, '/');
+    size_t n, idlen;
+
+    base = base != NULL ? base + 1 : in->key_file;
+    n = strlen(base);
+    if (in->cred.key_id == NULL || n <= sizeof prefix - 1 + sizeof suffix - 1 ||
+        strncmp(base, prefix, sizeof prefix - 1) != 0 ||
+        strcmp(base + n - (sizeof suffix - 1), suffix) != 0)
+        return;
+    idlen = n - (sizeof prefix - 1) - (sizeof suffix - 1);
+    if (idlen == strlen(in->cred.key_id) &&
+        strncmp(base + sizeof prefix - 1, in->cred.key_id, idlen) == 0)
+        return;
+    conf_msgs_add(ctx->warns, sub,
+                  "the file is named for key %.*s but key_id is %s; Apple answers 401 to "
+                  "tokens whose key_id does not match the key that signed them",
+                  (int)(idlen > 64 ? 64 : idlen), base + sizeof prefix - 1, in->cred.key_id);
+}
+
 /* Loads the credential's key from its one source. Key text is never quoted in a message. */
 static void conf_cred_load_key(struct conf_ctx *ctx, const cJSON *obj, struct conf_cred_in *in,
                                const char *path)
@@ -509,6 +535,7 @@ static void conf_cred_load_key(struct conf_ctx *ctx, const cJSON *obj, struct co
             conf_msgs_add(ctx->errs, sub, "%s", err);
         if (warn[0] != '\0')
             conf_msgs_add(ctx->warns, sub, "%s", warn);
+        conf_cred_check_key_file_name(ctx, in, sub);
     } else if (in->key_text != NULL) {
         if (key_load_text(in->key_text, strlen(in->key_text), &in->cred.key, err, sizeof err) != 0)
             conf_msgs_add(ctx->errs, sub, "%s", err);

@@ -129,6 +129,10 @@ struct conf_shared {
 struct conf {
     struct conf_addr *listen;   /* default one: 127.0.0.1:8080 */
     size_t nlisten;
+    const char *listen_source;  /* what set listen: NULL for the file's "listen" (or the
+                                   default), else "APPLE_AUTH_PROXY_LISTEN" or "--listen"
+                                   (static strings, so messages name where an address came
+                                   from) */
     struct conf_addr admin_listen; /* default 127.0.0.1:9901; text NULL when "admin_listen": null */
     int workers;                /* 0: one per core */
     struct credential *credentials;
@@ -198,6 +202,14 @@ int conf_check_exposure(const struct conf *conf, char **errors, char **warnings)
  * material it has removed from the process environment in a private table, so a reload can
  * still read it. */
 void conf_set_getenv(const char *(*fn)(const char *name));
+
+/* Names listener i in messages: "listen[i]" for the file's, else the variable or option that
+ * set the addresses (listen_source). */
+void conf_listen_name(const struct conf *conf, size_t i, char *out, size_t outlen);
+
+/* Why a gateway client could not be called name in "clients" (a static message), or NULL
+ * when it can. */
+const char *conf_client_name_problem(const char *name);
 
 /* Finds a credential by name; NULL when absent. */
 const struct credential *conf_credential(const struct conf *conf, const char *name);

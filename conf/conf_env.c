@@ -614,6 +614,7 @@ void conf_env_overrides(struct conf *conf, conf_getenv_fn g, struct conf_msgs *e
             free(conf->listen);
             conf->listen = list;
             conf->nlisten = n;
+            conf->listen_source = ENV_LISTEN;
         }
     }
 workers:

@@ -64,6 +64,14 @@ static int conf_append(char **dst, char *lines)
     return 0;
 }
 
+void conf_listen_name(const struct conf *conf, size_t i, char *out, size_t outlen)
+{
+    if (conf->listen_source != NULL)
+        snprintf(out, outlen, "%s", conf->listen_source);
+    else
+        conf_path_index(out, outlen, "listen", i);
+}
+
 int conf_check_exposure(const struct conf *conf, char **errors, char **warnings)
 {
     struct conf_msgs errs, warns;
@@ -82,7 +90,7 @@ int conf_check_exposure(const struct conf *conf, char **errors, char **warnings)
 
         if (conf_host_loopback(a->host))
             continue;
-        conf_path_index(path, sizeof path, "listen", i);
+        conf_listen_name(conf, i, path, sizeof path);
         if (!conf->allow_anonymous_clients) {
             conf_msgs_add(&errs, path,
                           "%s is not a loopback address and no client identities are "
@@ -103,9 +111,10 @@ int conf_check_exposure(const struct conf *conf, char **errors, char **warnings)
     /* One warning for all of them: the opt-out was deliberate. */
     if (exposed > 0) {
         if (exposed == 1)
-            conf_path_index(path, sizeof path, "listen", first);
+            conf_listen_name(conf, first, path, sizeof path);
         else
-            snprintf(path, sizeof path, "listen");
+            snprintf(path, sizeof path, "%s",
+                     conf->listen_source != NULL ? conf->listen_source : "listen");
         if (unlisted > 0)
             conf_msgs_add(&warns, path,
                           "allow_anonymous_clients is true and no client identities are "

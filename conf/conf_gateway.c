@@ -324,6 +324,11 @@ static const char *conf_check_client_name(const char *s)
                : "client names use letters, digits, '.', '-' and '_' (1 to 64 characters)";
 }
 
+const char *conf_client_name_problem(const char *name)
+{
+    return conf_check_client_name(name);
+}
+
 /* An HTTP method is a token (RFC 9110, section 5.6.2). */
 static const char *conf_check_method(const char *s)
 {

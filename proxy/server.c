@@ -16,16 +16,14 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <openssl/err.h>
-#include <openssl/evp.h>
 
 #include "proxy/accesslog.h"
 #include "proxy/admin.h"
 #include "proxy/client.h"
 #include "proxy/log.h"
+#include "proxy/preflight.h"
 #include "proxy/token_exchange.h"
 #include "proxy/upstream.h"
-
-#define LISTEN_BACKLOG 1024
 
 int server_client_enter(struct server *s, size_t max)
 {
@@ -47,15 +45,9 @@ void server_client_leave(struct server *s)
 static int open_listeners(const struct conf_addr *addr, int nworkers, int *fds, int *bound_port,
                           char *err, size_t errlen)
 {
-    struct addrinfo hints, *res = NULL;
-    char port[8];
-    int i, rc, one = 1;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    snprintf(port, sizeof(port), "%d", addr->port);
-    rc = getaddrinfo(addr->host, port, &hints, &res);
+    struct addrinfo *res = NULL;
+    int i, rc;
+    rc = preflight_resolve(addr, &res);
     if (rc != 0) {
         snprintf(err, errlen, "listen %s: %s", addr->text, gai_strerror(rc));
         return -1;
@@ -70,19 +62,10 @@ static int open_listeners(const struct conf_addr *addr, int nworkers, int *fds, 
             ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)*bound_port);
         else
             ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)*bound_port);
-        int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int fd = preflight_listen_socket(res->ai_family, &ss, res->ai_addrlen);
         if (fd < 0)
             goto fail;
         fds[i] = fd;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
-            goto fail;
-        if (res->ai_family == AF_INET6)
-            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-        if (bind(fd, (struct sockaddr *)&ss, res->ai_addrlen) < 0)
-            goto fail;
-        if (listen(fd, LISTEN_BACKLOG) < 0)
-            goto fail;
         if (*bound_port == 0) {
             socklen_t sl = sizeof(ss);
             getsockname(fd, (struct sockaddr *)&ss, &sl);
@@ -102,113 +85,6 @@ fail:
         freeaddrinfo(res);
     }
     return -1;
-}
-
-/* The server context of an HTTPS listener: TLS 1.2+, ALPN http/1.1, and, with
- * client_ca_file, client certificates verified against those CAs (optional for the client:
- * a client without one can still identify itself with Proxy-Authorization). */
-static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
-                       const unsigned char *in, unsigned int inlen, void *arg)
-{
-    unsigned char *o;
-    if (SSL_select_next_proto(&o, outlen, (const unsigned char *)"\x08http/1.1", 9, in, inlen) !=
-        OPENSSL_NPN_NEGOTIATED)
-        return SSL_TLSEXT_ERR_NOACK;
-    *out = o;
-    return SSL_TLSEXT_ERR_OK;
-}
-
-/* A resumed session skips certificate verification, so a session must resume only where it
- * was made: on this listener, with these client CAs. The session ID context names both (the
- * CA file's contents, so that a reload that drops a CA also ends its sessions), and OpenSSL
- * refuses to resume a session (ticket or cached) made under another. */
-static int listener_sid_ctx(const struct conf_addr *a, unsigned char *out, unsigned int *outlen)
-{
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    BIO *f = NULL;
-    unsigned char buf[4096];
-    int n, rc = -1;
-    if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
-        EVP_DigestUpdate(md, "apple-auth-proxy", 17) != 1 ||
-        EVP_DigestUpdate(md, a->text, strlen(a->text) + 1) != 1)
-        goto out;
-    if (a->tls_client_ca_file) {
-        f = BIO_new_file(a->tls_client_ca_file, "rb");
-        if (f == NULL)
-            goto out;
-        while ((n = BIO_read(f, buf, sizeof(buf))) > 0)
-            if (EVP_DigestUpdate(md, buf, (size_t)n) != 1)
-                goto out;
-        if (n < 0)
-            goto out;
-    }
-    if (EVP_DigestFinal_ex(md, out, outlen) == 1)
-        rc = 0;
-out:
-    BIO_free(f);
-    EVP_MD_CTX_free(md);
-    return rc;
-}
-
-static SSL_CTX *listener_tls(const struct conf_addr *a, struct tls_tickets *tickets, char *err,
-                             size_t errlen)
-{
-    unsigned char sid_ctx[EVP_MAX_MD_SIZE];
-    unsigned int sid_len = 0;
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    const char *what = "cannot create a TLS context";
-    if (ctx == NULL)
-        goto fail;
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    /* Idle connections give their record buffers back; read-ahead takes a flight of records
-     * (the client's Finished and its request) in one read instead of two per record. */
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_read_ahead(ctx, 1);
-    /* One TLS 1.3 ticket per handshake, not two: a client resumes with one, and each costs an
-     * encryption and a record. Sessions live as long as the ticket keys are sure to. */
-    SSL_CTX_set_num_tickets(ctx, 1);
-    SSL_CTX_set_timeout(ctx, TLS_TICKETS_ROTATE_SECONDS);
-    what = "cannot set up session tickets";
-    if (tls_tickets_attach(tickets, ctx) < 0)
-        goto fail;
-    /* OpenSSL decrypts records in place and would keep a client's plaintext (its
-     * Proxy-Authorization secret) in its read buffer until the next record overwrites it. */
-    SSL_CTX_set_options(ctx, SSL_OP_CLEANSE_PLAINTEXT);
-    what = "cannot load cert_file";
-    if (SSL_CTX_use_certificate_chain_file(ctx, a->tls_cert_file) != 1)
-        goto fail;
-    what = "cannot load key_file";
-    if (SSL_CTX_use_PrivateKey_file(ctx, a->tls_key_file, SSL_FILETYPE_PEM) != 1)
-        goto fail;
-    what = "key_file does not match cert_file";
-    if (SSL_CTX_check_private_key(ctx) != 1)
-        goto fail;
-    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
-    what = "cannot read client_ca_file";
-    if (listener_sid_ctx(a, sid_ctx, &sid_len) < 0 ||
-        SSL_CTX_set_session_id_context(ctx, sid_ctx, sid_len) != 1)
-        goto fail;
-    if (a->tls_client_ca_file) {
-        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(a->tls_client_ca_file);
-        what = "cannot load client_ca_file";
-        if (names == NULL || SSL_CTX_load_verify_locations(ctx, a->tls_client_ca_file, NULL) != 1) {
-            if (names)
-                sk_X509_NAME_pop_free(names, X509_NAME_free);
-            goto fail;
-        }
-        SSL_CTX_set_client_CA_list(ctx, names);
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    }
-    return ctx;
-fail:
-    {
-        unsigned long e = ERR_peek_last_error();
-        snprintf(err, errlen, "listen %s: %s%s%s", a->text, what, e ? ": " : "",
-                 e ? ERR_reason_error_string(e) : "");
-        ERR_clear_error();
-    }
-    SSL_CTX_free(ctx);
-    return NULL;
 }
 
 static int addrs_same_text(const struct conf *a, const struct conf *b)
@@ -298,7 +174,7 @@ int server_reload(struct server *s)
         for (size_t l = 0; tls && l < s->nlisten; l++) {
             if (!rt->conf->listen[l].tls_cert_file || !s->listen_tls[l])
                 continue;
-            tls[l] = listener_tls(&rt->conf->listen[l], s->tickets, err, sizeof(err));
+            tls[l] = preflight_listener_tls(rt->conf, l, s->tickets, err, sizeof(err));
             if (tls[l] == NULL) {
                 log_msg(LOG_ERROR, "reload rejected; the current configuration keeps serving: %s",
                         err);
@@ -518,7 +394,8 @@ int server_run(struct conf *conf, const char *config_path)
         }
     for (l = 0; l < nlisten; l++)
         if (s->rt->conf->listen[l].tls_cert_file) {
-            s->listen_tls[l] = listener_tls(&s->rt->conf->listen[l], s->tickets, err, sizeof(err));
+            s->listen_tls[l] = preflight_listener_tls(s->rt->conf, l, s->tickets, err,
+                                                      sizeof(err));
             if (s->listen_tls[l] == NULL) {
                 log_msg(LOG_ERROR, "%s", err);
                 goto out;

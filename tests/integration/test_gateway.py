@@ -244,11 +244,12 @@ class ExposureTest(unittest.TestCase):
     def config(self, listen, **extra):
         return h.write_config(self.creds, self.routes, listen=listen, **extra)
 
-    def assert_refusal(self, rc, err, address="0.0.0.0:0", index=0):
+    def assert_refusal(self, rc, err, address="0.0.0.0:0", index=0, source=None):
         self.assertEqual(rc, 2, err)
         line = [l for l in err.splitlines() if "is not a loopback address" in l]
         self.assertEqual(len(line), 1, err)
-        self.assertIn("listen[%d]: %s is not a loopback address" % (index, address), line[0])
+        self.assertIn("%s: %s is not a loopback address" % (source or "listen[%d]" % index,
+                                                             address), line[0])
         self.assertIn('add "clients"', line[0])
         self.assertIn('"allow_anonymous_clients": true', line[0])
 
@@ -263,7 +264,7 @@ class ExposureTest(unittest.TestCase):
         # also when the public address comes from --listen (the rule is checked after overrides)
         cfg = self.config(["127.0.0.1:0"])
         rc, out, err = h.run_cli(["serve", "--config", cfg, "--listen", "0.0.0.0:0"], timeout=15)
-        self.assert_refusal(rc, err)
+        self.assert_refusal(rc, err, source="--listen")
         # a loopback listener beside it does not help
         cfg = self.config(["127.0.0.1:0", "0.0.0.0:0"])
         rc, out, err = h.run_cli(["serve", "--config", cfg], timeout=15)
@@ -912,7 +913,7 @@ class ClientKeyTest(unittest.TestCase):
         self.assertIsNotNone(line, out)
         self.assertEqual(line.group(2), sha256_hex(secret))
         self.assertIn("Proxy-Authorization: Bearer " + secret, out)
-        self.assertIn("HTTP_PROXY=http://ci-bot:%s@HOST:PORT" % secret, out)
+        self.assertIn("http_proxy=http://ci-bot:%s@HOST:PORT" % secret, out)
         # every run makes a new one
         rc2, out2, _ = h.run_cli(["client-key", "ci-bot"])
         self.assertNotIn(secret, out2)

@@ -139,7 +139,7 @@ class TokenCliTest(unittest.TestCase):
         # --decode: the same header and claims as JSON.
         out, err, before, after = self.run_token(["-c", path, "--decode"] + list(extra_args), env)
         doc = json.loads(out)
-        self.assertEqual(set(doc), {"header", "claims"})
+        self.assertEqual(set(doc), {"header", "claims", "times"})
         self.assertEqual(doc["header"], hdr)
         self.assertEqual(set(doc["claims"]), set(claims) | {"iat", "exp"})
         for k, v in claims.items():
