@@ -77,6 +77,8 @@ struct token_cache {
     void *on_mint_arg;
     token_teams *teams;     /* the store team tokens come from: own_teams or a shared one */
     token_teams *own_teams; /* owned */
+    void (*on_fail)(void *arg, const struct credential *cred); /* NULL: none */
+    void *on_fail_arg;
 };
 
 static const char *const cache_no_scope[1] = {NULL};
@@ -502,6 +504,8 @@ struct token *token_cache_get(token_cache *cache, const struct credential *cred,
     e->minting = 0;
     if (fresh != NULL)
         entry_install(cache, e, fresh);
+    else if (cache->on_fail != NULL)
+        cache->on_fail(cache->on_fail_arg, e->cred);
     pthread_cond_broadcast(&cache->minted);
     /* When signing failed, a current token that is still good is better than an error. */
     b = e->cur;
@@ -559,6 +563,8 @@ int token_cache_refresh(token_cache *cache, char *err, size_t errlen)
             entry_install(cache, e, fresh);
             count++;
         } else {
+            if (cache->on_fail != NULL)
+                cache->on_fail(cache->on_fail_arg, e->cred);
             failed = 1;
         }
         pthread_cond_broadcast(&cache->minted);
@@ -670,6 +676,15 @@ void token_cache_on_mint(token_cache *cache, void (*fn)(void *arg, const struct 
     pthread_mutex_lock(&cache->lock);
     cache->on_mint = fn;
     cache->on_mint_arg = arg;
+    pthread_mutex_unlock(&cache->lock);
+}
+
+void token_cache_on_mint_failure(token_cache *cache,
+                                 void (*fn)(void *arg, const struct credential *cred), void *arg)
+{
+    pthread_mutex_lock(&cache->lock);
+    cache->on_fail = fn;
+    cache->on_fail_arg = arg;
     pthread_mutex_unlock(&cache->lock);
 }
 

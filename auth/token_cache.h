@@ -97,6 +97,9 @@ int token_cache_due(token_cache *cache, const struct credential *cred, time_t *e
  * token was taken over. */
 int token_cache_adopt(token_cache *cache, const struct credential *cred, token_cache *from,
                       const struct credential *from_cred);
+/* The same for every signature that fails (the proxy counts failed mints per credential). */
+void token_cache_on_mint_failure(token_cache *cache,
+                                 void (*fn)(void *arg, const struct credential *cred), void *arg);
 
 /* Counts for metrics: total mints so far, and the nearest expiry of the entries for cred. */
 unsigned long token_cache_mints(token_cache *cache, const struct credential *cred);

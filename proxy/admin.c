@@ -12,6 +12,7 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <cjson/cJSON.h>
 
 #include "proxy/metrics.h"
 #include "proxy/intercept.h"
@@ -32,63 +33,127 @@ static void reply(struct evhttp_request *req, int code, const char *reason, cons
     evhttp_send_reply(req, code, reason, body);
 }
 
-/* Ready when the configuration is loaded, the proxy is not draining, and every credential
- * holds a valid token (the refresher re-mints ahead of expiry; a failing key shows here). */
-static int readiness(struct server *s, struct evbuffer *why)
+static void utc_text(time_t t, char *buf, size_t len)
+{
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* Adds {"name", "state", "ok"[, "detail"]} to checks; ok -1 means informational (never makes
+ * the proxy unready, so no "ok" is given). */
+static void add_check(cJSON *checks, const char *name, const char *state, int ok,
+                      const char *detail)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL)
+        return;
+    cJSON_AddStringToObject(o, "name", name);
+    cJSON_AddStringToObject(o, "state", state);
+    if (ok >= 0)
+        cJSON_AddBoolToObject(o, "ok", ok);
+    if (detail)
+        cJSON_AddStringToObject(o, "detail", detail);
+    cJSON_AddItemToArray(checks, o);
+}
+
+/* Shared state's condition, said whether or not the proxy is ready: without Redis each replica
+ * still serves, on its share of the limits, so it is a detail and never a reason to be
+ * unready (an unready replica would take traffic away for what is Redis' problem). */
+static void shared_check(struct server *s, cJSON *checks)
+{
+    struct shared_stats st;
+    char detail[512];
+    const char *state;
+    if (s->shared == NULL)
+        return;
+    shared_stats_read(s->shared, &st);
+    if (st.up == st.connections) {
+        state = "redis";
+        snprintf(detail, sizeof(detail), "using Redis at %s", st.target);
+    } else if (st.up > 0) {
+        state = "partly local";
+        snprintf(detail, sizeof(detail), "Redis at %s used by %d of %d workers; the others "
+                 "decide locally", st.target, st.up, st.connections);
+    } else {
+        state = "local";
+        snprintf(detail, sizeof(detail), "Redis at %s is not usable; rate limits are local, "
+                 "divided by %d replica%s (fallbacks so far: %llu)", st.target, st.replicas,
+                 st.replicas == 1 ? "" : "s", (unsigned long long)st.fallbacks);
+    }
+    add_check(checks, "shared_state", state, -1, detail);
+}
+
+/* Ready when the proxy is not draining, its listeners are up, and every credential a route
+ * uses holds a valid token (the refresher re-mints ahead of expiry; a failing key shows here).
+ * Each upstream's reachability (the latest attempt to connect, once one was made) is reported
+ * too, but does not make the proxy unready: another instance could not reach Apple either, and
+ * taking every instance out of rotation would turn a network problem into an outage.
+ * Returns the verdict; *body gets the JSON (malloc'd, or NULL when out of memory). */
+static int readiness(struct server *s, char **body)
 {
     struct runtime *rt = s->rt;
     time_t now = time(NULL);
-    int ok = 1;
-    if (__atomic_load_n(&s->stopping, __ATOMIC_RELAXED)) {
-        evbuffer_add_printf(why, "draining: the proxy is shutting down\n");
-        ok = 0;
+    int ok = 1, draining = __atomic_load_n(&s->stopping, __ATOMIC_RELAXED);
+    char name[320], detail[320], when[32];
+    cJSON *doc = cJSON_CreateObject(), *checks = cJSON_CreateArray();
+    *body = NULL;
+    if (doc == NULL || checks == NULL) {
+        cJSON_Delete(doc);
+        cJSON_Delete(checks);
+        return 0;
     }
+    add_check(checks, "draining", draining ? "draining: the proxy is shutting down" : "no",
+              !draining, NULL);
+    ok &= !draining;
+    snprintf(detail, sizeof(detail), "%zu listen address%s, %d worker%s", s->nlisten,
+             s->nlisten == 1 ? "" : "es", s->nworkers, s->nworkers == 1 ? "" : "s");
+    add_check(checks, "listeners", draining ? "closed" : "up", !draining, detail);
     for (size_t i = 0; i < rt->conf->ncredentials; i++) {
         const struct credential *c = &rt->conf->credentials[i];
         int used = 0;
         for (size_t r = 0; r < rt->conf->nroutes; r++)
             if (rt->conf->routes[r].credential_index == i)
                 used = 1;
-        if (!used)
-            continue; /* no route mints with it */
+        snprintf(name, sizeof(name), "credential %s", c->name);
+        if (!used) {
+            add_check(checks, name, "unused", -1, "no route uses it");
+            continue;
+        }
         time_t exp = token_cache_expiry(rt->tokens, c);
         if (exp <= now + 5 && profile_exchanged(c->profile)) {
             char reason[256];
-            if (runtime_exchange_failing(rt, i, reason, sizeof(reason), NULL, NULL))
-                evbuffer_add_printf(why, "credential %s: cannot get an access token: %s\n",
-                                    c->name, reason);
-            else
-                evbuffer_add_printf(why, "credential %s: no access token yet (the first "
-                                         "exchange is in progress)\n", c->name);
+            if (runtime_exchange_failing(rt, i, reason, sizeof(reason), NULL, NULL)) {
+                snprintf(detail, sizeof(detail), "cannot get an access token: %s", reason);
+                add_check(checks, name, "failing", 0, detail);
+            } else {
+                add_check(checks, name, "waiting", 0,
+                          "no access token yet (the first exchange is in progress)");
+            }
             ok = 0;
         } else if (exp <= now + 5) {
-            evbuffer_add_printf(why, "credential %s: no valid token (minting failed; see the "
-                                     "error log)\n", c->name);
+            add_check(checks, name, "failing", 0,
+                      "no valid token (minting failed; see the error log)");
             ok = 0;
+        } else {
+            utc_text(exp, when, sizeof(when));
+            snprintf(detail, sizeof(detail), "token valid until %s", when);
+            add_check(checks, name, profile_exchanged(c->profile) ? "exchanged" : "minting", 1,
+                      detail);
         }
     }
+    for (size_t t = 0; t < rt->ntargets; t++) {
+        int r = metrics_upstream_reachable(s, rt->targets[t].metrics_label);
+        snprintf(name, sizeof(name), "upstream %s", rt->targets[t].host_header);
+        add_check(checks, name, r < 0 ? "unknown" : r ? "reachable" : "unreachable", -1,
+                  r < 0 ? "no connection attempted yet" : "the latest connection attempt");
+    }
+    shared_check(s, checks);
+    cJSON_AddBoolToObject(doc, "ready", ok);
+    cJSON_AddItemToObject(doc, "checks", checks);
+    *body = cJSON_Print(doc);
+    cJSON_Delete(doc);
     return ok;
-}
-
-/* Shared state's condition, said whether or not the proxy is ready: without Redis each replica
- * still serves, on its share of the limits, so it is a detail and never a reason to be
- * unready (an unready replica would take traffic away for what is Redis' problem). */
-static void shared_detail(struct server *s, struct evbuffer *out)
-{
-    struct shared_stats st;
-    if (s->shared == NULL)
-        return;
-    shared_stats_read(s->shared, &st);
-    if (st.up == st.connections)
-        evbuffer_add_printf(out, "shared_state: using Redis at %s\n", st.target);
-    else if (st.up > 0)
-        evbuffer_add_printf(out, "shared_state: Redis at %s used by %d of %d workers; the others "
-                            "decide locally\n", st.target, st.up, st.connections);
-    else
-        evbuffer_add_printf(out, "shared_state: Redis at %s is not usable; rate limits are "
-                            "local, divided by %d replica%s (fallbacks so far: %llu)\n",
-                            st.target, st.replicas, st.replicas == 1 ? "" : "s",
-                            (unsigned long long)st.fallbacks);
 }
 
 static void handle(struct evhttp_request *req, void *arg)
@@ -111,19 +176,17 @@ static void handle(struct evhttp_request *req, void *arg)
         evbuffer_add_printf(body, "ok\n");
         reply(req, 200, "OK", "text/plain; charset=utf-8", body);
     } else if (plen == 7 && strncmp(uri, "/readyz", 7) == 0) {
-        struct evbuffer *why = evbuffer_new();
-        if (why && readiness(a->server, why)) {
-            evbuffer_add_printf(body, "ready\n");
-            shared_detail(a->server, body);
-            reply(req, 200, "OK", "text/plain; charset=utf-8", body);
-        } else {
-            if (why)
-                evbuffer_add_buffer(body, why);
-            shared_detail(a->server, body);
-            reply(req, 503, "Service Unavailable", "text/plain; charset=utf-8", body);
+        char *json;
+        int ready = readiness(a->server, &json);
+        if (json) {
+            evbuffer_add(body, json, strlen(json));
+            evbuffer_add(body, "\n", 1);
+            free(json);
         }
-        if (why)
-            evbuffer_free(why);
+        if (ready)
+            reply(req, 200, "OK", "application/json", body);
+        else
+            reply(req, 503, "Service Unavailable", "application/json", body);
     } else if (plen == 8 && strncmp(uri, "/metrics", 8) == 0) {
         metrics_render(body, a->server);
         reply(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body);

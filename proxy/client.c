@@ -104,6 +104,10 @@ struct exchange {
     const char *err_code;
     const char *outcome;
     uint64_t t_start_us;
+    uint64_t t_sent_us;         /* the request head went to the upstream (0: not yet) */
+    uint64_t t_head_us;         /* Apple's final response head arrived */
+    uint64_t t_first_us;        /* the response head went to the client */
+    int client_label;           /* metrics label of the gateway client (0: none) */
     double t_start;
     uint64_t bytes_out;
     char method[8];             /* for the metrics: "other" when longer */
@@ -195,6 +199,17 @@ static const char *peer(const struct client *c)
     return buf;
 }
 
+/* The metrics beyond the request count: Apple's latency (only for an answer of Apple's that
+ * reached the client, never for the proxy's own refusals), the gateway client, in-flight. */
+static void exchange_count(struct worker *w, const struct exchange *x)
+{
+    WSTAT_ADD(w, requests_in_flight, -1);
+    metrics_count_client(&w->metrics, x->client_label, x->status);
+    if (x->t_first_us && x->t_head_us >= x->t_sent_us && x->t_sent_us && x->err_code == NULL)
+        metrics_count_apple(&w->metrics, x->label, x->status, x->t_head_us - x->t_sent_us,
+                            x->t_first_us - x->t_start_us);
+}
+
 /* Writes the exchange's record (once): metrics always, the access log when it is on. */
 static void exchange_end(struct client *c, const char *outcome)
 {
@@ -206,6 +221,7 @@ static void exchange_end(struct client *c, const char *outcome)
     x->in_exchange = 0;
     dur = mono_us() - x->t_start_us;
     metrics_count_request(&w->metrics, x->label, x->method, x->method_len, x->status, dur);
+    exchange_count(w, x);
     if (accesslog_enabled() && w->alog) {
         struct access_entry e;
         const struct runtime *rt = c->gen ? c->gen->rt : NULL;
@@ -735,6 +751,7 @@ static void write_response_head(struct client *c)
     v.iov_len = (size_t)(hw.p - hw.start);
     evbuffer_commit_space(out, &v, 1);
     c->x->resp_started = 1;
+    c->x->t_first_us = mono_us();
     c->x->status = status;
     c->x->bytes_out += v.iov_len;
 }
@@ -1027,9 +1044,11 @@ static void up_read_head(struct client *c)
                 log_msg(LOG_WARN, "upstream %s answered 401 to the cached token of %s: minting "
                         "a new one and retrying once", c->gen->rt->targets[
                         c->gen->rt->route_target[c->x->route]].name, cred->name);
+                live_count_remint_401(c->gen->rt->live_creds[cred - c->gen->rt->conf->credentials]);
                 c->x->discard = 1;
             }
         }
+        c->x->t_head_us = mono_us();
         note_rate_limit(c);
         if (c->x->resp.status == 429) {
             /* Apple's Retry-After is respected for everyone using the credential. */
@@ -1180,6 +1199,7 @@ static void up_cb(struct stream *s, unsigned ev, void *arg)
 static void send_request(struct client *c)
 {
     struct evbuffer *out = stream_output(&c->up->s);
+    c->x->t_sent_us = mono_us();
     evbuffer_add(out, c->x->up_head, c->x->up_head_len);
     evbuffer_add(out, c->x->tok->line, c->x->tok->line_len);
     ADD_LITERAL(out, "\r\n");
@@ -1639,7 +1659,10 @@ static void start_exchange(struct client *c)
     c->gen = wgen_ref(c->w->gen);
     rt = c->gen->rt;
     c->x->in_exchange = 1;
+    WSTAT_ADD(c->w, requests_in_flight, 1);
     c->x->t_start_us = mono_us();
+    c->x->t_sent_us = c->x->t_head_us = c->x->t_first_us = 0;
+    c->x->client_label = 0;
     c->x->t_start = now_real();
     c->x->status = 0;
     c->x->label = 0;
@@ -1683,8 +1706,10 @@ static void start_exchange(struct client *c)
         tunnel_identify(c, rt, &cl, &v);
     else
         gateway_identify(rt->conf, m, c->tls_subject, &c->peer_addr.sa, &cl, &v);
-    if (cl)
+    if (cl) {
         c->x->client_name = cl->name;
+        c->x->client_label = rt->client_label[cl - rt->conf->clients];
+    }
     int keep = m->body == HTTP1_BODY_NONE;
     if (v.code) {
         drain_head(c, m);

@@ -22,6 +22,7 @@ struct live_cred {
     unsigned long mints;     /* atomic */
     unsigned long mints_sent;  /* atomic: the part of mints already added to the shared count */
     long mints_shared;       /* atomic: the shared count as last read (-1: never) */
+    unsigned long mint_failures, remints_401; /* atomic */
 };
 
 struct live_client {
@@ -200,6 +201,16 @@ void live_count_mint(struct live_cred *e)
     __atomic_add_fetch(&e->mints, 1, __ATOMIC_RELAXED);
 }
 
+void live_count_mint_failure(struct live_cred *e)
+{
+    __atomic_add_fetch(&e->mint_failures, 1, __ATOMIC_RELAXED);
+}
+
+void live_count_remint_401(struct live_cred *e)
+{
+    __atomic_add_fetch(&e->remints_401, 1, __ATOMIC_RELAXED);
+}
+
 void live_cred_read(const struct live_cred *e, struct live_quota *q)
 {
     q->limit = __atomic_load_n(&e->limit, __ATOMIC_RELAXED);
@@ -207,6 +218,8 @@ void live_cred_read(const struct live_cred *e, struct live_quota *q)
     q->updated = (double)__atomic_load_n(&e->updated_ms, __ATOMIC_RELAXED) / 1000.0;
     q->blocked_until = (double)__atomic_load_n(&e->blocked_until_ms, __ATOMIC_RELAXED) / 1000.0;
     q->mints = __atomic_load_n(&e->mints, __ATOMIC_RELAXED);
+    q->mint_failures = __atomic_load_n(&e->mint_failures, __ATOMIC_RELAXED);
+    q->remints_401 = __atomic_load_n(&e->remints_401, __ATOMIC_RELAXED);
     q->mints_shared = __atomic_load_n(&e->mints_shared, __ATOMIC_RELAXED);
 }
 

@@ -57,6 +57,11 @@ void live_block_until(struct live_cred *e, double until);
 /* One more token signed with the credential (called by the token cache as it installs one). */
 void live_count_mint(struct live_cred *e);
 
+/* One signature with the credential that failed (the token cache's failure hook), and one
+ * token of it dropped because Apple answered 401 to it (so the next request signs again). */
+void live_count_mint_failure(struct live_cred *e);
+void live_count_remint_401(struct live_cred *e);
+
 /* Read: a credential's figures as last known. */
 struct live_quota {
     long limit, remaining; /* -1 until Apple has said */
@@ -64,6 +69,8 @@ struct live_quota {
     double blocked_until;  /* Apple's Retry-After (Unix time; 0: none) */
     unsigned long mints;   /* tokens signed since the process started, across reloads */
     long mints_shared;     /* with shared state: tokens signed by every replica (-1: unknown) */
+    unsigned long mint_failures; /* signatures that failed, likewise */
+    unsigned long remints_401;   /* tokens dropped after Apple's 401, likewise */
 };
 void live_cred_read(const struct live_cred *e, struct live_quota *q);
 

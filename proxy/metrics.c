@@ -2,10 +2,17 @@
 #include "proxy/evbuf.h"
 #include "proxy/metrics.h"
 
+#include <dirent.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <openssl/crypto.h>
 
 #include "proxy/http_error.h"
 #include "proxy/server.h"
@@ -20,6 +27,13 @@ static const char *const method_names[M_COUNT] = {"GET",   "HEAD",   "POST",    
 static pthread_mutex_t labels_lock = PTHREAD_MUTEX_INITIALIZER;
 static char *labels[METRICS_MAX_LABELS] = {""};
 static int nlabels = 1;
+static char *up_labels[METRICS_MAX_UPSTREAMS] = {""};
+static int nup_labels = 1;
+static char *client_labels[METRICS_MAX_CLIENTS] = {""};
+static int nclient_labels = 1;
+static const char *const class_names[METRICS_NCLASSES] = {"2xx", "3xx", "4xx", "5xx"};
+static const char *const up_failure_names[METRICS_UPF_COUNT] = {"resolve", "connect", "tls",
+                                                                "timeout"};
 
 static const char *const error_codes[] = {
     proxy_err_bad_request,        proxy_err_forbidden_host,       proxy_err_no_route,
@@ -35,23 +49,46 @@ static const char *const error_codes[] = {
 };
 #define NERRORS (sizeof(error_codes) / sizeof(error_codes[0]))
 
-int metrics_label_id(const char *label)
+/* Finds or adds label in a table of cap names (entry 0 is reserved); 0 when full. */
+static int intern(char **names, int *n, int cap, const char *label)
 {
     int i, id = 0;
     pthread_mutex_lock(&labels_lock);
-    for (i = 1; i < nlabels; i++)
-        if (strcmp(labels[i], label) == 0) {
+    for (i = 1; i < *n; i++)
+        if (strcmp(names[i], label) == 0) {
             id = i;
             goto out;
         }
-    if (nlabels < METRICS_MAX_LABELS) {
-        labels[nlabels] = strdup(label);
-        if (labels[nlabels])
-            id = nlabels++;
+    if (*n < cap) {
+        names[*n] = strdup(label);
+        if (names[*n])
+            id = (*n)++;
     }
 out:
     pthread_mutex_unlock(&labels_lock);
     return id;
+}
+
+int metrics_label_id(const char *label)
+{
+    return intern(labels, &nlabels, METRICS_MAX_LABELS, label);
+}
+
+int metrics_upstream_id(const char *label)
+{
+    return intern(up_labels, &nup_labels, METRICS_MAX_UPSTREAMS, label);
+}
+
+int metrics_client_id(const char *name)
+{
+    return intern(client_labels, &nclient_labels, METRICS_MAX_CLIENTS, name);
+}
+
+const char *metrics_upstream_name(int id)
+{
+    if (id <= 0 || id >= METRICS_MAX_UPSTREAMS || up_labels[id] == NULL)
+        return "";
+    return up_labels[id];
 }
 
 const char *metrics_label_name(int id)
@@ -79,6 +116,16 @@ static void add(uint64_t *p, uint64_t v)
 static uint64_t load(const uint64_t *p)
 {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static int bucket_of(uint64_t us)
+{
+    double secs = (double)us / 1e6;
+    int b;
+    for (b = 0; b < METRICS_NBUCKETS - 1; b++)
+        if (secs <= bucket_bounds[b])
+            break;
+    return b;
 }
 
 void metrics_count_request(struct metrics_shard *m, int label, const char *method,
@@ -110,14 +157,79 @@ void metrics_count_request(struct metrics_shard *m, int label, const char *metho
     }
     if (i == METRICS_REQ_SLOTS)
         add(&m->req_overflow, 1);
-    double secs = (double)duration_us / 1e6;
-    int b;
-    for (b = 0; b < METRICS_NBUCKETS - 1; b++)
-        if (secs <= bucket_bounds[b])
-            break;
-    add(&m->dur_bucket[label][b], 1); /* non-cumulative here; summed when rendered */
+    add(&m->dur_bucket[label][bucket_of(duration_us)], 1); /* non-cumulative; summed when
+                                                                 rendered */
     add(&m->dur_count[label], 1);
     add(&m->dur_sum_us[label], duration_us);
+}
+
+void metrics_count_apple(struct metrics_shard *m, int label, int status, uint64_t apple_us,
+                         uint64_t ttfb_us)
+{
+    int k = status / 100 - 2;
+    if (k < 0 || k >= METRICS_NCLASSES)
+        return; /* only final answers reach the client */
+    if (label < 0 || label >= METRICS_MAX_LABELS)
+        label = 0;
+    add(&m->apple_bucket[label][k][bucket_of(apple_us)], 1);
+    add(&m->apple_count[label][k], 1);
+    add(&m->apple_sum_us[label][k], apple_us);
+    add(&m->ttfb_bucket[label][k][bucket_of(ttfb_us)], 1);
+    add(&m->ttfb_count[label][k], 1);
+    add(&m->ttfb_sum_us[label][k], ttfb_us);
+}
+
+void metrics_count_client(struct metrics_shard *m, int client, int status)
+{
+    int k = status >= 100 && status <= 599 ? status / 100 : 0;
+    if (client < 0 || client >= METRICS_MAX_CLIENTS)
+        client = 0;
+    add(&m->client_req[client][k], 1);
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void metrics_upstream_gauge(struct metrics_shard *m, int up, enum metrics_up_gauge g, int delta)
+{
+    if (up > 0 && up < METRICS_MAX_UPSTREAMS)
+        add(&m->up_gauge[up][g], (uint64_t)(int64_t)delta);
+}
+
+void metrics_upstream_opened(struct metrics_shard *m, int up)
+{
+    if (up <= 0 || up >= METRICS_MAX_UPSTREAMS)
+        return;
+    add(&m->up_handshakes[up], 1);
+    __atomic_store_n(&m->up_last_ok_ms[up], now_ms(), __ATOMIC_RELAXED);
+}
+
+void metrics_upstream_failed(struct metrics_shard *m, int up, enum metrics_up_failure why)
+{
+    if (up <= 0 || up >= METRICS_MAX_UPSTREAMS)
+        return;
+    add(&m->up_failures[up][why], 1);
+    __atomic_store_n(&m->up_last_fail_ms[up], now_ms(), __ATOMIC_RELAXED);
+}
+
+int metrics_upstream_reachable(struct server *s, int up)
+{
+    uint64_t ok = 0, fail = 0;
+    if (up <= 0 || up >= METRICS_MAX_UPSTREAMS)
+        return -1;
+    for (int w = 0; w < s->nworkers; w++) {
+        uint64_t a = load(&s->workers[w].metrics.up_last_ok_ms[up]);
+        uint64_t b = load(&s->workers[w].metrics.up_last_fail_ms[up]);
+        ok = a > ok ? a : ok;
+        fail = b > fail ? b : fail;
+    }
+    if (ok == 0 && fail == 0)
+        return -1;
+    return ok >= fail;
 }
 
 void metrics_count_error(struct metrics_shard *m, const char *code)
@@ -346,28 +458,289 @@ static void render_exchanges(struct evbuffer *out, struct runtime *rt)
     }
 }
 
+/* Apple's answers by route and status class: one histogram family (which: 0 the round trip,
+ * 1 the time to the first byte). Only series that have seen a request are written. */
+static void render_class_histogram(struct evbuffer *out, struct server *s, int which,
+                                   const char *name, const char *help)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    pthread_mutex_lock(&labels_lock);
+    for (int l = 0; l < nlabels; l++)
+        for (int k = 0; k < METRICS_NCLASSES; k++) {
+            uint64_t count = 0, sum = 0, cum = 0;
+            for (int w = 0; w < s->nworkers; w++) {
+                const struct metrics_shard *m = &s->workers[w].metrics;
+                count += load(which ? &m->ttfb_count[l][k] : &m->apple_count[l][k]);
+                sum += load(which ? &m->ttfb_sum_us[l][k] : &m->apple_sum_us[l][k]);
+            }
+            if (count == 0)
+                continue;
+            for (int b = 0; b < METRICS_NBUCKETS; b++) {
+                for (int w = 0; w < s->nworkers; w++) {
+                    const struct metrics_shard *m = &s->workers[w].metrics;
+                    cum += load(which ? &m->ttfb_bucket[l][k][b] : &m->apple_bucket[l][k][b]);
+                }
+                evbuffer_add_printf(out, "%s_bucket{route=\"", name);
+                label_escaped(out, labels[l]);
+                if (b < METRICS_NBUCKETS - 1)
+                    evbuffer_add_printf(out, "\",code_class=\"%s\",le=\"%g\"} %llu\n",
+                                        class_names[k], bucket_bounds[b], (unsigned long long)cum);
+                else
+                    evbuffer_add_printf(out, "\",code_class=\"%s\",le=\"+Inf\"} %llu\n",
+                                        class_names[k], (unsigned long long)cum);
+            }
+            evbuffer_add_printf(out, "%s_sum{route=\"", name);
+            label_escaped(out, labels[l]);
+            evbuffer_add_printf(out, "\",code_class=\"%s\"} %.6f\n", class_names[k],
+                                (double)sum / 1e6);
+            evbuffer_add_printf(out, "%s_count{route=\"", name);
+            label_escaped(out, labels[l]);
+            evbuffer_add_printf(out, "\",code_class=\"%s\"} %llu\n", class_names[k],
+                                (unsigned long long)count);
+        }
+    pthread_mutex_unlock(&labels_lock);
+}
+
+static uint64_t sum_up(struct server *s, size_t offset)
+{
+    uint64_t v = 0;
+    for (int w = 0; w < s->nworkers; w++)
+        v += load((const uint64_t *)((const char *)&s->workers[w].metrics + offset));
+    return v;
+}
+
+#define UPSUM(s, field) sum_up((s), offsetof(struct metrics_shard, field))
+
+/* Per upstream: connections by state, handshakes and failed attempts. */
+static void render_upstreams(struct evbuffer *out, struct server *s)
+{
+    static const char *const states[] = {"idle", "busy", "connecting"};
+    int n;
+    pthread_mutex_lock(&labels_lock);
+    n = nup_labels;
+    pthread_mutex_unlock(&labels_lock);
+    evbuffer_add_printf(out, "# HELP apple_auth_proxy_upstream_connections Upstream TLS "
+                             "connections by state: idle in a pool, busy with an exchange, or "
+                             "connecting (resolving, TCP, TLS handshake).\n"
+                             "# TYPE apple_auth_proxy_upstream_connections gauge\n");
+    for (int u = 1; u < n; u++) {
+        int64_t idle = (int64_t)UPSUM(s, up_gauge[u][METRICS_UP_IDLE]);
+        int64_t active = (int64_t)UPSUM(s, up_gauge[u][METRICS_UP_ACTIVE]);
+        int64_t conn = (int64_t)UPSUM(s, up_gauge[u][METRICS_UP_CONNECTING]);
+        int64_t v[3] = {idle, active - conn, conn};
+        for (int k = 0; k < 3; k++) {
+            evbuffer_add_printf(out, "apple_auth_proxy_upstream_connections{upstream=\"");
+            label_escaped(out, up_labels[u]);
+            evbuffer_add_printf(out, "\",state=\"%s\"} %lld\n", states[k],
+                                (long long)(v[k] > 0 ? v[k] : 0));
+        }
+    }
+    evbuffer_add_printf(out, "# HELP apple_auth_proxy_upstream_handshakes_total TLS handshakes "
+                             "completed with an upstream (new connections).\n"
+                             "# TYPE apple_auth_proxy_upstream_handshakes_total counter\n");
+    for (int u = 1; u < n; u++) {
+        evbuffer_add_printf(out, "apple_auth_proxy_upstream_handshakes_total{upstream=\"");
+        label_escaped(out, up_labels[u]);
+        evbuffer_add_printf(out, "\"} %llu\n", (unsigned long long)UPSUM(s, up_handshakes[u]));
+    }
+    evbuffer_add_printf(out, "# HELP apple_auth_proxy_upstream_connect_failures_total Attempts "
+                             "to open an upstream connection that failed, by reason.\n"
+                             "# TYPE apple_auth_proxy_upstream_connect_failures_total counter\n");
+    for (int u = 1; u < n; u++)
+        for (int k = 0; k < METRICS_UPF_COUNT; k++) {
+            evbuffer_add_printf(out, "apple_auth_proxy_upstream_connect_failures_total{"
+                                     "upstream=\"");
+            label_escaped(out, up_labels[u]);
+            evbuffer_add_printf(out, "\",reason=\"%s\"} %llu\n", up_failure_names[k],
+                                (unsigned long long)UPSUM(s, up_failures[u][k]));
+        }
+}
+
+static void render_clients(struct evbuffer *out, struct server *s)
+{
+    static const char *const classes[6] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
+    int n;
+    pthread_mutex_lock(&labels_lock);
+    n = nclient_labels;
+    pthread_mutex_unlock(&labels_lock);
+    evbuffer_add_printf(out, "# HELP apple_auth_proxy_client_requests_total Requests by gateway "
+                             "client (client=\"\": none identified) and status class.\n"
+                             "# TYPE apple_auth_proxy_client_requests_total counter\n");
+    for (int c = 0; c < n; c++)
+        for (int k = 0; k < 6; k++) {
+            uint64_t v = UPSUM(s, client_req[c][k]);
+            if (v == 0)
+                continue;
+            evbuffer_add_printf(out, "apple_auth_proxy_client_requests_total{client=\"");
+            label_escaped(out, client_labels[c]);
+            evbuffer_add_printf(out, "\",code_class=\"%s\"} %llu\n", classes[k],
+                                (unsigned long long)v);
+        }
+}
+
+/* The standard process_* families (what Prometheus client libraries export), from /proc. */
+static void render_process(struct evbuffer *out, struct server *s)
+{
+    struct rusage ru;
+    struct rlimit rl;
+    long pages = 0, rss = 0;
+    unsigned long fds = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    DIR *d;
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+            rss = 0;
+        fclose(f);
+    }
+    d = opendir("/proc/self/fd");
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL)
+            fds += e->d_name[0] != '.';
+        closedir(d);
+        fds--; /* the directory's own descriptor */
+    }
+    getrusage(RUSAGE_SELF, &ru);
+    evbuffer_add_printf(out,
+                        "# HELP process_start_time_seconds Start time of the process since the "
+                        "Unix epoch in seconds.\n"
+                        "# TYPE process_start_time_seconds gauge\n"
+                        "process_start_time_seconds %.3f\n"
+                        "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+                        "# TYPE process_resident_memory_bytes gauge\n"
+                        "process_resident_memory_bytes %lld\n"
+                        "# HELP process_cpu_seconds_total Total user and system CPU time spent "
+                        "in seconds.\n"
+                        "# TYPE process_cpu_seconds_total counter\n"
+                        "process_cpu_seconds_total %.6f\n"
+                        "# HELP process_open_fds Number of open file descriptors.\n"
+                        "# TYPE process_open_fds gauge\n"
+                        "process_open_fds %lu\n",
+                        s->started, (long long)rss * sysconf(_SC_PAGESIZE),
+                        (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                            (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6,
+                        fds);
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        evbuffer_add_printf(out, "# HELP process_max_fds Maximum number of open file "
+                                 "descriptors.\n"
+                                 "# TYPE process_max_fds gauge\n"
+                                 "process_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
+    evbuffer_add_printf(out, "# HELP apple_auth_proxy_build_info The running build: its version "
+                             "and the libraries it runs with.\n"
+                             "# TYPE apple_auth_proxy_build_info gauge\n"
+                             "apple_auth_proxy_build_info{version=\"");
+    label_escaped(out, AAP_VERSION);
+    evbuffer_add_printf(out, "\",openssl=\"");
+    label_escaped(out, OpenSSL_version(OPENSSL_VERSION));
+    evbuffer_add_printf(out, "\",libevent=\"");
+    label_escaped(out, event_get_version());
+    evbuffer_add_printf(out, "\"} 1\n");
+}
+
+/* Reloads, and each listener's certificate and client CA expiry. */
+static void render_server(struct evbuffer *out, struct server *s)
+{
+    const struct conf *conf = s->rt->conf;
+    evbuffer_add_printf(out,
+                        "# HELP apple_auth_proxy_reloads_total Configuration reloads (SIGHUP) by "
+                        "outcome.\n"
+                        "# TYPE apple_auth_proxy_reloads_total counter\n"
+                        "apple_auth_proxy_reloads_total{outcome=\"success\"} %lu\n"
+                        "apple_auth_proxy_reloads_total{outcome=\"failure\"} %lu\n"
+                        "# HELP apple_auth_proxy_last_reload_success_timestamp_seconds When the "
+                        "running configuration was loaded (the start, or the last successful "
+                        "reload), since the Unix epoch.\n"
+                        "# TYPE apple_auth_proxy_last_reload_success_timestamp_seconds gauge\n"
+                        "apple_auth_proxy_last_reload_success_timestamp_seconds %.3f\n",
+                        s->reloads - s->reload_failures, s->reload_failures, s->last_reload_ok);
+    evbuffer_add_printf(out, "# HELP apple_auth_proxy_listener_certificate_expiry_timestamp_"
+                             "seconds When an HTTPS listener's certificate expires (notAfter), "
+                             "since the Unix epoch.\n"
+                             "# TYPE apple_auth_proxy_listener_certificate_expiry_timestamp_"
+                             "seconds gauge\n");
+    for (size_t l = 0; l < s->nlisten && l < conf->nlisten; l++)
+        if (s->listen_cert_expiry && s->listen_cert_expiry[l]) {
+            evbuffer_add_printf(out, "apple_auth_proxy_listener_certificate_expiry_timestamp_"
+                                     "seconds{listener=\"");
+            label_escaped(out, conf->listen[l].text);
+            evbuffer_add_printf(out, "\"} %lld\n", (long long)s->listen_cert_expiry[l]);
+        }
+    evbuffer_add_printf(out, "# HELP apple_auth_proxy_client_ca_expiry_timestamp_seconds When "
+                             "the first certificate of an HTTPS listener's client_ca_file "
+                             "expires, since the Unix epoch.\n"
+                             "# TYPE apple_auth_proxy_client_ca_expiry_timestamp_seconds "
+                             "gauge\n");
+    for (size_t l = 0; l < s->nlisten && l < conf->nlisten; l++)
+        if (s->listen_ca_expiry && s->listen_ca_expiry[l]) {
+            evbuffer_add_printf(out, "apple_auth_proxy_client_ca_expiry_timestamp_seconds{"
+                                     "listener=\"");
+            label_escaped(out, conf->listen[l].text);
+            evbuffer_add_printf(out, "\"} %lld\n", (long long)s->listen_ca_expiry[l]);
+        }
+}
+
+/* One gauge or counter family with a value per credential. */
+static void render_per_credential(struct evbuffer *out, const struct runtime *rt,
+                                  const char *name, const char *type, const char *help,
+                                  long long (*value)(const struct runtime *, size_t))
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    for (size_t i = 0; i < rt->conf->ncredentials; i++) {
+        evbuffer_add_printf(out, "%s{credential=\"", name);
+        label_escaped(out, rt->conf->credentials[i].name);
+        evbuffer_add_printf(out, "\"} %lld\n", value(rt, i));
+    }
+}
+
+static long long cred_failures(const struct runtime *rt, size_t i)
+{
+    struct live_quota q;
+    live_cred_read(rt->live_creds[i], &q);
+    return (long long)q.mint_failures;
+}
+
+static long long cred_remints(const struct runtime *rt, size_t i)
+{
+    struct live_quota q;
+    live_cred_read(rt->live_creds[i], &q);
+    return (long long)q.remints_401;
+}
+
+static long long cred_expiry(const struct runtime *rt, size_t i)
+{
+    return (long long)token_cache_expiry(rt->tokens, &rt->conf->credentials[i]);
+}
+
+static long long cred_quota_limit(const struct runtime *rt, size_t i)
+{
+    struct live_quota q;
+    live_cred_read(rt->live_creds[i], &q);
+    return q.limit;
+}
+
 void metrics_render(struct evbuffer *out, struct server *s)
 {
     struct runtime *rt = s->rt;
     time_t now = time(NULL);
     size_t i;
+    render_process(out, s);
+    render_server(out, s);
     render_requests(out, s);
     render_durations(out, s);
-
+    render_class_histogram(out, s, 0, "apple_auth_proxy_apple_round_trip_seconds",
+                           "Apple's answers only: from the request sent upstream to the "
+                           "response head, by route and status class.");
+    render_class_histogram(out, s, 1, "apple_auth_proxy_time_to_first_byte_seconds",
+                           "Apple's answers only: from the client's complete request head to "
+                           "the first response byte sent back, by route and status class.");
+    render_clients(out, s);
     evbuffer_add_printf(out,
-                        "# HELP apple_auth_proxy_upstream_connections Upstream TLS connections "
-                        "serving an exchange (active) or waiting in a pool (idle).\n"
-                        "# TYPE apple_auth_proxy_upstream_connections gauge\n"
-                        "apple_auth_proxy_upstream_connections{state=\"active\"} %llu\n"
-                        "apple_auth_proxy_upstream_connections{state=\"idle\"} %llu\n",
-                        (unsigned long long)STAT(s, upstream_active),
-                        (unsigned long long)STAT(s, upstream_idle));
-    evbuffer_add_printf(out,
-                        "# HELP apple_auth_proxy_upstream_handshakes_total TLS handshakes "
-                        "completed with upstreams.\n"
-                        "# TYPE apple_auth_proxy_upstream_handshakes_total counter\n"
-                        "apple_auth_proxy_upstream_handshakes_total %llu\n",
-                        (unsigned long long)STAT(s, upstream_handshakes));
+                        "# HELP apple_auth_proxy_requests_in_flight Requests whose head was "
+                        "read and whose answer has not ended yet.\n"
+                        "# TYPE apple_auth_proxy_requests_in_flight gauge\n"
+                        "apple_auth_proxy_requests_in_flight %lld\n",
+                        (long long)STAT(s, requests_in_flight));
+    render_upstreams(out, s);
     evbuffer_add_printf(out,
                         "# HELP apple_auth_proxy_upstream_reused_total Exchanges served on a "
                         "pooled upstream connection.\n"
@@ -401,6 +774,18 @@ void metrics_render(struct evbuffer *out, struct server *s)
         evbuffer_add_printf(out, "\"} %lld\n", (long long)(exp > now ? exp - now : 0));
     }
     render_exchanges(out, rt);
+    render_per_credential(out, rt, "apple_auth_proxy_token_mint_failures_total", "counter",
+                          "Attempts to sign a token that failed, by credential.", cred_failures);
+    render_per_credential(out, rt, "apple_auth_proxy_token_401_remints_total", "counter",
+                          "Tokens dropped and signed again because Apple answered 401 to "
+                          "them, by credential.", cred_remints);
+    render_per_credential(out, rt, "apple_auth_proxy_token_expiry_timestamp_seconds", "gauge",
+                          "When the credential's current token expires, since the Unix "
+                          "epoch (0: none valid).", cred_expiry);
+    render_per_credential(out, rt, "apple_auth_proxy_apple_rate_limit_limit", "gauge",
+                          "Apple's hourly request ceiling for the credential's key "
+                          "(X-Rate-Limit user-hour-lim), -1 until Apple has said.",
+                          cred_quota_limit);
     evbuffer_add_printf(out, "# HELP apple_auth_proxy_apple_rate_limit_remaining Requests left in "
                              "Apple's rolling hour for the credential's key (X-Rate-Limit), -1 "
                              "until Apple has said.\n"

@@ -11,6 +11,7 @@
 
 #include "auth/access_token.h"
 #include "proxy/gateway.h"
+#include "proxy/metrics.h"
 #include "proxy/intercept.h"
 #include "proxy/log.h"
 
@@ -142,11 +143,18 @@ static int runtime_target(struct runtime *rt, const char *name, int port, const 
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    t->metrics_label = metrics_upstream_id(hh);
     t->ssl_ctx = tls_client_ctx(ca_file, h2, err, errlen);
     if (t->ssl_ctx == NULL)
         return -1;
     *index = j;
     return 0;
+}
+
+static void runtime_count_mint_failure(void *arg, const struct credential *cred)
+{
+    const struct runtime *rt = arg;
+    live_count_mint_failure(rt->live_creds[cred - rt->conf->credentials]);
 }
 
 struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, size_t errlen)
@@ -170,6 +178,7 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
     rt->route_host_len = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*rt->route_host_len));
     rt->live_creds = calloc(conf->ncredentials ? conf->ncredentials : 1, sizeof(*rt->live_creds));
     rt->live_clients = calloc(conf->nclients ? conf->nclients : 1, sizeof(*rt->live_clients));
+    rt->client_label = calloc(conf->nclients ? conf->nclients : 1, sizeof(*rt->client_label));
     size_t ncs = conf->nclients * conf->nroutes;
     rt->client_scope = calloc(ncs ? ncs : 1, sizeof(*rt->client_scope));
     rt->client_scope_n = calloc(ncs ? ncs : 1, sizeof(*rt->client_scope_n));
@@ -183,7 +192,7 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
     }
     if (rt->tokens == NULL || rt->targets == NULL || rt->route_target == NULL ||
         rt->route_host == NULL || rt->route_host_len == NULL ||
-        rt->live_creds == NULL || rt->live_clients == NULL ||
+        rt->live_creds == NULL || rt->live_clients == NULL || rt->client_label == NULL ||
         rt->client_scope == NULL || rt->client_scope_n == NULL) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -200,6 +209,9 @@ struct runtime *runtime_new(struct conf *conf, struct live *live, char *err, siz
         }
     token_cache_on_mint(rt->tokens, runtime_count_mint, rt);
     token_cache_share_teams(rt->tokens, live_teams(live));
+    token_cache_on_mint_failure(rt->tokens, runtime_count_mint_failure, rt);
+    for (i = 0; i < conf->nclients; i++)
+        rt->client_label[i] = metrics_client_id(conf->clients[i].name);
     for (i = 0; i < conf->nroutes; i++) {
         const struct conf_route *r = &conf->routes[i];
         if (runtime_target(rt, r->upstream_host, r->upstream_port, r->address_host,
@@ -306,6 +318,7 @@ void runtime_unref(struct runtime *rt)
         for (i = 0; i < rt->conf->nclients; i++)
             live_client_put(rt->live_clients[i]);
     free(rt->live_clients);
+    free(rt->client_label);
     if (rt->client_scope)
         for (i = 0; i < rt->conf->nclients * rt->conf->nroutes; i++)
             if (rt->client_scope[i])

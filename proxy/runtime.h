@@ -26,6 +26,7 @@ struct target {
     const char *ca_file; /* borrowed from the route; NULL: the system store */
     int h2;             /* HTTP/2 (ALPN "h2" only): connections carry many exchanges */
     SSL_CTX *ssl_ctx;
+    int metrics_label;   /* metrics upstream label id (of host_header) */
 };
 
 /* How one access-token exchange ended: the label of its metric. */
@@ -70,6 +71,7 @@ struct runtime {
      * with every request is kept there, by name, so that it outlives this configuration. */
     struct live_cred **live_creds;     /* per credential index */
     struct live_client **live_clients; /* per client index */
+    int *client_label;                 /* client index -> metrics client label id */
     char ***client_scope;          /* [client * nroutes + route]: "client_scopes" lists */
     size_t *client_scope_n;
     struct intercept *intercept;   /* the CONNECT interception CA; NULL when it is off */

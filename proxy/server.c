@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -24,6 +25,8 @@
 #include "proxy/preflight.h"
 #include "proxy/token_exchange.h"
 #include "proxy/upstream.h"
+
+#define DESCRIPTOR_MARGIN 64 /* listeners, logs, the admin server, DNS, eventfds */
 
 int server_client_enter(struct server *s, size_t max)
 {
@@ -85,6 +88,24 @@ fail:
         freeaddrinfo(res);
     }
     return -1;
+}
+
+/* Notes the expiry of listener l's certificate and client CAs, for the metrics. */
+static void note_listener_expiry(struct server *s, const struct conf *conf, size_t l, SSL_CTX *ctx)
+{
+    if (s->listen_cert_expiry == NULL || l >= s->nlisten)
+        return;
+    s->listen_cert_expiry[l] = preflight_cert_expiry(ctx);
+    s->listen_ca_expiry[l] = conf->listen[l].tls_client_ca_file
+                                 ? preflight_file_expiry(conf->listen[l].tls_client_ca_file)
+                                 : 0;
+}
+
+static double now_real(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 static int addrs_same_text(const struct conf *a, const struct conf *b)
@@ -196,11 +217,13 @@ int server_reload(struct server *s)
             if (tls[l]) {
                 SSL_CTX_free(s->listen_tls[l]);
                 s->listen_tls[l] = tls[l]; /* the workers took their own references */
+                note_listener_expiry(s, rt->conf, l, tls[l]);
             }
         free(tls);
     }
     runtime_unref(s->rt);
     s->rt = rt;
+    s->last_reload_ok = now_real();
     log_msg(LOG_INFO, "reloaded %s: %zu credential%s, %zu route%s", rt->conf->source,
             rt->conf->ncredentials, rt->conf->ncredentials == 1 ? "" : "s", rt->conf->nroutes,
             rt->conf->nroutes == 1 ? "" : "s");
@@ -223,10 +246,14 @@ static void usr1_cb(evutil_socket_t sig, short what, void *arg)
         log_msg(LOG_INFO, "SIGUSR1: access log reopened");
 }
 
-/* Every client connection costs one descriptor and its upstream exchange another: raise the
- * soft limit to the hard one, and say when even that is below what max_client_connections
- * implies (Debian's default soft limit is 1024). */
-static void raise_descriptor_limit(const struct conf *conf)
+/* Every client connection costs one descriptor: raise the soft limit to the hard one, and say
+ * when even that leaves too little for max_client_connections client connections plus the
+ * pooled upstream connections (idle ones: upstream_pool_size per upstream per worker) and a
+ * margin for listeners, logs and the admin server, so that the connection cap (a clean 503)
+ * comes before the descriptor limit (Debian's default soft limit is 1024). Exchanges in flight
+ * use a descriptor upstream each on top, which the margin covers only in part: the warning is
+ * for a limit that is certainly too low, not one that might be. */
+static void raise_descriptor_limit(const struct conf *conf, int nworkers, size_t ntargets)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
@@ -236,7 +263,9 @@ static void raise_descriptor_limit(const struct conf *conf)
         setrlimit(RLIMIT_NOFILE, &rl);
         getrlimit(RLIMIT_NOFILE, &rl);
     }
-    rlim_t want = (rlim_t)conf->limits.max_client_connections * 2 + 64;
+    rlim_t want = (rlim_t)conf->limits.max_client_connections +
+                  (rlim_t)conf->limits.upstream_pool_size * (rlim_t)nworkers * ntargets +
+                  DESCRIPTOR_MARGIN;
     if (conf->limits.max_client_connections && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
         log_msg(LOG_WARN, "the descriptor limit is %llu but max_client_connections %zu needs about "
                           "%llu; raise it (ulimit -n, LimitNOFILE=) or lower "
@@ -319,8 +348,8 @@ int server_run(struct conf *conf, const char *config_path)
 
     memset(s, 0, sizeof(*s));
     s->config_path = config_path;
+    s->started = s->last_reload_ok = now_real();
     signal(SIGPIPE, SIG_IGN);
-    raise_descriptor_limit(conf);
     if (evthread_use_pthreads() != 0) {
         log_msg(LOG_ERROR, "cannot enable libevent threading");
         conf_free(conf);
@@ -360,6 +389,7 @@ int server_run(struct conf *conf, const char *config_path)
             return 1;
         }
     }
+    raise_descriptor_limit(s->rt->conf, s->nworkers, s->rt->ntargets);
     s->base = event_base_new();
     s->workers = calloc((size_t)s->nworkers, sizeof(*s->workers));
     for (i = 0; s->workers && i < s->nworkers; i++)
@@ -377,7 +407,9 @@ int server_run(struct conf *conf, const char *config_path)
     }
     s->nlisten = nlisten;
     s->listen_tls = calloc(nlisten, sizeof(*s->listen_tls));
-    if (s->listen_tls == NULL) {
+    s->listen_cert_expiry = calloc(nlisten ? nlisten : 1, sizeof(time_t));
+    s->listen_ca_expiry = calloc(nlisten ? nlisten : 1, sizeof(time_t));
+    if (s->listen_tls == NULL || s->listen_cert_expiry == NULL || s->listen_ca_expiry == NULL) {
         log_msg(LOG_ERROR, "out of memory");
         goto out;
     }
@@ -400,6 +432,7 @@ int server_run(struct conf *conf, const char *config_path)
                 log_msg(LOG_ERROR, "%s", err);
                 goto out;
             }
+            note_listener_expiry(s, s->rt->conf, l, s->listen_tls[l]);
         }
     for (l = 0; l < nlisten; l++) {
         const struct conf_addr *a = &s->rt->conf->listen[l];
@@ -516,6 +549,8 @@ out:
     if (s->ticket_timer)
         event_free(s->ticket_timer);
     tls_tickets_free(s->tickets); /* after every context that uses the keys */
+    free(s->listen_cert_expiry);
+    free(s->listen_ca_expiry);
     if (s->sig_term)
         event_free(s->sig_term);
     if (s->sig_int)

@@ -3,6 +3,7 @@
 #define AAP_PROXY_SERVER_H
 
 #include <stddef.h>
+#include <time.h>
 #include <openssl/ssl.h>
 #include "proxy/runtime.h"
 #include "proxy/tls_tickets.h"
@@ -27,6 +28,10 @@ struct server {
     size_t nlisten;               /* listen addresses in use (fixed for the process) */
     const char *config_path;      /* what SIGHUP re-reads (NULL: environment resolution) */
     unsigned long reloads, reload_failures;
+    double started;               /* process start (Unix time): process_start_time_seconds */
+    double last_reload_ok;        /* when the running configuration was loaded */
+    time_t *listen_cert_expiry;   /* per listen address: its certificate's notAfter (0: none) */
+    time_t *listen_ca_expiry;     /* per listen address: its client CAs' first notAfter */
 };
 
 /* Runs the proxy with this configuration (ownership passes) until SIGTERM/SIGINT and a drain.

@@ -36,6 +36,32 @@ static struct worker *worker_of(const struct upool *pool)
     return pool->gen->worker;
 }
 
+/* A connection changes state: the worker-wide gauges and the upstream's own move together
+ * (connecting is counted in active too, see metrics_up_gauge). */
+static void pool_gauge(struct upool *pool, enum metrics_up_gauge g, int delta)
+{
+    struct worker *w = worker_of(pool);
+    if (g == METRICS_UP_IDLE)
+        WSTAT_ADD(w, upstream_idle, delta);
+    else if (g == METRICS_UP_ACTIVE)
+        WSTAT_ADD(w, upstream_active, delta);
+    metrics_upstream_gauge(&w->metrics, pool->target->metrics_label, g, delta);
+}
+
+static enum metrics_up_failure failure_kind(enum upstream_error err)
+{
+    switch (err) {
+    case UPSTREAM_ERR_RESOLVE:
+        return METRICS_UPF_RESOLVE;
+    case UPSTREAM_ERR_CONNECT:
+        return METRICS_UPF_CONNECT;
+    case UPSTREAM_ERR_TLS:
+        return METRICS_UPF_TLS;
+    default:
+        return METRICS_UPF_TIMEOUT;
+    }
+}
+
 static const struct conf_limits *limits_of(const struct upool *pool)
 {
     return &pool->gen->rt->conf->limits;
@@ -115,7 +141,7 @@ void upool_deinit(struct upool *pool)
     h2up_pool_free(pool);
     while ((c = TAILQ_FIRST(&pool->idle)) != NULL) {
         TAILQ_REMOVE(&pool->idle, c, link);
-        WSTAT_ADD(worker_of(pool), upstream_idle, -1);
+        pool_gauge(pool, METRICS_UP_IDLE, -1);
         conn_free(c);
     }
     pool->nidle = 0;
@@ -132,6 +158,7 @@ static void report(struct upconn *c, enum upstream_error err, const char *detail
     void *arg = c->arg;
     char msg[256];
     c->ready_cb = NULL;
+    pool_gauge(c->pool, METRICS_UP_CONNECTING, -1);
     if (err == UPSTREAM_OK) {
         c->state = UP_ACTIVE;
         if (cb)
@@ -140,7 +167,9 @@ static void report(struct upconn *c, enum upstream_error err, const char *detail
     }
     snprintf(msg, sizeof(msg), "%s", detail ? detail : "");
     c->pool->nactive--;
-    WSTAT_ADD(worker_of(c->pool), upstream_active, -1);
+    pool_gauge(c->pool, METRICS_UP_ACTIVE, -1);
+    metrics_upstream_failed(&worker_of(c->pool)->metrics, c->pool->target->metrics_label,
+                            failure_kind(err));
     conn_free(c);
     if (cb)
         cb(NULL, err, msg, arg);
@@ -195,6 +224,7 @@ static void handshake_cb(struct stream *s, unsigned ev, void *arg)
             return;
         }
         WSTAT_ADD(worker_of(c->pool), upstream_handshakes, 1);
+        metrics_upstream_opened(&worker_of(c->pool)->metrics, c->pool->target->metrics_label);
         stream_set_alarm(s, 0);
         report(c, UPSTREAM_OK, NULL);
         return;
@@ -355,8 +385,8 @@ int upstream_get(struct upool *pool,
         c->state = UP_ACTIVE;
         c->reused = 1;
         pool_note_active(pool);
-        WSTAT_ADD(w, upstream_idle, -1);
-        WSTAT_ADD(w, upstream_active, 1);
+        pool_gauge(pool, METRICS_UP_IDLE, -1);
+        pool_gauge(pool, METRICS_UP_ACTIVE, 1);
         stream_set_timeouts(&c->s, 0, 0);
         stream_setcb(&c->s, detached_cb, c); /* the caller attaches its own at once */
         WSTAT_ADD(w, upstream_reused, 1);
@@ -396,7 +426,8 @@ int upstream_connect(struct upool *pool,
         return -1;
     }
     pool_note_active(pool);
-    WSTAT_ADD(w, upstream_active, 1);
+    pool_gauge(pool, METRICS_UP_ACTIVE, 1);
+    pool_gauge(pool, METRICS_UP_CONNECTING, 1);
 
     struct target *t = pool->target;
     struct sockaddr_storage ss;
@@ -435,7 +466,7 @@ static void idle_close(struct upconn *c)
 {
     TAILQ_REMOVE(&c->pool->idle, c, link);
     c->pool->nidle--;
-    WSTAT_ADD(worker_of(c->pool), upstream_idle, -1);
+    pool_gauge(c->pool, METRICS_UP_IDLE, -1);
     conn_free(c);
 }
 
@@ -456,7 +487,7 @@ void upstream_put(struct upconn *c, int reusable)
         return;
     }
     pool->nactive--;
-    WSTAT_ADD(worker_of(pool), upstream_active, -1);
+    pool_gauge(pool, METRICS_UP_ACTIVE, -1);
     c->exchanges++;
     if (!reusable || pool->gen->worker->draining || lim->upstream_pool_size == 0 ||
         stream_input_length(&c->s) > 0 || stream_output_length(&c->s) > 0 || c->s.eof ||
@@ -473,7 +504,7 @@ void upstream_put(struct upconn *c, int reusable)
     stream_park(&c->s);
     TAILQ_INSERT_HEAD(&pool->idle, c, link);
     pool->nidle++;
-    WSTAT_ADD(worker_of(pool), upstream_idle, 1);
+    pool_gauge(pool, METRICS_UP_IDLE, 1);
     /* The cap never falls below the connections active at once in this window, so an exchange
      * ending closes none that the current demand needs; the tick closes what it no longer does. */
     size_t cap = upool_idle_cap(pool->peak, pool->peak_prev, lim->upstream_pool_size);
@@ -511,9 +542,12 @@ void upstream_abort(struct upconn *c)
         h2up_release(c);
         return;
     }
+    /* Still opening (its report has not run): it stops connecting here. */
+    if (c->ready_cb)
+        pool_gauge(c->pool, METRICS_UP_CONNECTING, -1);
     c->ready_cb = NULL;
     c->pool->nactive--;
-    WSTAT_ADD(worker_of(c->pool), upstream_active, -1);
+    pool_gauge(c->pool, METRICS_UP_ACTIVE, -1);
     if (c->state == UP_RESOLVING && c->dns_req) {
         /* The resolver still holds c: it is freed when the answer (or cancellation) comes. */
         c->state = UP_ABANDONED;

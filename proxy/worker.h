@@ -44,6 +44,7 @@ struct worker_stats {
     uint64_t h2_failures;          /* exchanges failed by RST_STREAM or a lost connection */
     uint64_t apns_token_retries;   /* pushes sent again after APNs refused the token */
     uint64_t apns_too_many;        /* APNs' 429 TooManyProviderTokenUpdates answers */
+    uint64_t requests_in_flight;   /* gauge: a request head was read, its answer not ended */
 };
 
 /* Adds to a counter or gauge of the worker's own (relaxed atomics: scrapes read concurrently). */

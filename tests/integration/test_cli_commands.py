@@ -5,8 +5,13 @@ import datetime
 import json
 import os
 import re
+import resource
+import select
+import signal
 import socket
+import subprocess
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -179,6 +184,49 @@ class CheckAgreesWithServe(unittest.TestCase):
         rc, out, err = h.run_cli(["check", "-c", cfg])
         self.assertEqual(rc, 0, err)
         self.assertNotIn("named for key", err)
+
+
+def serve_stderr(cfg, nofile):
+    """Starts serve with RLIMIT_NOFILE set to nofile (soft, hard), waits for it to listen, stops
+    it and returns its stderr."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+    p = subprocess.Popen([h.BINARY, "serve", "-c", cfg], env=h.clean_env(), preexec_fn=limit,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b"listening on" not in err and time.monotonic() < deadline:
+            r, _, _ = select.select([p.stderr], [], [], 0.5)
+            if r:
+                chunk = os.read(p.stderr.fileno(), 65536)
+                if not chunk:
+                    break
+                err += chunk
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, rest = p.communicate(timeout=20)
+        err += rest
+    return err.decode(errors="replace")
+
+
+class DescriptorLimit(unittest.TestCase):
+    def test_default_connection_cap_starts_without_warning_at_20000_descriptors(self):
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard != resource.RLIM_INFINITY and hard < 20000:
+            self.skipTest("the hard descriptor limit here is %d, below 20000" % hard)
+        key = h.make_key()
+        cfg = h.write_config({"asc": h.credential("app-store-connect", key)},
+                             [h.route("127.0.0.1:9", "app-store-connect", "asc")])
+        # a soft limit of 1024 is raised to the hard one; 20000 leaves room for the default
+        # max_client_connections (10000) and the pools
+        err = serve_stderr(cfg, (1024, 20000))
+        self.assertIn("listening on", err)
+        self.assertNotIn("descriptor limit", err)
+        # a hard limit that cannot hold the cap is still said, once
+        err = serve_stderr(cfg, (1024, 5000))
+        self.assertIn("listening on", err)
+        self.assertEqual(err.count("the descriptor limit is 5000"), 1, err)
 
 
 class EveryCommandExplainsItself(unittest.TestCase):

@@ -15,7 +15,17 @@ FAMILIES = [
     "apple_auth_proxy_upstream_connections", "apple_auth_proxy_upstream_handshakes_total",
     "apple_auth_proxy_token_mints_total", "apple_auth_proxy_token_expiry_seconds",
     "apple_auth_proxy_apple_rate_limit_remaining", "apple_auth_proxy_client_connections",
-    "apple_auth_proxy_errors_total",
+    "apple_auth_proxy_errors_total", "apple_auth_proxy_build_info", "process_start_time_seconds",
+    "process_resident_memory_bytes", "process_open_fds", "process_max_fds",
+    "process_cpu_seconds_total", "apple_auth_proxy_reloads_total",
+    "apple_auth_proxy_last_reload_success_timestamp_seconds",
+    "apple_auth_proxy_token_mint_failures_total", "apple_auth_proxy_token_401_remints_total",
+    "apple_auth_proxy_token_expiry_timestamp_seconds", "apple_auth_proxy_apple_rate_limit_limit",
+    "apple_auth_proxy_apple_round_trip_seconds", "apple_auth_proxy_time_to_first_byte_seconds",
+    "apple_auth_proxy_upstream_connect_failures_total", "apple_auth_proxy_requests_in_flight",
+    "apple_auth_proxy_client_requests_total",
+    "apple_auth_proxy_listener_certificate_expiry_timestamp_seconds",
+    "apple_auth_proxy_client_ca_expiry_timestamp_seconds",
 ]
 
 
