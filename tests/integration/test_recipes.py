@@ -204,6 +204,25 @@ class Recipes(unittest.TestCase):
                          "each Python example has a Node twin")
         self.assert_tokens_ok(m)
 
+    def test_documented_sample_output_matches_its_command(self):
+        """docs/recipes.md shows list_apps' output under the exact command that printed it:
+        running that command prints those lines (every line but the "..." elision)."""
+        self.need_requests()
+        with open(os.path.join(os.path.dirname(EXAMPLES), "recipes.md")) as f:
+            doc = f.read()
+        m = re.search(r"^```\n\$ (python3 docs/examples/python/list_apps\.py[^\n]*)\n(.*?)^```",
+                      doc, re.M | re.S)
+        self.assertIsNotNone(m, "the list_apps sample in docs/recipes.md names no command")
+        argv = m.group(1).split()
+        shown = [l for l in m.group(2).splitlines() if l != "..."]
+        path = os.path.join(h.SOURCE_DIR, argv[1])
+        out = self.run_example(["/usr/bin/python3", path] + argv[2:],
+                               {"APPLE_PROXY_URL": self.origin}, "list_apps", expect=[])
+        lines = out.splitlines()
+        for l in shown:
+            self.assertIn(l, lines, "docs/recipes.md shows %r, which `%s` does not print:\n%s"
+                          % (l, m.group(1), out))
+
     def test_python_examples_through_http_proxy(self):
         """requests honours HTTP_PROXY: Apple's own host names, in http:// URLs."""
         self.need_requests()
