@@ -399,6 +399,28 @@ int server_run(struct conf *conf, const char *config_path)
         log_msg(LOG_ERROR, "out of memory");
         goto out;
     }
+    /* The signals are caught before the first "listening on" line: a supervisor or a test that
+     * sends SIGHUP (or SIGTERM) as soon as the proxy says it listens must not meet the default
+     * action, which ends the process. They are handled once the loop runs. */
+    s->sig_term = evsignal_new(s->base, SIGTERM, signal_cb, s);
+    s->sig_int = evsignal_new(s->base, SIGINT, signal_cb, s);
+    s->sig_hup = evsignal_new(s->base, SIGHUP, hup_cb, s);
+    s->sig_usr1 = evsignal_new(s->base, SIGUSR1, usr1_cb, s);
+    s->refresh_timer = event_new(s->base, -1, EV_PERSIST, refresh_cb, s);
+    s->drain_timer = evtimer_new(s->base, drain_timeout_cb, s);
+    s->stop_check = event_new(s->base, -1, EV_PERSIST, stop_check_cb, s);
+    if (!s->sig_term || !s->sig_int || !s->sig_hup || !s->sig_usr1 || !s->refresh_timer || !s->drain_timer || !s->stop_check) {
+        log_msg(LOG_ERROR, "out of memory");
+        goto out;
+    }
+    {
+        struct timeval one = {1, 0};
+        event_add(s->sig_term, NULL);
+        event_add(s->sig_int, NULL);
+        event_add(s->sig_hup, NULL);
+        event_add(s->sig_usr1, NULL);
+        event_add(s->refresh_timer, &one);
+    }
     nlisten = s->rt->conf->nlisten; /* fixed for the process: reloads keep the sockets */
     if (nlisten > CONF_MAX_LISTEN) {
         /* The loader refuses more; the workers' listener arrays are sized by it. */
@@ -481,25 +503,6 @@ int server_run(struct conf *conf, const char *config_path)
             log_msg(LOG_ERROR, "%s", err);
             goto out;
         }
-    }
-    s->sig_term = evsignal_new(s->base, SIGTERM, signal_cb, s);
-    s->sig_int = evsignal_new(s->base, SIGINT, signal_cb, s);
-    s->sig_hup = evsignal_new(s->base, SIGHUP, hup_cb, s);
-    s->sig_usr1 = evsignal_new(s->base, SIGUSR1, usr1_cb, s);
-    s->refresh_timer = event_new(s->base, -1, EV_PERSIST, refresh_cb, s);
-    s->drain_timer = evtimer_new(s->base, drain_timeout_cb, s);
-    s->stop_check = event_new(s->base, -1, EV_PERSIST, stop_check_cb, s);
-    if (!s->sig_term || !s->sig_int || !s->sig_hup || !s->sig_usr1 || !s->refresh_timer || !s->drain_timer || !s->stop_check) {
-        log_msg(LOG_ERROR, "out of memory");
-        goto out;
-    }
-    {
-        struct timeval one = {1, 0};
-        event_add(s->sig_term, NULL);
-        event_add(s->sig_int, NULL);
-        event_add(s->sig_hup, NULL);
-        event_add(s->sig_usr1, NULL);
-        event_add(s->refresh_timer, &one);
     }
     for (i = 0; i < s->nworkers; i++)
         if (worker_start(&s->workers[i]) < 0) {

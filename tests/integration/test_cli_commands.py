@@ -186,6 +186,19 @@ class CheckAgreesWithServe(unittest.TestCase):
         self.assertNotIn("named for key", err)
 
 
+def read_stderr_until(p, needle, err, timeout=20):
+    """Reads p's stderr onto err until it holds needle, p ends or timeout; returns err."""
+    deadline = time.monotonic() + timeout
+    while needle not in err and time.monotonic() < deadline:
+        r, _, _ = select.select([p.stderr], [], [], 0.5)
+        if r:
+            chunk = os.read(p.stderr.fileno(), 65536)
+            if not chunk:
+                break
+            err += chunk
+    return err
+
+
 def serve_stderr(cfg, nofile):
     """Starts serve with RLIMIT_NOFILE set to nofile (soft, hard), waits for it to listen, stops
     it and returns its stderr."""
@@ -195,14 +208,7 @@ def serve_stderr(cfg, nofile):
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err = b""
     try:
-        deadline = time.monotonic() + 20
-        while b"listening on" not in err and time.monotonic() < deadline:
-            r, _, _ = select.select([p.stderr], [], [], 0.5)
-            if r:
-                chunk = os.read(p.stderr.fileno(), 65536)
-                if not chunk:
-                    break
-                err += chunk
+        err = read_stderr_until(p, b"listening on", err)
     finally:
         p.send_signal(signal.SIGTERM)
         _, rest = p.communicate(timeout=20)
@@ -227,6 +233,32 @@ class DescriptorLimit(unittest.TestCase):
         err = serve_stderr(cfg, (1024, 5000))
         self.assertIn("listening on", err)
         self.assertEqual(err.count("the descriptor limit is 5000"), 1, err)
+
+
+class SignalsAtStart(unittest.TestCase):
+    def test_sighup_right_after_listening_reloads_instead_of_killing(self):
+        """A supervisor may send SIGHUP the moment the proxy says it listens: the signal is
+        caught from then on (it was once caught only after the workers and the admin server
+        were set up, and the default action ended the process)."""
+        key = h.make_key()
+        cfg = h.write_config({"asc": h.credential("app-store-connect", key)},
+                             [h.route("127.0.0.1:9", "app-store-connect", "asc")], workers=4,
+                             admin_listen="127.0.0.1:0")
+        for attempt in range(5):
+            p = subprocess.Popen([h.BINARY, "serve", "-c", cfg], env=h.clean_env(),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                err = read_stderr_until(p, b"listening on", b"")
+                self.assertIn(b"listening on", err)
+                p.send_signal(signal.SIGHUP)
+                err = read_stderr_until(p, b"reloaded", err)
+                self.assertIsNone(p.poll(), "attempt %d: SIGHUP ended the proxy (status %s); "
+                                  "stderr:\n%s" % (attempt, p.returncode, err.decode()))
+                self.assertIn(b"reloaded", err)
+            finally:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+                p.communicate(timeout=20)
 
 
 class EveryCommandExplainsItself(unittest.TestCase):
