@@ -9,6 +9,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
+import proxytest as pt  # noqa: E402
 
 FAMILIES = [
     "apple_auth_proxy_requests_total", "apple_auth_proxy_request_duration_seconds",
@@ -39,7 +40,8 @@ class MetricsFormat(unittest.TestCase):
         cls.st.stop()
 
     def scrape(self):
-        url = "http://127.0.0.1:%d/metrics" % self.st.proxy.admin_port
+        # The admin line may follow the listen lines the stack waited for.
+        url = "http://127.0.0.1:%d/metrics" % pt.admin_port(self.st.proxy)
         with urllib.request.urlopen(url, timeout=10) as r:
             self.assertEqual(r.headers["Content-Type"], "text/plain; version=0.0.4; charset=utf-8")
             return r.read()
