@@ -14,6 +14,7 @@ Covered, each by its own test:
     for one.
 """
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -125,8 +126,13 @@ class SharedStateTest(unittest.TestCase):
         return r.status, r.body.decode()
 
     def wait_using_redis(self, px, timeout=15):
-        pt.wait_until(lambda: "shared_state: using Redis" in self.readyz(px)[1], timeout, 0.05,
+        pt.wait_until(lambda: self.shared_check(px)["state"] == "redis", timeout, 0.05,
                       "the replica using Redis")
+
+    def shared_check(self, px):
+        """The shared_state entry of /readyz's JSON checks."""
+        checks = {c["name"]: c for c in json.loads(self.readyz(px)[1])["checks"]}
+        return checks["shared_state"]
 
     def get(self, px, secret=LIMITED, path="/v1/apps", timeout=10):
         with h.HttpClient(px.port, timeout=timeout) as c:

@@ -288,7 +288,10 @@ class FailureTest(unittest.TestCase):
                       s.metrics())
         ready = pt.admin_get(s.px, "/readyz")
         self.assertEqual(ready.status, 503)
-        self.assertIn("credential maps: cannot get an access token", ready.body.decode())
+        checks = {c["name"]: c for c in json.loads(ready.body)["checks"]}
+        self.assertEqual(checks["credential maps"]["state"], "failing")
+        self.assertTrue(checks["credential maps"]["detail"].startswith(
+            "cannot get an access token"), checks["credential maps"])
         self.assertRegex(s.px.stderr_text(), r"credential maps: access-token exchange failed "
                          r"\(%s\): .*next attempt in \d+ s" % result)
         self.assert_no_secrets(s)
