@@ -167,6 +167,39 @@ def huge_header_value(s, sid, enc):
     s.sendall(frame_bytes(f))
 
 
+def continued(sid, block):
+    """A header block cut into frames the proxy's default SETTINGS_MAX_FRAME_SIZE allows: the
+    size limits apply to the decoded block, not only to one oversized frame."""
+    out, step = b"", 16000
+    for i in range(0, len(block), step):
+        f = HeadersFrame(sid) if i == 0 else ContinuationFrame(sid)
+        f.data = block[i:i + step]
+        f.flags = set()
+        if i == 0:
+            f.flags.add("END_STREAM")
+        if i + step >= len(block):
+            f.flags.add("END_HEADERS")
+        out += frame_bytes(f)
+    return out
+
+
+# One 100 kB field (over HPACK's own limit on a field), and 120 fields of 1 kB (a list over the
+# proxy's 64 KiB head limit), each in legal frame sizes; without Huffman coding, so that they are
+# quick to build.
+HUGE_FIELD_BLOCK = hpack.Encoder().encode([(":status", "200"), ("x-big", "v" * 100000)],
+                                          huffman=False)
+LONG_LIST_BLOCK = hpack.Encoder().encode(
+    [(":status", "200")] + [("x-f%d" % i, "w" * 1000) for i in range(120)], huffman=False)
+
+
+def huge_field_in_continuations(s, sid, enc):
+    s.sendall(continued(sid, HUGE_FIELD_BLOCK))
+
+
+def header_list_over_the_limit(s, sid, enc):
+    s.sendall(continued(sid, LONG_LIST_BLOCK))
+
+
 def unrequested_push(s, sid, enc):
     p = PushPromiseFrame(sid)
     p.promised_stream_id = 2
@@ -214,6 +247,8 @@ CASES = {
     "bad_frame_length": (bad_frame_length, 502),
     "endless_continuation": (endless_continuation, 502),
     "huge_header_value": (huge_header_value, 502),
+    "huge_field_in_continuations": (huge_field_in_continuations, 502),
+    "header_list_over_the_limit": (header_list_over_the_limit, 502),
     "unrequested_push": (unrequested_push, 502),
     "wrong_stream": (wrong_stream, 502),
     "connection_level_window_abuse": (connection_level_window_abuse, 502),
