@@ -1,17 +1,35 @@
 /* client: one client connection and the exchange it is in.
  *
- *   accept
+ * The connection (enum client_state, c->state):
+ *
+ *   accept (header timeout armed)
  *     |
- *     v            first byte             head parsed, routed, token taken
- *   IDLE ------------------> HEAD ---------------------------------------> CONNECTING
- *     ^   (idle timeout:       | (header timeout: 408,                         | upstream ready:
- *     |    close)              |  bad head: 4xx)                               | head + token sent
- *     |                        v                                               v
- *     |                     CLOSING <------- error before the response ---- EXCHANGE
- *     |                  (flush, half-close,      head (4xx/5xx JSON)      request body up,
- *     |                   linger, free)                                   response down, both
- *     |                        ^                                          with backpressure
- *     +--- keep-alive ---------+------------- response complete ---------------+
+ *     v          head parsed, checked, routed                 upstream ready: head + token sent
+ *   HEAD -----------------------------------> CONNECTING -------------------------------> EXCHANGE
+ *    ^ |  (bad head: 4xx; header timeout:       |  waits, body unread, for:                  |
+ *    | |   408; browser rule, gateway,          |  - the client's rate decision on Redis     |
+ *    | |   rate: 4xx/503)                       |    (rate_ask -> rate_decided)              |
+ *    | |                                        |  - an access token (wait_for_token ->      |
+ *    | | CONNECT to an intercepted upstream:    |    client_tokens_ready, token_wait_timeout |
+ *    | | 200, TLS inside, back to HEAD          |    503, a failed exchange 502)             |
+ *    | +-----+                                  |  - a pooled or new upstream connection     |
+ *    |       |                                  |    (acquire_upstream -> up_ready)          |
+ *    |       |      retries: a stale pooled connection (up_closed, once), a 401 to the       |
+ *    |       |      cached token (response_complete after DISCARD, once): EXCHANGE -> CONNECTING
+ *    |       v                                  v                                            |
+ *    |    CLOSING <--- error, no keep-alive --- (any) <--- upstream error / cut short -------+
+ *    |  (flush, half-close, linger, free)                                                    |
+ *    |                                                                                       |
+ *   IDLE <--------------- response complete, keep-alive (or an error reply that keeps it) --+
+ *     (first byte: HEAD; idle timeout: close)
+ *
+ * The exchange inside EXCHANGE has two states of its own, one per direction, each changed only
+ * by its setter (req_set, resp_set), which asserts the edge:
+ *
+ *   request   HEAD --head sent--> BODY --body sent--> DONE       BODY --refused, cut--> FAILED
+ *             HEAD --head sent, no body--> DONE
+ *   response  HEAD --head relayed--> BODY --end--> DONE           BODY --cut short--> FAILED
+ *             HEAD --401 to a cached token--> DISCARD --read whole, retry--> HEAD
  *
  * CONNECTING also covers the wait for a client's rate decision from Redis (rate_ask, with
  * shared_state): the head is planned and drained, the body waits unread.
@@ -26,6 +44,7 @@
 #include "proxy/client.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -65,6 +84,22 @@
 
 enum client_state { C_IDLE, C_HEAD, C_CONNECTING, C_EXCHANGE, C_CLOSING };
 
+/* The request's progress towards the upstream.
+ *   HEAD    not sent yet: being read, checked, or waiting for a token or a connection
+ *   BODY    the head went up; the body follows as the client sends it
+ *   DONE    all of it went up (a retry sends it again without leaving DONE or BODY)
+ *   FAILED  the client's body was refused or cut short: the connection ends */
+enum req_state { REQ_HEAD, REQ_BODY, REQ_DONE, REQ_FAILED };
+
+/* The response's progress towards the client.
+ *   HEAD     waiting for the upstream's head (interim 1xx heads are dropped here)
+ *   DISCARD  a 401 to a cached token is read and dropped: the request goes again with a
+ *            fresh token, back to HEAD
+ *   BODY     the head went to the client; the body follows
+ *   DONE     the response is complete
+ *   FAILED   cut short after its head went out: only closing the connection says so */
+enum resp_state { RESP_HEAD, RESP_DISCARD, RESP_BODY, RESP_DONE, RESP_FAILED };
+
 /* What one request/response exchange needs. A connection holds one from the first byte of a
  * request head until it is idle again with nothing buffered; an idle keep-alive connection
  * holds none (struct exchange is most of the memory a busy connection uses). Spares are kept
@@ -83,11 +118,10 @@ struct exchange {
                                 client's input (data and chunk framing): what an upstream
                                 connection has been given of the body */
     uint64_t resp_remaining;
-    unsigned req_done : 1;      /* the request (with its body) has been forwarded */
-    unsigned resp_started : 1;  /* the response head went to the client */
+    unsigned char req_state;    /* enum req_state: changed only by req_set */
+    unsigned char resp_state;   /* enum resp_state: changed only by resp_set */
     unsigned retried : 1;       /* the stale pooled connection retry was used */
     unsigned token_retried : 1; /* the 401 re-mint retry was used */
-    unsigned discard : 1;       /* swallowing a 401 to retry with a fresh token */
     unsigned close_after : 1;
     unsigned chunked_out : 1;   /* the response is re-chunked to the client */
     unsigned is_head : 1;
@@ -162,6 +196,40 @@ struct client {
 /* Upstream response heads: fixed limits (Apple's heads are small; a huge one is an attack). */
 static const struct http1_limits resp_limits = {.max_line = 0, .max_head = 64 * 1024,
                                                 .max_headers = 256};
+
+/* The only writers of the exchange's two states (besides exchange_states_begin): an edge that
+ * is not in these tables is a bug in the caller and fails here in debug builds. */
+static void req_set(struct exchange *x, enum req_state to)
+{
+    enum req_state from = (enum req_state)x->req_state;
+    (void)from;
+    assert((from == REQ_HEAD && (to == REQ_BODY || to == REQ_DONE)) ||
+           (from == REQ_BODY && (to == REQ_DONE || to == REQ_FAILED)));
+    x->req_state = (unsigned char)to;
+}
+
+static void resp_set(struct exchange *x, enum resp_state to)
+{
+    enum resp_state from = (enum resp_state)x->resp_state;
+    (void)from;
+    assert((from == RESP_HEAD && (to == RESP_DISCARD || to == RESP_BODY)) ||
+           (from == RESP_DISCARD && to == RESP_HEAD) ||
+           (from == RESP_BODY && (to == RESP_DONE || to == RESP_FAILED)));
+    x->resp_state = (unsigned char)to;
+}
+
+/* A new request head was parsed: both directions start over. */
+static void exchange_states_begin(struct exchange *x)
+{
+    x->req_state = REQ_HEAD;
+    x->resp_state = RESP_HEAD;
+}
+
+/* The response's head has gone to the client (what follows can only be cut short). */
+static int resp_head_sent(const struct exchange *x)
+{
+    return x->resp_state == RESP_BODY || x->resp_state == RESP_FAILED;
+}
 
 static const struct conf_limits *limits(const struct client *c)
 {
@@ -447,8 +515,10 @@ static void reply_error_ex(struct client *c, const char *code, const char *detai
     int status = http_error_status(code);
     WSTAT_ADD(c->w, proxy_errors, 1);
     metrics_count_error(&c->w->metrics, code);
-    if (c->x->resp_started) {
+    if (resp_head_sent(c->x)) {
         /* A response is already on its way: the only honest signal left is to cut it short. */
+        if (c->x->resp_state == RESP_BODY)
+            resp_set(c->x, RESP_FAILED);
         c->dead = 1;
         return;
     }
@@ -548,7 +618,7 @@ static int resp_data(void *arg, const char *at, size_t len)
 {
     struct client *c = arg;
     struct evbuffer *out = stream_output(&c->s);
-    if (c->x->discard)
+    if (c->x->resp_state == RESP_DISCARD)
         return 0;
     if (c->x->rw) {
         linkrw_feed(c->x->rw, at, len, emit_client, c);
@@ -741,7 +811,7 @@ static void write_response_head(struct client *c)
         }
         break;
     }
-    if (!c->x->keep_alive || c->client_eof || c->w->draining || !c->x->req_done)
+    if (!c->x->keep_alive || c->client_eof || c->w->draining || c->x->req_state != REQ_DONE)
         c->x->close_after = 1;
     if (c->x->close_after)
         HW_LITERAL(&hw, "Connection: close\r\n");
@@ -750,7 +820,7 @@ static void write_response_head(struct client *c)
     HW_LITERAL(&hw, "\r\n");
     v.iov_len = (size_t)(hw.p - hw.start);
     evbuffer_commit_space(out, &v, 1);
-    c->x->resp_started = 1;
+    resp_set(c->x, RESP_BODY);
     c->x->t_first_us = mono_us();
     c->x->status = status;
     c->x->bytes_out += v.iov_len;
@@ -761,13 +831,13 @@ static void acquire_upstream(struct client *c);
 
 static void finish_exchange(struct client *c)
 {
+    resp_set(c->x, RESP_DONE);
     end_exchange_objects(c);
-    if (c->x->close_after || !c->x->req_done || c->client_eof || c->w->draining) {
+    if (c->x->close_after || c->x->req_state != REQ_DONE || c->client_eof || c->w->draining) {
         start_closing(c);
         return;
     }
     c->state = C_IDLE;
-    c->x->resp_started = 0;
     arm_timer(c, limits(c)->idle_timeout_ms);
     if (c->read_paused) {
         c->read_paused = 0;
@@ -873,15 +943,16 @@ void client_tokens_ready(struct worker *w)
 static void response_complete(struct client *c)
 {
     int reusable =
-        response_pools_upstream(&c->x->resp, c->x->req_done, stream_input_length(&c->up->s));
+        response_pools_upstream(&c->x->resp, c->x->req_state == REQ_DONE,
+                                stream_input_length(&c->up->s));
     upstream_put(c->up, reusable);
     c->up = NULL;
-    if (c->x->discard) {
+    if (c->x->resp_state == RESP_DISCARD) {
         /* Apple refused the cached token: it was dropped, so this mints a fresh one. */
         char err[256];
         const struct credential *cred =
             &c->gen->rt->conf->credentials[c->gen->rt->conf->routes[c->x->route].credential_index];
-        c->x->discard = 0;
+        resp_set(c->x, RESP_HEAD);
         c->x->token_retried = 1;
         WSTAT_ADD(c->w, token_retries, 1);
         token_put(c->x->tok);
@@ -921,16 +992,18 @@ static void upstream_failed(struct client *c, const char *code, const char *deta
         upstream_abort(c->up);
         c->up = NULL;
     }
-    if (c->x->resp_started) {
+    if (resp_head_sent(c->x)) {
         /* Cut the client off without a clean end so that it cannot mistake a truncated
          * body for a whole one. */
+        if (c->x->resp_state == RESP_BODY)
+            resp_set(c->x, RESP_FAILED);
         log_msg(LOG_WARN, "client %s: response cut short: %s", peer(c), detail);
         c->x->outcome = "upstream_cut";
         c->x->err_code = code;
         c->dead = 1;
         return;
     }
-    reply_error(c, code, detail, c->x->req_done);
+    reply_error(c, code, detail, c->x->req_state == REQ_DONE);
     if (c->state == C_IDLE)
         process(c); /* a pipelined request may be waiting */
 }
@@ -955,7 +1028,7 @@ static void up_read_body_ex(struct client *c, int force)
             size_t n = evbuffer_get_length(in);
             if (n > c->x->resp_remaining)
                 n = (size_t)c->x->resp_remaining;
-            if (c->x->discard) {
+            if (c->x->resp_state == RESP_DISCARD) {
                 evbuffer_drain(in, n);
             } else {
                 evbuffer_remove_buffer(in, out, n);
@@ -1035,7 +1108,7 @@ static void up_read_head(struct client *c)
             continue;
         }
         if (c->x->resp.status == 401 && !c->x->token_retried && c->x->idempotent &&
-            c->x->req.body == HTTP1_BODY_NONE && c->x->req_done) {
+            c->x->req.body == HTTP1_BODY_NONE && c->x->req_state == REQ_DONE) {
             const struct credential *cred =
                 &c->gen->rt->conf
                      ->credentials[c->gen->rt->conf->routes[c->x->route].credential_index];
@@ -1045,7 +1118,7 @@ static void up_read_head(struct client *c)
                         "a new one and retrying once", c->gen->rt->targets[
                         c->gen->rt->route_target[c->x->route]].name, cred->name);
                 live_count_remint_401(c->gen->rt->live_creds[cred - c->gen->rt->conf->credentials]);
-                c->x->discard = 1;
+                resp_set(c->x, RESP_DISCARD);
             }
         }
         c->x->t_head_us = mono_us();
@@ -1061,18 +1134,20 @@ static void up_read_head(struct client *c)
                 shared_note_block(c->w->shared, c->gen->rt->conf->credentials[ci].name, until);
             }
         }
-        if (!c->x->discard) {
+        if (c->x->resp_state != RESP_DISCARD) {
             note_apns_id(c);
             write_response_head(c);
+            if (c->dead)
+                return; /* out of memory: the client and its upstream connection go */
         }
         evbuffer_drain(in, c->x->resp.head_len);
-        if (!c->x->req_done) {
+        if (c->x->req_state != REQ_DONE) {
             /* An answer before the whole request went up (a refusal mid-upload): its body
              * reads need the timeout that is otherwise armed once the request is sent. */
             stream_set_timeouts(&c->up->s, (uint32_t)limits(c)->upstream_response_timeout_ms,
                                 (uint32_t)limits(c)->send_timeout_ms);
         }
-        if (c->x->resp.phase == 2) {
+        if (http1_msg_complete(&c->x->resp)) {
             response_complete(c);
             return;
         }
@@ -1100,7 +1175,7 @@ static void client_drained(struct client *c)
 /* The upstream took the queued body: read more of it from the client. */
 static void up_drained(struct client *c)
 {
-    if (c->read_paused && c->x && !c->x->req_done) {
+    if (c->read_paused && c->x && c->x->req_state != REQ_DONE) {
         c->read_paused = 0;
         stream_set_reading(&c->s, 1);
         feed_body(c);
@@ -1129,7 +1204,7 @@ static int retry_allowed(const struct client *c)
 static void up_closed(struct client *c, int failed)
 {
     struct exchange *x = c->x;
-    if (x->resp.phase == 0) {
+    if (x->resp_state == RESP_HEAD) {
         if (stream_input_length(&c->up->s) == 0 && retry_allowed(c)) {
             /* The pooled connection was closed by the upstream while idle: nothing of this
              * request can have been processed, so it goes once more on a fresh connection. */
@@ -1174,7 +1249,7 @@ static void up_cb(struct stream *s, unsigned ev, void *arg)
     if ((ev & STREAM_DRAINED) && SAME_UP())
         up_drained(c);
     if ((ev & STREAM_READ) && SAME_UP()) {
-        if (c->x->resp.phase == 0)
+        if (c->x->resp_state == RESP_HEAD)
             up_read_head(c);
         else
             up_read_body(c);
@@ -1182,7 +1257,7 @@ static void up_cb(struct stream *s, unsigned ev, void *arg)
     if ((ev & (STREAM_EOF | STREAM_ERROR)) && SAME_UP())
         up_closed(c, (ev & STREAM_ERROR) != 0);
     if ((ev & (STREAM_RTIMEOUT | STREAM_WTIMEOUT)) && SAME_UP()) {
-        if (c->x->resp.phase == 0)
+        if (c->x->resp_state == RESP_HEAD)
             upstream_failed(c, proxy_err_upstream_timeout,
                             (ev & STREAM_RTIMEOUT) ? "the upstream did not answer in time"
                                                    : "the upstream did not read the request "
@@ -1203,11 +1278,18 @@ static void send_request(struct client *c)
     evbuffer_add(out, c->x->up_head, c->x->up_head_len);
     evbuffer_add(out, c->x->tok->line, c->x->tok->line_len);
     ADD_LITERAL(out, "\r\n");
-    if (c->x->req.body == HTTP1_BODY_NONE) {
-        c->x->req_done = 1;
-    } else if (c->x->req.expect_continue &&
-               stream_input_length(&c->s) == 0 &&
-               c->x->req.body_seen == 0 && !c->x->retried) {
+    if (c->x->req_state != REQ_HEAD) {
+        /* A retry: the same head goes again, the request's progress stays where it was
+         * (a body is only retried while none of it was consumed). */
+        assert(c->x->retried || c->x->token_retried);
+    } else if (c->x->req.body == HTTP1_BODY_NONE) {
+        req_set(c->x, REQ_DONE);
+        return;
+    } else {
+        req_set(c->x, REQ_BODY);
+    }
+    if (c->x->req.body != HTTP1_BODY_NONE && c->x->req.expect_continue &&
+        stream_input_length(&c->s) == 0 && c->x->req.body_seen == 0 && !c->x->retried) {
         ADD_LITERAL(stream_output(&c->s), "HTTP/1.1 100 Continue\r\n\r\n");
     }
 }
@@ -1234,12 +1316,13 @@ static void attach_upstream(struct client *c)
     c->x->up_reused = c->up->reused;
     c->x->req_remaining = c->x->req.content_length;
     c->state = C_EXCHANGE;
+    assert(c->x->resp_state == RESP_HEAD);
     c->x->resp.request_is_head = c->x->is_head; /* kept by init: a HEAD response has no body */
     http1_msg_init(&c->x->resp, HTTP_RESPONSE, &resp_limits);
     c->x->resp.sink = &resp_sink;
     c->x->resp.sink_arg = c;
     send_request(c);
-    if (!c->x->req_done) {
+    if (c->x->req_state != REQ_DONE) {
         stream_set_timeouts(&c->s, (uint32_t)lim->client_body_timeout_ms,
                             (uint32_t)lim->send_timeout_ms);
         feed_body(c);
@@ -1289,8 +1372,8 @@ static void acquire_upstream(struct client *c)
 static void feed_body(struct client *c)
 {
     struct evbuffer *in = stream_input(&c->s);
-    unsigned was_done = c->x->req_done;
-    while (!c->x->req_done && c->up && !c->dead && c->state == C_EXCHANGE) {
+    unsigned was_done = c->x->req_state == REQ_DONE;
+    while (c->x->req_state != REQ_DONE && c->up && !c->dead && c->state == C_EXCHANGE) {
         struct evbuffer *out = stream_output(&c->up->s);
         if (evbuffer_get_length(out) >= OUT_HIGH) {
             stream_set_reading(&c->s, 0);
@@ -1307,7 +1390,7 @@ static void feed_body(struct client *c)
             c->x->req_consumed += n;
             c->x->req_remaining -= n;
             if (c->x->req_remaining == 0)
-                c->x->req_done = 1;
+                req_set(c->x, REQ_DONE);
         } else {
             struct evbuffer_iovec v;
             size_t used = 0;
@@ -1319,26 +1402,28 @@ static void feed_body(struct client *c)
             if (r < 0) {
                 const char *code = code_for_status(c->x->req.error_status);
                 c->x->close_after = 1;
+                req_set(c->x, REQ_FAILED);
                 reply_error(c, code, c->x->req.error_detail, 0);
                 return;
             }
             if (r == 1) {
                 ADD_LITERAL(out, "0\r\n\r\n");
-                c->x->req_done = 1;
+                req_set(c->x, REQ_DONE);
             }
         }
     }
-    if (c->x->req_done && !was_done && !c->dead) {
+    if (c->x->req_state == REQ_DONE && !was_done && !c->dead) {
         /* The whole request is up: the client's body timeout ends, the wait for the answer
          * starts. */
         stream_set_timeouts(&c->s, 0, (uint32_t)limits(c)->send_timeout_ms);
-        if (c->up && c->x->resp.phase == 0)
+        if (c->up && c->x->resp_state == RESP_HEAD)
             stream_set_timeouts(&c->up->s, (uint32_t)limits(c)->upstream_response_timeout_ms,
                                 (uint32_t)limits(c)->send_timeout_ms);
-    } else if (!c->dead && !c->x->req_done && c->client_eof && !c->read_paused &&
+    } else if (!c->dead && c->x->req_state != REQ_DONE && c->client_eof && !c->read_paused &&
                evbuffer_get_length(in) == 0) {
         /* The client closed before the end of its request: the upstream connection, holding
          * a partial request, cannot be reused; the exchange is abandoned. */
+        req_set(c->x, REQ_FAILED);
         if (!c->x->outcome)
             c->x->outcome = "client_abort";
         c->dead = 1;
@@ -1687,7 +1772,8 @@ static void start_exchange(struct client *c)
         }
     }
     c->x->keep_alive = m->keep_alive;
-    c->x->req_done = c->x->resp_started = c->x->retried = c->x->token_retried = c->x->discard = 0;
+    exchange_states_begin(c->x);
+    c->x->retried = c->x->token_retried = 0;
     c->x->req_consumed = 0;
     c->x->close_after = c->x->chunked_out = c->x->last_chunk = 0;
     c->x->req.sink = &req_sink;
@@ -1883,7 +1969,7 @@ static void on_client_eof(struct client *c)
         c->dead = c->state != C_CLOSING || stream_output_length(&c->s) == 0;
     } else if (c->state == C_HEAD) {
         c->dead = 1; /* half a request head, then nothing */
-    } else if (c->state == C_EXCHANGE && !x->req_done) {
+    } else if (c->state == C_EXCHANGE && x->req_state != REQ_DONE) {
         /* What the client sent before closing may still complete the request: forward it;
          * feed_body ends the connection if the request stays incomplete. */
         feed_body(c);
@@ -1919,7 +2005,7 @@ static void client_cb(struct stream *s, unsigned ev, void *arg)
         c->dead = 1;
     }
     if ((ev & (STREAM_RTIMEOUT | STREAM_WTIMEOUT)) && !c->dead) {
-        if ((ev & STREAM_RTIMEOUT) && c->state == C_EXCHANGE && !c->x->req_done) {
+        if ((ev & STREAM_RTIMEOUT) && c->state == C_EXCHANGE && c->x->req_state != REQ_DONE) {
             reply_error(c, proxy_err_request_timeout, "the request body stalled", 0);
         } else if (ev & STREAM_WTIMEOUT) {
             if (c->x && c->x->in_exchange && !c->x->outcome)

@@ -549,3 +549,8 @@ int http1_parse_eof(struct http1_msg *m)
     }
     return -1;
 }
+
+int http1_msg_complete(const struct http1_msg *m)
+{
+    return m->phase == 2;
+}

@@ -92,6 +92,8 @@ int http1_parse_body(struct http1_msg *m, const char *buf, size_t len, size_t *u
 /* The peer closed: returns 1 when that completes the message (close-delimited response), -1 when
  * the message is truncated. */
 int http1_parse_eof(struct http1_msg *m);
+/* Whether the whole message has been parsed (its end may come with its head). */
+int http1_msg_complete(const struct http1_msg *m);
 
 /* Case-insensitive token comparison of a span with a NUL-terminated lower-case name. */
 int http1_name_is(const char *name, size_t len, const char *lower);
