@@ -688,13 +688,9 @@ static void note_rate_limit(struct client *c)
  * length changes, so it goes out chunked). */
 static void start_rewriting(struct client *c)
 {
-    const struct http1_header *ct = http1_find(&c->x->resp, "content-type");
-    const struct http1_header *ce = http1_find(&c->x->resp, "content-encoding");
     const struct target *t = &c->gen->rt->targets[c->gen->rt->route_target[c->x->route]];
     char from[LINKRW_MAX_ORIGIN + 16];
-    if (c->x->origin == NULL || c->x->resp.body == HTTP1_BODY_NONE ||
-        !linkrw_applies(ct ? ct->value : NULL, ct ? ct->value_len : 0, ce ? ce->value : NULL,
-                        ce ? ce->value_len : 0))
+    if (!response_rewrites(&c->x->resp, c->x->origin != NULL))
         return;
     snprintf(from, sizeof(from), "https://%s", t->host_header);
     c->x->rw = malloc(sizeof(*c->x->rw));
@@ -732,26 +728,25 @@ static void hw_uint(struct head_writer *hw, uint64_t v)
 static void write_response_head(struct client *c)
 {
     struct evbuffer *out = stream_output(&c->s);
-    start_rewriting(c);
-    const struct http1_msg *r = &c->x->resp;
-    int status = r->status;
-    int keep_cl = r->body == HTTP1_BODY_NONE && (c->x->is_head || status == 304);
-    if (keep_cl && c->x->origin) {
-        /* A GET of this resource would be rewritten and sent chunked: its length here would
-         * be the upstream's, not what the client would get. */
-        const struct http1_header *ct = http1_find(r, "content-type");
-        const struct http1_header *ce = http1_find(r, "content-encoding");
-        if (linkrw_applies(ct ? ct->value : NULL, ct ? ct->value_len : 0, ce ? ce->value : NULL,
-                           ce ? ce->value_len : 0))
-            keep_cl = 0;
-    }
+    struct exchange *x = c->x;
+    const struct http1_msg *r = &x->resp;
+    struct response_plan plan;
     size_t i, bound;
-    const char *reason = r->reason_len ? r->reason : http_reason(status);
-    size_t reason_len = r->reason_len ? r->reason_len : strlen(reason);
-    int has_connection = http1_find(r, "connection") != NULL;
-    /* What is copied, decided once per header; the bound covers every line added below
-     * (status line, the copied headers, framing, Connection, the final CRLF). */
-    bound = 16 + reason_len + 128;
+    start_rewriting(c);
+    const struct response_facts facts = {
+        .is_head = x->is_head,
+        .http10 = x->http10,
+        .keep_alive = x->keep_alive,
+        .req_done = x->req_state == REQ_DONE,
+        .client_eof = c->client_eof,
+        .draining = c->w->draining,
+        .has_origin = x->origin != NULL,
+        .rewriting = x->rw != NULL,
+    };
+    response_plan(r, &facts, &plan);
+    /* The bound covers every line added below (status line, the copied headers, framing,
+     * Connection, the final CRLF). */
+    bound = 16 + plan.reason_len + 128;
     for (i = 0; i < r->nheaders; i++)
         bound += r->headers[i].name_len + r->headers[i].value_len + 4;
     struct evbuffer_iovec v;
@@ -761,69 +756,57 @@ static void write_response_head(struct client *c)
     }
     struct head_writer hw = {v.iov_base, v.iov_base};
     HW_LITERAL(&hw, "HTTP/1.1 ");
-    hw_uint(&hw, (uint64_t)(status > 0 && status < 1000 ? status : 502));
+    hw_uint(&hw, (uint64_t)plan.status);
     HW_LITERAL(&hw, " ");
-    hw_put(&hw, reason, reason_len);
+    hw_put(&hw, plan.reason, plan.reason_len);
     HW_LITERAL(&hw, "\r\n");
     for (i = 0; i < r->nheaders; i++) {
         const struct http1_header *h = &r->headers[i];
-        if (http_is_hop_by_hop(h->name, h->name_len) ||
-            (has_connection && http_connection_lists(r, h->name, h->name_len)))
-            continue;
-        if (!keep_cl && h->name_len == 14 && http1_name_is(h->name, h->name_len, "content-length"))
+        if (!response_header_goes(&plan, r, i))
             continue;
         hw_put(&hw, h->name, h->name_len);
         HW_LITERAL(&hw, ": ");
         hw_put(&hw, h->value, h->value_len);
         HW_LITERAL(&hw, "\r\n");
     }
-    c->x->chunked_out = 0;
-    switch (r->body) {
-    case HTTP1_BODY_NONE:
-        if (keep_cl)
-            break; /* the upstream's Content-Length was copied above */
-        if (c->x->is_head && status >= 200 && status != 204 && status != 304) {
-            /* a HEAD on a rewritten resource: the headers a GET would get */
-            if (!c->x->http10)
-                HW_LITERAL(&hw, "Transfer-Encoding: chunked\r\n");
-        } else if (status != 204 && status != 304 && status >= 200) {
-            /* A 304 is never given a length of its own: a cache would take it as the stored
-             * response's new length (RFC 9111 4.3.4). */
-            HW_LITERAL(&hw, "Content-Length: 0\r\n");
-        }
+    x->chunked_out = 0;
+    switch (plan.framing) {
+    case RESPONSE_FRAME_NONE:
+    case RESPONSE_FRAME_UPSTREAM: /* the upstream's Content-Length was copied above */
+    case RESPONSE_FRAME_CLOSE:
         break;
-    case HTTP1_BODY_LENGTH:
-        if (!c->x->rw) {
-            HW_LITERAL(&hw, "Content-Length: ");
-            hw_uint(&hw, r->content_length);
-            HW_LITERAL(&hw, "\r\n");
-            break;
-        }
-        /* a rewritten body's length is only known at its end: it goes out like these */
-        __attribute__((fallthrough));
-    case HTTP1_BODY_CHUNKED:
-    case HTTP1_BODY_EOF:
-        if (c->x->http10) {
-            c->x->close_after = 1; /* HTTP/1.0 has no chunked coding: the close ends the body */
-        } else {
-            HW_LITERAL(&hw, "Transfer-Encoding: chunked\r\n");
-            c->x->chunked_out = 1;
-        }
+    case RESPONSE_FRAME_EMPTY:
+        HW_LITERAL(&hw, "Content-Length: 0\r\n");
+        break;
+    case RESPONSE_FRAME_LENGTH:
+        HW_LITERAL(&hw, "Content-Length: ");
+        hw_uint(&hw, plan.content_length);
+        HW_LITERAL(&hw, "\r\n");
+        break;
+    case RESPONSE_FRAME_HEAD_CHUNKED:
+        HW_LITERAL(&hw, "Transfer-Encoding: chunked\r\n");
+        break;
+    case RESPONSE_FRAME_CHUNKED:
+        HW_LITERAL(&hw, "Transfer-Encoding: chunked\r\n");
+        x->chunked_out = 1;
         break;
     }
-    if (!c->x->keep_alive || c->client_eof || c->w->draining || c->x->req_state != REQ_DONE)
-        c->x->close_after = 1;
-    if (c->x->close_after)
+    /* A close decided earlier in the exchange stands. */
+    x->close_after = x->close_after || plan.close_after;
+    if (x->close_after) {
         HW_LITERAL(&hw, "Connection: close\r\n");
-    else if (c->x->http10)
-        HW_LITERAL(&hw, "Connection: keep-alive\r\n");
+    } else if (plan.connection) {
+        HW_LITERAL(&hw, "Connection: ");
+        hw_put(&hw, plan.connection, strlen(plan.connection));
+        HW_LITERAL(&hw, "\r\n");
+    }
     HW_LITERAL(&hw, "\r\n");
     v.iov_len = (size_t)(hw.p - hw.start);
     evbuffer_commit_space(out, &v, 1);
-    resp_set(c->x, RESP_BODY);
-    c->x->t_first_us = mono_us();
-    c->x->status = status;
-    c->x->bytes_out += v.iov_len;
+    resp_set(x, RESP_BODY);
+    x->t_first_us = mono_us();
+    x->status = r->status;
+    x->bytes_out += v.iov_len;
 }
 
 static void attach_upstream(struct client *c);
@@ -1731,18 +1714,9 @@ static int check_browser(struct client *c, const struct runtime *rt, const struc
     return -1;
 }
 
-/* The head is complete: plan it (route, token, upstream head), drain it from the input and
- * start the exchange, or answer the proxy's error. */
-static void start_exchange(struct client *c)
+/* A request head was parsed: the exchange's record and both directions' states start over. */
+static void exchange_begin(struct client *c, const struct http1_msg *m)
 {
-    struct http1_msg *m = &c->x->req;
-    struct request_plan plan;
-    struct runtime *rt;
-
-    WSTAT_ADD(c->w, requests, 1);
-    stream_set_alarm(&c->s, 0);
-    c->gen = wgen_ref(c->w->gen);
-    rt = c->gen->rt;
     c->x->in_exchange = 1;
     WSTAT_ADD(c->w, requests_in_flight, 1);
     c->x->t_start_us = mono_us();
@@ -1779,6 +1753,64 @@ static void start_exchange(struct client *c)
     c->x->req.sink = &req_sink;
     c->x->req.sink_arg = c;
     c->x->client_name = NULL;
+}
+
+/* The origin the client addressed, for rewriting links on the planned route (copied: the head
+ * goes). An HTTP/1.0 request may name none: then the address it connected to. */
+static void note_origin(struct client *c, const struct request_plan *plan)
+{
+    char local[INET6_ADDRSTRLEN + 16];
+    const char *auth = plan->authority;
+    size_t al = plan->authority_len > 256 ? 256 : plan->authority_len;
+    if (auth == NULL && local_authority(c, local, sizeof(local)) == 0) {
+        auth = local;
+        al = strlen(local);
+    }
+    free(c->x->origin_pending);
+    c->x->origin_pending = auth ? malloc(al + 9) : NULL;
+    if (c->x->origin_pending)
+        snprintf(c->x->origin_pending, al + 9, "%s://%.*s", c->tls ? "https" : "http", (int)al,
+                 auth);
+}
+
+/* Policy before any token is taken: the client's credentials and rules, Apple's quota for the
+ * credential, and the client's rate. Returns 1 when the rate is to be asked of Redis (once the
+ * head is out of the input); a refusal is left in v. */
+static int exchange_authorize(struct client *c, const struct runtime *rt,
+                              const struct conf_client *cl, const struct http1_msg *m,
+                              const struct request_plan *plan, struct gateway_verdict *v)
+{
+    /* plan->path points into the head: still there. */
+    gateway_authorize(rt->conf, cl, m->method, m->method_len, plan->path, plan->path_len,
+                      c->x->route, v);
+    /* Apple's quota first, so that a request refused for it costs the client nothing of its
+     * own rate. */
+    if (v->code == NULL)
+        gateway_quota_check(rt->conf,
+                            rt->live_creds[rt->conf->routes[c->x->route].credential_index], cl,
+                            c->x->route, now_real(), v);
+    if (v->code == NULL && cl && cl->rate_per_second > 0) {
+        if (shared_up(c->w->shared))
+            return 1;
+        gateway_rate_take_share(rt->live_clients[cl - rt->conf->clients], cl,
+                                shared_local_divisor(c->w->shared), now_real(), v);
+    }
+    return 0;
+}
+
+/* The head is complete: plan it (route, token, upstream head), drain it from the input and
+ * start the exchange, or answer the proxy's error. */
+static void start_exchange(struct client *c)
+{
+    struct http1_msg *m = &c->x->req;
+    struct request_plan plan;
+    struct runtime *rt;
+
+    WSTAT_ADD(c->w, requests, 1);
+    stream_set_alarm(&c->s, 0);
+    c->gen = wgen_ref(c->w->gen);
+    rt = c->gen->rt;
+    exchange_begin(c, m);
     if (c->tls && c->tls_subject == NULL)
         c->tls_subject = peer_subject(c);
     const struct conf_client *cl = NULL;
@@ -1820,41 +1852,10 @@ static void start_exchange(struct client *c)
     if (plan.code == NULL || plan.code == proxy_err_body_too_large)
         c->x->label = c->gen->route_label[plan.route];
     /* Inside an intercepted connection the client sees Apple's own origin: nothing to rewrite. */
-    if (plan.code == NULL && rt->conf->routes[plan.route].rewrite_links && !c->tunnel_host) {
-        /* The origin the client addressed, for rewriting links (copied: the head goes). An
-         * HTTP/1.0 request may name none: then the address it connected to. */
-        char local[INET6_ADDRSTRLEN + 16];
-        const char *auth = plan.authority;
-        size_t al = plan.authority_len > 256 ? 256 : plan.authority_len;
-        if (auth == NULL && local_authority(c, local, sizeof(local)) == 0) {
-            auth = local;
-            al = strlen(local);
-        }
-        free(c->x->origin_pending);
-        c->x->origin_pending = auth ? malloc(al + 9) : NULL;
-        if (c->x->origin_pending)
-            snprintf(c->x->origin_pending, al + 9, "%s://%.*s", c->tls ? "https" : "http", (int)al,
-                     auth);
-    }
-    if (plan.code == NULL) {
-        /* Policy before any token is taken: the client's credentials and rules, its rate, and
-         * Apple's quota for the credential. plan.path points into the head: still there. */
-        gateway_authorize(rt->conf, cl, m->method, m->method_len, plan.path, plan.path_len,
-                          c->x->route, &v);
-        /* Apple's quota first, so that a request refused for it costs the client nothing
-         * of its own rate. */
-        if (v.code == NULL)
-            gateway_quota_check(rt->conf,
-                                rt->live_creds[rt->conf->routes[c->x->route].credential_index],
-                                cl, c->x->route, now_real(), &v);
-        if (v.code == NULL && cl && cl->rate_per_second > 0) {
-            if (shared_up(c->w->shared))
-                rate_remote = 1; /* asked once the head is out of the input */
-            else
-                gateway_rate_take_share(rt->live_clients[cl - rt->conf->clients], cl,
-                                        shared_local_divisor(c->w->shared), now_real(), &v);
-        }
-    }
+    if (plan.code == NULL && rt->conf->routes[plan.route].rewrite_links && !c->tunnel_host)
+        note_origin(c, &plan);
+    if (plan.code == NULL)
+        rate_remote = exchange_authorize(c, rt, cl, m, &plan, &v);
     drain_head(c, m); /* m's spans are gone now */
     if (plan.code || v.code) {
         if (plan.code)
