@@ -47,6 +47,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,7 +169,7 @@ struct exchange {
 
 struct client {
     struct stream s;
-    TAILQ_ENTRY(client) link;
+    struct wclient wc;          /* in the worker's list (worker.c keeps it) */
     struct worker *w;
     struct wgen *gen;           /* held for the exchange */
     struct exchange *x;         /* NULL only while idle with nothing buffered */
@@ -229,6 +230,11 @@ static void exchange_states_begin(struct exchange *x)
 static int resp_head_sent(const struct exchange *x)
 {
     return x->resp_state == RESP_BODY || x->resp_state == RESP_FAILED;
+}
+
+static struct client *client_of(struct wclient *wc)
+{
+    return (struct client *)(void *)((char *)wc - offsetof(struct client, wc));
 }
 
 static const struct conf_limits *limits(const struct client *c)
@@ -401,8 +407,6 @@ static void client_free(struct client *c)
 {
     struct worker *w = c->w;
     exchange_end(c, "client_abort"); /* x->outcome says "upstream_cut" when that was the cause */
-    TAILQ_REMOVE(&w->clients, c, link);
-    w->nclients--;
     if (c->up)
         upstream_abort(c->up);
     if (c->x)
@@ -413,10 +417,8 @@ static void client_free(struct client *c)
     free(c->tunnel_host);
     free(c->tunnel_client);
     stream_close(&c->s);
-    server_client_leave(w->server);
+    worker_client_remove(w, &c->wc);
     free(c);
-    if (w->draining && w->nclients == 0)
-        event_base_loopexit(w->base, NULL);
 }
 
 static void end_exchange_objects(struct client *c)
@@ -913,9 +915,10 @@ static void token_wait_expired(struct client *c)
 
 void client_tokens_ready(struct worker *w)
 {
-    struct client *c, *next;
-    for (c = TAILQ_FIRST(&w->clients); c; c = next) {
-        next = TAILQ_NEXT(c, link);
+    struct wclient *wc, *next;
+    for (wc = TAILQ_FIRST(&w->clients); wc; wc = next) {
+        struct client *c = client_of(wc);
+        next = TAILQ_NEXT(wc, link);
         if (c->state != C_CONNECTING || c->x == NULL || !c->x->token_wait)
             continue;
         token_wait_retry(c);
@@ -2074,9 +2077,7 @@ int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t 
     c->listener = (unsigned short)listener;
     if ((size_t)addrlen <= sizeof(c->peer_addr))
         memcpy(&c->peer_addr, addr, (size_t)addrlen);
-    TAILQ_INSERT_TAIL(&w->clients, c, link);
-    w->nclients++;
-    WSTAT_ADD(w, connections_accepted, 1);
+    worker_client_add(w, &c->wc);
     /* Input is bounded: the head limit plus one read; body reads pause on backpressure. */
     stream_set_watermarks(&c->s,
                           lim->max_header_bytes + 1 > OUT_HIGH ? (uint32_t)lim->max_header_bytes + 1
@@ -2089,19 +2090,14 @@ int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t 
     return 0;
 }
 
-void client_drain_all(struct worker *w)
+void client_drain(struct wclient *wc)
 {
-    struct client *c, *next;
-    for (c = TAILQ_FIRST(&w->clients); c; c = next) {
-        next = TAILQ_NEXT(c, link);
-        if ((c->state == C_IDLE || c->state == C_HEAD) && stream_input_length(&c->s) == 0)
-            client_free(c);
-    }
+    struct client *c = client_of(wc);
+    if ((c->state == C_IDLE || c->state == C_HEAD) && stream_input_length(&c->s) == 0)
+        client_free(c);
 }
 
-void client_free_all(struct worker *w)
+void client_free_now(struct wclient *wc)
 {
-    struct client *c;
-    while ((c = TAILQ_FIRST(&w->clients)) != NULL)
-        client_free(c);
+    client_free(client_of(wc));
 }

@@ -13,17 +13,17 @@
 int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen,
                SSL_CTX *tls, size_t listener);
 
-/* Draining: idle connections close now, busy ones after their current exchange. */
-void client_drain_all(struct worker *w);
+/* Draining: the connection closes now if it is idle, else after its current exchange. */
+void client_drain(struct wclient *wc);
 
-/* Frees every client of a stopped worker (their upstream connections are closed). */
-void client_free_all(struct worker *w);
+/* Frees a client of a stopped worker (its upstream connection is closed). */
+void client_free_now(struct wclient *wc);
 
 /* The worker's wake_cb: an access-token exchange ended; requests waiting for its token go on
  * (or get its failure). */
 void client_tokens_ready(struct worker *w);
 
-/* Frees the worker's spare per-request state (after client_free_all). */
+/* Frees the worker's spare per-request state (after every client is freed). */
 void client_worker_cleanup(struct worker *w);
 
 #endif

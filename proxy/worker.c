@@ -239,8 +239,25 @@ void worker_reload(struct worker *w, struct runtime *rt, SSL_CTX *const *tls)
     notify(w);
 }
 
+void worker_client_add(struct worker *w, struct wclient *wc)
+{
+    TAILQ_INSERT_TAIL(&w->clients, wc, link);
+    w->nclients++;
+    WSTAT_ADD(w, connections_accepted, 1);
+}
+
+void worker_client_remove(struct worker *w, struct wclient *wc)
+{
+    TAILQ_REMOVE(&w->clients, wc, link);
+    w->nclients--;
+    server_client_leave(w->server);
+    if (w->draining && w->nclients == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
 static void start_draining(struct worker *w)
 {
+    struct wclient *wc, *next;
     size_t i;
     if (w->draining)
         return;
@@ -249,7 +266,11 @@ static void start_draining(struct worker *w)
         evconnlistener_free(w->listeners[i].l); /* closes the socket: no new connections */
         w->listeners[i].l = NULL;
     }
-    client_drain_all(w);
+    /* Idle connections close now, busy ones after their current exchange. */
+    for (wc = TAILQ_FIRST(&w->clients); wc; wc = next) {
+        next = TAILQ_NEXT(wc, link);
+        client_drain(wc);
+    }
     if (w->nclients == 0)
         event_base_loopexit(w->base, NULL);
 }
@@ -401,8 +422,10 @@ static void notify_cb(evutil_socket_t fd, short what, void *arg)
 
 void worker_deinit(struct worker *w)
 {
+    struct wclient *wc;
     size_t i;
-    client_free_all(w);
+    while ((wc = TAILQ_FIRST(&w->clients)) != NULL)
+        client_free_now(wc);
     client_worker_cleanup(w);
     shared_conn_free(w->shared); /* after the clients: their rate decisions are cancelled */
     w->shared = NULL;

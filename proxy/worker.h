@@ -63,7 +63,12 @@ struct wgen {
     int *route_label;    /* route index -> metrics label id ("host/prefix") */
 };
 
-TAILQ_HEAD(client_list, client);
+/* A client connection as its worker knows it (embedded in client.c's struct client): the
+ * worker keeps the list, the count and the server-wide connection count. */
+struct wclient {
+    TAILQ_ENTRY(wclient) link;
+};
+TAILQ_HEAD(client_list, wclient);
 
 /* A listening socket of a worker, with the TLS context of HTTPS listeners. */
 struct wlistener {
@@ -84,7 +89,7 @@ struct worker {
     struct wlistener *listeners;
     size_t nlisteners;
     struct wgen *gen;         /* current configuration for new exchanges */
-    struct client_list clients;
+    struct client_list clients; /* changed only by worker_client_add and _remove */
     size_t nclients;
     int draining;
     /* The main thread talks to the worker through an eventfd (the worker's event base has no
@@ -138,5 +143,12 @@ void worker_deinit(struct worker *w);
 
 struct wgen *wgen_ref(struct wgen *g);
 void wgen_unref(struct wgen *g);
+
+/* A new client connection joins the worker (counted as accepted). */
+void worker_client_add(struct worker *w, struct wclient *wc);
+
+/* A client connection is leaving (its memory is freed next): it leaves the server's count, and
+ * a draining worker whose last connection this was stops its loop. */
+void worker_client_remove(struct worker *w, struct wclient *wc);
 
 #endif
