@@ -343,6 +343,7 @@ int server_run(struct conf *conf, const char *config_path)
     int rc = 1, i;
     size_t l;
     int **fds = NULL;
+    int ports[CONF_MAX_LISTEN];
     size_t nlisten = 0;
     long ncpu;
 
@@ -468,13 +469,7 @@ int server_run(struct conf *conf, const char *config_path)
             }
             goto out;
         }
-        /* The exact line scripts and tests wait for (the real port when 0 was asked). */
-        if (strchr(a->host, ':'))
-            fprintf(stderr, "apple-auth-proxy: listening on [%s]:%d%s\n", a->host, port,
-                    s->listen_tls[l] ? " (https)" : "");
-        else
-            fprintf(stderr, "apple-auth-proxy: listening on %s:%d%s\n", a->host, port,
-                    s->listen_tls[l] ? " (https)" : "");
+        ports[l] = port;
     }
     for (i = 0; i < s->nworkers; i++) {
         int wfds[CONF_MAX_LISTEN];
@@ -514,6 +509,16 @@ int server_run(struct conf *conf, const char *config_path)
         log_msg(LOG_ERROR, "cannot start the token exchanger's thread");
         stop_workers_now(s);
         goto join;
+    }
+    /* The exact lines scripts and tests wait for (the real port when 0 was asked), said only
+     * once every thread is running: whoever waits for them may count the process's threads
+     * and descriptors, or send a signal, and finds it complete. Connections that arrive
+     * earlier wait in the listen queue. */
+    for (l = 0; l < nlisten; l++) {
+        const struct conf_addr *a = &s->rt->conf->listen[l];
+        int v6 = strchr(a->host, ':') != NULL;
+        fprintf(stderr, "apple-auth-proxy: listening on %s%s%s:%d%s\n", v6 ? "[" : "", a->host,
+                v6 ? "]" : "", ports[l], s->listen_tls[l] ? " (https)" : "");
     }
     log_msg(LOG_INFO, "apple-auth-proxy %s serving with %d worker%s, %zu route%s", AAP_VERSION,
             s->nworkers, s->nworkers == 1 ? "" : "s", s->rt->conf->nroutes,

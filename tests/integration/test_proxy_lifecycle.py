@@ -50,6 +50,49 @@ def start_in_background(port, target, host=None, timeout=30):
 
 
 # ------------------------------------------------------------------------------------------------
+# Start
+
+
+class StartupTest(unittest.TestCase):
+    """"listening on" is said once the process is whole: scripts and tests that wait for the
+    line then count its descriptors and threads, or signal it, and must find every worker,
+    the token exchanger and the admin listener already there."""
+
+    def test_listening_line_comes_after_every_thread_regression(self):
+        import subprocess
+        key = h.make_key()
+        standin = h.start_standin()
+        self.addCleanup(standin.stop)
+        workers = 16  # a wide window between the line and the last thread, were it said early
+        path = h.write_config({"asc": h.credential("app-store-connect", key)},
+                              [h.route(standin, "app-store-connect", "asc")], workers=workers,
+                              admin_listen="127.0.0.1:0")
+        proc = subprocess.Popen([h.BINARY, "serve", "--config", path], env=h.clean_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                preexec_fn=h._die_with_parent)
+        self.addCleanup(proc.wait, 30)
+        self.addCleanup(proc.kill)
+        seen = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline().decode("utf-8", "replace")
+            if not line:
+                break
+            if h.LISTEN_RE.match(line.rstrip("\n")):
+                # At once, before anything else: what the process has when it says it listens.
+                seen = (len(os.listdir("/proc/%d/task" % proc.pid)),
+                        len(os.listdir("/proc/%d/fd" % proc.pid)))
+                break
+        self.assertIsNotNone(seen, "no listening line")
+        time.sleep(1.0)
+        later = (len(os.listdir("/proc/%d/task" % proc.pid)),
+                 len(os.listdir("/proc/%d/fd" % proc.pid)))
+        self.assertGreaterEqual(seen[0], workers + 1, "threads when the line came: %d" % seen[0])
+        self.assertEqual(seen, later, "(threads, descriptors) when the proxy said it listens, "
+                         "then a second later")
+
+
+# ------------------------------------------------------------------------------------------------
 # SIGTERM
 
 
@@ -819,7 +862,7 @@ class SecretsTest(unittest.TestCase):
 def load_tests(loader, tests, pattern):
     """Every class in the order written, SecretsTest last (it reads what the others left)."""
     suite = unittest.TestSuite()
-    for cls in (DrainTest, ConnectionLimitTest, LimitsTest, AdminAndLogTest, ReloadTest,
+    for cls in (StartupTest, DrainTest, ConnectionLimitTest, LimitsTest, AdminAndLogTest, ReloadTest,
                 SecretsTest):
         suite.addTests(loader.loadTestsFromTestCase(cls))
     return suite
