@@ -42,6 +42,7 @@ class RawH2Upstream:
         self.ctx.load_cert_chain(c["good_cert"], c["good_key"])
         self.ctx.set_alpn_protocols(["h2"])
         self.script = script
+        self.scripted = threading.Event()  # set once a script has sent everything (or failed)
         self.lsock = socket.socket()
         self.lsock.bind(("127.0.0.1", 0))
         self.lsock.listen(16)
@@ -90,12 +91,14 @@ class RawH2Upstream:
                 if isinstance(f, (HeadersFrame, DataFrame)) and "END_STREAM" in f.flags:
                     sid = f.stream_id
             self.script(s, sid, hpack.Encoder())
+            self.scripted.set()
             # Keep reading until the proxy goes away.
             while s.recv(65536):
                 pass
         except (OSError, EOFError, ssl.SSLError):
             pass
         finally:
+            self.scripted.set()
             try:
                 raw.close()
             except OSError:
@@ -132,11 +135,27 @@ def bad_frame_length(s, sid, enc):
     s.sendall(b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\x00" * 5)
 
 
+def tcp_send_buffer_max():
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 << 20
+
+
+# The proxy reopens a stream's window as it passes DATA on to its client, so DATA sent without
+# waiting for WINDOW_UPDATE is abuse only once the proxy can pass nothing more on: its client
+# reads nothing until all of it has been sent (HOLD_CLIENT), and this is more than the kernel's
+# largest send buffer towards that client plus the proxy's own buffers (under 1 MiB) can hold.
+ABUSE_CHUNK = 16384
+ABUSE_BYTES = (tcp_send_buffer_max() + (2 << 20)) // ABUSE_CHUNK * ABUSE_CHUNK
+
+
 def flow_control_abuse(s, sid, enc):
     # DATA far past the stream's window (256 KiB) without waiting for WINDOW_UPDATE.
-    s.sendall(headers(enc, sid, [(":status", "200"), ("content-length", str(1 << 21))]))
-    chunk = b"x" * 16384
-    for _ in range(128):
+    s.sendall(headers(enc, sid, [(":status", "200"), ("content-length", str(ABUSE_BYTES))]))
+    chunk = b"x" * ABUSE_CHUNK
+    for _ in range(ABUSE_BYTES // ABUSE_CHUNK):
         s.sendall(data(sid, chunk))
 
 
@@ -258,6 +277,11 @@ CASES = {
     "flow_control_abuse": (flow_control_abuse, "cut"),
     "cut_mid_body": (cut_mid_body, "cut"),
 }
+# Cases whose client reads nothing until the upstream's script has sent everything, with a small
+# receive buffer: a client that keeps reading lets the proxy reopen the stream's window as fast
+# as DATA arrives, and then the DATA is a legal, complete answer rather than flow-control abuse.
+HOLD_CLIENT = {"flow_control_abuse"}
+CLIENT_RCVBUF = 4096
 
 
 class HostileH2UpstreamTest(unittest.TestCase):
@@ -281,10 +305,15 @@ class HostileH2UpstreamTest(unittest.TestCase):
         cls.proxy.stop()
         cls.good.stop()
 
-    def push(self, prefix=""):
+    def push(self, prefix="", hold=None):
+        """hold: an Event to wait for (20 s at most) between sending and reading."""
         with h.HttpClient(self.proxy.port, timeout=20) as c:
+            if hold is not None:
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF)
             c.send(("POST %s/3/device/%s HTTP/1.1\r\nHost: localhost\r\napns-topic: com.example.app\r\n"
                     "Content-Length: 10\r\n\r\n{\"aps\":{}}" % (prefix, DEVICE)).encode())
+            if hold is not None:
+                hold.wait(20)
             try:
                 r = c.read_response("POST")
             except Exception as e:  # a cut response: the client sees the connection end
@@ -298,7 +327,8 @@ class HostileH2UpstreamTest(unittest.TestCase):
     def test_cases(self):
         for name, (_, want) in CASES.items():
             with self.subTest(case=name):
-                status, r = self.push("/" + name)
+                hold = self.ups[name].scripted if name in HOLD_CLIENT else None
+                status, r = self.push("/" + name, hold)
                 if want == "cut":
                     if status != "cut":
                         # A head may have gone out; the body must not look complete.
