@@ -181,7 +181,7 @@ int conf_load_string(const char *json, size_t len, const char *source, struct co
                      char **errors, char **warnings);
 
 /* Environment-only mode: fastlane's APP_STORE_CONNECT_API_KEY_* names and WEATHERKIT_*
- * (docs/configuration.md). getenv_fn is getenv in production, a stub in tests. With no complete
+ * (docs/configuration.md). getenv_fn is getenv in production, a table in tests. With no complete
  * set, fails with an error that names the variables it looked for. APPLE_AUTH_PROXY_LISTEN
  * overrides the listen address. */
 int conf_load_env(const char *(*getenv_fn)(const char *name), struct conf **out, char **errors,

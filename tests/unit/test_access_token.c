@@ -282,7 +282,7 @@ static void test_parse_answers(void **state)
              86400);
 }
 
-/* TESTING.md: every parser gets hostile input. Each case must be refused with its reason. */
+/* docs/testing.md: every parser gets hostile input. Each case must be refused with its reason. */
 static void test_parse_hostile(void **state)
 {
     static char big[ACCESS_TOKEN_MAX_BODY + 2], longtok[ACCESS_TOKEN_MAX_LEN + 64];
