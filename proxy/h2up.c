@@ -76,6 +76,7 @@ struct h2s {
     struct evbuffer *resp_head; /* the HTTP/1.1 head being built */
     size_t resp_nheaders;
     int status, has_cl, chunked, head_done, resp_end, holding, token_retried, too_large;
+    int bad_status;         /* the upstream's :status was outside 100-599: stream reset */
     struct evbuffer *held;  /* an APNs error body, read before the head goes on */
     size_t unconsumed;      /* DATA bytes the window has not been reopened for */
 };
@@ -610,8 +611,14 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *frame, const ui
     if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
         int status = 0;
         size_t i;
+        /* nghttp2 lets any three digits through; the HTTP/1.1 path's rule holds here too, and
+         * the head the exchange reads must be one its own parser accepts. */
         for (i = 0; i < valuelen && i < 3; i++)
             status = status * 10 + (value[i] - '0');
+        if (valuelen != 3 || status < 100 || status > 599) {
+            st->bad_status = 1;
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
         st->status = status;
         evbuffer_drain(st->resp_head, evbuffer_get_length(st->resp_head));
         st->resp_nheaders = 0;
@@ -745,6 +752,9 @@ static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t code, voi
     if (st->too_large)
         log_msg(LOG_WARN, "upstream %s: a response head over %d bytes or %d fields: stream "
                 "reset", target_name(hc->pool), H2UP_HEAD_MAX, H2UP_HEADERS_MAX);
+    else if (st->bad_status)
+        log_msg(LOG_WARN, "upstream %s sent a :status outside 100-599: stream reset",
+                target_name(hc->pool));
     else if (code != NGHTTP2_NO_ERROR)
         log_msg(LOG_WARN, "upstream %s reset an HTTP/2 stream: %s", target_name(hc->pool),
                 nghttp2_http2_strerror(code));

@@ -257,6 +257,14 @@ def no_status(s, sid, enc):
     s.sendall(headers(enc, sid, [("content-type", "application/json")], end_stream=True))
 
 
+def status_600(s, sid, enc):
+    s.sendall(headers(enc, sid, [(":status", "600")], end_stream=True))
+
+
+def status_099(s, sid, enc):
+    s.sendall(headers(enc, sid, [(":status", "099"), ("content-length", "0")], end_stream=True))
+
+
 def uppercase_header(s, sid, enc):
     s.sendall(headers(enc, sid, [(":status", "200"), ("X-Upper", "1")], end_stream=True))
 
@@ -274,6 +282,8 @@ CASES = {
     "goaway_error": (goaway_error, 502),
     "no_status": (no_status, 502),
     "uppercase_header": (uppercase_header, 502),
+    "status_600": (status_600, 502),
+    "status_099": (status_099, 502),
     "flow_control_abuse": (flow_control_abuse, "cut"),
     "cut_mid_body": (cut_mid_body, "cut"),
 }
