@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "conf/conf.h"
+#include "proxy/cli.h"
 
 #define HEALTH_EXIT_UNHEALTHY 1
 #define HEALTH_EXIT_USAGE     2
@@ -28,11 +29,13 @@
 #define HEALTH_REASON_MAX   300 /* bytes of the body repeated in the failure message */
 
 static const char health_usage[] =
-    "usage: apple-auth-proxy health [--admin ADDR] [--ready] [--timeout SECONDS]\n"
+    "usage: apple-auth-proxy health [--admin ADDR | -c FILE] [--ready] [--timeout SECONDS]\n"
     "\n"
     "GET /healthz (/readyz with --ready) on a running proxy's admin listener; exit 0 when it\n"
-    "answers 200, 1 otherwise (2 for a usage error). ADDR is HOST:PORT, default\n"
-    "$APPLE_AUTH_PROXY_ADMIN_LISTEN, else " HEALTH_ADMIN_DEFAULT "; a wildcard host (0.0.0.0,\n"
+    "answers 200, 1 otherwise (2 for a usage error). ADDR is HOST:PORT. Without --admin the\n"
+    "address is the one `serve` would use: admin_listen of the configuration file (-c FILE,\n"
+    "else $APPLE_AUTH_PROXY_CONFIG) with $APPLE_AUTH_PROXY_ADMIN_LISTEN over it; with no file,\n"
+    "$APPLE_AUTH_PROXY_ADMIN_LISTEN, else " HEALTH_ADMIN_DEFAULT ". A wildcard host (0.0.0.0,\n"
     "[::]) is probed on loopback. --timeout bounds the whole probe (default 5, at most 300).\n";
 
 static long health_now_ms(void)
@@ -193,11 +196,14 @@ static void health_reason(const char *resp, size_t len, char *out, size_t outlen
     out[o] = '\0';
 }
 
-static int health_parse_args(int argc, char **argv, const char **admin, int *ready, int *timeout)
+static int health_parse_args(int argc, char **argv, const char **admin, const char **config,
+                             int *ready, int *timeout)
 {
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--admin") && i + 1 < argc) {
             *admin = argv[++i];
+        } else if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc) {
+            *config = argv[++i];
         } else if (!strcmp(argv[i], "--ready")) {
             *ready = 1;
         } else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
@@ -219,12 +225,44 @@ static int health_parse_args(int argc, char **argv, const char **admin, int *rea
             return -1;
         }
     }
+    if (*admin != NULL && *config != NULL) {
+        fprintf(stderr, "apple-auth-proxy health: give --admin or -c, not both\n%s", health_usage);
+        return -1;
+    }
     return 0;
+}
+
+/* The admin address `serve` would listen on with this configuration file: its admin_listen,
+ * which conf_load has already overridden with APPLE_AUTH_PROXY_ADMIN_LISTEN when that is set.
+ * Copies it into buf ("off" when the file turns the listener off). Returns -1 when the file
+ * cannot be loaded (said on stderr). */
+static int health_admin_from_config(const char *path, char *buf, size_t size)
+{
+    struct conf *conf = NULL;
+    char *errors = NULL, *warnings = NULL;
+    int rc = -1;
+    if (conf_load(path, &conf, &errors, &warnings) < 0) {
+        cli_print_lines("apple-auth-proxy health: ", errors ? errors : "invalid configuration");
+        goto out;
+    }
+    if (conf->admin_listen.text == NULL)
+        snprintf(buf, size, "off");
+    else if ((size_t)snprintf(buf, size, "%s", conf->admin_listen.text) >= size)
+        goto out;
+    rc = 0;
+out:
+    /* Warnings are the business of `check` and `serve`: a probe that runs every 30 s keeps its
+     * output to the answer. */
+    free(errors);
+    free(warnings);
+    conf_free(conf);
+    return rc;
 }
 
 int cli_health(int argc, char **argv)
 {
-    const char *admin = NULL, *path, *host;
+    const char *admin = NULL, *config = NULL, *path, *host;
+    char admin_buf[300];
     int ready = 0, timeout = HEALTH_TIMEOUT_DEFAULT, rc = HEALTH_EXIT_UNHEALTHY, fd = -1;
     int status, v6;
     struct conf_addr addr = {0};
@@ -239,8 +277,18 @@ int cli_health(int argc, char **argv)
         fputs(health_usage, stdout);
         return 0;
     }
-    if (health_parse_args(argc, argv, &admin, &ready, &timeout) < 0)
+    if (health_parse_args(argc, argv, &admin, &config, &ready, &timeout) < 0)
         return HEALTH_EXIT_USAGE;
+    if (admin == NULL && config == NULL) {
+        config = getenv("APPLE_AUTH_PROXY_CONFIG");
+        if (config != NULL && config[0] == '\0')
+            config = NULL;
+    }
+    if (admin == NULL && config != NULL) {
+        if (health_admin_from_config(config, admin_buf, sizeof(admin_buf)) < 0)
+            return HEALTH_EXIT_USAGE;
+        admin = admin_buf;
+    }
     if (admin == NULL) {
         admin = getenv("APPLE_AUTH_PROXY_ADMIN_LISTEN");
         if (admin == NULL || admin[0] == '\0')

@@ -18,7 +18,7 @@ static const char usage[] =
     "                         [--lifetime SECONDS] [--decode]\n"
     "  apple-auth-proxy check [-c FILE] [--bind]\n"
     "  apple-auth-proxy client-key [NAME]\n"
-    "  apple-auth-proxy health [--admin ADDR] [--ready] [--timeout SECONDS]\n"
+    "  apple-auth-proxy health [--admin ADDR | -c FILE] [--ready] [--timeout SECONDS]\n"
     "  apple-auth-proxy ca-cert [-c FILE] [--bundle]\n"
     "  apple-auth-proxy COMMAND --help\n"
     "  apple-auth-proxy --help | --version\n"

@@ -206,6 +206,77 @@ class HealthAgainstScriptedServers(unittest.TestCase):
         self.assertIn("Host: [::1]:%d" % srv.port, srv.requests[0])
 
 
+class HealthFromTheConfiguration(unittest.TestCase):
+    """Without --admin the probe asks the address serve listens on: the configuration file's
+    admin_listen (the file from -c or APPLE_AUTH_PROXY_CONFIG), with the environment over it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.key = h.make_key()
+
+    def setUp(self):
+        self.srv = ScriptedAdmin(http_answer(200, b"OK", b"ok\n"))
+        self.addCleanup(self.srv.stop)
+        self.addr = "127.0.0.1:%d" % self.srv.port
+
+    def config(self, admin_listen):
+        cred = h.credential("app-store-connect", self.key)
+        return h.write_config({"asc": cred}, [h.route("127.0.0.1:1", "app-store-connect", "asc")],
+                              admin_listen=admin_listen)
+
+    def test_file_named_by_flag(self):
+        rc, out, err = health("-c", self.config(self.addr))
+        self.assertEqual(rc, 0, err)
+        self.assertIn("http://%s/healthz answered 200" % self.addr, out)
+        self.assertEqual(len(self.srv.requests), 1)
+
+    def test_file_named_by_the_environment(self):
+        # The container's case: a mounted configuration that moves the admin port.
+        rc, out, err = health(env={"APPLE_AUTH_PROXY_CONFIG": self.config(self.addr)})
+        self.assertEqual(rc, 0, err)
+        self.assertIn("http://%s/healthz" % self.addr, out)
+
+    def test_environment_overrides_the_file_as_for_serve(self):
+        path = self.config("127.0.0.1:%d" % h.unused_port())
+        rc, out, err = health("-c", path, env={"APPLE_AUTH_PROXY_ADMIN_LISTEN": self.addr})
+        self.assertEqual(rc, 0, err)
+        self.assertIn("http://%s/healthz" % self.addr, out)
+
+    def test_wildcard_in_the_file_is_probed_on_loopback(self):
+        rc, out, err = health("-c", self.config("0.0.0.0:%d" % self.srv.port))
+        self.assertEqual(rc, 0, err)
+        self.assertIn("http://127.0.0.1:%d/healthz" % self.srv.port, out)
+
+    def test_admin_off_in_the_file(self):
+        rc, out, err = health("-c", self.config(None))
+        self.assertEqual(rc, 1, err)
+        self.assertEqual(out, "")
+        self.assertIn("the admin listener is off", err)
+        self.assertEqual(self.srv.requests, [])
+
+    def test_flag_wins_over_the_environment_file(self):
+        path = self.config("127.0.0.1:%d" % h.unused_port())
+        rc, _, err = health("--admin", self.addr, env={"APPLE_AUTH_PROXY_CONFIG": path})
+        self.assertEqual(rc, 0, err)
+
+    def test_unloadable_file_is_a_usage_error(self):
+        bad = os.path.join(h.new_dir("config"), "bad.json")
+        with open(bad, "w") as f:
+            f.write("{ not json")
+        for args in (["-c", bad], ["-c", "/nonexistent/config.json"]):
+            with self.subTest(args=args):
+                rc, out, err = health(*args)
+                self.assertEqual(rc, 2, err)
+                self.assertEqual(out, "")
+                self.assertIn("apple-auth-proxy health:", err)
+        self.assertEqual(self.srv.requests, [])
+
+    def test_admin_and_config_together_is_a_usage_error(self):
+        rc, out, err = health("--admin", self.addr, "-c", self.config(self.addr))
+        self.assertEqual(rc, 2, err)
+        self.assertIn("not both", err)
+
+
 class HealthUsage(unittest.TestCase):
     def test_nothing_listening(self):
         port = h.unused_port()
@@ -245,7 +316,7 @@ class HealthUsage(unittest.TestCase):
     def test_listed_in_the_main_usage(self):
         rc, out, _ = h.run_cli(["--help"])
         self.assertEqual(rc, 0)
-        self.assertIn("apple-auth-proxy health [--admin ADDR] [--ready]", out)
+        self.assertIn("apple-auth-proxy health [--admin ADDR | -c FILE] [--ready]", out)
 
 
 if __name__ == "__main__":
