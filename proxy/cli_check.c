@@ -231,6 +231,11 @@ int cli_check(int argc, char **argv)
             fprintf(stderr, "apple-auth-proxy: out of memory\n");
             exit(CLI_EXIT_RUNTIME);
         }
+        /* The interception CA was tried by the pre-flight without making anything; the
+         * runtime would make one in a directory that has none, a side effect check must not
+         * have. */
+        free(conf->intercept_ca_dir);
+        conf->intercept_ca_dir = NULL;
         if ((rt = runtime_new(conf, live, err, sizeof(err))) == NULL) {
             fprintf(stderr, "apple-auth-proxy: %s\n", err);
             conf_errors++;

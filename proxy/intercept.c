@@ -217,13 +217,34 @@ fail:
 /* The directory: created 0700 when missing; refused when others may read or change it. A
  * directory on a read-only file system (a Kubernetes Secret volume) cannot be changed by anyone:
  * only its key file's mode matters there (file_read). */
-static int dir_check(const char *dir, int *readonly, char *err, size_t errlen)
+/* The directory is made (0700) when create is set; otherwise a missing one sets *missing when
+ * its parent would let it be made, the way intercept_check tries without side effects. */
+static int dir_check(const char *dir, int create, int *readonly, int *missing, char *err,
+                     size_t errlen)
 {
     struct stat st;
     struct statvfs vfs;
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+    *missing = 0;
+    if (create && mkdir(dir, 0700) != 0 && errno != EEXIST) {
         snprintf(err, errlen, "intercept.ca_dir %s: cannot create it: %s", dir, strerror(errno));
         return -1;
+    }
+    if (!create && stat(dir, &st) != 0 && errno == ENOENT) {
+        char parent[4096];
+        const char *slash = strrchr(dir, '/');
+        if (slash == NULL)
+            snprintf(parent, sizeof(parent), ".");
+        else if (slash == dir)
+            snprintf(parent, sizeof(parent), "/");
+        else
+            snprintf(parent, sizeof(parent), "%.*s", (int)(slash - dir), dir);
+        if (access(parent, W_OK | X_OK) != 0) {
+            snprintf(err, errlen, "intercept.ca_dir %s: cannot create it in %s: %s", dir, parent,
+                     strerror(errno));
+            return -1;
+        }
+        *missing = 1;
+        return 0;
     }
     if (stat(dir, &st) != 0) {
         snprintf(err, errlen, "intercept.ca_dir %s: %s", dir, strerror(errno));
@@ -490,14 +511,18 @@ out:
     return rc;
 }
 
-struct intercept *intercept_new(const char *dir, const char *const *hosts, size_t nhosts,
-                                char *err, size_t errlen, char *warn, size_t warnlen)
+/* intercept_new, and intercept_check when create is 0: then nothing is made, and a directory
+ * with no CA yet (or none at all) answers an intercept without a CA and *absent set. */
+static struct intercept *intercept_open(const char *dir, const char *const *hosts, size_t nhosts,
+                                        int create, int *absent, char *err, size_t errlen,
+                                        char *warn, size_t warnlen)
 {
     struct intercept *ic = calloc(1, sizeof(*ic));
     char path[4096];
     struct stat st;
-    int lockfd = -1, readonly = 0;
+    int lockfd = -1, readonly = 0, missing = 0;
     size_t i;
+    *absent = 0;
     if (warn && warnlen)
         warn[0] = '\0';
     if (ic == NULL) {
@@ -532,14 +557,18 @@ struct intercept *intercept_new(const char *dir, const char *const *hosts, size_
         snprintf(err, errlen, "intercept: no upstream has a DNS name to intercept");
         goto fail;
     }
-    if (dir_check(dir, &readonly, err, errlen) < 0)
+    if (dir_check(dir, create, &readonly, &missing, err, errlen) < 0)
         goto fail;
+    if (missing) {
+        *absent = 1;
+        return ic;
+    }
     /* Two processes starting at once on a fresh directory must end up with one CA (nothing is
      * made in a read-only one). */
     snprintf(path, sizeof(path), "%s/.lock", dir);
-    if (!readonly)
+    if (create && !readonly)
         lockfd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (!readonly && (lockfd < 0 || flock(lockfd, LOCK_EX) != 0)) {
+    if (create && !readonly && (lockfd < 0 || flock(lockfd, LOCK_EX) != 0)) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
         goto fail;
     }
@@ -550,6 +579,20 @@ struct intercept *intercept_new(const char *dir, const char *const *hosts, size_
             snprintf(err, errlen, "%s exists without %s: remove it to make a new CA", path,
                      INTERCEPT_CA_KEY_FILE);
             goto fail;
+        }
+        if (!create && readonly) {
+            snprintf(err, errlen, "intercept.ca_dir %s: no CA in it, and it is read-only: a CA "
+                     "cannot be made there", dir);
+            goto fail;
+        }
+        if (!create && access(dir, W_OK | X_OK) != 0) {
+            snprintf(err, errlen, "intercept.ca_dir %s: no CA in it, and this user cannot "
+                     "write it: %s", dir, strerror(errno));
+            goto fail;
+        }
+        if (!create) {
+            *absent = 1;
+            return ic;
         }
         if (ca_create(ic, dir, err, errlen) < 0)
             goto fail;
@@ -565,6 +608,26 @@ fail:
         close(lockfd);
     intercept_free(ic);
     return NULL;
+}
+
+struct intercept *intercept_new(const char *dir, const char *const *hosts, size_t nhosts,
+                                char *err, size_t errlen, char *warn, size_t warnlen)
+{
+    int absent;
+    return intercept_open(dir, hosts, nhosts, 1, &absent, err, errlen, warn, warnlen);
+}
+
+int intercept_check(const char *dir, const char *const *hosts, size_t nhosts, time_t *not_after,
+                    char *err, size_t errlen, char *warn, size_t warnlen)
+{
+    int absent;
+    struct intercept *ic = intercept_open(dir, hosts, nhosts, 0, &absent, err, errlen, warn,
+                                          warnlen);
+    if (ic == NULL)
+        return -1;
+    *not_after = ic->ca_not_after;
+    intercept_free(ic);
+    return absent ? 0 : 1;
 }
 
 void intercept_free(struct intercept *ic)

@@ -35,6 +35,12 @@ struct intercept;
  * its owner. Returns NULL with a message in err. warn may be NULL. */
 struct intercept *intercept_new(const char *dir, const char *const *hosts, size_t nhosts,
                                 char *err, size_t errlen, char *warn, size_t warnlen);
+/* What intercept_new would do with the same arguments, without making anything (no directory,
+ * no CA, no lock file): 1 when the CA there loads and permits every host (its expiry in
+ * *not_after), 0 when there is none yet and intercept_new would make one, -1 when
+ * intercept_new would fail (err says why). warn as for intercept_new. */
+int intercept_check(const char *dir, const char *const *hosts, size_t nhosts, time_t *not_after,
+                    char *err, size_t errlen, char *warn, size_t warnlen);
 /* intercept_free(NULL) is a no-op. SSL objects made earlier stay usable. */
 void intercept_free(struct intercept *ic);
 

@@ -15,6 +15,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "proxy/intercept.h"
 #include "proxy/tls_tickets.h"
 
 #define LISTEN_BACKLOG 1024
@@ -341,6 +342,44 @@ fail:
     (*failures)++;
 }
 
+/* The interception CA: serve loads it, or makes it in a directory that has none; check loads it
+ * the same way and, where there is none yet, tries whether serve could make it there. */
+static void check_intercept(const struct conf *conf, preflight_report_fn report, void *arg,
+                            size_t *failures)
+{
+    char msg[PREFLIGHT_MSG_MAX], err[PREFLIGHT_MSG_MAX - 64], warn[PREFLIGHT_MSG_MAX];
+    const char **hosts;
+    time_t not_after = 0;
+    size_t i;
+    int r;
+    if (conf->intercept_ca_dir == NULL)
+        return;
+    hosts = calloc(conf->nroutes ? conf->nroutes : 1, sizeof(*hosts));
+    if (hosts == NULL) {
+        report(arg, PREFLIGHT_FAIL, "intercept", "out of memory");
+        (*failures)++;
+        return;
+    }
+    for (i = 0; i < conf->nroutes; i++)
+        hosts[i] = conf->routes[i].upstream_host;
+    r = intercept_check(conf->intercept_ca_dir, hosts, conf->nroutes, &not_after, err,
+                        sizeof(err), warn, sizeof(warn));
+    free(hosts);
+    if (r < 0) {
+        report(arg, PREFLIGHT_FAIL, "intercept", err);
+        (*failures)++;
+        return;
+    }
+    if (r == 0)
+        snprintf(msg, sizeof(msg), "no CA in %s yet; serve makes one there", conf->intercept_ca_dir);
+    else
+        snprintf(msg, sizeof(msg), "the CA in %s loads and permits every upstream",
+                 conf->intercept_ca_dir);
+    report(arg, PREFLIGHT_OK, "intercept", msg);
+    if (warn[0])
+        report(arg, PREFLIGHT_WARN, "intercept", warn);
+}
+
 /* Each line of text (the exposure rule's messages, "PATH: message") as one finding. */
 static void report_lines(const char *text, enum preflight_outcome outcome,
                          preflight_report_fn report, void *arg)
@@ -385,5 +424,6 @@ size_t preflight_run(const struct conf *conf, unsigned flags, preflight_report_f
     if (conf->admin_listen.text)
         check_address(&conf->admin_listen, "admin_listen", bind_it, report, arg, &failures);
     check_access_log(conf->access_log, report, arg, &failures);
+    check_intercept(conf, report, arg, &failures);
     return failures;
 }

@@ -514,6 +514,71 @@ print(json.dumps({"pages": pages, "apps": names}))
         self.assertEqual(status, 400)
 
 
+class CheckIntercept(unittest.TestCase):
+    """`check` tries the interception CA as serve will load it, and makes nothing: no directory,
+    no CA, no lock file."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.key = h.make_key()
+
+    def config(self, ca_dir, weather=False):
+        creds = {"asc": h.credential("app-store-connect", self.key)}
+        routes = [h.route("127.0.0.1:1", "app-store-connect", "asc")]
+        if weather:
+            creds["weather"] = h.credential("weatherkit", h.make_key())
+            routes.insert(0, h.route("127.0.0.1:1", "weatherkit", "weather",
+                                     path_prefix="/api/v1/"))
+        return h.write_config(creds, routes, intercept={"ca_dir": ca_dir})
+
+    def test_check_makes_no_ca(self):
+        d = os.path.join(h.new_dir("icpt-check"), "ca")
+        rc, out, err = h.run_cli(["check", "-c", self.config(d)])
+        self.assertEqual(rc, 0, err)
+        self.assertIn("tried: intercept: no CA in %s yet; serve makes one there" % d, out)
+        self.assertFalse(os.path.exists(d), "check made the CA directory")
+        os.mkdir(d, 0o700)
+        rc, out, err = h.run_cli(["check", "-c", self.config(d)])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(os.listdir(d), [], "check made files in the CA directory")
+
+    def test_check_loads_an_existing_ca(self):
+        d = os.path.join(h.new_dir("icpt-check"), "ca")
+        cfg = self.config(d)
+        self.assertEqual(h.run_cli(["ca-cert", "-c", cfg])[0], 0)
+        files = sorted(os.listdir(d))
+        rc, out, err = h.run_cli(["check", "-c", cfg])
+        self.assertEqual(rc, 0, err)
+        self.assertIn("tried: intercept: the CA in %s loads and permits every upstream" % d, out)
+        self.assertEqual(sorted(os.listdir(d)), files)
+
+    def test_check_refuses_what_serve_refuses(self):
+        base = h.new_dir("icpt-check")
+        open_dir = os.path.join(base, "open")
+        os.mkdir(open_dir)
+        os.chmod(open_dir, 0o755)
+        narrow = os.path.join(base, "narrow")
+        self.assertEqual(h.run_cli(["ca-cert", "-c", self.config(narrow)])[0], 0)
+        orphan = os.path.join(base, "orphan")
+        os.mkdir(orphan, 0o700)
+        with open(os.path.join(orphan, "ca.pem"), "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\n")
+        for name, cfg, want in (
+                ("readable by others", self.config(open_dir), "chmod 700"),
+                ("CA narrower than the upstreams", self.config(narrow, weather=True),
+                 "do not permit weatherkit.apple.com"),
+                ("certificate without its key", self.config(orphan), "exists without ca.key")):
+            with self.subTest(name):
+                rc, out, err = h.run_cli(["check", "-c", cfg])
+                self.assertNotEqual(rc, 0, out)
+                self.assertIn(want, err)
+                self.assertNotIn("check: ok", out)
+                with self.assertRaises(RuntimeError) as cm:
+                    h.start_proxy(cfg, timeout=10)
+                self.assertIn(want, str(cm.exception))
+        self.assertEqual(os.listdir(open_dir), [])
+
+
 class WithoutIntercept(unittest.TestCase):
     def test_no_ca_on_the_admin_port(self):
         up = h.start_standin()
