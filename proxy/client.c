@@ -106,7 +106,7 @@ enum resp_state { RESP_HEAD, RESP_DISCARD, RESP_BODY, RESP_DONE, RESP_FAILED };
  * holds none (struct exchange is most of the memory a busy connection uses). Spares are kept
  * per worker with their header arrays, so steady traffic allocates nothing here. */
 struct exchange {
-    struct http1_msg req, resp;
+    struct http1_msg req;
     size_t route;
     struct token *tok;
     const char *const *scope;   /* the token's scope: the client's or the route's (owned by the
@@ -118,7 +118,7 @@ struct exchange {
     uint64_t req_consumed;   /* bytes after the head the request parser has taken from the
                                 client's input (data and chunk framing): what an upstream
                                 connection has been given of the body */
-    uint64_t resp_remaining;
+    struct upstream_request up_req; /* what the upstream stream is given (spans into up_head) */
     unsigned char req_state;    /* enum req_state: changed only by req_set */
     unsigned char resp_state;   /* enum resp_state: changed only by resp_set */
     unsigned retried : 1;       /* the stale pooled connection retry was used */
@@ -129,7 +129,6 @@ struct exchange {
     unsigned idempotent : 1;
     unsigned http10 : 1;
     unsigned keep_alive : 1;
-    unsigned last_chunk : 1;
     unsigned in_exchange : 1;   /* a request head was parsed and its record is not written */
     unsigned token_wait : 1;    /* CONNECTING: waiting for an access token (wait_for_token) */
     /* The exchange's record, for the access log and the metrics. */
@@ -173,12 +172,13 @@ struct client {
     struct worker *w;
     struct wgen *gen;           /* held for the exchange */
     struct exchange *x;         /* NULL only while idle with nothing buffered */
-    struct upconn *up;
+    struct upstream_stream *up; /* the upstream stream (upstream_transport.h), held from the
+                                   request to its response's end */
     char *tls_subject;          /* a verified client certificate's subject (TLS listeners) */
     char *tunnel_host;          /* an intercepted CONNECT's host: requests inside go there */
     char *tunnel_client;        /* the gateway client the CONNECT identified (NULL: none) */
     int tunnel_port;
-    unsigned up_gen;            /* counts upstream connections attached (see up_cb) */
+    unsigned up_gen;            /* counts upstream streams attached (see up_let_go) */
     unsigned char state;        /* enum client_state */
     unsigned short listener;    /* index in the configuration's listen list (at most 64) */
     unsigned dead : 1;
@@ -193,10 +193,6 @@ struct client {
         struct sockaddr_in6 in6;
     } peer_addr; /* for allow_cidrs and logs (a sockaddr_storage would cost 100 bytes) */
 };
-
-/* Upstream response heads: fixed limits (Apple's heads are small; a huge one is an attack). */
-static const struct http1_limits resp_limits = {.max_line = 0, .max_head = 64 * 1024,
-                                                .max_headers = 256};
 
 /* The only writers of the exchange's two states (besides exchange_states_begin): an edge that
  * is not in these tables is a bug in the caller and fails here in debug builds. */
@@ -341,15 +337,13 @@ static void arm_timer(struct client *c, long ms)
 static struct exchange *exchange_get(struct worker *w)
 {
     struct exchange *x = w->spare_exchanges;
-    struct http1_header *rqh = NULL, *rsh = NULL;
-    size_t rqc = 0, rsc = 0;
+    struct http1_header *rqh = NULL;
+    size_t rqc = 0;
     if (x) {
         w->spare_exchanges = x->next_spare;
         w->nspare_exchanges--;
         rqh = x->req.headers;
         rqc = x->req.cap_headers;
-        rsh = x->resp.headers;
-        rsc = x->resp.cap_headers;
     } else {
         x = malloc(sizeof(*x));
         if (x == NULL)
@@ -358,8 +352,6 @@ static struct exchange *exchange_get(struct worker *w)
     memset(x, 0, sizeof(*x));
     x->req.headers = rqh;
     x->req.cap_headers = rqc;
-    x->resp.headers = rsh;
-    x->resp.cap_headers = rsc;
     http1_msg_init(&x->req, HTTP_REQUEST, &w->gen->req_limits);
     return x;
 }
@@ -378,8 +370,6 @@ static void exchange_put(struct worker *w, struct exchange *x)
         token_put(x->tok);
     if (x->req.cap_headers > SPARE_HEADER_CAP)
         http1_msg_deinit(&x->req);
-    if (x->resp.cap_headers > SPARE_HEADER_CAP)
-        http1_msg_deinit(&x->resp);
     if (w->nspare_exchanges < SPARE_EXCHANGES) {
         x->next_spare = w->spare_exchanges;
         w->spare_exchanges = x;
@@ -387,7 +377,6 @@ static void exchange_put(struct worker *w, struct exchange *x)
         return;
     }
     http1_msg_deinit(&x->req);
-    http1_msg_deinit(&x->resp);
     free(x);
 }
 
@@ -397,18 +386,26 @@ void client_worker_cleanup(struct worker *w)
     while ((x = w->spare_exchanges) != NULL) {
         w->spare_exchanges = x->next_spare;
         http1_msg_deinit(&x->req);
-        http1_msg_deinit(&x->resp);
         free(x);
     }
     w->nspare_exchanges = 0;
+}
+
+/* Gives the upstream stream back (upstream_transport.h: kept after a clean end, else
+ * aborted). */
+static void up_release(struct client *c)
+{
+    if (c->up) {
+        c->up->ops->release(c->up);
+        c->up = NULL;
+    }
 }
 
 static void client_free(struct client *c)
 {
     struct worker *w = c->w;
     exchange_end(c, "client_abort"); /* x->outcome says "upstream_cut" when that was the cause */
-    if (c->up)
-        upstream_abort(c->up);
+    up_release(c);
     if (c->x)
         exchange_put(w, c->x);
     if (c->gen)
@@ -471,10 +468,7 @@ static void start_closing(struct client *c)
     if (c->state == C_CLOSING)
         return;
     c->state = C_CLOSING;
-    if (c->up) {
-        upstream_abort(c->up);
-        c->up = NULL;
-    }
+    up_release(c);
     end_exchange_objects(c);
     stream_set_watermarks(&c->s, 0, 0);
     /* A client that never reads its reply must not keep the connection forever. */
@@ -542,10 +536,7 @@ static void reply_error_ex(struct client *c, const char *code, const char *detai
         return;
     }
     /* The request was consumed whole: go back to idle for the next one. */
-    if (c->up) {
-        upstream_abort(c->up);
-        c->up = NULL;
-    }
+    up_release(c);
     end_exchange_objects(c);
     c->state = C_IDLE;
     arm_timer(c, limits(c)->idle_timeout_ms);
@@ -559,14 +550,13 @@ static void feed_body(struct client *c);
 static int req_data(void *arg, const char *at, size_t len)
 {
     struct client *c = arg;
-    struct evbuffer *out = stream_output(&c->up->s);
     unsigned long long max = limits(c)->max_body;
     if (max && c->x->req.body_seen > max) {
         c->x->req.error_status = 413;
         c->x->req.error_detail = "the request body is larger than max_body_bytes";
         return -1;
     }
-    evbuffer_add(out, at, len);
+    c->up->ops->send_body(c->up, at, len);
     return 0;
 }
 
@@ -575,28 +565,17 @@ static int req_chunk(void *arg, uint64_t size)
     struct client *c = arg;
     unsigned long long max = limits(c)->max_body;
     if (max && (size > max || c->x->req.body_seen + size > max)) {
-        /* Refused before the chunk's size line goes upstream. */
+        /* Refused before any of the chunk goes upstream. */
         c->x->req.error_status = 413;
         c->x->req.error_detail = "the request body is larger than max_body_bytes";
         return -1;
     }
-    if (size == 0) {
-        c->x->last_chunk = 1; /* "0\r\n\r\n" is written at the end: trailers are dropped */
-        return 0;
-    }
-    evbuffer_add_printf(stream_output(&c->up->s), "%" PRIx64 "\r\n", size);
     return 0;
 }
 
-static int req_chunk_end(void *arg)
-{
-    struct client *c = arg;
-    if (!c->x->last_chunk)
-        ADD_LITERAL(stream_output(&c->up->s), "\r\n");
-    return 0;
-}
-
-static const struct http1_sink req_sink = {req_data, req_chunk, req_chunk_end};
+/* The body goes upstream without the client's chunk framing: the transport frames it its own
+ * way (trailers are dropped). */
+static const struct http1_sink req_sink = {req_data, req_chunk, NULL};
 
 /* ---- the response, forwarded to the client ---- */
 
@@ -616,34 +595,63 @@ static void emit_client(void *arg, const char *at, size_t len)
     }
 }
 
-static int resp_data(void *arg, const char *at, size_t len)
+/* Backpressure: the upstream stream stops delivering while the client's output is full. */
+static void pause_upstream_if_full(struct client *c)
 {
-    struct client *c = arg;
-    struct evbuffer *out = stream_output(&c->s);
-    if (c->x->resp_state == RESP_DISCARD)
-        return 0;
-    if (c->x->rw) {
-        linkrw_feed(c->x->rw, at, len, emit_client, c);
-        return 0;
+    if (c->up && !c->up_paused && stream_output_length(&c->s) >= OUT_HIGH) {
+        c->up->ops->set_reading(c->up, 0);
+        c->up_paused = 1;
     }
-    c->x->bytes_out += len;
-    if (c->x->chunked_out) {
-        evbuffer_add_printf(out, "%zx\r\n", len);
-        evbuffer_add(out, at, len);
-        ADD_LITERAL(out, "\r\n");
-    } else {
-        evbuffer_add(out, at, len);
-    }
-    return 0;
 }
 
-static const struct http1_sink resp_sink = {resp_data, NULL, NULL};
+static void resp_bytes(struct client *c, const char *at, size_t len)
+{
+    if (c->x->resp_state == RESP_DISCARD)
+        return;
+    if (c->x->rw)
+        linkrw_feed(c->x->rw, at, len, emit_client, c);
+    else
+        emit_client(c, at, len);
+}
+
+/* upstream_events: response body bytes. */
+static void up_body(void *arg, const char *at, size_t len)
+{
+    struct client *c = arg;
+    resp_bytes(c, at, len);
+    pause_upstream_if_full(c);
+}
+
+/* upstream_events: n body bytes at the front of src, moved across without copying when they
+ * go to the client as they are. */
+static void up_body_buffer(void *arg, struct evbuffer *src, size_t n)
+{
+    struct client *c = arg;
+    if (c->x->resp_state == RESP_DISCARD) {
+        evbuffer_drain(src, n);
+    } else if (c->x->rw || c->x->chunked_out) {
+        while (n > 0) {
+            struct evbuffer_iovec v;
+            size_t k;
+            if (evbuffer_peek(src, -1, NULL, &v, 1) < 1)
+                break;
+            k = v.iov_len < n ? v.iov_len : n;
+            resp_bytes(c, v.iov_base, k);
+            evbuffer_drain(src, k);
+            n -= k;
+        }
+    } else {
+        evbuffer_remove_buffer(src, stream_output(&c->s), n);
+        c->x->bytes_out += n;
+    }
+    pause_upstream_if_full(c);
+}
 
 /* App Store Connect: "X-Rate-Limit: user-hour-lim:3600;user-hour-rem:3599;" on every
  * response; the latest figures are kept per credential (metrics, access log, quota reserve). */
-static void note_rate_limit(struct client *c)
+static void note_rate_limit(struct client *c, const struct http1_msg *r)
 {
-    const struct http1_header *h = http1_find(&c->x->resp, "x-rate-limit");
+    const struct http1_header *h = http1_find(r, "x-rate-limit");
     long lim = -1, rem = -1;
     size_t i = 0;
     if (h == NULL)
@@ -688,11 +696,11 @@ static void note_rate_limit(struct client *c)
 
 /* On rewrite_links routes, a JSON body without content coding gets its links rewritten (its
  * length changes, so it goes out chunked). */
-static void start_rewriting(struct client *c)
+static void start_rewriting(struct client *c, const struct http1_msg *r)
 {
     const struct target *t = &c->gen->rt->targets[c->gen->rt->route_target[c->x->route]];
     char from[LINKRW_MAX_ORIGIN + 16];
-    if (!response_rewrites(&c->x->resp, c->x->origin != NULL))
+    if (!response_rewrites(r, c->x->origin != NULL))
         return;
     snprintf(from, sizeof(from), "https://%s", t->host_header);
     c->x->rw = malloc(sizeof(*c->x->rw));
@@ -727,14 +735,13 @@ static void hw_uint(struct head_writer *hw, uint64_t v)
         *hw->p++ = tmp[--n];
 }
 
-static void write_response_head(struct client *c)
+static void write_response_head(struct client *c, const struct http1_msg *r)
 {
     struct evbuffer *out = stream_output(&c->s);
     struct exchange *x = c->x;
-    const struct http1_msg *r = &x->resp;
     struct response_plan plan;
     size_t i, bound;
-    start_rewriting(c);
+    start_rewriting(c, r);
     const struct response_facts facts = {
         .is_head = x->is_head,
         .http10 = x->http10,
@@ -928,11 +935,7 @@ void client_tokens_ready(struct worker *w)
 
 static void response_complete(struct client *c)
 {
-    int reusable =
-        response_pools_upstream(&c->x->resp, c->x->req_state == REQ_DONE,
-                                stream_input_length(&c->up->s));
-    upstream_put(c->up, reusable);
-    c->up = NULL;
+    up_release(c); /* a clean end: the transport keeps the connection when it can */
     if (c->x->resp_state == RESP_DISCARD) {
         /* Apple refused the cached token: it was dropped, so this mints a fresh one. */
         char err[256];
@@ -964,20 +967,10 @@ static void response_complete(struct client *c)
     finish_exchange(c);
 }
 
-/* The code for a response the parser refused: the upstream's fault, unless the proxy ran out
- * of memory reading it. */
-static const char *resp_error_code(const struct client *c)
-{
-    return c->x->resp.error_status == 500 ? proxy_err_internal : proxy_err_bad_upstream_response;
-}
-
 /* The upstream broke the exchange. before_head: nothing of the response has arrived. */
 static void upstream_failed(struct client *c, const char *code, const char *detail)
 {
-    if (c->up) {
-        upstream_abort(c->up);
-        c->up = NULL;
-    }
+    up_release(c);
     if (resp_head_sent(c->x)) {
         /* Cut the client off without a clean end so that it cannot mistake a truncated
          * body for a whole one. */
@@ -994,71 +987,11 @@ static void upstream_failed(struct client *c, const char *code, const char *deta
         process(c); /* a pipelined request may be waiting */
 }
 
-static void pause_upstream_if_full(struct client *c)
-{
-    if (c->up && stream_output_length(&c->s) >= OUT_HIGH) {
-        stream_set_reading(&c->up->s, 0);
-        c->up_paused = 1;
-    }
-}
-
-/* force: process what is buffered even when the client's output is full (the upstream has
- * closed, so what is buffered is all that will come; it is at most one read). */
-static void up_read_body_ex(struct client *c, int force)
-{
-    struct evbuffer *in = stream_input(&c->up->s);
-    struct evbuffer *out = stream_output(&c->s);
-    while (c->up && evbuffer_get_length(in) > 0 && !c->dead) {
-        if (c->x->resp.body == HTTP1_BODY_LENGTH && !c->x->rw) {
-            /* Length-delimited: move the buffers across without parsing or copying. */
-            size_t n = evbuffer_get_length(in);
-            if (n > c->x->resp_remaining)
-                n = (size_t)c->x->resp_remaining;
-            if (c->x->resp_state == RESP_DISCARD) {
-                evbuffer_drain(in, n);
-            } else {
-                evbuffer_remove_buffer(in, out, n);
-                c->x->bytes_out += n;
-            }
-            c->x->resp_remaining -= n;
-            if (c->x->resp_remaining == 0) {
-                response_complete(c);
-                return;
-            }
-        } else {
-            struct evbuffer_iovec v;
-            size_t used = 0;
-            if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-                break;
-            int r = http1_parse_body(&c->x->resp, v.iov_base, v.iov_len, &used);
-            evbuffer_drain(in, used);
-            if (r < 0) {
-                upstream_failed(c, resp_error_code(c), c->x->resp.error_detail);
-                return;
-            }
-            if (r == 1) {
-                response_complete(c);
-                return;
-            }
-        }
-        if (!force) {
-            pause_upstream_if_full(c);
-            if (c->up_paused)
-                return;
-        }
-    }
-}
-
-static void up_read_body(struct client *c)
-{
-    up_read_body_ex(c, 0);
-}
-
 /* APNs names each push with apns-id (a UUID): kept for the access log, which is written after
  * the head's bytes are gone. Anything that is not a short printable token is left out. */
-static void note_apns_id(struct client *c)
+static void note_apns_id(struct client *c, const struct http1_msg *r)
 {
-    const struct http1_header *h = http1_find(&c->x->resp, "apns-id");
+    const struct http1_header *h = http1_find(r, "apns-id");
     size_t i;
     if (h == NULL || h->value_len >= sizeof(c->x->apns_id))
         return;
@@ -1070,77 +1003,66 @@ static void note_apns_id(struct client *c)
     c->x->apns_id[h->value_len] = '\0';
 }
 
-static void up_read_head(struct client *c)
+/* Whether the client has let go of the upstream stream it held when an event began (gen: its
+ * up_gen then): the transport then stops at once (upstream_transport.h). */
+static int up_let_go(const struct client *c, unsigned gen)
 {
-    struct evbuffer *in = stream_input(&c->up->s);
-    for (;;) {
-        size_t len = evbuffer_get_length(in);
-        size_t n = len < resp_limits.max_head + 1 ? len : resp_limits.max_head + 1;
-        if (n == 0)
-            return;
-        const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-        int r = http1_parse_head(&c->x->resp, data, n);
-        if (r == 0)
-            return;
-        if (r < 0) {
-            upstream_failed(c, resp_error_code(c), c->x->resp.error_detail);
-            return;
+    return !(c->up && c->up_gen == gen && !c->dead && c->state == C_EXCHANGE);
+}
+
+/* upstream_events: the final response head. */
+static int up_head(void *arg, const struct http1_msg *r)
+{
+    struct client *c = arg;
+    unsigned gen = c->up_gen;
+    if (r->status == 401 && !c->x->token_retried && c->x->idempotent &&
+        c->x->req.body == HTTP1_BODY_NONE && c->x->req_state == REQ_DONE) {
+        const struct credential *cred =
+            &c->gen->rt->conf->credentials[c->gen->rt->conf->routes[c->x->route].credential_index];
+        if (token_cache_invalidate(c->gen->rt->tokens, cred, c->x->scope, c->x->nscope,
+                                   c->x->tok, 60) == 1) {
+            log_msg(LOG_WARN, "upstream %s answered 401 to the cached token of %s: minting "
+                    "a new one and retrying once", c->gen->rt->targets[
+                    c->gen->rt->route_target[c->x->route]].name, cred->name);
+            live_count_remint_401(c->gen->rt->live_creds[cred - c->gen->rt->conf->credentials]);
+            resp_set(c->x, RESP_DISCARD);
         }
-        if (c->x->resp.status < 200) {
-            /* Interim responses (100 Continue, 103) are not relayed: the proxy answered the
-             * client's Expect itself. */
-            evbuffer_drain(in, c->x->resp.head_len);
-            http1_msg_init(&c->x->resp, HTTP_RESPONSE, &resp_limits);
-            continue;
-        }
-        if (c->x->resp.status == 401 && !c->x->token_retried && c->x->idempotent &&
-            c->x->req.body == HTTP1_BODY_NONE && c->x->req_state == REQ_DONE) {
-            const struct credential *cred =
-                &c->gen->rt->conf
-                     ->credentials[c->gen->rt->conf->routes[c->x->route].credential_index];
-            if (token_cache_invalidate(c->gen->rt->tokens, cred, c->x->scope, c->x->nscope,
-                                       c->x->tok, 60) == 1) {
-                log_msg(LOG_WARN, "upstream %s answered 401 to the cached token of %s: minting "
-                        "a new one and retrying once", c->gen->rt->targets[
-                        c->gen->rt->route_target[c->x->route]].name, cred->name);
-                live_count_remint_401(c->gen->rt->live_creds[cred - c->gen->rt->conf->credentials]);
-                resp_set(c->x, RESP_DISCARD);
-            }
-        }
-        c->x->t_head_us = mono_us();
-        note_rate_limit(c);
-        if (c->x->resp.status == 429) {
-            /* Apple's Retry-After is respected for everyone using the credential. */
-            const struct http1_header *ra = http1_find(&c->x->resp, "retry-after");
-            double until = ra ? gateway_parse_retry_after(ra->value, ra->value_len, now_real())
-                              : -1;
-            size_t ci = c->gen->rt->conf->routes[c->x->route].credential_index;
-            if (until > 0) {
-                live_block_until(c->gen->rt->live_creds[ci], until);
-                shared_note_block(c->w->shared, c->gen->rt->conf->credentials[ci].name, until);
-            }
-        }
-        if (c->x->resp_state != RESP_DISCARD) {
-            note_apns_id(c);
-            write_response_head(c);
-            if (c->dead)
-                return; /* out of memory: the client and its upstream connection go */
-        }
-        evbuffer_drain(in, c->x->resp.head_len);
-        if (c->x->req_state != REQ_DONE) {
-            /* An answer before the whole request went up (a refusal mid-upload): its body
-             * reads need the timeout that is otherwise armed once the request is sent. */
-            stream_set_timeouts(&c->up->s, (uint32_t)limits(c)->upstream_response_timeout_ms,
-                                (uint32_t)limits(c)->send_timeout_ms);
-        }
-        if (http1_msg_complete(&c->x->resp)) {
-            response_complete(c);
-            return;
-        }
-        c->x->resp_remaining = c->x->resp.content_length;
-        up_read_body(c);
-        return;
     }
+    c->x->t_head_us = mono_us();
+    note_rate_limit(c, r);
+    if (r->status == 429) {
+        /* Apple's Retry-After is respected for everyone using the credential. */
+        const struct http1_header *ra = http1_find(r, "retry-after");
+        double until = ra ? gateway_parse_retry_after(ra->value, ra->value_len, now_real())
+                          : -1;
+        size_t ci = c->gen->rt->conf->routes[c->x->route].credential_index;
+        if (until > 0) {
+            live_block_until(c->gen->rt->live_creds[ci], until);
+            shared_note_block(c->w->shared, c->gen->rt->conf->credentials[ci].name, until);
+        }
+    }
+    if (c->x->resp_state != RESP_DISCARD) {
+        note_apns_id(c, r);
+        write_response_head(c, r);
+        if (c->dead)
+            return 1; /* out of memory: the client and its upstream stream go */
+    }
+    if (c->x->req_state != REQ_DONE) {
+        /* An answer before the whole request went up (a refusal mid-upload): its body
+         * reads need the timeout that is otherwise armed once the request is sent. */
+        c->up->ops->set_timeouts(c->up, (uint32_t)limits(c)->upstream_response_timeout_ms,
+                                 (uint32_t)limits(c)->send_timeout_ms);
+    }
+    return up_let_go(c, gen);
+}
+
+/* upstream_events: the response is complete. */
+static int up_end(void *arg)
+{
+    struct client *c = arg;
+    unsigned gen = c->up_gen;
+    response_complete(c);
+    return up_let_go(c, gen);
 }
 
 static void settle(struct client *c);
@@ -1152,14 +1074,14 @@ static void client_drained(struct client *c)
         if (stream_output_length(&c->s) == 0)
             closing_flushed(c);
     } else if (c->up_paused && c->up) {
+        /* The transport delivers what it holds at once (upstream_transport.h). */
         c->up_paused = 0;
-        stream_set_reading(&c->up->s, 1);
-        up_read_body(c);
+        c->up->ops->set_reading(c->up, 1);
     }
 }
 
 /* The upstream took the queued body: read more of it from the client. */
-static void up_drained(struct client *c)
+static void request_drained(struct client *c)
 {
     if (c->read_paused && c->x && c->x->req_state != REQ_DONE) {
         c->read_paused = 0;
@@ -1186,136 +1108,117 @@ static int retry_allowed(const struct client *c)
     return x->req_consumed == 0;
 }
 
-/* The upstream connection ended (EOF, or an error when failed). */
-static void up_closed(struct client *c, int failed)
-{
-    struct exchange *x = c->x;
-    if (x->resp_state == RESP_HEAD) {
-        if (stream_input_length(&c->up->s) == 0 && retry_allowed(c)) {
-            /* The pooled connection was closed by the upstream while idle: nothing of this
-             * request can have been processed, so it goes once more on a fresh connection. */
-            upstream_abort(c->up);
-            c->up = NULL;
-            x->retried = 1;
-            WSTAT_ADD(c->w, upstream_retries, 1);
-            acquire_upstream(c);
-            return;
-        }
-        upstream_failed(c, proxy_err_upstream_unreachable,
-                        !failed ? "the upstream closed the connection before the response head"
-                                : "the upstream connection failed before the response head");
-        return;
-    }
-    if (!failed) {
-        /* What was read before the close may still be waiting behind backpressure. */
-        up_read_body_ex(c, 1);
-        if (c->up == NULL || c->dead || c->state != C_EXCHANGE)
-            return;
-        /* A body that ends with the connection is only whole if TLS ended cleanly
-         * (close_notify): a bare FIN could be a truncation by someone on the path. */
-        if (x->resp.body == HTTP1_BODY_EOF && stream_clean_eof(&c->up->s) &&
-            http1_parse_eof(&x->resp) == 1) {
-            response_complete(c);
-            return;
-        }
-    }
-    upstream_failed(c, proxy_err_bad_upstream_response,
-                    "the upstream closed the connection mid-response");
-}
-
-/* Events of the upstream connection during an exchange. Reading comes first: a response and
- * the close after it can arrive in one wake-up. What follows a finished exchange (the
- * connection went back to the pool, or a retry took a new one) is not this exchange's. */
-static void up_cb(struct stream *s, unsigned ev, void *arg)
+/* upstream_events: the request bytes waiting went down to the low mark. */
+static int up_drained(void *arg)
 {
     struct client *c = arg;
     unsigned gen = c->up_gen;
-    (void)s;
-#define SAME_UP() (c->up && c->up_gen == gen && !c->dead && c->state == C_EXCHANGE)
-    if ((ev & STREAM_DRAINED) && SAME_UP())
-        up_drained(c);
-    if ((ev & STREAM_READ) && SAME_UP()) {
-        if (c->x->resp_state == RESP_HEAD)
-            up_read_head(c);
-        else
-            up_read_body(c);
-    }
-    if ((ev & (STREAM_EOF | STREAM_ERROR)) && SAME_UP())
-        up_closed(c, (ev & STREAM_ERROR) != 0);
-    if ((ev & (STREAM_RTIMEOUT | STREAM_WTIMEOUT)) && SAME_UP()) {
-        if (c->x->resp_state == RESP_HEAD)
-            upstream_failed(c, proxy_err_upstream_timeout,
-                            (ev & STREAM_RTIMEOUT) ? "the upstream did not answer in time"
-                                                   : "the upstream did not read the request "
-                                                     "in time");
-        else
-            upstream_failed(c, proxy_err_upstream_timeout, "the upstream stalled mid-response");
-    }
-#undef SAME_UP
-    settle(c);
+    if (up_let_go(c, gen))
+        return 1;
+    request_drained(c);
+    return up_let_go(c, gen);
 }
+
+static const char *fault_code(enum upstream_fault kind)
+{
+    switch (kind) {
+    case UPSTREAM_FAULT_UNANSWERED:
+    case UPSTREAM_FAULT_UNREACHABLE:
+        return proxy_err_upstream_unreachable;
+    case UPSTREAM_FAULT_TIMEOUT:
+        return proxy_err_upstream_timeout;
+    case UPSTREAM_FAULT_INTERNAL:
+        return proxy_err_internal;
+    case UPSTREAM_FAULT_BAD_RESPONSE:
+        break;
+    }
+    return proxy_err_bad_upstream_response;
+}
+
+/* upstream_events: the stream failed. The exchange always lets go of it here. */
+static int up_fault(void *arg, enum upstream_fault kind, const char *detail)
+{
+    struct client *c = arg;
+    if (kind == UPSTREAM_FAULT_UNANSWERED && retry_allowed(c)) {
+        /* The pooled connection was closed by the upstream while idle: nothing of this
+         * request can have been processed, so it goes once more on a fresh connection. */
+        up_release(c);
+        c->x->retried = 1;
+        WSTAT_ADD(c->w, upstream_retries, 1);
+        acquire_upstream(c);
+        return 1;
+    }
+    upstream_failed(c, fault_code(kind), detail);
+    return 1;
+}
+
+static void up_settle(void *arg)
+{
+    settle(arg);
+}
+
+static const struct upstream_events up_events = {
+    .head = up_head,
+    .body = up_body,
+    .body_buffer = up_body_buffer,
+    .end = up_end,
+    .fault = up_fault,
+    .drained = up_drained,
+    .settle = up_settle,
+};
 
 /* ---- sending the request ---- */
 
-static void send_request(struct client *c)
-{
-    struct evbuffer *out = stream_output(&c->up->s);
-    c->x->t_sent_us = mono_us();
-    evbuffer_add(out, c->x->up_head, c->x->up_head_len);
-    evbuffer_add(out, c->x->tok->line, c->x->tok->line_len);
-    ADD_LITERAL(out, "\r\n");
-    if (c->x->req_state != REQ_HEAD) {
-        /* A retry: the same head goes again, the request's progress stays where it was
-         * (a body is only retried while none of it was consumed). */
-        assert(c->x->retried || c->x->token_retried);
-    } else if (c->x->req.body == HTTP1_BODY_NONE) {
-        req_set(c->x, REQ_DONE);
-        return;
-    } else {
-        req_set(c->x, REQ_BODY);
-    }
-    if (c->x->req.body != HTTP1_BODY_NONE && c->x->req.expect_continue &&
-        stream_input_length(&c->s) == 0 && c->x->req.body_seen == 0 && !c->x->retried) {
-        ADD_LITERAL(stream_output(&c->s), "HTTP/1.1 100 Continue\r\n\r\n");
-    }
-}
-
 static void attach_upstream(struct client *c)
 {
-    struct stream *us = &c->up->s;
+    struct exchange *x = c->x;
     const struct conf_limits *lim = limits(c);
     c->up_gen++;
-    stream_setcb(us, up_cb, c);
-    stream_set_watermarks(us, 0, OUT_LOW);
-    /* The wait for the first byte of the answer starts when the request is all sent: a long
-     * upload is covered by client_body_timeout and send_timeout, not by this. */
-    stream_set_timeouts(us,
-                        c->x->req.body == HTTP1_BODY_NONE
-                            ? (uint32_t)lim->upstream_response_timeout_ms : 0,
-                        (uint32_t)lim->send_timeout_ms);
-    stream_set_reading(us, 1);
-    if (stream_output(us) == NULL || stream_input(us) == NULL) {
+    x->up_req.head = x->up_head;
+    x->up_req.head_len = x->up_head_len;
+    x->up_req.tok = x->tok;
+    x->up_req.body = x->req.body;
+    x->up_req.content_length = x->req.content_length;
+    x->up_req.is_head = x->is_head;
+    if (c->up->ops->start(c->up, &x->up_req, &up_events, c) < 0) {
         upstream_failed(c, proxy_err_internal, "out of memory");
         return;
     }
+    x->t_sent_us = mono_us();
+    /* The wait for the first byte of the answer starts when the request is all sent: a long
+     * upload is covered by client_body_timeout and send_timeout, not by this. */
+    c->up->ops->set_timeouts(c->up,
+                             x->req.body == HTTP1_BODY_NONE
+                                 ? (uint32_t)lim->upstream_response_timeout_ms : 0,
+                             (uint32_t)lim->send_timeout_ms);
     c->up_paused = 0;
-    c->x->up_reused = c->up->reused;
-    c->x->req_remaining = c->x->req.content_length;
+    x->up_reused = c->up->reused;
+    x->req_remaining = x->req.content_length;
     c->state = C_EXCHANGE;
-    assert(c->x->resp_state == RESP_HEAD);
-    c->x->resp.request_is_head = c->x->is_head; /* kept by init: a HEAD response has no body */
-    http1_msg_init(&c->x->resp, HTTP_RESPONSE, &resp_limits);
-    c->x->resp.sink = &resp_sink;
-    c->x->resp.sink_arg = c;
-    send_request(c);
-    if (c->x->req_state != REQ_DONE) {
-        stream_set_timeouts(&c->s, (uint32_t)lim->client_body_timeout_ms,
-                            (uint32_t)lim->send_timeout_ms);
-        feed_body(c);
+    assert(x->resp_state == RESP_HEAD);
+    if (x->req_state != REQ_HEAD) {
+        /* A retry: the same head went again, the request's progress stays where it was
+         * (a body is only retried while none of it was consumed). */
+        assert(x->retried || x->token_retried);
+    } else if (x->req.body == HTTP1_BODY_NONE) {
+        req_set(x, REQ_DONE);
+        return;
+    } else {
+        req_set(x, REQ_BODY);
     }
+    if (x->req_state == REQ_DONE)
+        return;
+    if (x->req.expect_continue && stream_input_length(&c->s) == 0 && x->req.body_seen == 0 &&
+        !x->retried) {
+        ADD_LITERAL(stream_output(&c->s), "HTTP/1.1 100 Continue\r\n\r\n");
+    }
+    stream_set_timeouts(&c->s, (uint32_t)lim->client_body_timeout_ms,
+                        (uint32_t)lim->send_timeout_ms);
+    feed_body(c);
 }
 
-static void up_ready(struct upconn *conn, enum upstream_error err, const char *detail, void *arg)
+static void up_ready(struct upstream_stream *us, enum upstream_error err, const char *detail,
+                     void *arg)
 {
     struct client *c = arg;
     if (err != UPSTREAM_OK) {
@@ -1328,7 +1231,7 @@ static void up_ready(struct upconn *conn, enum upstream_error err, const char *d
         if (c->state == C_IDLE)
             process(c); /* a pipelined request may be waiting */
     } else {
-        c->up = conn;
+        c->up = us;
         attach_upstream(c);
     }
     settle(c);
@@ -1338,30 +1241,30 @@ static void acquire_upstream(struct client *c)
 {
     struct upool *pool = &c->gen->pools[c->gen->rt->route_target[c->x->route]];
     const struct conf *conf = c->gen->rt->conf;
-    struct upconn *conn = NULL;
+    struct upstream_stream *us = NULL;
     c->state = C_CONNECTING;
     /* Keyed by credential: an HTTP/2 connection carries one credential's tokens only. */
-    int r = upstream_get_for(pool, &conf->credentials[conf->routes[c->x->route].credential_index],
-                             up_ready, c, &conn);
+    int r = upstream_stream_get(pool,
+                                &conf->credentials[conf->routes[c->x->route].credential_index],
+                                up_ready, c, &us);
     if (r < 0) {
         reply_error(c, proxy_err_internal, "out of memory", 0);
         return;
     }
-    /* Held from now on, ready or not: if the client goes away first, client_free aborts the
-     * pending connection and its ready callback never runs on a freed client. */
-    c->up = conn;
+    /* Held from now on, ready or not: if the client goes away first, client_free releases the
+     * pending stream and its ready callback never runs on a freed client. */
+    c->up = us;
     if (r == 0)
         attach_upstream(c);
 }
 
-/* Forwards the request body that has arrived, as far as the upstream's buffer allows. */
+/* Forwards the request body that has arrived, as far as the upstream stream takes it. */
 static void feed_body(struct client *c)
 {
     struct evbuffer *in = stream_input(&c->s);
     unsigned was_done = c->x->req_state == REQ_DONE;
     while (c->x->req_state != REQ_DONE && c->up && !c->dead && c->state == C_EXCHANGE) {
-        struct evbuffer *out = stream_output(&c->up->s);
-        if (evbuffer_get_length(out) >= OUT_HIGH) {
+        if (c->up->ops->send_queued(c->up) >= OUT_HIGH) {
             stream_set_reading(&c->s, 0);
             c->read_paused = 1;
             return;
@@ -1371,12 +1274,14 @@ static void feed_body(struct client *c)
             break;
         if (c->x->req.body == HTTP1_BODY_LENGTH) {
             size_t n = avail < c->x->req_remaining ? avail : (size_t)c->x->req_remaining;
-            evbuffer_remove_buffer(in, out, n);
+            c->up->ops->send_body_buffer(c->up, in, n);
             c->x->req.body_seen += n;
             c->x->req_consumed += n;
             c->x->req_remaining -= n;
-            if (c->x->req_remaining == 0)
+            if (c->x->req_remaining == 0) {
+                c->up->ops->send_end(c->up);
                 req_set(c->x, REQ_DONE);
+            }
         } else {
             struct evbuffer_iovec v;
             size_t used = 0;
@@ -1393,7 +1298,7 @@ static void feed_body(struct client *c)
                 return;
             }
             if (r == 1) {
-                ADD_LITERAL(out, "0\r\n\r\n");
+                c->up->ops->send_end(c->up);
                 req_set(c->x, REQ_DONE);
             }
         }
@@ -1403,8 +1308,8 @@ static void feed_body(struct client *c)
          * starts. */
         stream_set_timeouts(&c->s, 0, (uint32_t)limits(c)->send_timeout_ms);
         if (c->up && c->x->resp_state == RESP_HEAD)
-            stream_set_timeouts(&c->up->s, (uint32_t)limits(c)->upstream_response_timeout_ms,
-                                (uint32_t)limits(c)->send_timeout_ms);
+            c->up->ops->set_timeouts(c->up, (uint32_t)limits(c)->upstream_response_timeout_ms,
+                                     (uint32_t)limits(c)->send_timeout_ms);
     } else if (!c->dead && c->x->req_state != REQ_DONE && c->client_eof && !c->read_paused &&
                evbuffer_get_length(in) == 0) {
         /* The client closed before the end of its request: the upstream connection, holding
@@ -1752,7 +1657,7 @@ static void exchange_begin(struct client *c, const struct http1_msg *m)
     exchange_states_begin(c->x);
     c->x->retried = c->x->token_retried = 0;
     c->x->req_consumed = 0;
-    c->x->close_after = c->x->chunked_out = c->x->last_chunk = 0;
+    c->x->close_after = c->x->chunked_out = 0;
     c->x->req.sink = &req_sink;
     c->x->req.sink_arg = c;
     c->x->client_name = NULL;
@@ -1942,13 +1847,13 @@ static void settle(struct client *c)
 {
     while (!c->dead) {
         unsigned cev = stream_settle(&c->s);
-        unsigned uev = c->up && c->state == C_EXCHANGE ? stream_settle(&c->up->s) : 0;
-        if (!(cev & STREAM_DRAINED) && !(uev & STREAM_DRAINED))
+        int udrained = c->up && c->state == C_EXCHANGE ? c->up->ops->flush(c->up) : 0;
+        if (!(cev & STREAM_DRAINED) && !udrained)
             break;
         if (cev & STREAM_DRAINED)
             client_drained(c);
-        if ((uev & STREAM_DRAINED) && !c->dead && c->up && c->state == C_EXCHANGE)
-            up_drained(c);
+        if (udrained && !c->dead && c->up && c->state == C_EXCHANGE)
+            request_drained(c);
     }
     if (c->dead) {
         client_free(c);

@@ -57,7 +57,7 @@ struct h2s {
     struct h2conn *conn;    /* NULL while waiting for a connection */
     struct upconn *up;      /* the exchange's upconn; NULL once detached */
     const struct credential *cred;
-    void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *);
+    upstream_stream_ready ready_cb;
     void *arg;
     int attached;           /* the exchange has its upconn */
     int32_t id;             /* -1: not submitted */
@@ -149,6 +149,7 @@ static void h2s_free(struct h2s *st)
 {
     if (st->up != NULL) {
         stream_close(&st->up->s);
+        h1up_deinit(st->up);
         free(st->up);
     }
     http1_msg_deinit(&st->req);
@@ -188,6 +189,7 @@ static struct h2s *h2s_new(struct upool *pool, const struct credential *cred)
     st->up->pool = pool;
     st->up->fd = -1;
     st->up->h2s = st;
+    h1up_init(st->up);
     if (stream_init_peer(&st->up->s, &pool->gen->worker->sctx, &h2s_peer_ops, st, noop_cb,
                          NULL) < 0) {
         free(st->up);
@@ -827,8 +829,7 @@ static void conn_ready(struct upconn *carrier, enum upstream_error err, const ch
             if (st->attached) {
                 h2s_fail(st, ECONNREFUSED);
             } else {
-                void (*cb)(struct upconn *, enum upstream_error, const char *, void *) =
-                    st->ready_cb;
+                upstream_stream_ready cb = st->ready_cb;
                 void *cbarg = st->arg;
                 h2s_free(st);
                 cb(NULL, err, detail, cbarg);
@@ -867,7 +868,7 @@ static void conn_ready(struct upconn *carrier, enum upstream_error err, const ch
         if (st == NULL)
             break;
         st->attached = 1;
-        st->ready_cb(st->up, UPSTREAM_OK, NULL, st->arg);
+        st->ready_cb(&st->up->us, UPSTREAM_OK, NULL, st->arg);
     }
     hc->in_session = 0;
     conn_flush(hc);
@@ -1075,9 +1076,8 @@ static void h2s_bind(struct h2s *st)
     }
 }
 
-int h2up_get(struct upool *pool, const struct credential *cred,
-             void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *),
-             void *arg, struct upconn **out)
+int h2up_get(struct upool *pool, const struct credential *cred, upstream_stream_ready ready_cb,
+             void *arg, struct upstream_stream **out)
 {
     struct h2s *st = h2s_new(pool, cred);
     *out = NULL;
@@ -1090,7 +1090,7 @@ int h2up_get(struct upool *pool, const struct credential *cred,
         h2s_free(st);
         return -1;
     }
-    *out = st->up;
+    *out = &st->up->us;
     if (st->conn->sess != NULL) {
         st->attached = 1;
         return 0;
@@ -1109,6 +1109,7 @@ void h2up_release(struct upconn *up)
     /* The exchange's side goes now; what nghttp2 still holds for the stream stays until it
      * closes (on_stream_close frees it). */
     stream_close(&st->up->s);
+    h1up_deinit(st->up);
     free(st->up);
     st->up = NULL;
     if (!open) {

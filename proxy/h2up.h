@@ -33,9 +33,8 @@ struct credential;
 /* Like upstream_get, for a target with h2 set: returns 0 with an upconn whose connection is up
  * (ready_cb never called), or 1 with one whose connection is still opening (ready_cb reports
  * later, from the event loop), or -1 when out of memory. cred keys the connection. */
-int h2up_get(struct upool *pool, const struct credential *cred,
-             void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *),
-             void *arg, struct upconn **out);
+int h2up_get(struct upool *pool, const struct credential *cred, upstream_stream_ready ready_cb,
+             void *arg, struct upstream_stream **out);
 
 /* upstream_put and upstream_abort of an HTTP/2 exchange: an unfinished stream is reset. */
 void h2up_release(struct upconn *up);

@@ -121,6 +121,7 @@ static void pool_note_active(struct upool *pool)
 
 static void conn_free(struct upconn *c)
 {
+    h1up_deinit(c);
     if (c->io)
         event_free(c->io);
     if (c->timer)
@@ -156,12 +157,17 @@ static void report(struct upconn *c, enum upstream_error err, const char *detail
 {
     void (*cb)(struct upconn *, enum upstream_error, const char *, void *) = c->ready_cb;
     void *arg = c->arg;
+    upstream_stream_ready sready = c->stream_ready;
+    void *sarg = c->stream_ready_arg;
     char msg[256];
     c->ready_cb = NULL;
+    c->stream_ready = NULL;
     pool_gauge(c->pool, METRICS_UP_CONNECTING, -1);
     if (err == UPSTREAM_OK) {
         c->state = UP_ACTIVE;
-        if (cb)
+        if (sready)
+            sready(&c->us, UPSTREAM_OK, NULL, sarg);
+        else if (cb)
             cb(c, UPSTREAM_OK, NULL, arg);
         return;
     }
@@ -171,7 +177,9 @@ static void report(struct upconn *c, enum upstream_error err, const char *detail
     metrics_upstream_failed(&worker_of(c->pool)->metrics, c->pool->target->metrics_label,
                             failure_kind(err));
     conn_free(c);
-    if (cb)
+    if (sready)
+        sready(NULL, err, msg, sarg);
+    else if (cb)
         cb(NULL, err, msg, arg);
 }
 
@@ -396,13 +404,24 @@ int upstream_get(struct upool *pool,
     return upstream_connect(pool, ready_cb, arg, out);
 }
 
-int upstream_get_for(struct upool *pool, const struct credential *cred,
-                     void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *),
-                     void *arg, struct upconn **out)
+int upstream_stream_get(struct upool *pool, const struct credential *cred,
+                        upstream_stream_ready ready, void *arg, struct upstream_stream **out)
 {
+    struct upconn *conn = NULL;
+    int r;
+    *out = NULL;
     if (pool->target->h2)
-        return h2up_get(pool, cred, ready_cb, arg, out);
-    return upstream_get(pool, ready_cb, arg, out);
+        return h2up_get(pool, cred, ready, arg, out);
+    r = upstream_get(pool, NULL, NULL, &conn);
+    if (r < 0)
+        return r;
+    /* Never reported before this returns: the exchange's callback is in place in time. */
+    if (r == 1) {
+        conn->stream_ready = ready;
+        conn->stream_ready_arg = arg;
+    }
+    *out = &conn->us;
+    return r;
 }
 
 int upstream_connect(struct upool *pool,
@@ -417,6 +436,7 @@ int upstream_connect(struct upool *pool,
         return -1;
     c->pool = pool;
     c->fd = -1;
+    h1up_init(c);
     c->state = UP_RESOLVING;
     c->ready_cb = ready_cb;
     c->arg = arg;
@@ -543,9 +563,10 @@ void upstream_abort(struct upconn *c)
         return;
     }
     /* Still opening (its report has not run): it stops connecting here. */
-    if (c->ready_cb)
+    if (c->ready_cb || c->stream_ready)
         pool_gauge(c->pool, METRICS_UP_CONNECTING, -1);
     c->ready_cb = NULL;
+    c->stream_ready = NULL;
     c->pool->nactive--;
     pool_gauge(c->pool, METRICS_UP_ACTIVE, -1);
     if (c->state == UP_RESOLVING && c->dns_req) {

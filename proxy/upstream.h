@@ -14,6 +14,7 @@
 #include <sys/queue.h>
 
 #include "proxy/stream.h"
+#include "proxy/upstream_transport.h"
 #include "proxy/worker.h"
 
 struct upconn;
@@ -52,7 +53,11 @@ enum upstream_error {
     UPSTREAM_ERR_TLS_TIMEOUT       /* 504 PROXY_UPSTREAM_TIMEOUT */
 };
 
+typedef void (*upstream_stream_ready)(struct upstream_stream *us, enum upstream_error err,
+                                     const char *detail, void *arg);
+
 struct upconn {
+    struct upstream_stream us; /* an exchange's handle on this connection (h1up.c) */
     struct upool *pool;
     struct stream s;           /* TLS; set up once the TCP connection is up (has_stream) */
     int has_stream;
@@ -70,6 +75,20 @@ struct upconn {
     enum upstream_error err;
     char detail[256];
     struct h2s *h2s;           /* an HTTP/2 exchange: s is a peer stream of this h2up stream */
+    /* Opened for an exchange (upstream_stream_get): reported to it instead of ready_cb. */
+    upstream_stream_ready stream_ready;
+    void *stream_ready_arg;
+    /* The exchange the connection carries (h1up.c). */
+    const struct upstream_events *xev;
+    void *xarg;
+    struct http1_msg resp;     /* the response; its header array stays with the connection */
+    uint64_t resp_remaining;   /* Content-Length bodies: bytes still to come */
+    unsigned req_chunked : 1;  /* the request body is sent chunked */
+    unsigned req_ended : 1;    /* the whole request was handed to the connection */
+    unsigned head_done : 1;    /* the response head was reported */
+    unsigned resp_ended : 1;   /* the response is complete */
+    unsigned reusable : 1;     /* ... and the connection may serve another exchange */
+    unsigned paused : 1;       /* the exchange stopped the response (backpressure) */
     TAILQ_ENTRY(upconn) link;
 };
 
@@ -86,11 +105,19 @@ int upstream_get(struct upool *pool,
                  void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *),
                  void *arg, struct upconn **out);
 
-/* upstream_get for an exchange of credential cred: on an HTTP/2 target (target->h2) the
- * exchange gets a stream of a shared connection keyed by cred (h2up.h), same contract. */
-int upstream_get_for(struct upool *pool, const struct credential *cred,
-                     void (*ready_cb)(struct upconn *, enum upstream_error, const char *, void *),
-                     void *arg, struct upconn **out);
+/* An upstream stream for an exchange of credential cred (upstream_transport.h): a pooled or
+ * new HTTP/1.1 connection (h1up.c), or on an HTTP/2 target (target->h2) a stream of a shared
+ * connection keyed by cred (h2up.h). upstream_get's contract: 0 with a stream ready now (ready
+ * never called), 1 with one still opening (ready reports it, or the failure with NULL, from a
+ * later event-loop callback), -1 when out of memory. The caller holds *out either way and
+ * gives it back with its release operation. */
+int upstream_stream_get(struct upool *pool, const struct credential *cred,
+                        upstream_stream_ready ready, void *arg, struct upstream_stream **out);
+
+/* The HTTP/1.1 transport on a connection (h1up.c): init when it is made, deinit before it is
+ * freed. */
+void h1up_init(struct upconn *conn);
+void h1up_deinit(struct upconn *conn);
 
 /* Always a new connection (never from the idle pool), with upstream_get's contract; for h2up,
  * which keeps its connections itself. */
