@@ -30,6 +30,11 @@ and measures them in alternating rounds (A B C A B C ...):
   7    HTTPS listeners, a new TLS connection per request: full and resumed handshakes
        (tls_connect.py) and wrk with Connection: close, beside nginx with ssl_session_cache
        shared; 7i: memory per idle TLS client connection (idle_conns.py --tls).
+  8    APNs pushes over HTTP/2 (apns_bench.py): BENCH_CLIENTS (100) keep-alive clients posting
+       pushes through apple-auth-proxy and through HAProxy ("proto h2", the token pasted) to one
+       TLS HTTP/2 upstream (nghttpd), one worker each, access logs off on both, then both with a
+       JSON line per push (the proxy as shipped); pushes/s, CPU per push and the connections
+       each holds to the upstream. nginx cannot proxy to an HTTP/2 upstream: not in this test.
 
 It prints a table with each figure and its ratio to nginx (and to direct HTTPS where that
 applies) and writes the figures as JSON (--out, default BUILD/bench-results.json). Figures are
@@ -39,7 +44,8 @@ targets are printed beside the figures for information only.
 Environment: BENCH_SECONDS (10) per measurement, BENCH_ROUNDS (3), BENCH_IDLE (10000) idle
 connections, BENCH_BIG_MIB (100) size of /big, BENCH_HUGE_MIB (1024) size of /huge,
 BENCH_CURL_CALLS (200), BENCH_DELAY_MS (10) one-way relay delay, BENCH_IDLE_TLS (2000) idle
-TLS connections, BENCH_TESTS (all: "1,1w2,1rw,1d,2,3,3g,4,5,6,7,7i") to run a subset, BENCH_NO_INSTALL=1 never to call apt-get,
+TLS connections, BENCH_CLIENTS (100) APNs clients in test 8, BENCH_TESTS (all:
+"1,1w2,1rw,1d,2,3,3g,4,5,6,7,7i,8") to run a subset, BENCH_NO_INSTALL=1 never to call apt-get,
 BENCH_KEEP_TMP=1 to keep the temporary directory.
 """
 import argparse
@@ -66,13 +72,14 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "upstream"))
 sys.path.insert(0, HERE)
 import certs as certs_module  # noqa: E402  tests/upstream/certs.py
+import apns_bench  # noqa: E402  tests/bench/apns_bench.py (test 8)
 
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 API_HOST = "api.appstoreconnect.apple.com"
 KEY_ID = "2X9R4HXF34"
 ISSUER_ID = "69a6de95-023f-47e3-e053-5b8c7c11a4d1"
 # Debian packages for the benchmark only (never needed by `make test`).
-BENCH_PACKAGES = ["nginx", "haproxy", "wrk", "nghttp2-client", "curl", "python3",
+BENCH_PACKAGES = ["nginx", "haproxy", "wrk", "nghttp2-client", "nghttp2-server", "curl", "python3",
                   "python3-jwt", "python3-cryptography", "openssl"]
 TOOLS = {"nginx": "/usr/sbin/nginx", "haproxy": "/usr/sbin/haproxy", "wrk": "wrk",
          "h2load": "h2load", "curl": "curl", "openssl": "openssl"}
@@ -744,10 +751,11 @@ class Bench:
         self.big_mib = env_int("BENCH_BIG_MIB", 100)
         self.huge_mib = env_int("BENCH_HUGE_MIB", 1024)
         self.curl_calls = env_int("BENCH_CURL_CALLS", 200)
+        self.apns_clients = env_int("BENCH_CLIENTS", 100)
         self.delay_ms = env_float("BENCH_DELAY_MS", 10.0)
         tests = os.environ.get("BENCH_TESTS", "").strip()
         self.tests = set(t.strip() for t in tests.split(",")) if tests else \
-            {"1", "1w2", "1rw", "1d", "2", "3", "3g", "4", "5", "6", "7", "7i"}
+            {"1", "1w2", "1rw", "1d", "2", "3", "3g", "4", "5", "6", "7", "7i", "8"}
         self.kinds = [k for k in PROXIES if k == "aap" or have(k)]
         self.results = {"tests": {}}
         self.proxies = {}
@@ -1169,6 +1177,20 @@ class Bench:
             out["c_signs_per_s"], out["pyjwt_version"], out["pyjwt_signs_per_s"],
             out["c_cache_hits_per_s"]))
 
+    # -- 8. APNs pushes over HTTP/2 ---------------------------------------------------------------
+    def apns(self):
+        log("test 8: APNs pushes, %d keep-alive clients, HTTP/2 upstream (apns_bench.py)" %
+            self.apns_clients)
+        self.note_load("8")
+        missing = apns_bench.missing_tools()
+        if missing:
+            log("  skipped: %s missing (apt-get install nghttp2-server wrk)" % " ".join(missing))
+            return
+        self.results["tests"]["8"].update(apns_bench.run(
+            self.setup.binary, self.seconds, self.rounds, self.apns_clients,
+            log=lambda s: log(s.strip())))
+        apns_bench.report(self.results["tests"]["8"], write=lambda s: log("  " + s))
+
     # -- setup shared by run() and serve() -----------------------------------------------------
     def prepare(self):
         ensure_tools()
@@ -1275,6 +1297,8 @@ class Bench:
                 self.https_new()
             if "7i" in self.tests:
                 self.idle_tls()
+            if "8" in self.tests:
+                self.apns()
         finally:
             self.stop_all()
             self.setup.upstream.stop()
@@ -1386,6 +1410,23 @@ def table(results):
     if "7i" in T:
         add("7i. bytes per idle TLS client connection (%d)" % T["7i"].get("idle_connections"),
             "7i", "bytes_per_connection", "%.0f", "<= nginx")
+    P = T.get("8", {})
+
+    def apns_row(name, a, h, f, spec, target="", with_ratio=True):
+        x, y = P[a].get(f), P.get(h, {}).get(f)
+        rows.append([name, fmt(x, spec), "", fmt(y, spec), "",
+                     fmt(ratio(x, y), "%.2fx") if with_ratio else "", "", target])
+
+    for n, a, h, label in (("8", "aap", "haproxy", "logs off"),
+                           ("8d", "aap-shipped", "haproxy-logged", "as shipped, JSON logs")):
+        if a not in P:
+            continue
+        apns_row("%s. APNs pushes, %d clients, %s: pushes/s" % (n, P["clients"], label), a, h,
+                 "pushes_per_s", "%.0f", ">= 1.2x HAProxy")
+        apns_row("   p99 latency, ms", a, h, "p99_ms", "%.2f")
+        apns_row("   CPU per push, us", a, h, "proxy_cpu_us_per_push", "%.1f")
+        apns_row("   upstream connections per worker", a, h, "upstream_connections_max", "%d",
+                 "<= 1", with_ratio=False)
     if "6" in T:
         t6 = T["6"]
         rows.append(["6. ES256 tokens signed/s, in-process", fmt(t6.get("c_signs_per_s"), "%d"),
@@ -1413,7 +1454,8 @@ def print_table(results, out=sys.stdout):
               "loops (test 5),\nwhere it is nginx's time over apple-auth-proxy's (above 1: "
               "apple-auth-proxy is faster); aap/direct\nis how many times faster the loop ran "
               "through apple-auth-proxy than straight to the upstream\nover HTTPS (for test 6: "
-              "the C signer over PyJWT). Latency, CPU and memory: lower is better.\n"
+              "the C signer over PyJWT). For test 8 (APNs, HTTP/2 upstream, where nginx\n"
+              "cannot go) the ratio is over HAProxy. Latency, CPU and memory: lower is better.\n"
               "Figures are medians over %s rounds; CPU is the process's user + system time "
               "over the requests\nwrk completed.\n" % results.get("settings", {}).get("rounds"))
 
