@@ -967,9 +967,18 @@ static void response_complete(struct client *c)
     finish_exchange(c);
 }
 
+/* The protocol of the exchange's upstream (enum up_proto), for the per-protocol counters. */
+static int up_proto(const struct client *c)
+{
+    return c->gen->pools[c->gen->rt->route_target[c->x->route]].target->h2 ? UP_PROTO_H2
+                                                                           : UP_PROTO_HTTP1;
+}
+
 /* The upstream broke the exchange. before_head: nothing of the response has arrived. */
 static void upstream_failed(struct client *c, const char *code, const char *detail)
 {
+    if (code != proxy_err_internal)
+        WSTAT_ADD(c->w, proto_failures[up_proto(c)], 1);
     up_release(c);
     if (resp_head_sent(c->x)) {
         /* Cut the client off without a clean end so that it cannot mistake a truncated
@@ -1185,6 +1194,7 @@ static void attach_upstream(struct client *c)
         return;
     }
     x->t_sent_us = mono_us();
+    WSTAT_ADD(c->w, proto_requests[up_proto(c)], 1);
     /* The wait for the first byte of the answer starts when the request is all sent: a long
      * upload is covered by client_body_timeout and send_timeout, not by this. */
     c->up->ops->set_timeouts(c->up,
@@ -1227,6 +1237,7 @@ static void up_ready(struct upstream_stream *us, enum upstream_error err, const 
                               err == UPSTREAM_ERR_TLS_TIMEOUT)      ? proxy_err_upstream_timeout
                                                                     : proxy_err_upstream_unreachable;
         c->up = NULL;
+        WSTAT_ADD(c->w, proto_failures[up_proto(c)], 1);
         reply_error(c, code, detail, c->x->req.body == HTTP1_BODY_NONE);
         if (c->state == C_IDLE)
             process(c); /* a pipelined request may be waiting */

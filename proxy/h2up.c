@@ -126,6 +126,13 @@ static struct worker *worker_of(const struct upool *pool)
     return pool->gen->worker;
 }
 
+/* hc carries delta streams more: its count and the worker's per-protocol gauge move together. */
+static void conn_streams_add(struct h2conn *hc, int delta)
+{
+    hc->nstreams = (size_t)((long)hc->nstreams + delta);
+    WSTAT_ADD(worker_of(hc->pool), proto_streams[UP_PROTO_H2], (uint64_t)(int64_t)delta);
+}
+
 static unsigned tick_now(const struct upool *pool)
 {
     return pool->gen->worker->house_ticks;
@@ -215,7 +222,7 @@ static void h2s_unbind(struct h2s *st)
         nghttp2_session_consume_connection(hc->sess, st->unconsumed);
     st->unconsumed = 0;
     TAILQ_REMOVE(&hc->streams, st, link);
-    hc->nstreams--;
+    conn_streams_add(hc, -1);
     st->conn = NULL;
     st->id = -1;
 }
@@ -589,7 +596,7 @@ static void h2s_end(struct h2s *st)
             h2s_unbind(st);
             st->conn = hc;
             TAILQ_INSERT_TAIL(&hc->streams, st, link);
-            hc->nstreams++;
+            conn_streams_add(hc, 1);
             h2s_submit(st);
             return;
         }
@@ -1069,7 +1076,7 @@ static void h2s_bind(struct h2s *st)
     }
     st->conn = hc;
     TAILQ_INSERT_TAIL(&hc->streams, st, link);
-    hc->nstreams++;
+    conn_streams_add(hc, 1);
     if (hc->sess != NULL) {
         h2s_submit(st);
         conn_want_flush(hc);

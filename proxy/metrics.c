@@ -263,6 +263,37 @@ static uint64_t sum_stat(struct server *s, size_t offset)
 
 #define STAT(s, field) sum_stat((s), offsetof(struct worker_stats, field))
 
+/* Upstream requests, failures, connections and streams by protocol. */
+static void render_protocols(struct evbuffer *out, struct server *s)
+{
+    static const char *const names[UP_PROTO_COUNT] = {"http/1.1", "h2"};
+    static const struct {
+        const char *name, *type, *help;
+        size_t offset;
+    } fams[] = {
+        {"upstream_protocol_requests_total", "counter",
+         "Requests sent to upstreams (a request sent again counts again).",
+         offsetof(struct worker_stats, proto_requests)},
+        {"upstream_protocol_failures_total", "counter",
+         "Exchanges the upstream failed: unreachable, lost, reset, timed out or a bad answer "
+         "(the proxy answered 502 or 504).",
+         offsetof(struct worker_stats, proto_failures)},
+        {"upstream_protocol_connections", "gauge", "Upstream connections open or opening.",
+         offsetof(struct worker_stats, proto_conns)},
+        {"upstream_protocol_streams", "gauge",
+         "Requests in flight on upstream connections (HTTP/1.1: one per busy connection).",
+         offsetof(struct worker_stats, proto_streams)},
+    };
+    for (size_t f = 0; f < sizeof(fams) / sizeof(fams[0]); f++) {
+        evbuffer_add_printf(out, "# HELP apple_auth_proxy_%s %s\n# TYPE apple_auth_proxy_%s %s\n",
+                            fams[f].name, fams[f].help, fams[f].name, fams[f].type);
+        for (int p = 0; p < UP_PROTO_COUNT; p++)
+            evbuffer_add_printf(out, "apple_auth_proxy_%s{protocol=\"%s\"} %lld\n", fams[f].name,
+                                names[p],
+                                (long long)sum_stat(s, fams[f].offset + p * sizeof(uint64_t)));
+    }
+}
+
 /* HTTP/2 upstreams (h2up.c) and APNs' token answers. */
 static void render_http2(struct evbuffer *out, struct server *s)
 {
@@ -748,6 +779,7 @@ void metrics_render(struct evbuffer *out, struct server *s)
                         "apple_auth_proxy_upstream_reused_total %llu\n",
                         (unsigned long long)STAT(s, upstream_reused));
 
+    render_protocols(out, s);
     render_http2(out, s);
 
     evbuffer_add_printf(out, "# HELP apple_auth_proxy_token_mints_total Tokens signed, by "

@@ -41,10 +41,18 @@ static struct worker *worker_of(const struct upool *pool)
 static void pool_gauge(struct upool *pool, enum metrics_up_gauge g, int delta)
 {
     struct worker *w = worker_of(pool);
+    int proto = pool->target->h2 ? UP_PROTO_H2 : UP_PROTO_HTTP1;
     if (g == METRICS_UP_IDLE)
         WSTAT_ADD(w, upstream_idle, delta);
     else if (g == METRICS_UP_ACTIVE)
         WSTAT_ADD(w, upstream_active, delta);
+    /* Every connection is idle or active, so their sum is the open ones. An HTTP/1.1
+     * connection that is active and no longer connecting carries one request; HTTP/2
+     * connections count their streams themselves (h2up.c). */
+    if (g != METRICS_UP_CONNECTING)
+        WSTAT_ADD(w, proto_conns[proto], delta);
+    if (proto == UP_PROTO_HTTP1 && g != METRICS_UP_IDLE)
+        WSTAT_ADD(w, proto_streams[proto], g == METRICS_UP_ACTIVE ? delta : -delta);
     metrics_upstream_gauge(&w->metrics, pool->target->metrics_label, g, delta);
 }
 

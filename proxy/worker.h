@@ -22,6 +22,9 @@ struct exchange;
 struct upool;
 struct shared_conn;
 
+/* Upstream protocols, the index of the per-protocol counters below. */
+enum up_proto { UP_PROTO_HTTP1, UP_PROTO_H2, UP_PROTO_COUNT };
+
 /* Counters written only by the worker's own thread (no locks on the request path); a scrape
  * sums them across workers with relaxed atomic loads. */
 struct worker_stats {
@@ -45,6 +48,11 @@ struct worker_stats {
     uint64_t apns_token_retries;   /* pushes sent again after APNs refused the token */
     uint64_t apns_too_many;        /* APNs' 429 TooManyProviderTokenUpdates answers */
     uint64_t requests_in_flight;   /* gauge: a request head was read, its answer not ended */
+    /* By upstream protocol (enum up_proto). */
+    uint64_t proto_requests[UP_PROTO_COUNT]; /* requests sent upstream (a resend counts again) */
+    uint64_t proto_failures[UP_PROTO_COUNT]; /* exchanges the upstream failed (502/504) */
+    uint64_t proto_conns[UP_PROTO_COUNT];    /* gauge: connections open or opening */
+    uint64_t proto_streams[UP_PROTO_COUNT];  /* gauge: requests in flight on connections */
 };
 
 /* Adds to a counter or gauge of the worker's own (relaxed atomics: scrapes read concurrently). */

@@ -328,5 +328,77 @@ class ApnsRecipesTest(unittest.TestCase):
             up.stop()
 
 
+class ProtocolMetricsTest(unittest.TestCase):
+    """/metrics counts HTTP/1.1 and HTTP/2 upstreams apart: requests sent, exchanges failed,
+    connections open and requests in flight, each with its protocol label."""
+
+    FAMILIES = ("apple_auth_proxy_upstream_protocol_requests_total",
+                "apple_auth_proxy_upstream_protocol_failures_total",
+                "apple_auth_proxy_upstream_protocol_connections",
+                "apple_auth_proxy_upstream_protocol_streams")
+
+    def test_each_protocol_is_counted_apart(self):
+        key = h.make_key()
+        apns = h.Standin(script=h.STANDIN_APNS)
+        asc = h.Standin()
+        creds = {"push": h.credential("apns", key, team_id=h.random_team_id()),
+                 "asc": h.credential("app-store-connect", key)}
+        routes = [h.route(apns, "https://api.push.apple.com", "push", path_prefix="/3/device/"),
+                  h.route(asc, "app-store-connect", "asc", path_prefix="/__")]
+        proxy = h.start_proxy(h.write_config(creds, routes, admin_listen="127.0.0.1:0",
+                                             limits={"upstream_response_timeout": 2}))
+
+        def get(path):
+            return h.request(proxy.port, "GET", path, timeout=30)[0]
+
+        def push(**extra):
+            return h.request(proxy.port, "POST", "/3/device/" + DEVICE, push_headers(**extra),
+                             PAYLOAD, timeout=30)[0]
+
+        def figures():
+            m = pt.metrics(proxy)
+            return {(f.rsplit("_", 2)[-2] if f.endswith("_total") else f.rsplit("_", 1)[-1],
+                     p): m.value(f, protocol=p)
+                    for f in self.FAMILIES for p in ("http/1.1", "h2")}
+
+        try:
+            m = pt.metrics(proxy)
+            for f in self.FAMILIES:
+                self.assertEqual(m.types[f], "counter" if f.endswith("_total") else "gauge")
+            self.assertEqual(set(figures().values()), {0})
+            for _ in range(3):
+                self.assertEqual(push(), 200)
+            for _ in range(2):
+                self.assertEqual(get("/__echo"), 200)
+            f = figures()
+            self.assertEqual((f["requests", "h2"], f["requests", "http/1.1"]), (3, 2))
+            # One HTTP/2 connection carries the pushes; the HTTP/1.1 one waits in its pool.
+            self.assertEqual((f["connections", "h2"], f["connections", "http/1.1"]), (1, 1))
+            self.assertEqual((f["streams", "h2"], f["streams", "http/1.1"]), (0, 0))
+            self.assertEqual((f["failures", "h2"], f["failures", "http/1.1"]), (0, 0))
+
+            # A slow answer on each: one request in flight on each protocol meanwhile.
+            with concurrent.futures.ThreadPoolExecutor(2) as ex:
+                slow_push = ex.submit(push, **{"x-standin-action": "delay=1.5"})
+                slow_get = ex.submit(get, "/__slow?delay=1.5")
+                wait_until(lambda: (lambda f: (f["streams", "h2"], f["streams", "http/1.1"]))(
+                    figures()) == (1, 1), timeout=1.4)
+                self.assertEqual((slow_push.result(), slow_get.result()), (200, 200))
+            f = figures()
+            self.assertEqual((f["streams", "h2"], f["streams", "http/1.1"]), (0, 0))
+
+            # A reset stream fails an HTTP/2 exchange; a stalled answer an HTTP/1.1 one.
+            self.assertEqual(push(**{"x-standin-action": "rst"}), 502)
+            self.assertEqual(get("/__slow?delay=4"), 504)
+            f = figures()
+            self.assertEqual((f["failures", "h2"], f["failures", "http/1.1"]), (1, 1))
+            self.assertEqual((f["requests", "h2"], f["requests", "http/1.1"]), (5, 4))
+            self.assertEqual(f["connections", "h2"], 1)
+        finally:
+            proxy.stop()
+            apns.stop()
+            asc.stop()
+
+
 if __name__ == "__main__":
     unittest.main()
