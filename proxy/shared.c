@@ -37,6 +37,10 @@
 #define SHARED_SYNC_MS        1000   /* credential figures are read back this often */
 #define SHARED_KEY_MAX        256
 #define SHARED_MAX_READ_BUFFER (1024 * 1024) /* unparsed reply bytes: more ends the connection */
+/* The latest time a figure read back may name, in Unix milliseconds: above every time a proxy
+ * writes (the furthest, a Retry-After of 15 digits of epoch milliseconds, is below 10^15), and
+ * far enough below 2^63 that the figure converts back to milliseconds without overflow. */
+#define SHARED_TIME_MAX_MS 1000000000000000LL
 
 /* GCRA on Redis' clock (the replicas' clocks never meet): the key holds the theoretical
  * arrival time in microseconds; a request is admitted when it is at most burst intervals
@@ -195,6 +199,8 @@ int shared_parse_figures(const redisReply *r, struct live_quota *q)
     for (size_t i = 0; i < 5; i++)
         if (reply_int(r->element[i], def[i], &v[i]) < 0 || v[i] < def[i])
             return -1;
+    if (v[2] > SHARED_TIME_MAX_MS || v[3] > SHARED_TIME_MAX_MS)
+        return -1; /* not a time any proxy wrote */
     memset(q, 0, sizeof(*q));
     q->limit = (long)v[0];
     q->remaining = (long)v[1];

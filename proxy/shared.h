@@ -96,7 +96,8 @@ int shared_reader_limit(struct redisReader *r);
  * reply has another shape (an error reply, a script that is not ours). */
 int shared_parse_rate(const struct redisReply *r, int *allowed, double *wait);
 /* The sync script's reply: {limit, remaining, updated_ms, blocked_until_ms, mints}, each an
- * integer or nil (-1 for limit and remaining, 0 for the rest). Returns 0, or -1. */
+ * integer or nil (-1 for limit and remaining, 0 for the rest); the two times at most 10^15 ms.
+ * Returns 0, or -1. */
 int shared_parse_figures(const struct redisReply *r, struct live_quota *q);
 
 /* ---- the connection's states (pure; exposed for the unit tests) ---- */

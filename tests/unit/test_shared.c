@@ -153,6 +153,31 @@ static void test_figures_hostile(void **state)
     assert_int_equal(shared_parse_figures(NULL, &q), -1);
 }
 
+/* Regression (found by fuzz_redis_reply once it merged what it parsed): an integer reply of
+ * 2^63 - 1 as updated_ms or blocked_until_ms went back to milliseconds as 9.2e18, outside long
+ * long (undefined behaviour); a time no proxy writes is refused, the furthest one it does is
+ * kept. */
+static void test_figures_times_out_of_range(void **state)
+{
+    struct live_quota q;
+    redisReply e[5] = {nil_reply(), nil_reply(), nil_reply(), nil_reply(), nil_reply()};
+    redisReply *el[5] = {&e[0], &e[1], &e[2], &e[3], &e[4]};
+    redisReply r = array_of(el, 5);
+    (void)state;
+    for (int i = 2; i <= 3; i++) {
+        e[i] = int_reply(INT64_MAX);
+        assert_int_equal(shared_parse_figures(&r, &q), -1);
+        e[i] = int_reply(1000000000000001LL);
+        assert_int_equal(shared_parse_figures(&r, &q), -1);
+        e[i] = str_reply("999999999999999999"); /* 18 digits: read, then refused */
+        assert_int_equal(shared_parse_figures(&r, &q), -1);
+        e[i] = int_reply(999999999999999LL); /* a 15-digit epoch-ms Retry-After */
+        assert_int_equal(shared_parse_figures(&r, &q), 0);
+        assert_true((i == 2 ? q.updated : q.blocked_until) > 999999999999.0);
+        e[i] = nil_reply();
+    }
+}
+
 /* Regression (found by fuzz_redis_reply): hiredis allocated the element array a reply announced
  * before any element arrived, 16 GB for "*2000000123". */
 static void test_reader_refuses_huge_arrays(void **state)
@@ -271,6 +296,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rate_replies),        cmocka_unit_test(test_rate_replies_hostile),
         cmocka_unit_test(test_figures),             cmocka_unit_test(test_figures_hostile),
+        cmocka_unit_test(test_figures_times_out_of_range),
         cmocka_unit_test(test_states),
         cmocka_unit_test(test_reader_refuses_huge_arrays),
         cmocka_unit_test(test_freed_while_resolving),
