@@ -1675,7 +1675,9 @@ static void exchange_begin(struct client *c, const struct http1_msg *m)
 }
 
 /* The origin the client addressed, for rewriting links on the planned route (copied: the head
- * goes). An HTTP/1.0 request may name none: then the address it connected to. */
+ * goes). An HTTP/1.0 request may name none: then the address it connected to. The scheme is the
+ * listener's, except for an absolute-form target: an http:// URL sent through an HTTPS listener
+ * gets http:// links back, which the client sends through the proxy again. */
 static void note_origin(struct client *c, const struct request_plan *plan)
 {
     char local[INET6_ADDRSTRLEN + 16];
@@ -1688,8 +1690,8 @@ static void note_origin(struct client *c, const struct request_plan *plan)
     free(c->x->origin_pending);
     c->x->origin_pending = auth ? malloc(al + 9) : NULL;
     if (c->x->origin_pending)
-        snprintf(c->x->origin_pending, al + 9, "%s://%.*s", c->tls ? "https" : "http", (int)al,
-                 auth);
+        snprintf(c->x->origin_pending, al + 9, "%s://%.*s",
+                 plan->scheme ? plan->scheme : c->tls ? "https" : "http", (int)al, auth);
 }
 
 /* Policy before any token is taken: the client's credentials and rules, Apple's quota for the

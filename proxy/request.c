@@ -280,6 +280,7 @@ int request_plan(const struct request_routes *routes, const struct http1_msg *m,
         route_host_name(auth, (size_t)(q - auth), &host, &host_len);
         p->authority = auth;
         p->authority_len = (size_t)(q - auth);
+        p->scheme = path[4] == ':' ? "http" : "https";
         absolute = 1;
         path = q;
         path_len = (size_t)(end - q);

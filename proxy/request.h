@@ -26,6 +26,8 @@ struct request_plan {
     const char *authority; /* the host[:port] the client addressed (absolute-form target, else
                               Host; NULL for an HTTP/1.0 request without one) */
     size_t authority_len;
+    const char *scheme; /* "http" or "https" as an absolute-form target wrote it (a constant),
+                           else NULL: links rewritten for the client keep the scheme it used */
     int is_head, idempotent, http10;
     char *head;        /* malloc'd: request line, Host, forwarded headers and framing; the
                           token line and the final CRLF are added when it is sent */

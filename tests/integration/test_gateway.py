@@ -537,6 +537,32 @@ class GatewayTest(unittest.TestCase):
         self.assertEqual(sorted(l["client"] or "(null)" for l in lines if probe in l["path"]),
                          ["ci-runner", "dev-alice"])
 
+    def test_https_proxy_links_keep_the_clients_http_scheme(self):
+        """An http:// URL sent through the HTTPS listener as an HTTPS proxy: the pagination
+        links come back as http:// Apple URLs, which the client sends through the proxy again.
+        With the listener's https:// they would name Apple itself, and following one through
+        the proxy would be a CONNECT (405), or a request to Apple without a token."""
+        curl = shutil.which("curl")
+        if not curl:
+            self.skipTest("curl is not installed")
+        proxy = ["--proxy-cacert", self.gw.certs["ca_cert"],
+                 "-x", "https://dev-alice:%s@localhost:%d" % (self.gw.secrets["dev-alice"],
+                                                              self.gw.tls_port)]
+        url, pages = "http://%s/v1/apps?limit=3" % ASC, 0
+        mark = self.up.mark()
+        while url and pages < 4:
+            p = subprocess.run([curl, "-sS", "-w", "\n%{http_code}"] + proxy + [url],
+                               env=h.clean_env(), text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=20)
+            body, _, status = p.stdout.rpartition("\n")
+            self.assertEqual((p.returncode, status), (0, "200"), (url, p.stderr, body[:300]))
+            pages += 1
+            url = json.loads(body)["links"].get("next")
+            if url:
+                self.assertTrue(url.startswith("http://%s/v1/apps?" % ASC), url)
+        self.assertEqual(pages, 3)   # the stand-in's 7 apps, 3 a page
+        self.assert_forwarded_ok(mark, 3)
+
     def test_https_url_through_http_proxy_is_a_refused_connect(self):
         """What curl/requests/fastlane do with an https:// URL and HTTP_PROXY: CONNECT, which the
         proxy refuses (it cannot add a token inside a tunnel), identified or not."""

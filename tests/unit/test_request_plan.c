@@ -229,12 +229,40 @@ static void test_tunnel(void **state)
     }
 }
 
+/* The scheme an absolute-form target wrote, which the links rewritten for the client keep
+ * (an http:// URL sent through an HTTPS listener gets http:// links back); none otherwise. */
+static void test_absolute_form_scheme(void **state)
+{
+    static const struct {
+        const char *request, *scheme;
+    } cases[] = {
+        {"GET /v1/apps HTTP/1.1\r\nHost: localhost\r\n\r\n", NULL},
+        {"GET http://api.appstoreconnect.apple.com/v1/apps HTTP/1.1\r\nHost: x\r\n\r\n", "http"},
+        {"GET HTTPS://api.appstoreconnect.apple.com/v1/apps HTTP/1.1\r\nHost: x\r\n\r\n",
+         "https"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct http1_msg m;
+        struct request_plan p;
+        unit_parse(&m, cases[i].request);
+        assert_int_equal(request_plan(&rt->routes, &m, &p), 0);
+        assert_null(p.code);
+        if (cases[i].scheme == NULL)
+            assert_null(p.scheme);
+        else
+            assert_string_equal(p.scheme, cases[i].scheme);
+        request_plan_deinit(&p);
+        http1_msg_deinit(&m);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_forwarded_heads),
         cmocka_unit_test(test_tunnel),
+        cmocka_unit_test(test_absolute_form_scheme),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
