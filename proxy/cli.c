@@ -53,6 +53,7 @@ static void scrub_key_env(const struct conf *conf)
     scrub_env("WEATHERKIT_KEY");
     scrub_env("APPLE_MAPS_KEY");
     scrub_env("APPLE_BUSINESS_KEY");
+    scrub_env("APNS_KEY");
     for (size_t i = 0; conf && i < conf->nkey_env_names; i++)
         scrub_env(conf->key_env_names[i]);
 }

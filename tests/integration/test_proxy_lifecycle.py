@@ -795,6 +795,30 @@ class SecretsTest(unittest.TestCase):
                 finally:
                     px.stop()
 
+    def test_1a_apns_and_weatherkit_key_variables_not_in_environ(self):
+        # The other sets' content variables are wiped like APP_STORE_CONNECT_API_KEY_KEY: a
+        # push service given APNS_KEY must not leave it readable in /proc/PID/environ. (Maps and
+        # Apple Business Manager exchange their token with Apple at start: not started here.)
+        apns, wk = h.make_key(), h.make_key()
+        env = {"APNS_KEY_ID": apns.kid, "APNS_TEAM_ID": "DEF123GHIJ",
+               "APNS_KEY": apns.private_pem.decode(),
+               "WEATHERKIT_KEY_ID": wk.kid, "WEATHERKIT_TEAM_ID": "DEF123GHIJ",
+               "WEATHERKIT_SERVICE_ID": "com.example.weatherkit-client",
+               "WEATHERKIT_KEY": base64.b64encode(wk.private_pem).decode(),
+               "APPLE_AUTH_PROXY_LISTEN": "127.0.0.1:0", "APPLE_AUTH_PROXY_ADMIN_LISTEN": "off",
+               "APPLE_AUTH_PROXY_WORKERS": "1"}
+        px = pt.start_env_proxy(env)
+        try:
+            environ = pt.proc_bytes(px.pid, "environ")
+            self.assertFalse(b"PRIVATE KEY" in environ, "a PEM is still in /proc/PID/environ")
+            for name, key in (("APNS_KEY", apns), ("WEATHERKIT_KEY", wk)):
+                self.assertFalse(pt.pem_body(key.private_pem)[:40].encode() in environ, name)
+                self.assertFalse(env[name][:40].encode() in environ, name)
+            # the identifiers stay
+            self.assertIn(b"APNS_KEY_ID=" + apns.kid.encode(), environ)
+        finally:
+            px.stop()
+
     def test_1b_private_key_env_not_in_environ(self):
         # docs/security.md: the key never appears in /proc/<pid>/environ. A configuration file may
         # take the key from any variable (private_key_env); once loaded, it must be wiped like
