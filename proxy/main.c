@@ -39,7 +39,8 @@ static const char usage[] =
     "\n"
     "Without --config the file named by APPLE_AUTH_PROXY_CONFIG is read; without either, the\n"
     "configuration comes from the environment (APP_STORE_CONNECT_API_KEY_KEY_ID, ...,\n"
-    "WEATHERKIT_KEY_ID, ..., APPLE_MAPS_KEY_ID, ..., APPLE_BUSINESS_CLIENT_ID, ...).\n"
+    "WEATHERKIT_KEY_ID, ..., APNS_KEY_ID, ..., APPLE_MAPS_KEY_ID, ...,\n"
+    "APPLE_BUSINESS_CLIENT_ID, ...).\n"
     "APPLE_AUTH_PROXY_LOG_LEVEL=debug|info|warn|error sets the error log's level (default\n"
     "info). Exit status: 0 ok, 1 runtime failure, 2 usage or configuration error.\n"
     "Documentation: docs/configuration.md, docs/tokens.md, docs/troubleshooting.md.\n";
