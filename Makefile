@@ -31,12 +31,14 @@ configure: deps
 build: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
-# With no configuration at all (no CONFIG, no APPLE_AUTH_PROXY_CONFIG, no key variables) the
-# proxy says what to set and exits 2; then the demo, which needs none, is pointed at too.
-NO_CONFIG := $(if $(CONFIG)$(APPLE_AUTH_PROXY_CONFIG)$(APP_STORE_CONNECT_API_KEY_KEY_ID)$(WEATHERKIT_KEY_ID),,1)
+# With no configuration at all (no CONFIG, no APPLE_AUTH_PROXY_CONFIG, no variable of any
+# environment-only set, empty ones counting as unset) the proxy says what to set and exits 2;
+# then the demo, which needs none, is pointed at too. A set given in part is a mistake to fix,
+# not a reason to try the demo.
+CONFIG_VARS := ^(APPLE_AUTH_PROXY_CONFIG|APP_STORE_CONNECT_API_KEY_|WEATHERKIT_|APNS_|APPLE_MAPS_|APPLE_BUSINESS_)[A-Z_]*=.
 run: build
-	@./$(BUILD_DIR)/apple-auth-proxy serve $(if $(CONFIG),--config $(CONFIG)) || { rc=$$?; \
-	  if [ $$rc = 2 ] && [ -n "$(NO_CONFIG)" ]; then \
+	@$(BUILD_DIR)/apple-auth-proxy serve $(if $(CONFIG),--config $(CONFIG)) || { rc=$$?; \
+	  if [ $$rc = 2 ] && [ -z "$(CONFIG)" ] && ! env | grep -qE '$(CONFIG_VARS)'; then \
 	    echo "make run: to try the proxy first, without an Apple account: make demo" >&2; fi; \
 	  exit $$rc; }
 

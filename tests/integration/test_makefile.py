@@ -66,5 +66,40 @@ class ConfigureIsRetried(unittest.TestCase):
         self.assertNotIn("Configuring done", out)
 
 
+@unittest.skipUnless(shutil.which("make"), "make")
+class RunPointsAtTheDemo(unittest.TestCase):
+    """`make run` adds "make demo" to the proxy's exit 2 only when nothing was configured: a
+    set of environment-only variables given in part (APNs, Maps, Apple Business Manager as much
+    as App Store Connect) is a mistake to fix, and the demo is no answer to it. The proxy here
+    is a script that answers like the real one; `-o build` leaves the build alone."""
+
+    def run_make(self, env):
+        d = h.new_dir("makerun")
+        fake = os.path.join(d, "apple-auth-proxy")
+        with open(fake, "w") as f:
+            f.write("#!/bin/sh\necho 'apple-auth-proxy: a configuration problem' >&2\nexit 2\n")
+        os.chmod(fake, 0o755)
+        e = h.clean_env(env)
+        e["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
+        p = subprocess.run(["make", "-s", "-C", h.SOURCE_DIR, "-o", "build", "run",
+                            "BUILD_DIR=" + d], env=e, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, errors="replace", timeout=60)
+        self.assertNotEqual(p.returncode, 0, p.stdout)
+        self.assertIn("a configuration problem", p.stdout)
+        return p.stdout
+
+    def test_nothing_configured_points_at_the_demo(self):
+        for env in ({}, {"APNS_KEY_ID": ""}):
+            with self.subTest(env=env):
+                self.assertIn("make demo", self.run_make(env))
+
+    def test_a_set_given_in_part_does_not(self):
+        for name in ("APP_STORE_CONNECT_API_KEY_KEY_ID", "WEATHERKIT_KEY_ID", "APNS_KEY_ID",
+                     "APNS_KEY_FILEPATH", "APPLE_MAPS_KEY_ID", "APPLE_BUSINESS_CLIENT_ID",
+                     "APPLE_AUTH_PROXY_CONFIG"):
+            with self.subTest(name=name):
+                self.assertNotIn("make demo", self.run_make({name: "X"}))
+
+
 if __name__ == "__main__":
     unittest.main()
