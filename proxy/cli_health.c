@@ -14,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "conf/conf.h"
 #include "proxy/cli.h"
 
@@ -25,7 +27,7 @@
 #define HEALTH_TIMEOUT_MAX     300
 /* The answer is read up to this many bytes: the status line and enough of the body (the reasons
  * /readyz gives) for the message; anything longer is cut, never an error. */
-#define HEALTH_RESPONSE_MAX 4096
+#define HEALTH_RESPONSE_MAX 65536 /* /readyz of a proxy with many credentials fits */
 #define HEALTH_REASON_MAX   300 /* bytes of the body repeated in the failure message */
 
 static const char health_usage[] =
@@ -173,14 +175,70 @@ static int health_status(const char *resp)
     return (resp[9] - '0') * 100 + (resp[10] - '0') * 10 + (resp[11] - '0');
 }
 
+/* Appends s to out (at *o) as printable ASCII, up to HEALTH_REASON_MAX bytes in all. */
+static void health_put(char *out, size_t outlen, size_t *o, const char *s)
+{
+    for (; *s && *o + 1 < outlen && *o < HEALTH_REASON_MAX; s++)
+        if ((unsigned char)*s >= 0x20 && (unsigned char)*s < 0x7f)
+            out[(*o)++] = *s;
+    out[*o] = '\0';
+}
+
+/* /readyz's JSON ({"ready": B, "checks": [{"name", "state", "ok", "detail"}...]}) as one line:
+ * "ready" or "not ready", then the failing checks, then the others, each "NAME STATE: DETAIL".
+ * The failing ones come first so that the length limit never cuts what made the proxy unready.
+ * Returns -1 when the body is not that document. */
+static int health_reason_ready(const char *body, size_t len, char *out, size_t outlen)
+{
+    cJSON *doc = cJSON_ParseWithLength(body, len), *ready, *checks, *c;
+    size_t o = 0;
+    if (doc == NULL)
+        return -1;
+    ready = cJSON_GetObjectItemCaseSensitive(doc, "ready");
+    checks = cJSON_GetObjectItemCaseSensitive(doc, "checks");
+    if (!cJSON_IsBool(ready) || !cJSON_IsArray(checks)) {
+        cJSON_Delete(doc);
+        return -1;
+    }
+    health_put(out, outlen, &o, cJSON_IsTrue(ready) ? "ready" : "not ready");
+    /* pass 0: the checks that failed; pass 1: the rest, in the proxy's order */
+    for (int pass = 0; pass < 2; pass++) {
+        cJSON_ArrayForEach(c, checks)
+        {
+            const cJSON *ok = cJSON_GetObjectItemCaseSensitive(c, "ok");
+            const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(c, "name"));
+            const char *state = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(c, "state"));
+            const char *detail =
+                cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(c, "detail"));
+            if ((pass == 0) != cJSON_IsFalse(ok) || name == NULL)
+                continue;
+            health_put(out, outlen, &o, "; ");
+            health_put(out, outlen, &o, name);
+            if (state) {
+                health_put(out, outlen, &o, " ");
+                health_put(out, outlen, &o, state);
+            }
+            if (detail) {
+                health_put(out, outlen, &o, ": ");
+                health_put(out, outlen, &o, detail);
+            }
+        }
+    }
+    cJSON_Delete(doc);
+    return 0;
+}
+
 /* Copies the start of the body into out as one printable line (newlines become "; "), so that a
- * failing /readyz says why in `docker inspect` and the kubelet's events. */
+ * failing /readyz says why in `docker inspect` and the kubelet's events; /readyz's own JSON is
+ * summarised, failing checks first. */
 static void health_reason(const char *resp, size_t len, char *out, size_t outlen)
 {
     const char *body = memmem(resp, len, "\r\n\r\n", 4), *end = resp + len;
     size_t o = 0;
     out[0] = '\0';
     if (body == NULL)
+        return;
+    if (health_reason_ready(body + 4, (size_t)(end - body - 4), out, outlen) == 0)
         return;
     for (const char *p = body + 4; p < end && o + 3 < outlen && o < HEALTH_REASON_MAX; p++) {
         unsigned char c = (unsigned char)*p;

@@ -6,6 +6,7 @@ that answer 503, garbage, nothing at all, or far more than the probe reads: the 
 only for a 200, 1 for every other outcome, 2 for a usage error, and the probe never waits past
 its --timeout.
 """
+import json
 import os
 import socket
 import sys
@@ -103,6 +104,15 @@ class HealthAgainstTheProxy(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertIn("/readyz answered 200", out)
 
+    def test_readyz_is_summarised_on_one_line(self):
+        # /readyz's JSON, not its indentation: "ready", then each check as NAME STATE: DETAIL
+        rc, out, err = health("--admin", "127.0.0.1:%d" % self.admin, "--ready")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"/readyz answered 200: ready; draining no; listeners up: "
+                              r"\d+ listen address(es)?, \d+ workers?; credential ")
+        self.assertNotIn("{", out)
+        self.assertNotIn("\t", out)
+
     def test_address_from_the_environment(self):
         rc, out, err = health(env={"APPLE_AUTH_PROXY_ADMIN_LISTEN": "127.0.0.1:%d" % self.admin})
         self.assertEqual(rc, 0, err)
@@ -145,6 +155,26 @@ class HealthAgainstScriptedServers(unittest.TestCase):
         self.assertEqual(rc, 1)
         self.assertEqual(out, "")
         self.assertIn("answered 503: credential asc: no valid token", err)
+
+    def test_503_readyz_names_the_failing_check_first(self):
+        # A /readyz as the proxy writes it (cJSON's indented form) whose failing check comes
+        # after enough passing ones to fill the message: the failing one is still named, first.
+        checks = [{"name": "draining", "state": "no", "ok": True},
+                  {"name": "listeners", "state": "up", "ok": True,
+                   "detail": "4 listen addresses, 8 workers"}]
+        checks += [{"name": "credential team-%d" % i, "state": "minting", "ok": True,
+                    "detail": "token valid until 2026-12-07T07:17:14Z"} for i in range(8)]
+        checks += [{"name": "credential zeta", "state": "failing", "ok": False,
+                    "detail": "no valid token (minting failed; see the error log)"},
+                   {"name": "upstream api.appstoreconnect.apple.com", "state": "unknown",
+                    "detail": "no connection attempted yet"}]
+        body = json.dumps({"ready": False, "checks": checks}, indent="\t").encode()
+        self.assertGreater(len(body), 1000)
+        rc, out, err, _, _ = self.probe(http_answer(503, b"Service Unavailable", body), "--ready")
+        self.assertEqual(rc, 1)
+        self.assertIn("answered 503: not ready; credential zeta failing: no valid token "
+                      "(minting failed; see the error log); draining no; listeners up", err)
+        self.assertNotIn("{", err)
 
     def test_other_statuses_are_unhealthy(self):
         for status, reason in ((204, b"No Content"), (301, b"Moved"), (404, b"Not Found"),
