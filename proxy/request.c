@@ -295,6 +295,30 @@ int request_plan(const struct request_routes *routes, const struct http1_msg *m,
     return plan_routed(routes, m, p, host, host_len, absolute, path, path_len);
 }
 
+/* PROXY_NO_ROUTE's detail: the path, and the routes there are (prefix, and host when a route
+ * has one), so that a request to the wrong place says where the right ones are. Cut with "..."
+ * to fit out. */
+static void no_route_detail(const struct conf *conf, const char *path, size_t path_len,
+                            char *out, size_t outlen)
+{
+    int n = snprintf(out, outlen, "no route takes %.*s; the routes take",
+                     (int)(path_len > 100 ? 100 : path_len), path);
+    size_t o = n < 0 ? 0 : (size_t)n;
+    for (size_t i = 0; i < conf->nroutes && o < outlen; i++) {
+        const struct conf_route *r = &conf->routes[i];
+        char one[200];
+        int m = snprintf(one, sizeof(one), "%s %s%s%s%s", i ? "," : "", r->path_prefix,
+                         r->host ? " (host " : "", r->host ? r->host : "", r->host ? ")" : "");
+        /* room for this entry and a final " ..." */
+        if (m < 0 || (size_t)m >= sizeof(one) || o + (size_t)m + 5 > outlen - 1) {
+            snprintf(out + o, outlen - o, " ...");
+            return;
+        }
+        memcpy(out + o, one, (size_t)m + 1);
+        o += (size_t)m;
+    }
+}
+
 /* The rest of planning, once the target is parsed: the path's checks, the route (absolute:
  * by host among the upstreams only), the body limit and the upstream head. */
 static int plan_routed(const struct request_routes *routes, const struct http1_msg *m,
@@ -328,7 +352,8 @@ static int plan_routed(const struct request_routes *routes, const struct http1_m
         return 0;
     }
     if (rr == ROUTE_NONE) {
-        fail(p, proxy_err_no_route, "no configured route matches this request", no_body);
+        no_route_detail(conf, route_path, route_len, err, sizeof(err));
+        fail(p, proxy_err_no_route, err, no_body);
         return 0;
     }
     if (m->body == HTTP1_BODY_LENGTH && conf->limits.max_body &&

@@ -256,6 +256,56 @@ static void test_absolute_form_scheme(void **state)
     }
 }
 
+/* PROXY_NO_ROUTE says which path found no route and which routes there are. */
+static void test_no_route_names_the_routes(void **state)
+{
+    struct http1_msg m;
+    struct request_plan p;
+    unit_parse(&m, "GET /nothing?x=1 HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_int_equal(request_plan(&rt->routes, &m, &p), 0);
+    assert_ptr_equal(p.code, proxy_err_no_route);
+    assert_string_equal(p.detail, "no route takes /nothing; the routes take /api/v1/, /strip/, / "
+                                  "(host internal.example), /v1/");
+    request_plan_deinit(&p);
+    http1_msg_deinit(&m);
+}
+
+/* Many long routes: the list is cut with " ..." within the detail, never mid-entry. */
+static void test_no_route_detail_is_bounded(void **state)
+{
+    char json[4096];
+    char err[256];
+    size_t o = (size_t)snprintf(json, sizeof(json), "%s \"credentials\": {%s}, \"routes\": [",
+                                UNIT_CONF_START, UNIT_CRED_ASC);
+    for (int i = 0; i < 20; i++)
+        o += (size_t)snprintf(json + o, sizeof(json) - o,
+                              "%s{\"path_prefix\": \"/a-rather-long-prefix-number-%02d/\","
+                              " \"upstream\": \"https://api.appstoreconnect.apple.com\","
+                              " \"credential\": \"asc\"}",
+                              i ? "," : "", i);
+    snprintf(json + o, sizeof(json) - o, "]}");
+    struct conf *conf = unit_conf(json);
+    struct live *lv = live_new();
+    struct runtime *r = runtime_new(conf, lv, err, sizeof(err));
+    assert_non_null(r);
+    struct http1_msg m;
+    struct request_plan p;
+    unit_parse(&m, "GET /v1/apps HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_int_equal(request_plan(&r->routes, &m, &p), 0);
+    assert_ptr_equal(p.code, proxy_err_no_route);
+    size_t n = strlen(p.detail);
+    assert_true(n > 4 && n < sizeof(p.detail));
+    assert_string_equal(p.detail + n - 4, " ...");
+    assert_non_null(strstr(p.detail, "no route takes /v1/apps; the routes take "
+                                     "/a-rather-long-prefix-number-00/, "));
+    /* the entry before the cut is whole */
+    assert_memory_equal(p.detail + n - 5, "/", 1);
+    request_plan_deinit(&p);
+    http1_msg_deinit(&m);
+    runtime_unref(r);
+    live_free(lv);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -263,6 +313,8 @@ int main(void)
         cmocka_unit_test(test_forwarded_heads),
         cmocka_unit_test(test_tunnel),
         cmocka_unit_test(test_absolute_form_scheme),
+        cmocka_unit_test(test_no_route_names_the_routes),
+        cmocka_unit_test(test_no_route_detail_is_bounded),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
