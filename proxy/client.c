@@ -12,10 +12,11 @@
  *    | |                                        |  - an access token (wait_for_token ->      |
  *    | | CONNECT to an intercepted upstream:    |    client_tokens_ready, token_wait_timeout |
  *    | | 200, TLS inside, back to HEAD          |    503, a failed exchange 502)             |
- *    | +-----+                                  |  - a pooled or new upstream connection     |
+ *    | +-----+                                  |  - an upstream stream: a pooled or new     |
+ *    |       |                                  |    connection, or an HTTP/2 stream         |
  *    |       |                                  |    (acquire_upstream -> up_ready)          |
- *    |       |      retries: a stale pooled connection (up_closed, once), a 401 to the       |
- *    |       |      cached token (response_complete after DISCARD, once): EXCHANGE -> CONNECTING
+ *    |       |      retries: a stale pooled connection (up_fault UNANSWERED, once), a 401   |
+ *    |       |      to a cached token (up_end after DISCARD, once): EXCHANGE -> CONNECTING
  *    |       v                                  v                                            |
  *    |    CLOSING <--- error, no keep-alive --- (any) <--- upstream error / cut short -------+
  *    |  (flush, half-close, linger, free)                                                    |
@@ -34,9 +35,15 @@
  * CONNECTING also covers the wait for a client's rate decision from Redis (rate_ask, with
  * shared_state): the head is planned and drained, the body waits unread.
  *
+ * The upstream side is an upstream stream (upstream_transport.h): a pooled HTTP/1.1 connection
+ * (h1up.c) or a stream of a shared HTTP/2 connection (h2up.c), reached only through its
+ * operations. Its events drive the response state: up_head (HEAD -> BODY, or DISCARD), the
+ * body events, up_end (-> DONE, and the connection to IDLE or CLOSING), up_fault (-> FAILED
+ * once the head went out, else the proxy's answer, or a retry). The stream belongs to the
+ * client only for the length of one exchange.
+ *
  * One exchange at a time: pipelined requests wait in the input buffer until the response
- * before them is complete. Client and upstream connections are separate objects; the upstream
- * connection (upstream.c) belongs to the client only for the length of one exchange.
+ * before them is complete.
  * Objects are never freed inside a callback's call chain: functions set `dead`, and each
  * top-level callback frees the client as its last step.
  */
@@ -439,6 +446,7 @@ static void end_exchange_objects(struct client *c)
     }
     free(x->up_head);
     x->up_head = NULL;
+    memset(&x->up_req, 0, sizeof(x->up_req));
     if (c->gen) {
         wgen_unref(c->gen);
         c->gen = NULL;
@@ -1786,8 +1794,14 @@ static void start_exchange(struct client *c)
         request_plan_deinit(&plan);
         return;
     }
-    c->x->up_head = plan.head; /* ownership moves to the client */
+    c->x->up_head = plan.head; /* ownership moves to the client, with the spans into it */
     c->x->up_head_len = plan.head_len;
+    c->x->up_req.method = plan.head;
+    c->x->up_req.method_len = plan.method_len;
+    c->x->up_req.target = plan.head + plan.target_off;
+    c->x->up_req.target_len = plan.target_len;
+    c->x->up_req.fields = plan.fields;
+    c->x->up_req.nfields = plan.nfields;
     plan.head = NULL;
     request_plan_deinit(&plan);
     if (rate_remote) {

@@ -13,7 +13,6 @@
 
 #include "auth/token_cache.h"
 #include "proxy/http1.h"
-#include "proxy/http_error.h"
 #include "proxy/log.h"
 #include "proxy/runtime.h"
 
@@ -29,15 +28,11 @@
 /* A response's bytes waiting for the exchange to read them: past this, the stream's window is
  * not reopened until they are read (the client's backpressure reaches the upstream). */
 #define H2UP_IN_HIGH (256 * 1024)
-/* Request body bytes taken from the exchange before the peer's window lets them go. */
-#define H2UP_BODY_HIGH (64 * 1024)
 /* A request is kept for a retry after GOAWAY while its body is at most this long. */
 #define H2UP_REPLAY_MAX (64 * 1024)
 /* Response heads: Apple's are small; a huge one is an attack (the HTTP/1.1 path's limits). */
 #define H2UP_HEAD_MAX (64 * 1024)
 #define H2UP_HEADERS_MAX 256
-/* The request head the exchange writes (its own serialisation, with the token line). */
-#define H2UP_REQ_HEAD_MAX (256 * 1024)
 /* APNs error answers are held to read their reason; a longer body is passed on as it is. */
 #define H2UP_HOLD_MAX 8192
 /* Tries of one request over refused streams and GOAWAYs. */
@@ -50,35 +45,62 @@
 
 struct h2conn;
 
-/* One exchange's HTTP/2 stream. Owned by the exchange (through up) until it lets go; a stream
- * still open in nghttp2 when the exchange lets go stays here, detached, until it closes. */
+/* What an exchange is told, from the event loop (h2s_deliver_cb). */
+enum {
+    H2S_TELL_HEAD = 0x01,    /* the response head is ready */
+    H2S_TELL_DRAINED = 0x02  /* the request body waiting fell to UPSTREAM_SEND_LOW */
+};
+
+/* One exchange's HTTP/2 stream: the exchange's upstream_stream. Owned by the exchange until it
+ * releases it; a stream still open in nghttp2 then stays here, detached (released), until it
+ * closes. */
 struct h2s {
+    struct upstream_stream us; /* the exchange's handle */
     TAILQ_ENTRY(h2s) link;  /* in its connection's list */
     struct h2conn *conn;    /* NULL while waiting for a connection */
-    struct upconn *up;      /* the exchange's upconn; NULL once detached */
+    struct upool *pool;
     const struct credential *cred;
     upstream_stream_ready ready_cb;
     void *arg;
-    int attached;           /* the exchange has its upconn */
+    int attached;           /* the exchange has been handed the stream */
+    int released;           /* the exchange let go: nothing more is told */
+    const struct upstream_events *xev; /* set by start */
+    void *xarg;
     int32_t id;             /* -1: not submitted */
     int attempts;
-    /* The request, parsed from what the exchange wrote. */
-    struct http1_msg req;
-    char *head;             /* owned copy of the request head the spans point into */
-    nghttp2_nv *nv;         /* owned, names and values into head or `auth` */
+    /* The request: the exchange's head as fields, names lower-cased in an own copy. */
+    char *head;             /* owned: the names, values and the authorization value */
+    nghttp2_nv *nv;         /* owned, names and values into head or auth */
     size_t nnv;
     char *auth;             /* a replaced authorization value (token retry), owned */
     int auth_index;         /* the authorization entry of nv, -1 if none */
-    int head_parsed, req_end, has_body, deferred;
+    int started, req_end, has_body, deferred;
     struct evbuffer *body;  /* request body not yet sent */
     struct evbuffer *sent;  /* request body sent, kept for a retry; NULL: not replayable */
-    /* The response. */
-    struct evbuffer *resp_head; /* the HTTP/1.1 head being built */
-    size_t resp_nheaders;
-    int status, has_cl, chunked, head_done, resp_end, holding, token_retried, too_large;
+    /* The response head as it arrives: names and values in fbuf, at the offsets in fields. */
+    char *fbuf;
+    size_t flen, fcap;
+    struct h2field { uint32_t name, name_len, value, value_len; } *fields;
+    size_t nfields, cap_fields;
+    struct http1_msg resp;  /* the head the exchange is given */
+    struct http1_header *resp_fields; /* resp's spans, into fbuf */
+    int status, has_cl, head_done, resp_end, holding, token_retried, too_large;
     int bad_status;         /* the upstream's :status was outside 100-599: stream reset */
+    int bad_field;          /* a field an HTTP/1.1 head could not carry: stream reset */
     struct evbuffer *held;  /* an APNs error body, read before the head goes on */
+    struct evbuffer *in;    /* response body received, not yet given to the exchange */
     size_t unconsumed;      /* DATA bytes the window has not been reopened for */
+    /* Telling the exchange. */
+    unsigned tell;          /* H2S_TELL_* not yet told */
+    int head_told, end_told, reading;
+    int failed;             /* the stream failed: fault, fault_detail (NULL: lost, see
+                               h2s_lost) are told after what arrived before */
+    enum upstream_fault fault;
+    const char *fault_detail;
+    struct event deliver;   /* event_active'd: tells the exchange from the loop */
+    struct event timer;     /* the earliest of the two deadlines */
+    uint32_t response_ms, send_ms;
+    uint64_t resp_deadline, send_deadline, armed; /* ms, stream_now_ms; 0: none */
 };
 
 TAILQ_HEAD(h2s_list, h2s);
@@ -108,13 +130,12 @@ struct h2pool {
     struct h2conn_list conns;
 };
 
-static const struct stream_peer_ops h2s_peer_ops;
+static const struct upstream_ops h2s_ops;
 static int conn_flush(struct h2conn *hc);
 static void conn_want_flush(struct h2conn *hc);
 static void conn_close(struct h2conn *hc, const char *why);
 static void h2s_bind(struct h2s *st);
 static void h2s_submit(struct h2s *st);
-static int h2s_take_body(struct h2s *st);
 
 static const char *target_name(const struct upool *pool)
 {
@@ -143,71 +164,70 @@ static char lower_ascii(char c)
     return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
 }
 
-static void noop_cb(struct stream *s, unsigned ev, void *arg)
+static struct h2s *h2s_of(struct upstream_stream *us)
 {
-    (void)s;
-    (void)ev;
-    (void)arg;
+    return (struct h2s *)(void *)((char *)us - offsetof(struct h2s, us));
+}
+
+/* The exchange still holds the stream and has started it: it may be told things. */
+static int h2s_live(const struct h2s *st)
+{
+    return !st->released && st->xev != NULL;
 }
 
 /* ---- streams ---- */
 
 static void h2s_free(struct h2s *st)
 {
-    if (st->up != NULL) {
-        stream_close(&st->up->s);
-        h1up_deinit(st->up);
-        free(st->up);
-    }
-    http1_msg_deinit(&st->req);
+    event_del(&st->deliver);
+    event_del(&st->timer);
+    http1_msg_deinit(&st->resp);
     free(st->head);
     free(st->nv);
     free(st->auth);
+    free(st->fbuf);
+    free(st->fields);
+    free(st->resp_fields);
     if (st->body)
         evbuffer_free(st->body);
     if (st->sent)
         evbuffer_free(st->sent);
-    if (st->resp_head)
-        evbuffer_free(st->resp_head);
     if (st->held)
         evbuffer_free(st->held);
+    if (st->in)
+        evbuffer_free(st->in);
     free(st);
 }
 
-static const struct http1_limits req_head_limits = {.max_line = 0,
-                                                    .max_head = H2UP_REQ_HEAD_MAX,
-                                                    .max_headers = 1024};
+/* Response heads: Apple's are small; a huge one is an attack (the HTTP/1.1 path's limits). */
+static const struct http1_limits resp_limits = {.max_line = 0, .max_head = H2UP_HEAD_MAX,
+                                                .max_headers = H2UP_HEADERS_MAX};
+
+static void h2s_deliver_cb(evutil_socket_t fd, short what, void *arg);
+static void h2s_timer_cb(evutil_socket_t fd, short what, void *arg);
 
 static struct h2s *h2s_new(struct upool *pool, const struct credential *cred)
 {
     struct h2s *st = calloc(1, sizeof(*st));
+    struct event_base *base = worker_of(pool)->base;
     if (st == NULL)
         return NULL;
+    st->us.ops = &h2s_ops;
+    st->pool = pool;
     st->id = -1;
     st->auth_index = -1;
     st->cred = cred;
-    http1_msg_init(&st->req, HTTP_REQUEST, &req_head_limits);
-    st->up = calloc(1, sizeof(*st->up));
+    st->reading = 1;
+    event_assign(&st->deliver, base, -1, 0, h2s_deliver_cb, st);
+    evtimer_assign(&st->timer, base, h2s_timer_cb, st);
     st->body = evbuffer_new();
     st->sent = evbuffer_new();
-    st->resp_head = evbuffer_new();
-    if (st->up == NULL || st->body == NULL || st->sent == NULL || st->resp_head == NULL)
-        goto fail;
-    st->up->pool = pool;
-    st->up->fd = -1;
-    st->up->h2s = st;
-    h1up_init(st->up);
-    if (stream_init_peer(&st->up->s, &pool->gen->worker->sctx, &h2s_peer_ops, st, noop_cb,
-                         NULL) < 0) {
-        free(st->up);
-        st->up = NULL;
-        goto fail;
+    st->in = evbuffer_new();
+    if (st->body == NULL || st->sent == NULL || st->in == NULL) {
+        h2s_free(st);
+        return NULL;
     }
-    st->up->has_stream = 1;
     return st;
-fail:
-    h2s_free(st);
-    return NULL;
 }
 
 /* Unbinds from the connection (the nghttp2 stream, if any, no longer points here). */
@@ -227,27 +247,94 @@ static void h2s_unbind(struct h2s *st)
     st->id = -1;
 }
 
+/* The exchange is told what is new, from the loop (never from inside nghttp2's calls or the
+ * exchange's own). */
+static void h2s_tell(struct h2s *st, unsigned what)
+{
+    st->tell |= what;
+    if (h2s_live(st))
+        event_active(&st->deliver, EV_TIMEOUT, 1);
+}
+
 /* The exchange sees the upstream fail (502 before the head, a cut response after it). */
-static void h2s_fail(struct h2s *st, int err)
+static void h2s_fail(struct h2s *st, enum upstream_fault kind, const char *detail)
 {
-    if (st->up == NULL)
+    if (st->released || st->failed)
         return;
-    WSTAT_ADD(worker_of(st->up->pool), h2_failures, 1);
-    stream_peer_post(&st->up->s, STREAM_ERROR, err);
+    WSTAT_ADD(worker_of(st->pool), h2_failures, 1);
+    st->failed = 1;
+    st->fault = kind;
+    st->fault_detail = detail;
+    h2s_tell(st, 0);
 }
 
-static struct evbuffer *h2s_input(struct h2s *st)
+/* The stream or its connection was lost (reset, closed, bad frames): told as an HTTP/1.1
+ * connection's loss reads, by whether the exchange had the head by then. */
+static void h2s_lost(struct h2s *st)
 {
-    return st->up != NULL ? stream_input(&st->up->s) : NULL;
+    h2s_fail(st, UPSTREAM_FAULT_UNREACHABLE, NULL);
 }
 
-/* Reopens the window for response bytes the exchange has read, or is about to. */
+/* ---- deadlines: the response's progress and the request's ---- */
+
+static void h2s_arm(struct h2s *st)
+{
+    uint64_t at = st->resp_deadline;
+    if (st->send_deadline && (at == 0 || st->send_deadline < at))
+        at = st->send_deadline;
+    if (at == 0 || (st->armed && st->armed <= at))
+        return; /* the timer fires earlier and looks again */
+    uint64_t now = stream_now_ms();
+    uint64_t ms = at > now ? at - now : 0;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    st->armed = at;
+    evtimer_add(&st->timer, &tv);
+}
+
+/* The response made progress (or the exchange turned reading on): its deadline restarts. */
+static void h2s_resp_progress(struct h2s *st)
+{
+    st->resp_deadline = st->response_ms && st->reading && !st->end_told
+                            ? stream_now_ms() + st->response_ms : 0;
+    h2s_arm(st);
+}
+
+/* The request's body moved (or more of it waits): its deadline restarts while some waits. */
+static void h2s_send_progress(struct h2s *st)
+{
+    st->send_deadline = st->send_ms && evbuffer_get_length(st->body) > 0
+                            ? stream_now_ms() + st->send_ms : 0;
+    h2s_arm(st);
+}
+
+static void h2s_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct h2s *st = arg;
+    uint64_t now = stream_now_ms();
+    (void)fd;
+    (void)what;
+    st->armed = 0;
+    if (!h2s_live(st))
+        return;
+    if (st->resp_deadline && st->resp_deadline <= now)
+        h2s_fail(st, UPSTREAM_FAULT_TIMEOUT,
+                 st->head_told ? "the upstream stalled mid-response"
+                               : "the upstream did not answer in time");
+    else if (st->send_deadline && st->send_deadline <= now)
+        h2s_fail(st, UPSTREAM_FAULT_TIMEOUT,
+                 st->head_told ? "the upstream stalled mid-response"
+                               : "the upstream did not read the request in time");
+    else
+        h2s_arm(st);
+}
+
+/* Reopens the window for response bytes the exchange has taken, or will take at once. */
 static void h2s_consume(struct h2s *st)
 {
     struct h2conn *hc = st->conn;
-    if (st->unconsumed == 0 || hc == NULL || hc->sess == NULL)
+    if (st->unconsumed == 0 || hc == NULL || hc->sess == NULL || st->id < 0)
         return;
-    if (st->up != NULL && (!st->up->s.reading || stream_input_length(&st->up->s) >= H2UP_IN_HIGH))
+    if (!st->released && (!st->reading || evbuffer_get_length(st->in) >= H2UP_IN_HIGH))
         return;
     nghttp2_session_consume(hc->sess, st->id, st->unconsumed);
     st->unconsumed = 0;
@@ -257,29 +344,21 @@ static void h2s_consume(struct h2s *st)
  * on another connection; 1 when it does. */
 static int h2s_retry(struct h2s *st)
 {
-    if (st->head_done || st->sent == NULL || st->attempts >= H2UP_ATTEMPTS || st->up == NULL)
+    if (st->head_done || st->sent == NULL || st->attempts >= H2UP_ATTEMPTS || st->released)
         return 0;
     h2s_unbind(st);
     /* The body goes again from its start. */
     evbuffer_prepend_buffer(st->body, st->sent);
     st->deferred = 0;
-    WSTAT_ADD(worker_of(st->up->pool), h2_retries, 1);
+    WSTAT_ADD(worker_of(st->pool), h2_retries, 1);
     h2s_bind(st);
     return 1;
 }
 
-/* ---- the request: parsed from what the exchange wrote ---- */
+/* ---- the request: the exchange's head as fields ---- */
 
-static int body_data(void *arg, const char *at, size_t len)
-{
-    struct h2s *st = arg;
-    return evbuffer_add(st->body, at, len);
-}
-
-static const struct http1_sink body_sink = {body_data, NULL, NULL};
-
-/* Connection-specific fields have no place in HTTP/2 (RFC 9113 8.2.2); Host becomes
- * :authority. TE is kept only as "trailers". */
+/* Connection-specific fields have no place in HTTP/2 (RFC 9113 8.2.2): the proxy's head has
+ * none but its own framing field. TE is kept only as "trailers". */
 static int skip_request_header(const struct http1_header *h)
 {
     static const char *const drop[] = {"host", "connection", "keep-alive", "proxy-connection",
@@ -302,92 +381,44 @@ static void nv_set(nghttp2_nv *nv, const char *name, size_t nlen, const char *va
     nv->flags = NGHTTP2_NV_FLAG_NONE;
 }
 
-/* Builds the header list from the parsed head; names are lower-cased in place (the head is our
- * own copy). Returns 0, or -1 when out of memory. */
-static int h2s_build_nv(struct h2s *st)
+/* Builds the header list from the request's parts: pseudo-headers from the method, the target
+ * and the upstream's name; the fields with lower-case names; the token. One copy of the head
+ * and the token's value holds the bytes (the exchange's may go before nghttp2 is done). Returns
+ * 0, or -1 when out of memory. */
+static int h2s_build_nv(struct h2s *st, const struct upstream_request *rq)
 {
-    const struct http1_msg *m = &st->req;
-    size_t i, n = 0;
-    st->nv = calloc(m->nheaders + 4, sizeof(*st->nv));
-    if (st->nv == NULL)
+    /* "Authorization: Bearer <jwt>\r\n": the value is what follows ": ", without the CRLF. */
+    const char *auth = rq->tok->line + 15;
+    size_t auth_len = rq->tok->line_len - 17, i, n = 0;
+    char *copy = malloc(rq->head_len + auth_len);
+    st->nv = calloc(rq->nfields + 5, sizeof(*st->nv));
+    if (copy == NULL || st->nv == NULL) {
+        free(copy);
         return -1;
-    nv_set(&st->nv[n++], ":method", 7, m->method, m->method_len);
+    }
+    memcpy(copy, rq->head, rq->head_len);
+    memcpy(copy + rq->head_len, auth, auth_len);
+    st->head = copy;
+#define IN_COPY(p) (copy + ((p) - rq->head))
+    nv_set(&st->nv[n++], ":method", 7, IN_COPY(rq->method), rq->method_len);
     nv_set(&st->nv[n++], ":scheme", 7, "https", 5);
-    nv_set(&st->nv[n++], ":authority", 10, st->up->pool->target->host_header,
-           st->up->pool->target->host_header_len);
-    nv_set(&st->nv[n++], ":path", 5, m->target, m->target_len);
-    for (i = 0; i < m->nheaders; i++) {
-        const struct http1_header *h = &m->headers[i];
+    nv_set(&st->nv[n++], ":authority", 10, st->pool->target->host_header,
+           st->pool->target->host_header_len);
+    nv_set(&st->nv[n++], ":path", 5, IN_COPY(rq->target), rq->target_len);
+    for (i = 0; i < rq->nfields; i++) {
+        const struct http1_header *h = &rq->fields[i];
+        char *name = IN_COPY(h->name);
         size_t k;
         if (skip_request_header(h))
             continue;
         for (k = 0; k < h->name_len; k++)
-            ((char *)h->name)[k] = lower_ascii(h->name[k]);
-        if (http1_name_is(h->name, h->name_len, "authorization"))
-            st->auth_index = (int)n;
-        nv_set(&st->nv[n++], h->name, h->name_len, h->value, h->value_len);
+            name[k] = lower_ascii(name[k]);
+        nv_set(&st->nv[n++], name, h->name_len, IN_COPY(h->value), h->value_len);
     }
+#undef IN_COPY
+    st->auth_index = (int)n;
+    nv_set(&st->nv[n++], "authorization", 13, copy + rq->head_len, auth_len);
     st->nnv = n;
-    return 0;
-}
-
-/* Takes the request head from the exchange's output: 1 when parsed, 0 when more is needed,
- * -1 on an error (the exchange sees a failed upstream). */
-static int h2s_take_head(struct h2s *st)
-{
-    struct evbuffer *out = stream_output(&st->up->s);
-    size_t len = evbuffer_get_length(out);
-    int r;
-    if (len == 0)
-        return 0;
-    if (len > H2UP_REQ_HEAD_MAX)
-        len = H2UP_REQ_HEAD_MAX;
-    free(st->head);
-    st->head = malloc(len);
-    if (st->head == NULL)
-        return -1;
-    evbuffer_copyout(out, st->head, len);
-    http1_msg_deinit(&st->req);
-    http1_msg_init(&st->req, HTTP_REQUEST, &req_head_limits);
-    r = http1_parse_head(&st->req, st->head, len);
-    if (r <= 0)
-        return r < 0 || len == H2UP_REQ_HEAD_MAX ? -1 : 0;
-    evbuffer_drain(out, st->req.head_len);
-    st->req.sink = &body_sink;
-    st->req.sink_arg = st;
-    st->has_body = st->req.body != HTTP1_BODY_NONE;
-    st->req_end = !st->has_body;
-    if (h2s_build_nv(st) != 0)
-        return -1;
-    st->head_parsed = 1;
-    return 1;
-}
-
-/* Moves body bytes from the exchange's output into the stream's queue, up to the high mark. */
-static int h2s_take_body(struct h2s *st)
-{
-    struct evbuffer *out = stream_output(&st->up->s);
-    size_t before = evbuffer_get_length(st->body);
-    while (!st->req_end && evbuffer_get_length(st->body) < H2UP_BODY_HIGH) {
-        struct evbuffer_iovec v;
-        size_t used = 0;
-        int r;
-        if (evbuffer_peek(out, -1, NULL, &v, 1) < 1)
-            break;
-        r = http1_parse_body(&st->req, v.iov_base, v.iov_len, &used);
-        evbuffer_drain(out, used);
-        if (r < 0)
-            return -1;
-        if (r == 1)
-            st->req_end = 1;
-        if (used == 0)
-            break;
-    }
-    if (st->deferred && st->conn != NULL && st->id >= 0 && st->conn->sess != NULL &&
-        (evbuffer_get_length(st->body) > before || st->req_end)) {
-        st->deferred = 0;
-        nghttp2_session_resume_data(st->conn->sess, st->id);
-    }
     return 0;
 }
 
@@ -395,13 +426,13 @@ static ssize_t h2s_read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, si
                              uint32_t *flags, nghttp2_data_source *src, void *ud)
 {
     struct h2s *st = src->ptr;
-    size_t n;
+    size_t n, before;
     (void)sess;
     (void)id;
     (void)ud;
-    if (st == NULL || st->up == NULL)
+    if (st == NULL || st->released)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    n = evbuffer_get_length(st->body);
+    before = n = evbuffer_get_length(st->body);
     if (n == 0 && !st->req_end) {
         st->deferred = 1;
         return NGHTTP2_ERR_DEFERRED;
@@ -419,21 +450,14 @@ static ssize_t h2s_read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, si
                 evbuffer_add(st->sent, buf, n);
             }
         }
+        h2s_send_progress(st);
+        /* Room for more of the body: once it is down to the low mark the exchange reads from
+         * its client again. */
+        if (before > UPSTREAM_SEND_LOW && before - n <= UPSTREAM_SEND_LOW)
+            h2s_tell(st, H2S_TELL_DRAINED);
     }
     if (st->req_end && evbuffer_get_length(st->body) == 0)
         *flags |= NGHTTP2_DATA_FLAG_EOF;
-    /* Room for more of the body: more of the exchange's output comes in, and once that has
-     * drained to its low mark the exchange reads from its client again. */
-    if (!st->req_end && stream_output_length(&st->up->s) > 0) {
-        size_t before = stream_output_length(&st->up->s);
-        if (h2s_take_body(st) < 0)
-            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        if (stream_output_length(&st->up->s) < before &&
-            stream_output_length(&st->up->s) <= st->up->s.write_low)
-            stream_peer_post(&st->up->s, STREAM_DRAINED, 0);
-        if (evbuffer_get_length(st->body) > 0)
-            *flags &= ~(uint32_t)NGHTTP2_DATA_FLAG_EOF;
-    }
     return (ssize_t)n;
 }
 
@@ -442,7 +466,7 @@ static void h2s_submit(struct h2s *st)
     struct h2conn *hc = st->conn;
     nghttp2_data_provider dp;
     int32_t id;
-    if (hc == NULL || hc->sess == NULL || !st->head_parsed || st->id >= 0)
+    if (hc == NULL || hc->sess == NULL || !st->started || st->id >= 0)
         return;
     dp.source.ptr = st;
     dp.read_callback = h2s_read_body;
@@ -452,58 +476,184 @@ static void h2s_submit(struct h2s *st)
         log_msg(LOG_WARN, "upstream %s: cannot submit an HTTP/2 request: %s",
                 target_name(hc->pool), nghttp2_strerror(id));
         h2s_unbind(st);
-        h2s_fail(st, EPROTO);
+        h2s_fail(st, UPSTREAM_FAULT_UNREACHABLE,
+                 "the upstream connection failed before the response head");
         return;
     }
     st->id = id;
     WSTAT_ADD(worker_of(hc->pool), h2_streams, 1);
 }
 
-/* ---- the response: re-framed as HTTP/1.1 for the exchange ---- */
-
-/* Appends to the exchange's input (chunk-framed when the response has no length). */
-static void h2s_emit(struct h2s *st, const uint8_t *data, size_t len)
+/* More of the body, or its end: a deferred stream goes on. */
+static void h2s_body_moved(struct h2s *st)
 {
-    struct evbuffer *in = h2s_input(st);
-    if (in == NULL || len == 0)
-        return;
-    if (st->chunked) {
-        evbuffer_add_printf(in, "%zx\r\n", len);
-        evbuffer_add(in, data, len);
-        evbuffer_add(in, "\r\n", 2);
-    } else {
-        evbuffer_add(in, data, len);
+    if (st->deferred && st->conn != NULL && st->id >= 0 && st->conn->sess != NULL) {
+        st->deferred = 0;
+        nghttp2_session_resume_data(st->conn->sess, st->id);
     }
-    stream_peer_post(&st->up->s, STREAM_READ, 0);
+    h2s_send_progress(st);
 }
 
-static void h2s_emit_head(struct h2s *st)
+/* ---- the response: its head as fields, its body as bytes ---- */
+
+/* Tells the exchange what it has not been told: the head, the body while it reads, the end,
+ * a failure. Returns nonzero once it let go. */
+static int h2s_deliver(struct h2s *st)
 {
-    struct evbuffer *in = h2s_input(st);
-    if (in == NULL)
+    const struct upstream_events *xev = st->xev;
+    void *xarg = st->xarg;
+    if ((st->tell & H2S_TELL_DRAINED) && !st->end_told) {
+        st->tell &= ~(unsigned)H2S_TELL_DRAINED;
+        if (xev->drained(xarg))
+            return 1;
+    }
+    if ((st->tell & H2S_TELL_HEAD) && !st->head_told) {
+        st->tell &= ~(unsigned)H2S_TELL_HEAD;
+        st->head_told = 1;
+        if (xev->head(xarg, &st->resp))
+            return 1;
+        if (http1_msg_complete(&st->resp)) {
+            /* No body follows such a head (HEAD, 204, 304, or a zero length). */
+            st->end_told = 1;
+            return xev->end(xarg);
+        }
+    }
+    if (st->head_told && !st->end_told) {
+        size_t n = evbuffer_get_length(st->in);
+        if (n > 0 && st->reading) {
+            xev->body_buffer(xarg, st->in, n);
+            h2s_consume(st);
+            if (st->conn != NULL)
+                conn_want_flush(st->conn);
+        }
+        if (st->resp_end && evbuffer_get_length(st->in) == 0) {
+            st->end_told = 1;
+            return xev->end(xarg);
+        }
+    }
+    if (st->failed && !st->end_told) {
+        if (st->fault_detail != NULL)
+            return xev->fault(xarg, st->fault, st->fault_detail);
+        if (st->head_told)
+            return xev->fault(xarg, UPSTREAM_FAULT_BAD_RESPONSE,
+                              "the upstream closed the connection mid-response");
+        return xev->fault(xarg, UPSTREAM_FAULT_UNREACHABLE,
+                          "the upstream connection failed before the response head");
+    }
+    return 0;
+}
+
+static void h2s_deliver_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct h2s *st = arg;
+    const struct upstream_events *xev = st->xev;
+    void *xarg = st->xarg;
+    (void)fd;
+    (void)what;
+    if (!h2s_live(st))
         return;
-    evbuffer_add_buffer(in, st->resp_head);
+    h2s_deliver(st);
+    xev->settle(xarg);
+}
+
+/* The head is complete and may go to the exchange: resp is built from the fields. */
+static void h2s_head_ready(struct h2s *st)
+{
+    size_t i;
+    free(st->resp_fields);
+    st->resp_fields = calloc(st->nfields ? st->nfields : 1, sizeof(*st->resp_fields));
+    if (st->resp_fields == NULL) {
+        h2s_fail(st, UPSTREAM_FAULT_INTERNAL, "out of memory for the response head");
+        return;
+    }
+    for (i = 0; i < st->nfields; i++) {
+        st->resp_fields[i].name = st->fbuf + st->fields[i].name;
+        st->resp_fields[i].name_len = st->fields[i].name_len;
+        st->resp_fields[i].value = st->fbuf + st->fields[i].value;
+        st->resp_fields[i].value_len = st->fields[i].value_len;
+    }
+    if (http1_response_set(&st->resp, st->status, st->resp_fields, st->nfields) < 0) {
+        log_msg(LOG_WARN, "upstream %s: refused HTTP/2 response head: %s",
+                target_name(st->pool), st->resp.error_detail);
+        h2s_fail(st, st->resp.error_status == 500 ? UPSTREAM_FAULT_INTERNAL
+                                                  : UPSTREAM_FAULT_BAD_RESPONSE,
+                 st->resp.error_detail);
+        return;
+    }
+    h2s_resp_progress(st);
+    h2s_tell(st, H2S_TELL_HEAD);
+}
+
+/* Response body bytes for the exchange (told from the loop). */
+static void h2s_emit(struct h2s *st, const uint8_t *data, size_t len)
+{
+    if (st->released || len == 0)
+        return;
+    evbuffer_add(st->in, data, len);
+    h2s_resp_progress(st);
+    h2s_tell(st, 0);
+}
+
+/* The held APNs answer goes on after all: its head, then what was held of its body. */
+static void h2s_release_held(struct h2s *st)
+{
+    st->holding = 0;
+    h2s_head_ready(st);
     if (st->held != NULL) {
-        struct evbuffer_iovec v[8];
-        int i, n = evbuffer_peek(st->held, -1, NULL, v, 8);
-        /* held is at most H2UP_HOLD_MAX, a few chunks */
-        for (i = 0; i < n && i < 8; i++)
-            h2s_emit(st, v[i].iov_base, v[i].iov_len);
+        evbuffer_add_buffer(st->in, st->held);
         evbuffer_free(st->held);
         st->held = NULL;
     }
-    stream_peer_post(&st->up->s, STREAM_READ, 0);
 }
 
 static void h2s_finish(struct h2s *st)
 {
-    struct evbuffer *in = h2s_input(st);
     st->resp_end = 1;
-    if (in == NULL)
-        return;
-    if (st->chunked)
-        evbuffer_add(in, "0\r\n\r\n", 5);
-    stream_peer_post(&st->up->s, STREAM_READ, 0);
+    h2s_tell(st, 0);
+}
+
+/* Appends a response field to fbuf; 0, or -1 past the head's limits. */
+static int h2s_add_field(struct h2s *st, const char *name, size_t nlen, const char *value,
+                         size_t vlen)
+{
+    if (st->nfields >= H2UP_HEADERS_MAX || st->flen + nlen + vlen + 4 > H2UP_HEAD_MAX)
+        return -1;
+    if (st->nfields == st->cap_fields) {
+        size_t cap = st->cap_fields ? st->cap_fields * 2 : 8;
+        struct h2field *f = realloc(st->fields, cap * sizeof(*f));
+        if (f == NULL)
+            return -1;
+        st->fields = f;
+        st->cap_fields = cap;
+    }
+    if (st->flen + nlen + vlen > st->fcap) {
+        size_t cap = st->fcap ? st->fcap * 2 : 512;
+        char *b;
+        while (cap < st->flen + nlen + vlen)
+            cap *= 2;
+        b = realloc(st->fbuf, cap);
+        if (b == NULL)
+            return -1;
+        st->fbuf = b;
+        st->fcap = cap;
+    }
+    st->fields[st->nfields].name = (uint32_t)st->flen;
+    st->fields[st->nfields].name_len = (uint32_t)nlen;
+    memcpy(st->fbuf + st->flen, name, nlen);
+    st->flen += nlen;
+    st->fields[st->nfields].value = (uint32_t)st->flen;
+    st->fields[st->nfields].value_len = (uint32_t)vlen;
+    memcpy(st->fbuf + st->flen, value, vlen);
+    st->flen += vlen;
+    st->nfields++;
+    return 0;
+}
+
+static void h2s_clear_head(struct h2s *st)
+{
+    st->flen = 0;
+    st->nfields = 0;
+    st->has_cl = 0;
 }
 
 /* The "reason" of an APNs error body, or "" (reason must hold 64 bytes). */
@@ -525,14 +675,14 @@ static void apns_reason(struct evbuffer *body, char *reason, size_t len)
 /* An APNs refusal read whole: 1 when the push goes again with a new token. */
 static int h2s_apns_decide(struct h2s *st)
 {
-    struct runtime *rt = st->up->pool->gen->rt;
+    struct runtime *rt = st->pool->gen->rt;
     char reason[64], err[256];
     struct token *cur;
     int retry = 0;
     apns_reason(st->held, reason, sizeof(reason));
     if (st->status == 429 && strcmp(reason, "TooManyProviderTokenUpdates") == 0) {
         unsigned long n = token_cache_team_too_many(rt->tokens, st->cred);
-        WSTAT_ADD(worker_of(st->up->pool), apns_too_many, 1);
+        WSTAT_ADD(worker_of(st->pool), apns_too_many, 1);
         log_msg(LOG_ERROR, "APNs refused the token of team %s as replaced too often "
                 "(TooManyProviderTokenUpdates, %lu so far): another sender is minting tokens "
                 "for this team; keeping the current token", st->cred->team_id, n);
@@ -586,11 +736,10 @@ static void h2s_end(struct h2s *st)
             struct h2conn *hc = st->conn;
             st->token_retried = 1;
             WSTAT_ADD(worker_of(hc->pool), apns_token_retries, 1);
-            evbuffer_drain(st->resp_head, evbuffer_get_length(st->resp_head));
             evbuffer_free(st->held);
             st->held = NULL;
-            st->head_done = st->has_cl = st->chunked = 0;
-            st->resp_nheaders = 0;
+            st->head_done = 0;
+            h2s_clear_head(st);
             st->status = 0;
             evbuffer_prepend_buffer(st->body, st->sent);
             h2s_unbind(st);
@@ -600,9 +749,22 @@ static void h2s_end(struct h2s *st)
             h2s_submit(st);
             return;
         }
-        h2s_emit_head(st);
+        h2s_release_held(st);
     }
     h2s_finish(st);
+}
+
+/* What llhttp would refuse in a field of an HTTP/1.1 head; nghttp2 lets some of it through. */
+static int field_ok(const uint8_t *name, size_t namelen, const uint8_t *value, size_t valuelen)
+{
+    size_t i;
+    for (i = 0; i < namelen; i++)
+        if (name[i] <= 0x20 || name[i] >= 0x7f || strchr("\"(),/:;<=>?@[\\]{}", name[i]))
+            return 0;
+    for (i = 0; i < valuelen; i++)
+        if ((value[i] < 0x20 && value[i] != '\t') || value[i] == 0x7f)
+            return 0;
+    return namelen > 0;
 }
 
 static int on_header(nghttp2_session *sess, const nghttp2_frame *frame, const uint8_t *name,
@@ -620,8 +782,7 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *frame, const ui
     if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
         int status = 0;
         size_t i;
-        /* nghttp2 lets any three digits through; the HTTP/1.1 path's rule holds here too, and
-         * the head the exchange reads must be one its own parser accepts. */
+        /* nghttp2 lets any three digits through; the HTTP/1.1 path's rule holds here too. */
         for (i = 0; i < valuelen && i < 3; i++)
             status = status * 10 + (value[i] - '0');
         if (valuelen != 3 || status < 100 || status > 599) {
@@ -629,25 +790,21 @@ static int on_header(nghttp2_session *sess, const nghttp2_frame *frame, const ui
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         }
         st->status = status;
-        evbuffer_drain(st->resp_head, evbuffer_get_length(st->resp_head));
-        st->resp_nheaders = 0;
-        st->has_cl = 0;
-        evbuffer_add_printf(st->resp_head, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
+        h2s_clear_head(st);
         return 0;
     }
     if (namelen > 0 && name[0] == ':')
         return 0;
-    if (++st->resp_nheaders > H2UP_HEADERS_MAX ||
-        evbuffer_get_length(st->resp_head) + namelen + valuelen + 4 > H2UP_HEAD_MAX) {
+    if (!field_ok(name, namelen, value, valuelen)) {
+        st->bad_field = 1;
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    if (h2s_add_field(st, (const char *)name, namelen, (const char *)value, valuelen) < 0) {
         st->too_large = 1;
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     if (namelen == 14 && memcmp(name, "content-length", 14) == 0)
         st->has_cl = 1;
-    evbuffer_add(st->resp_head, name, namelen);
-    evbuffer_add(st->resp_head, ": ", 2);
-    evbuffer_add(st->resp_head, value, valuelen);
-    evbuffer_add(st->resp_head, "\r\n", 2);
     return 0;
 }
 
@@ -655,19 +812,15 @@ static void on_response_head(struct h2s *st, int end_stream)
 {
     if (st->status < 200) {
         /* 1xx: interim, not relayed (the exchange answered Expect itself). */
-        evbuffer_drain(st->resp_head, evbuffer_get_length(st->resp_head));
+        h2s_clear_head(st);
         return;
     }
-    if (!st->has_cl) {
-        if (end_stream) {
-            if (st->status != 204 && st->status != 304)
-                evbuffer_add(st->resp_head, "content-length: 0\r\n", 19);
-        } else {
-            evbuffer_add(st->resp_head, "transfer-encoding: chunked\r\n", 28);
-            st->chunked = 1;
-        }
+    /* A response that ends with its head has a length, zero (the HTTP/1.1 client is told). */
+    if (!st->has_cl && end_stream && st->status != 204 && st->status != 304 &&
+        h2s_add_field(st, "content-length", 14, "0", 1) < 0) {
+        st->too_large = 1;
+        return;
     }
-    evbuffer_add(st->resp_head, "\r\n", 2);
     st->head_done = 1;
     /* APNs' refusals of a token are read whole before anything goes on: one may be retried. */
     if (is_apns(st) && (st->status == 403 || st->status == 429)) {
@@ -677,7 +830,7 @@ static void on_response_head(struct h2s *st, int end_stream)
             return;
         st->holding = 0;
     }
-    h2s_emit_head(st);
+    h2s_head_ready(st);
 }
 
 static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *frame, void *ud)
@@ -705,7 +858,7 @@ static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *frame, void
         return 0;
     }
     st = nghttp2_session_get_stream_user_data(sess, frame->hd.stream_id);
-    if (st == NULL || st->up == NULL)
+    if (st == NULL || st->released)
         return 0; /* nobody waits for it: it is freed when it closes */
     if (frame->hd.type == NGHTTP2_HEADERS && !st->head_done && st->status > 0)
         on_response_head(st, (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
@@ -720,7 +873,7 @@ static int on_data(nghttp2_session *sess, uint8_t flags, int32_t id, const uint8
     struct h2conn *hc = ud;
     struct h2s *st = nghttp2_session_get_stream_user_data(sess, id);
     (void)flags;
-    if (st == NULL || st->up == NULL) {
+    if (st == NULL || st->released) {
         nghttp2_session_consume(sess, id, len);
         return 0;
     }
@@ -728,10 +881,8 @@ static int on_data(nghttp2_session *sess, uint8_t flags, int32_t id, const uint8
     if (st->holding) {
         nghttp2_session_consume(sess, id, len);
         evbuffer_add(st->held, data, len);
-        if (evbuffer_get_length(st->held) > H2UP_HOLD_MAX) {
-            st->holding = 0;
-            h2s_emit_head(st);
-        }
+        if (evbuffer_get_length(st->held) > H2UP_HOLD_MAX)
+            h2s_release_held(st);
         return 0;
     }
     st->unconsumed += len;
@@ -746,7 +897,7 @@ static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t code, voi
     struct h2s *st = nghttp2_session_get_stream_user_data(sess, id);
     if (st == NULL)
         return 0;
-    if (st->up == NULL) {
+    if (st->released) {
         h2s_unbind(st);
         h2s_free(st);
         return 0;
@@ -758,6 +909,14 @@ static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t code, voi
     if (!st->head_done && (code == NGHTTP2_REFUSED_STREAM || id > hc->goaway_last) &&
         h2s_retry(st))
         return 0;
+    h2s_unbind(st);
+    if (st->bad_field) {
+        log_msg(LOG_WARN, "upstream %s sent a header field an HTTP/1.1 head could not carry: "
+                "stream reset", target_name(hc->pool));
+        h2s_fail(st, UPSTREAM_FAULT_BAD_RESPONSE,
+                 "the upstream sent an invalid header field");
+        return 0;
+    }
     if (st->too_large)
         log_msg(LOG_WARN, "upstream %s: a response head over %d bytes or %d fields: stream "
                 "reset", target_name(hc->pool), H2UP_HEAD_MAX, H2UP_HEADERS_MAX);
@@ -767,8 +926,7 @@ static int on_stream_close(nghttp2_session *sess, int32_t id, uint32_t code, voi
     else if (code != NGHTTP2_NO_ERROR)
         log_msg(LOG_WARN, "upstream %s reset an HTTP/2 stream: %s", target_name(hc->pool),
                 nghttp2_http2_strerror(code));
-    h2s_unbind(st);
-    h2s_fail(st, ECONNRESET);
+    h2s_lost(st);
     return 0;
 }
 
@@ -834,7 +992,7 @@ static void conn_ready(struct upconn *carrier, enum upstream_error err, const ch
         while ((st = TAILQ_FIRST(&hc->streams)) != NULL) {
             h2s_unbind(st);
             if (st->attached) {
-                h2s_fail(st, ECONNREFUSED);
+                h2s_lost(st);
             } else {
                 upstream_stream_ready cb = st->ready_cb;
                 void *cbarg = st->arg;
@@ -875,7 +1033,7 @@ static void conn_ready(struct upconn *carrier, enum upstream_error err, const ch
         if (st == NULL)
             break;
         st->attached = 1;
-        st->ready_cb(&st->up->us, UPSTREAM_OK, NULL, st->arg);
+        st->ready_cb(&st->us, UPSTREAM_OK, NULL, st->arg);
     }
     hc->in_session = 0;
     conn_flush(hc);
@@ -928,13 +1086,13 @@ static void conn_close(struct h2conn *hc, const char *why)
     TAILQ_REMOVE(&pool_h2(hc->pool)->conns, hc, link);
     while ((st = TAILQ_FIRST(&hc->streams)) != NULL) {
         int unsent = st->id < 0 || st->id > hc->goaway_last;
-        if (st->up == NULL) {
+        if (st->released) {
             h2s_unbind(st);
             h2s_free(st);
         } else if (!(unsent && h2s_retry(st))) {
             h2s_unbind(st);
             if (st->attached)
-                h2s_fail(st, ECONNRESET);
+                h2s_lost(st);
         }
     }
     if (hc->carrier != NULL) {
@@ -1026,13 +1184,13 @@ static void conn_io_cb(struct stream *s, unsigned ev, void *arg)
 /* A connection for st: one of its credential with a free stream, else a new one. */
 static void h2s_bind(struct h2s *st)
 {
-    struct upool *pool = st->up->pool;
+    struct upool *pool = st->pool;
     struct h2pool *hp = pool_h2(pool);
     struct h2conn *hc, *least = NULL;
     size_t nconns = 0;
     struct upconn *carrier = NULL;
     if (hp == NULL) {
-        h2s_fail(st, ENOMEM);
+        h2s_fail(st, UPSTREAM_FAULT_INTERNAL, "out of memory");
         return;
     }
     TAILQ_FOREACH(hc, &hp->conns, link) {
@@ -1049,7 +1207,7 @@ static void h2s_bind(struct h2s *st)
     if (hc == NULL) {
         hc = calloc(1, sizeof(*hc));
         if (hc == NULL) {
-            h2s_fail(st, ENOMEM);
+            h2s_fail(st, UPSTREAM_FAULT_INTERNAL, "out of memory");
             return;
         }
         hc->pool = pool;
@@ -1059,7 +1217,7 @@ static void h2s_bind(struct h2s *st)
         hc->flush_ev = event_new(worker_of(pool)->base, -1, 0, conn_flush_cb, hc);
         if (hc->flush_ev == NULL) {
             free(hc);
-            h2s_fail(st, ENOMEM);
+            h2s_fail(st, UPSTREAM_FAULT_INTERNAL, "out of memory");
             return;
         }
         TAILQ_INSERT_TAIL(&hp->conns, hc, link);
@@ -1069,7 +1227,7 @@ static void h2s_bind(struct h2s *st)
             WSTAT_ADD(worker_of(pool), h2_connections, -1);
             event_free(hc->flush_ev);
             free(hc);
-            h2s_fail(st, ENOMEM);
+            h2s_fail(st, UPSTREAM_FAULT_INTERNAL, "out of memory");
             return;
         }
         hc->carrier = carrier; /* opening: conn_ready reports */
@@ -1097,7 +1255,7 @@ int h2up_get(struct upool *pool, const struct credential *cred, upstream_stream_
         h2s_free(st);
         return -1;
     }
-    *out = &st->up->us;
+    *out = &st->us;
     if (st->conn->sess != NULL) {
         st->attached = 1;
         return 0;
@@ -1105,56 +1263,130 @@ int h2up_get(struct upool *pool, const struct credential *cred, upstream_stream_
     return 1;
 }
 
-void h2up_release(struct upconn *up)
+/* ---- the exchange's operations (upstream_transport.h) ---- */
+
+static int h2s_start(struct upstream_stream *us, const struct upstream_request *rq,
+                     const struct upstream_events *events, void *arg)
 {
-    struct h2s *st = up->h2s;
+    struct h2s *st = h2s_of(us);
+    if (h2s_build_nv(st, rq) < 0)
+        return -1;
+    st->xev = events;
+    st->xarg = arg;
+    st->has_body = rq->body != HTTP1_BODY_NONE;
+    st->req_end = !st->has_body;
+    st->started = 1;
+    st->resp.request_is_head = rq->is_head; /* kept by init: a HEAD response has no body */
+    http1_msg_init(&st->resp, HTTP_RESPONSE, &resp_limits);
+    /* Told from the loop: what happened before the exchange was there to hear it. */
+    if (st->failed)
+        h2s_tell(st, 0);
+    h2s_submit(st);
+    if (st->conn != NULL)
+        conn_want_flush(st->conn);
+    return 0;
+}
+
+static void h2s_send_body(struct upstream_stream *us, const char *at, size_t len)
+{
+    struct h2s *st = h2s_of(us);
+    evbuffer_add(st->body, at, len);
+    h2s_body_moved(st);
+}
+
+static void h2s_send_body_buffer(struct upstream_stream *us, struct evbuffer *src, size_t n)
+{
+    struct h2s *st = h2s_of(us);
+    evbuffer_remove_buffer(src, st->body, n);
+    h2s_body_moved(st);
+}
+
+static void h2s_send_end(struct upstream_stream *us)
+{
+    struct h2s *st = h2s_of(us);
+    st->req_end = 1;
+    h2s_body_moved(st);
+}
+
+static size_t h2s_send_queued(struct upstream_stream *us)
+{
+    return evbuffer_get_length(h2s_of(us)->body);
+}
+
+/* Reading back on: what arrived meanwhile goes to the exchange now, and the window reopens. */
+static void h2s_set_reading(struct upstream_stream *us, int on)
+{
+    struct h2s *st = h2s_of(us);
+    st->reading = on != 0;
+    h2s_resp_progress(st);
+    if (!on || !st->head_told || st->end_told)
+        return;
+    if (evbuffer_get_length(st->in) > 0)
+        st->xev->body_buffer(st->xarg, st->in, evbuffer_get_length(st->in));
+    h2s_consume(st);
+    if (st->conn != NULL)
+        conn_want_flush(st->conn);
+    if (st->reading && st->resp_end && evbuffer_get_length(st->in) == 0) {
+        st->end_told = 1;
+        st->xev->end(st->xarg); /* st may be gone */
+    }
+}
+
+static void h2s_set_timeouts(struct upstream_stream *us, uint32_t response_ms, uint32_t send_ms)
+{
+    struct h2s *st = h2s_of(us);
+    st->response_ms = response_ms;
+    st->send_ms = send_ms;
+    h2s_resp_progress(st);
+    h2s_send_progress(st);
+}
+
+/* What the exchange queued leaves with the connection's next write, after every stream's. */
+static int h2s_flush(struct upstream_stream *us)
+{
+    struct h2s *st = h2s_of(us);
+    h2s_consume(st);
+    if (st->conn != NULL)
+        conn_want_flush(st->conn);
+    return 0;
+}
+
+/* An unfinished stream is reset; one still open in nghttp2 stays, detached, until it closes
+ * (on_stream_close frees it). */
+static void h2s_release(struct upstream_stream *us)
+{
+    struct h2s *st = h2s_of(us);
     struct h2conn *hc = st->conn;
     int open = hc != NULL && hc->sess != NULL && st->id >= 0 &&
                nghttp2_session_find_stream(hc->sess, st->id) != NULL;
+    st->released = 1;
+    st->xev = NULL;
+    st->xarg = NULL;
+    event_del(&st->deliver);
+    event_del(&st->timer);
     if (open && !st->resp_end)
         nghttp2_submit_rst_stream(hc->sess, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
-    /* The exchange's side goes now; what nghttp2 still holds for the stream stays until it
-     * closes (on_stream_close frees it). */
-    stream_close(&st->up->s);
-    h1up_deinit(st->up);
-    free(st->up);
-    st->up = NULL;
     if (!open) {
         h2s_unbind(st);
         h2s_free(st);
+    } else {
+        h2s_consume(st); /* what was not read is given back to the window */
     }
     if (hc != NULL)
         conn_want_flush(hc); /* the reset, and a GOAWAY'd connection's end */
 }
 
-/* The exchange settled its stream, or turned reading back on. */
-static void h2s_poke(struct stream *s, void *peer)
-{
-    struct h2s *st = peer;
-    (void)s;
-    if (st->up == NULL)
-        return;
-    if (!st->head_parsed) {
-        int r = h2s_take_head(st);
-        if (r < 0) {
-            h2s_unbind(st);
-            h2s_fail(st, EPROTO);
-            return;
-        }
-        if (r == 0)
-            return;
-        h2s_submit(st);
-    }
-    if (!st->req_end && h2s_take_body(st) < 0) {
-        h2s_fail(st, EPROTO);
-        return;
-    }
-    h2s_consume(st);
-    if (st->conn != NULL)
-        conn_want_flush(st->conn);
-}
-
-static const struct stream_peer_ops h2s_peer_ops = {h2s_poke};
+static const struct upstream_ops h2s_ops = {
+    .start = h2s_start,
+    .send_body = h2s_send_body,
+    .send_body_buffer = h2s_send_body_buffer,
+    .send_end = h2s_send_end,
+    .send_queued = h2s_send_queued,
+    .set_reading = h2s_set_reading,
+    .set_timeouts = h2s_set_timeouts,
+    .flush = h2s_flush,
+    .release = h2s_release,
+};
 
 void h2up_tick(struct upool *pool, unsigned tick)
 {

@@ -1,16 +1,24 @@
 /* h2up: HTTP/2 upstream connections (nghttp2), each carrying many exchanges at once.
  *
- * An exchange gets a `struct upconn` exactly as from the HTTP/1.1 pool, but its stream is a peer
- * stream (stream.h) bound to one HTTP/2 stream of a shared connection:
+ * An exchange gets one HTTP/2 stream of a shared connection as its upstream stream
+ * (upstream_transport.h), the same interface as a pooled HTTP/1.1 connection (h1up.c):
  *
- *   exchange writes the HTTP/1.1 request  -->  parsed here, sent as HEADERS + DATA (flow control:
- *   into the upconn's output                   what the peer's window allows; the output stays
- *                                              full, and the client paused, until it opens)
- *   exchange reads an HTTP/1.1 response   <--  HEADERS re-framed (Content-Length or chunked),
- *   from the upconn's input                    DATA appended; the window reopens as it is read
+ *   start: the request's parts          -->  HEADERS: :method, :scheme, :authority (the
+ *   (method, target, fields, token)          upstream's name), :path, the fields with lower-case
+ *                                            names, no framing field but Content-Length
+ *   send_body / send_end                -->  DATA as the peer's window allows; what waits counts
+ *                                            as send_queued, so the client pauses as for a slow
+ *                                            HTTP/1.1 upstream
+ *   events->head: status and fields     <--  HEADERS (1xx dropped; a head that ends the stream
+ *                                            gets "content-length: 0")
+ *   events->body_buffer, end            <--  DATA as it came; the window reopens only as the
+ *                                            exchange takes it (set_reading)
  *
- * so every rule the exchange applies to an HTTP/1.1 upstream (limits, timeouts, framing to the
- * client, token retries, the access log) applies unchanged. Connections, per worker and target,
+ * Everything is told from the event loop (a per-stream event), never from inside nghttp2.
+ * Nothing is serialised to HTTP/1.1 text or parsed from it on this path: the exchange frames
+ * the response for its client from the head's fields, as it does for an HTTP/1.1 upstream,
+ * so every rule it applies there (limits, timeouts, framing to the client, token retries, the
+ * access log) applies unchanged. Connections, per worker and target,
  * are keyed by credential (APNs refuses two teams' tokens on one connection), carry up to the
  * peer's SETTINGS_MAX_CONCURRENT_STREAMS, and a new one opens only when those are all taken.
  * Idle connections stay open and are PINGed; one that does not answer is closed.
@@ -30,14 +38,12 @@
 
 struct credential;
 
-/* Like upstream_get, for a target with h2 set: returns 0 with an upconn whose connection is up
+/* upstream_stream_get for a target with h2 set: returns 0 with a stream whose connection is up
  * (ready_cb never called), or 1 with one whose connection is still opening (ready_cb reports
- * later, from the event loop), or -1 when out of memory. cred keys the connection. */
+ * later, from the event loop), or -1 when out of memory. cred keys the connection. The stream
+ * goes back with its release operation: an unfinished one is reset. */
 int h2up_get(struct upool *pool, const struct credential *cred, upstream_stream_ready ready_cb,
              void *arg, struct upstream_stream **out);
-
-/* upstream_put and upstream_abort of an HTTP/2 exchange: an unfinished stream is reset. */
-void h2up_release(struct upconn *up);
 
 /* Once a second: PINGs idle connections, closes those that do not answer, and, while the
  * worker drains, those with nothing left to carry. */

@@ -301,7 +301,6 @@ static int check_response(struct http1_msg *m)
 {
     size_t i, ncl = 0, nte = 0;
     const struct http1_header *cl = NULL, *te = NULL;
-    m->status = m->parser.status_code;
     if (m->status < 100 || m->status > 599)
         return fail(m, 502, "the upstream sent a status code outside 100-599");
     if (m->status == 101)
@@ -391,6 +390,7 @@ static int on_headers_complete(llhttp_t *p)
         if (p->method != HTTP_CONNECT)
             p->upgrade = 0;
     } else {
+        m->status = p->status_code;
         if (check_response(m) < 0)
             return -1;
     }
@@ -553,4 +553,45 @@ int http1_parse_eof(struct http1_msg *m)
 int http1_msg_complete(const struct http1_msg *m)
 {
     return m->phase == 2;
+}
+
+int http1_response_set(struct http1_msg *m, int status, const struct http1_header *fields,
+                       size_t n)
+{
+    size_t i, k;
+    if (n > m->limits->max_headers)
+        return fail(m, 502, "too many header fields");
+    if (n > m->cap_headers) {
+        struct http1_header *h = realloc(m->headers, n * sizeof(*h));
+        if (h == NULL)
+            return fail(m, 500, "out of memory for header fields"); /* not the peer's fault */
+        m->headers = h;
+        m->cap_headers = n;
+    }
+    for (i = 0; i < n; i++) {
+        const struct http1_header *f = &fields[i];
+        if (f->name_len == 0)
+            return fail(m, 502, "empty header name");
+        for (k = 0; k < f->name_len; k++)
+            if (!is_tchar((unsigned char)f->name[k]))
+                return fail(m, 502, "invalid character in a header name");
+        for (k = 0; k < f->value_len; k++) {
+            unsigned char c = (unsigned char)f->value[k];
+            if ((c < 0x20 && c != '\t') || c == 0x7f)
+                return fail(m, 502, "control character in a header value");
+        }
+        m->headers[i] = *f;
+    }
+    m->nheaders = n;
+    m->status = status;
+    m->version_major = 2;
+    m->version_minor = 0;
+    m->keep_alive = 1;
+    if (check_response(m) < 0)
+        return -1;
+    /* A framed stream ends by itself, never with a connection. */
+    if (m->body == HTTP1_BODY_EOF)
+        m->body = HTTP1_BODY_CHUNKED;
+    m->phase = m->body == HTTP1_BODY_NONE ? 2 : 1;
+    return 0;
 }

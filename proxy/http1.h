@@ -95,6 +95,17 @@ int http1_parse_eof(struct http1_msg *m);
 /* Whether the whole message has been parsed (its end may come with its head). */
 int http1_msg_complete(const struct http1_msg *m);
 
+/* A response head that arrived as fields rather than text (an HTTP/2 upstream's HEADERS): m,
+ * initialised for HTTP_RESPONSE with request_is_head set as for parsing, takes the status and
+ * the n fields (spans copied, the bytes they point to borrowed) under the same rules as a
+ * parsed head: the field syntax, max_headers, the status range, Content-Length and
+ * Transfer-Encoding, 1xx without a body. The body framing is the one a parsed head would get,
+ * except that a response without Content-Length is HTTP1_BODY_CHUNKED (it ends with its
+ * stream). http1_msg_complete is true when no body follows. Returns 0, or -1 (m->error_status
+ * 502, or 500 when out of memory, and m->error_detail). */
+int http1_response_set(struct http1_msg *m, int status, const struct http1_header *fields,
+                       size_t n);
+
 /* Case-insensitive token comparison of a span with a NUL-terminated lower-case name. */
 int http1_name_is(const char *name, size_t len, const char *lower);
 

@@ -145,6 +145,17 @@ static int header_goes(const struct http1_msg *m, const struct http1_header *h, 
              (has_connection && http_connection_lists(m, h->name, h->name_len)));
 }
 
+/* Records the line just written as a field span (name, ": ", value, CRLF). */
+static void note_field(struct request_plan *p, struct http1_header *fields, const char *line,
+                       size_t name_len, size_t value_len)
+{
+    struct http1_header *f = &fields[p->nfields++];
+    f->name = line;
+    f->name_len = name_len;
+    f->value = line + name_len + 2;
+    f->value_len = value_len;
+}
+
 static int build_head(struct request_plan *p, const struct http1_msg *m, const char *host,
                       size_t host_len, const char *path, size_t path_len, const char *prefix,
                       int identity)
@@ -153,20 +164,30 @@ static int build_head(struct request_plan *p, const struct http1_msg *m, const c
     /* Without a Connection header there is nothing it could list: skip that scan. */
     int has_connection = http1_find(m, "connection") != NULL;
     size_t prefix_len = prefix ? strlen(prefix) : 0, bound, i;
+    struct http1_header *fields;
     /* request line and Host, each header line, and the framing line (at most
      * "Content-Length: " and 20 digits, or "Transfer-Encoding: chunked") with its CRLF */
     bound = m->method_len + 1 + prefix_len + path_len + 17 + host_len + 2 + 48;
     for (i = 0; i < m->nheaders; i++)
         bound += m->headers[i].name_len + m->headers[i].value_len + 4;
-    p->head = malloc(bound);
+    /* The field spans follow the text in the same allocation, aligned. */
+    bound = (bound + _Alignof(struct http1_header) - 1) &
+            ~(size_t)(_Alignof(struct http1_header) - 1);
+    p->head = malloc(bound + (m->nheaders + 1) * sizeof(struct http1_header));
     if (p->head == NULL)
         return -1;
+    fields = (struct http1_header *)(void *)(p->head + bound);
+    p->fields = fields;
+    p->nfields = 0;
     struct head_out o = {p->head};
     out_put(&o, m->method, m->method_len);
+    p->method_len = m->method_len;
     OUT_LITERAL(&o, " ");
+    p->target_off = (size_t)(o.p - p->head);
     if (prefix)
         out_put(&o, prefix, prefix_len);
     out_put(&o, path, path_len);
+    p->target_len = (size_t)(o.p - p->head) - p->target_off;
     OUT_LITERAL(&o, " HTTP/1.1\r\nHost: ");
     out_put(&o, host, host_len);
     OUT_LITERAL(&o, "\r\n");
@@ -174,16 +195,19 @@ static int build_head(struct request_plan *p, const struct http1_msg *m, const c
         const struct http1_header *h = &m->headers[i];
         if (!header_goes(m, h, identity, has_connection))
             continue;
+        note_field(p, fields, o.p, h->name_len, h->value_len);
         out_put(&o, h->name, h->name_len);
         OUT_LITERAL(&o, ": ");
         out_put(&o, h->value, h->value_len);
         OUT_LITERAL(&o, "\r\n");
     }
     if (m->body == HTTP1_BODY_CHUNKED) {
+        note_field(p, fields, o.p, 17, 7);
         OUT_LITERAL(&o, "Transfer-Encoding: chunked\r\n");
     } else if (m->body == HTTP1_BODY_LENGTH || had_cl) {
         char digits[24];
         int n = snprintf(digits, sizeof(digits), "%" PRIu64, m->content_length);
+        note_field(p, fields, o.p, 14, (size_t)n);
         OUT_LITERAL(&o, "Content-Length: ");
         out_put(&o, digits, (size_t)n);
         OUT_LITERAL(&o, "\r\n");
@@ -384,4 +408,6 @@ void request_plan_deinit(struct request_plan *p)
 {
     free(p->head);
     p->head = NULL;
+    p->fields = NULL;
+    p->nfields = 0;
 }

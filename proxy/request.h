@@ -32,6 +32,13 @@ struct request_plan {
     char *head;        /* malloc'd: request line, Host, forwarded headers and framing; the
                           token line and the final CRLF are added when it is sent */
     size_t head_len;
+    /* The same head in parts, spans into head (in its allocation: freeing head frees them):
+     * the method is head's first method_len bytes, the target target_len bytes at target_off,
+     * and fields every line after Host (the framing field last, when there is one). An HTTP/2
+     * upstream sends these instead of the text. */
+    size_t method_len, target_off, target_len;
+    const struct http1_header *fields;
+    size_t nfields;
 };
 
 /* Plans a request whose head m is complete: CONNECT and malformed targets are refused, the

@@ -137,23 +137,8 @@ void stream_set_alarm(struct stream *s, uint32_t ms)
     schedule(s);
 }
 
-static void peer_deliver(evutil_socket_t fd, short what, void *arg);
-
 void stream_set_reading(struct stream *s, int on)
 {
-    if (s->peer_ops != NULL) {
-        if (on && !s->reading) {
-            s->reading = 1;
-            s->rd_deadline = s->rto_ms ? stream_now_ms() + s->rto_ms : 0;
-            schedule(s);
-            if (s->pending & STREAM_READ)
-                event_active(&s->io, EV_READ, 1);
-            s->peer_ops->poke(s, s->peer);
-        } else if (!on) {
-            s->reading = 0;
-        }
-        return;
-    }
     if (on && !s->reading) {
         s->reading = 1;
         s->rd_deadline = s->rto_ms ? stream_now_ms() + s->rto_ms : 0;
@@ -595,59 +580,10 @@ int stream_init(struct stream *s, struct stream_ctx *ctx, int fd, SSL *ssl, enum
     return 0;
 }
 
-int stream_init_peer(struct stream *s, struct stream_ctx *ctx, const struct stream_peer_ops *ops,
-                     void *peer, stream_cb cb, void *arg)
-{
-    memset(s, 0, sizeof(*s));
-    s->ctx = ctx;
-    s->cb = cb;
-    s->arg = arg;
-    s->reading = 1;
-    s->peer_ops = ops;
-    s->peer = peer;
-    if (event_assign(&s->io, ctx->base, -1, 0, peer_deliver, s) < 0 ||
-        evtimer_assign(&s->timer, ctx->base, timer_cb, s) < 0)
-        return -1;
-    return 0;
-}
-
-/* Delivers what the peer posted, once per loop iteration however often it posted. */
-static void peer_deliver(evutil_socket_t fd, short what, void *arg)
-{
-    struct stream *s = arg;
-    unsigned ev = s->pending;
-    (void)fd;
-    (void)what;
-    if (!s->reading)
-        ev &= ~(unsigned)STREAM_READ;
-    s->pending &= ~ev;
-    if (ev)
-        s->cb(s, ev, s->arg);
-}
-
-void stream_peer_post(struct stream *s, unsigned events, int sys_errno)
-{
-    if (events & STREAM_READ) {
-        s->rd_deadline = s->rto_ms ? stream_now_ms() + s->rto_ms : 0;
-        schedule(s);
-    }
-    if (events & STREAM_EOF)
-        s->eof = 1;
-    if (events & STREAM_ERROR) {
-        if (s->failed)
-            events &= ~(unsigned)STREAM_ERROR;
-        s->failed = 1;
-        s->sys_errno = sys_errno;
-    }
-    s->pending |= events;
-    if (events)
-        event_active(&s->io, EV_READ, 1);
-}
-
 int stream_start_tls(struct stream *s, SSL *ssl)
 {
     int fd = (int)event_get_fd(&s->io);
-    if (s->ssl || s->peer_ops || s->failed || s->eof || stream_input_length(s) != 0)
+    if (s->ssl || s->failed || s->eof || stream_input_length(s) != 0)
         goto fail;
     write_out(s);
     if (s->failed || stream_output_length(s) != 0 ||
@@ -689,31 +625,9 @@ void stream_close(struct stream *s)
     s->in = s->out = NULL;
 }
 
-/* A peer stream's settle: the peer takes what it can; progress restarts the write timeout. */
-static unsigned peer_settle(struct stream *s)
-{
-    size_t before = stream_output_length(s), after;
-    if (s->failed)
-        return 0;
-    s->peer_ops->poke(s, s->peer);
-    after = stream_output_length(s);
-    if (after < before) {
-        s->wr_deadline = after && s->wto_ms ? stream_now_ms() + s->wto_ms : 0;
-        schedule(s);
-        return after <= s->write_low ? STREAM_DRAINED : 0;
-    }
-    if (after && s->wto_ms && !s->wr_deadline) {
-        s->wr_deadline = stream_now_ms() + s->wto_ms;
-        schedule(s);
-    }
-    return 0;
-}
-
 unsigned stream_settle(struct stream *s)
 {
     unsigned ev;
-    if (s->peer_ops != NULL)
-        return peer_settle(s);
     if (s->failed) {
         if (!s->fail_reported)
             event_active(&s->io, EV_WRITE, 1);

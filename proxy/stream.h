@@ -58,15 +58,6 @@ enum stream_tls { STREAM_PLAIN, STREAM_TLS_ACCEPT, STREAM_TLS_CONNECT };
 struct stream;
 typedef void (*stream_cb)(struct stream *s, unsigned events, void *arg);
 
-/* A stream without a socket, whose other end is a module of the same worker (an HTTP/2 stream
- * on a shared connection, proxy/h2up.c): the owner uses it exactly like a socket stream, the
- * peer takes what the owner writes and adds what the owner reads. poke is called (never from
- * inside a peer's own call) when the owner settles the stream or turns reading back on: the
- * peer takes output it can send now and reopens flow control for input that was read. */
-struct stream_peer_ops {
-    void (*poke)(struct stream *s, void *peer);
-};
-
 struct stream {
     struct event io;      /* the socket: EV_READ | EV_WRITE | EV_PERSIST | EV_ET */
     struct event timer;   /* the earliest deadline */
@@ -93,9 +84,6 @@ struct stream {
     unsigned fail_reported : 1;
     unsigned rdhup : 1;       /* the peer's FIN was seen (EPOLLRDHUP) */
     unsigned tls_short : 1;   /* TLS: the socket's last read returned less than asked */
-    const struct stream_peer_ops *peer_ops; /* a peer stream (no socket); NULL otherwise */
-    void *peer;
-    unsigned pending;         /* peer streams: events posted, not yet delivered */
 };
 
 /* Initialises ctx for the worker's base. */
@@ -106,15 +94,6 @@ void stream_ctx_deinit(struct stream_ctx *ctx);
  * socket. Reading starts enabled. Returns 0, or -1 (fd and ssl still the caller's). */
 int stream_init(struct stream *s, struct stream_ctx *ctx, int fd, SSL *ssl, enum stream_tls mode,
                 stream_cb cb, void *arg);
-/* A peer stream (see struct stream_peer_ops): no socket, reading starts enabled. Returns 0 or
- * -1. Closed with stream_close like any other. */
-int stream_init_peer(struct stream *s, struct stream_ctx *ctx, const struct stream_peer_ops *ops,
-                     void *peer, stream_cb cb, void *arg);
-/* The peer's side: delivers events to the owner from the event loop (never from this call).
- * STREAM_READ restarts the read timeout (the peer added input); STREAM_ERROR marks the stream
- * failed with sys_errno; STREAM_EOF marks it ended. STREAM_READ waits while reading is off. */
-void stream_peer_post(struct stream *s, unsigned events, int sys_errno);
-
 /* Turns a plain stream whose input is empty into the server side of a TLS connection (takes
  * ssl; its fd is set here): what the output holds is written in plain text first, and must go
  * at once (a CONNECT's 200 is small). The handshake then runs as for STREAM_TLS_ACCEPT. Returns

@@ -510,10 +510,6 @@ void upstream_put(struct upconn *c, int reusable)
 {
     struct upool *pool = c->pool;
     const struct conf_limits *lim = limits_of(pool);
-    if (c->h2s != NULL) {
-        h2up_release(c);
-        return;
-    }
     pool->nactive--;
     pool_gauge(pool, METRICS_UP_ACTIVE, -1);
     c->exchanges++;
@@ -566,10 +562,6 @@ void upool_tick(struct upool *pool, unsigned tick)
 
 void upstream_abort(struct upconn *c)
 {
-    if (c->h2s != NULL) {
-        h2up_release(c);
-        return;
-    }
     /* Still opening (its report has not run): it stops connecting here. */
     if (c->ready_cb || c->stream_ready)
         pool_gauge(c->pool, METRICS_UP_CONNECTING, -1);

@@ -19,7 +19,6 @@
 
 struct upconn;
 struct h2pool;
-struct h2s;
 struct credential;
 TAILQ_HEAD(upconn_list, upconn);
 
@@ -74,7 +73,6 @@ struct upconn {
     void *arg;
     enum upstream_error err;
     char detail[256];
-    struct h2s *h2s;           /* an HTTP/2 exchange: s is a peer stream of this h2up stream */
     /* Opened for an exchange (upstream_stream_get): reported to it instead of ready_cb. */
     upstream_stream_ready stream_ready;
     void *stream_ready_arg;

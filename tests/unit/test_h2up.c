@@ -1,8 +1,9 @@
 /* test_h2up: the HTTP/2 exchange path against an nghttp2 server in the same process, on a fake
  * clock, for what a real APNs stand-in cannot show in a test's time: APNs refusing a token that
  * is 20 minutes old (mint once more, send the push again) or younger (pass the answer on, keep
- * the token), and a refusal of a token that has already been replaced. Includes h2up.c to build
- * a connection without a socket (h2o's t/00unit style). */
+ * the token), and a refusal of a token that has already been replaced. The exchange's side is
+ * the upstream transport interface (upstream_transport.h), driven as client.c drives it.
+ * Includes h2up.c to build a connection without a socket (h2o's t/00unit style). */
 #include "proxy/h2up.c"
 
 #include <stdarg.h>
@@ -35,8 +36,21 @@ struct server {
     size_t big_left;      /* status 200 with a body of this many bytes (0: none) */
 };
 
+/* What the exchange was told (upstream_events). */
+struct seen {
+    int status;
+    int nheads;
+    struct evbuffer *body;
+    int ended;
+    int faulted;
+};
+
 struct fixture {
     struct event_base *base;
+    struct seen seen;
+    struct upstream_request rq;
+    struct http1_header rq_fields[2];
+    struct token *tok;
     struct worker w;
     struct conf conf;
     struct runtime rt;
@@ -155,16 +169,72 @@ static apple_key *new_key(void)
     return k;
 }
 
+static int ev_head(void *arg, const struct http1_msg *r)
+{
+    struct seen *seen = arg;
+    seen->status = r->status;
+    seen->nheads++;
+    return 0;
+}
+
+static void ev_body(void *arg, const char *at, size_t len)
+{
+    struct seen *seen = arg;
+    evbuffer_add(seen->body, at, len);
+}
+
+static void ev_body_buffer(void *arg, struct evbuffer *src, size_t n)
+{
+    struct seen *seen = arg;
+    evbuffer_remove_buffer(src, seen->body, n);
+}
+
+static int ev_end(void *arg)
+{
+    ((struct seen *)arg)->ended = 1;
+    return 0;
+}
+
+static int ev_fault(void *arg, enum upstream_fault kind, const char *detail)
+{
+    (void)kind;
+    (void)detail;
+    ((struct seen *)arg)->faulted = 1;
+    return 0;
+}
+
+static int ev_drained(void *arg)
+{
+    (void)arg;
+    return 0;
+}
+
+static void ev_settle(void *arg)
+{
+    (void)arg;
+}
+
+static const struct upstream_events test_events = {ev_head, ev_body, ev_body_buffer, ev_end,
+                                                   ev_fault, ev_drained, ev_settle};
+
+/* The exchange's request, as request_plan makes it: the text and its parts. */
+static const char request[] = "POST /3/device/abc HTTP/1.1\r\nHost: api.push.apple.com\r\n"
+                              "apns-topic: com.example.app\r\nContent-Length: 2\r\n";
+
+static void set_field(struct http1_header *h, const char *name, const char *value)
+{
+    h->name = strstr(request, name);
+    h->name_len = strlen(name);
+    h->value = strstr(request, value);
+    h->value_len = strlen(value);
+}
+
 /* A connection with one stream carrying a push, the server answering from its script. */
 static struct fixture *fixture_new(void)
 {
-    static const char request[] = "POST /3/device/abc HTTP/1.1\r\nHost: api.push.apple.com\r\n"
-                                  "apns-topic: com.example.app\r\nContent-Length: 2\r\n";
     struct fixture *f = calloc(1, sizeof(*f));
     nghttp2_session_callbacks *cbs;
-    struct token *tok;
     char err[256];
-    struct evbuffer *out;
 
     assert_non_null(f);
     f->base = event_base_new();
@@ -211,21 +281,33 @@ static struct fixture *fixture_new(void)
     TAILQ_INSERT_TAIL(&f->hc->streams, f->st, link);
     f->hc->nstreams++;
 
-    /* The exchange writes its request with the team's token, as client.c does. */
-    tok = token_cache_get(f->rt.tokens, &f->cred, NULL, 0, err, sizeof(err));
-    assert_non_null(tok);
-    out = stream_output(&f->st->up->s);
-    evbuffer_add(out, request, sizeof(request) - 1);
-    evbuffer_add(out, tok->line, tok->line_len);
-    evbuffer_add(out, "\r\n{}", 4);
-    token_put(tok);
+    /* The exchange's request with the team's token, as client.c gives it. */
+    f->tok = token_cache_get(f->rt.tokens, &f->cred, NULL, 0, err, sizeof(err));
+    assert_non_null(f->tok);
+    f->seen.body = evbuffer_new();
+    assert_non_null(f->seen.body);
+    set_field(&f->rq_fields[0], "apns-topic", "com.example.app");
+    set_field(&f->rq_fields[1], "Content-Length", "2");
+    f->rq.head = request;
+    f->rq.head_len = sizeof(request) - 1;
+    f->rq.method = request;
+    f->rq.method_len = 4;
+    f->rq.target = request + 5;
+    f->rq.target_len = strlen("/3/device/abc");
+    f->rq.fields = f->rq_fields;
+    f->rq.nfields = 2;
+    f->rq.tok = f->tok;
+    f->rq.body = HTTP1_BODY_LENGTH;
+    f->rq.content_length = 2;
     return f;
 }
 
 static void fixture_free(struct fixture *f)
 {
     conn_close(f->hc, NULL);
-    h2up_release(f->st->up);
+    f->st->us.ops->release(&f->st->us);
+    token_put(f->tok);
+    evbuffer_free(f->seen.body);
     h2up_pool_free(&f->pool);
     nghttp2_session_del(f->srv.sess);
     token_cache_free(f->rt.tokens);
@@ -236,22 +318,21 @@ static void fixture_free(struct fixture *f)
     free(f);
 }
 
-/* What the exchange reads: the status of the HTTP/1.1 head it got. */
+/* What the exchange was told: the status of the one head it got (0: none). */
 static int answer_status(struct fixture *f)
 {
-    struct evbuffer *in = stream_input(&f->st->up->s);
-    size_t n = evbuffer_get_length(in);
-    const char *p = n ? (const char *)evbuffer_pullup(in, (ev_ssize_t)n) : "";
-    int status = 0;
-    if (n > 12 && memcmp(p, "HTTP/1.1 ", 9) == 0)
-        status = atoi(p + 9);
-    return status;
+    event_base_loop(f->base, EVLOOP_NONBLOCK); /* the transport tells from the loop */
+    assert_true(f->seen.nheads <= 1);
+    return f->seen.status;
 }
 
 static void run(struct fixture *f)
 {
-    h2s_poke(&f->st->up->s, f->st);
-    assert_true(f->st->head_parsed);
+    const struct upstream_ops *ops = f->st->us.ops;
+    assert_int_equal(ops->start(&f->st->us, &f->rq, &test_events, &f->seen), 0);
+    ops->send_body(&f->st->us, "{}", 2);
+    ops->send_end(&f->st->us);
+    assert_true(f->st->id >= 0);
     pump(f);
 }
 
@@ -290,8 +371,9 @@ static void test_refused_young_token_is_kept(void **state)
     run(f);
     assert_int_equal(f->srv.nrequests, 1);
     assert_int_equal(answer_status(f), 403);
-    in = stream_input(&f->st->up->s);
+    in = f->seen.body;
     assert_true(evbuffer_search(in, "{\"reason\":\"InvalidProviderToken\"}", 33, NULL).pos >= 0);
+    assert_true(f->seen.ended);
     assert_int_equal(f->w.stats.apns_token_retries, 0);
     assert_int_equal(token_cache_mints(f->rt.tokens, &f->cred), 1);
     fixture_free(f);
@@ -335,35 +417,36 @@ static void test_other_403_is_passed_on(void **state)
 
 /* Backpressure: while the exchange does not read, the upstream can send no more than the
  * stream's window; once it reads and turns reading back on, the window reopens and the rest
- * comes, re-framed as chunked (the answer has no content-length). */
+ * comes, handed over as it arrived (the answer has no content-length: no framing is added). */
 static void test_window_follows_the_reader(void **state)
 {
     struct fixture *f;
-    struct evbuffer *in;
-    size_t got = 0, total = 1024 * 1024;
+    const struct upstream_ops *ops;
+    size_t total = 1024 * 1024;
     int rounds = 0;
     (void)state;
     fake_now = T0;
     f = fixture_new();
+    ops = f->st->us.ops;
     f->srv.big_left = total;
-    stream_set_reading(&f->st->up->s, 0);
+    ops->set_reading(&f->st->us, 0);
     run(f);
-    in = stream_input(&f->st->up->s);
-    assert_true(evbuffer_get_length(in) > 0);
-    /* The head, and at most one stream window of DATA with its chunk framing. */
-    assert_true(evbuffer_get_length(in) <= H2UP_STREAM_WINDOW + 4096);
+    assert_int_equal(answer_status(f), 200);
+    /* At most one stream window of DATA waits for the exchange, which has taken none. */
+    assert_true(evbuffer_get_length(f->st->in) > 0);
+    assert_true(evbuffer_get_length(f->st->in) <= H2UP_STREAM_WINDOW);
+    assert_int_equal(evbuffer_get_length(f->seen.body), 0);
     assert_true(f->srv.big_left > 0);
     while (f->srv.big_left > 0 && rounds++ < 100) {
-        got += evbuffer_get_length(in);
-        evbuffer_drain(in, evbuffer_get_length(in));
-        stream_set_reading(&f->st->up->s, 1); /* pokes: the window reopens */
+        ops->set_reading(&f->st->us, 1); /* takes what waits: the window reopens */
         pump(f);
-        stream_set_reading(&f->st->up->s, 0);
+        ops->set_reading(&f->st->us, 0);
     }
-    got += evbuffer_get_length(in);
+    ops->set_reading(&f->st->us, 1);
     assert_int_equal(f->srv.big_left, 0);
-    assert_true(got > total);
+    assert_int_equal(evbuffer_get_length(f->seen.body), total);
     assert_true(f->st->resp_end);
+    assert_true(f->seen.ended);
     fixture_free(f);
 }
 

@@ -352,6 +352,86 @@ static void test_bad_responses(void **state)
     }
 }
 
+/* A head that arrived as fields (an HTTP/2 upstream's) gets the parsed path's framing, except
+ * that no length means "until the stream ends", never "until the close". */
+static int set_resp(int status, const struct http1_header *f, size_t n, int is_head,
+                    struct http1_msg *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->request_is_head = is_head;
+    http1_msg_init(m, HTTP_RESPONSE, &limits);
+    return http1_response_set(m, status, f, n);
+}
+
+#define FIELD(n, v) {n, sizeof(n) - 1, v, sizeof(v) - 1}
+
+static void test_response_from_fields(void **state)
+{
+    struct http1_msg m;
+    const struct http1_header cl[] = {FIELD("apns-id", "ID"), FIELD("content-length", "3")};
+    const struct http1_header none[] = {FIELD("apns-id", "ID")};
+    assert_int_equal(set_resp(200, cl, 2, 0, &m), 0);
+    assert_int_equal(m.status, 200);
+    assert_int_equal(m.body, HTTP1_BODY_LENGTH);
+    assert_int_equal(m.content_length, 3);
+    assert_true(m.keep_alive);
+    assert_false(http1_msg_complete(&m));
+    assert_non_null(http1_find(&m, "apns-id"));
+    http1_msg_deinit(&m);
+    assert_int_equal(set_resp(200, none, 1, 0, &m), 0);
+    assert_int_equal(m.body, HTTP1_BODY_CHUNKED);
+    http1_msg_deinit(&m);
+    /* HEAD, 204 and 304 have no body whatever their fields say */
+    assert_int_equal(set_resp(200, cl, 2, 1, &m), 0);
+    assert_int_equal(m.body, HTTP1_BODY_NONE);
+    assert_true(http1_msg_complete(&m));
+    http1_msg_deinit(&m);
+    assert_int_equal(set_resp(304, cl, 2, 0, &m), 0);
+    assert_int_equal(m.body, HTTP1_BODY_NONE);
+    http1_msg_deinit(&m);
+    assert_int_equal(set_resp(204, none, 1, 0, &m), 0);
+    assert_int_equal(m.body, HTTP1_BODY_NONE);
+    http1_msg_deinit(&m);
+}
+
+/* Hostile heads as fields: what the parsed path refuses is refused here too (502). */
+static void test_bad_response_fields(void **state)
+{
+    static const struct {
+        int status;
+        struct http1_header f[2];
+        size_t n;
+    } bad[] = {
+        {200, {FIELD("content-length", "3"), FIELD("content-length", "3")}, 2},
+        {200, {FIELD("content-length", "abc")}, 1},
+        {200, {FIELD("content-length", "3"), FIELD("transfer-encoding", "chunked")}, 2},
+        {200, {FIELD("transfer-encoding", "gzip")}, 1},
+        {101, {FIELD("upgrade", "h2c")}, 1},
+        {199, {FIELD("content-length", "57")}, 1},
+        {600, {FIELD("x", "y")}, 1},
+        {200, {FIELD("x", "a\r\nx-injected: 1")}, 1},
+        {200, {FIELD("x", "a\001b")}, 1},
+        {200, {FIELD("x y", "z")}, 1},
+        {200, {FIELD("", "z")}, 1},
+    };
+    struct http1_header many[9];
+    struct http1_msg m;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        int r = set_resp(bad[i].status, bad[i].f, bad[i].n, 0, &m);
+        if (r != -1 || m.error_status != 502)
+            fail_msg("head %zu: r=%d status=%d", i, r, m.error_status);
+        http1_msg_deinit(&m);
+    }
+    /* max_headers (8 here) */
+    for (size_t i = 0; i < 9; i++)
+        many[i] = (struct http1_header)FIELD("x", "y");
+    assert_int_equal(set_resp(200, many, 8, 0, &m), 0);
+    http1_msg_deinit(&m);
+    assert_int_equal(set_resp(200, many, 9, 0, &m), -1);
+    assert_int_equal(m.error_status, 502);
+    http1_msg_deinit(&m);
+}
+
 static void test_list_has(void **state)
 {
     const char *v = "keep-alive, X-Foo ,Authorization";
@@ -370,6 +450,8 @@ int main(void)
         cmocka_unit_test(test_connect_has_no_body),
         cmocka_unit_test(test_http10_keepalive), cmocka_unit_test(test_responses),
         cmocka_unit_test(test_bad_responses),    cmocka_unit_test(test_list_has),
+        cmocka_unit_test(test_response_from_fields),
+        cmocka_unit_test(test_bad_response_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -101,6 +101,30 @@ struct forward_case {
     const char *head;      /* the exact upstream head */
 };
 
+/* The head's parts (what an HTTP/2 upstream is sent) say the same as its text: the method, the
+ * target of the request line, and each line after Host as one field, in order. */
+static void check_parts(size_t row, const struct request_plan *p)
+{
+    const char *line = memchr(p->head, '\n', p->head_len);
+    const char *end = p->head + p->head_len;
+    size_t i;
+    if (p->method_len == 0 || p->head[p->method_len] != ' ' ||
+        p->target_off != p->method_len + 1 ||
+        memcmp(p->head + p->target_off + p->target_len, " HTTP/1.1\r\n", 11) != 0)
+        fail_msg("row %zu: request line parts", row);
+    line = memchr(line + 1, '\n', (size_t)(end - line - 1)); /* after Host */
+    for (i = 0; i < p->nfields; i++) {
+        const struct http1_header *f = &p->fields[i];
+        if (line == NULL || f->name != line + 1 || f->value != f->name + f->name_len + 2 ||
+            memcmp(f->name + f->name_len, ": ", 2) != 0 ||
+            memcmp(f->value + f->value_len, "\r\n", 2) != 0)
+            fail_msg("row %zu: field %zu", row, i);
+        line = f->value + f->value_len + 1;
+    }
+    if (line != end - 1)
+        fail_msg("row %zu: %zu fields do not cover the head", row, p->nfields);
+}
+
 static void test_forwarded_heads(void **state)
 {
     static const struct forward_case cases[] = {
@@ -161,6 +185,7 @@ static void test_forwarded_heads(void **state)
             assert_int_equal(p.http10, k->http10);
             if (p.head_len != strlen(k->head) || memcmp(p.head, k->head, p.head_len) != 0)
                 fail_msg("row %zu: head\n%.*s\nwant\n%s", i, (int)p.head_len, p.head, k->head);
+            check_parts(i, &p);
         }
         request_plan_deinit(&p);
         http1_msg_deinit(&m);
@@ -221,6 +246,7 @@ static void test_tunnel(void **state)
             assert_int_equal(p.route, k->route);
             if (p.head_len != strlen(k->head) || memcmp(p.head, k->head, p.head_len) != 0)
                 fail_msg("row %zu: head\n%.*s\nwant\n%s", i, (int)p.head_len, p.head, k->head);
+            check_parts(i, &p);
         } else {
             assert_null(p.head);
         }
