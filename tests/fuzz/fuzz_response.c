@@ -4,12 +4,16 @@
  * answers a HEAD request), bits 1-7 choose where the body is split in two reads. abort() when
  * an invariant breaks: spans inside the input, no CR/LF/NUL in values, bodyless responses
  * (HEAD, 1xx, 204, 304) have no body, sinks never exceed Content-Length, a complete chunked
- * body matches its declared sizes, and a complete head is stable when re-parsed in pieces. */
+ * body matches its declared sizes, and a complete head is stable when re-parsed in pieces.
+ * The head's Retry-After, if any, goes through the parser the proxy uses on a 429
+ * (gateway_parse_retry_after): a time, or -1. */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "proxy/gateway.h"
 #include "proxy/http1.h"
 
 /* The limits client.c gives upstream responses. */
@@ -86,7 +90,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (r == 1) {
         size_t hl = m.head_len;
         CHECK(hl > 0 && hl <= size && hl <= resp_limits.max_head, "head_len %zu", hl);
-        CHECK(m.status >= 100 && m.status <= 999 && m.status != 101, "status %d", m.status);
+        CHECK(m.status >= 100 && m.status <= 599 && m.status != 101, "status %d", m.status);
         CHECK(m.nheaders <= resp_limits.max_headers, "%zu headers", m.nheaders);
         for (size_t i = 0; i < m.nheaders; i++) {
             const struct http1_header *f = &m.headers[i];
@@ -104,6 +108,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                   "reason phrase");
         if (is_head || m.status < 200 || m.status == 204 || m.status == 304)
             CHECK(m.body == HTTP1_BODY_NONE, "a body on a bodyless response");
+        {
+            const struct http1_header *ra = http1_find(&m, "retry-after");
+            if (ra != NULL) {
+                double until = gateway_parse_retry_after(ra->value, ra->value_len, 1.7e9);
+                CHECK(until == -1 || isfinite(until), "Retry-After read as %g", until);
+            }
+        }
         CHECK(http1_parse_head(&p, buf, hl) == 1 && p.head_len == hl && p.body == m.body,
               "the head alone parses differently");
         CHECK(http1_parse_head(&p, buf, hl - 1) == 0, "one byte short is not 'need more'");
