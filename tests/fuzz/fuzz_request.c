@@ -119,6 +119,40 @@ static int name_is(const char *s, size_t n, const char *lower)
     return strlen(lower) == n && strncasecmp(s, lower, n) == 0;
 }
 
+/* The forwarded path (before any query) names the resource it was routed by on every server:
+ * no "." or ".." segment once "%2e" is decoded, no fragment, and no byte some servers read as
+ * a separator or a segment's end ('\\', ';', and those or '/' percent-encoded). */
+static void check_path(const char *t, size_t n)
+{
+    const char *q = memchr(t, '?', n);
+    size_t bare = q ? (size_t)(q - t) : n, i = 0;
+    CHECK(memchr(t, '#', n) == NULL, "a fragment in the forwarded target");
+    for (size_t k = 0; k < bare; k++) {
+        CHECK(t[k] != '\\' && t[k] != ';', "'%c' in the forwarded path", t[k]);
+        if (t[k] == '%' && k + 3 <= bare)
+            CHECK(strncasecmp(t + k, "%2f", 3) != 0 && strncasecmp(t + k, "%5c", 3) != 0 &&
+                      strncasecmp(t + k, "%3b", 3) != 0,
+                  "an encoded separator in the forwarded path %.*s", (int)bare, t);
+    }
+    while (i < bare) {
+        size_t start = ++i, dots = 0, other = 0; /* i was at a '/' */
+        while (i < bare && t[i] != '/') {
+            if (t[i] == '.') {
+                dots++;
+                i++;
+            } else if (t[i] == '%' && i + 3 <= bare && strncasecmp(t + i, "%2e", 3) == 0) {
+                dots++;
+                i += 3;
+            } else {
+                other++;
+                i++;
+            }
+        }
+        CHECK(i == start || other > 0 || dots > 2, "a dot-segment in the forwarded path %.*s",
+              (int)bare, t);
+    }
+}
+
 /* Checks the head request_plan built (plus the token line the proxy appends when sending). */
 static void check_head(const struct request_plan *p, const struct http1_msg *m)
 {
@@ -158,6 +192,7 @@ static void check_head(const struct request_plan *p, const struct http1_msg *m)
     CHECK(tgt < sp2 && tgt[0] == '/', "the target is not origin-form: %.*s", (int)(sp2 - tgt), tgt);
     for (const char *q = tgt; q < sp2; q++)
         CHECK((unsigned char)*q > 0x20 && *q != 0x7f, "control or space in the target");
+    check_path(tgt, (size_t)(sp2 - tgt));
     CHECK((size_t)(eol - sp2) == 9 && memcmp(sp2, " HTTP/1.1", 9) == 0, "version");
     /* The fields. */
     const char *line = eol + 2;
