@@ -23,7 +23,7 @@ SECS=${FUZZ_SECONDS:-60}
 CC_BIN=${FUZZ_CC:-clang}
 JOBS=${FUZZ_JOBS:-1}
 ALL_TARGETS=(fuzz_request fuzz_response fuzz_conf fuzz_key fuzz_h2_response fuzz_access_token
-             fuzz_redis_reply fuzz_linkrw)
+             fuzz_redis_reply fuzz_linkrw fuzz_conf_env)
 SIGNATURE="invariant broken|ERROR: (Address|Leak)Sanitizer|runtime error"
 SIGNATURE="$SIGNATURE|ERROR: libFuzzer: (timeout|out-of-memory)"
 
@@ -53,6 +53,7 @@ dict_for() {
     fuzz_access_token) echo "$FUZZ_DIR/access_token.dict" ;;
     fuzz_redis_reply) echo "$FUZZ_DIR/redis.dict" ;;
     fuzz_linkrw) echo "$FUZZ_DIR/linkrw.dict" ;;
+    fuzz_conf_env) echo "$FUZZ_DIR/conf_env.dict" ;;
     esac
 }
 
