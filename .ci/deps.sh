@@ -22,8 +22,9 @@ if [ "${WITH_TEST_TOOLS:-1}" = 1 ]; then
   packages+=(golang-go ruby)
   command -v node >/dev/null || packages+=(nodejs)
   command -v npm >/dev/null || packages+=(npm)
-  # The shared-state tests start their own redis-server.
-  packages+=(redis-server)
+  # The shared-state tests start their own redis-server (Debian 12's serves TLS too, which
+  # the TLS tests use) and read it with redis-cli.
+  packages+=(redis-server redis-tools)
 fi
 
 if [ "${WITH_BENCH_TOOLS:-0}" = 1 ]; then

@@ -124,6 +124,12 @@ struct conf_shared {
     char *key_prefix;    /* "key_prefix", default "apple-auth-proxy:" */
     long timeout_ms;     /* "timeout" seconds, default 0.25: slower replies count as a failure */
     int replicas;        /* "replicas", default 1: local limits are divided by it in fallback */
+    int tls;             /* "tls": true or an object: TLS 1.2 or later, the certificate verified */
+    char *tls_ca_file;   /* "tls.ca_file" (malloc'd); NULL: the system's trust store */
+    char *tls_server_name; /* "tls.server_name" (malloc'd): the name the certificate must carry;
+                              NULL: host */
+    char *tls_cert_file; /* "tls.cert_file" and "tls.key_file" (malloc'd): a client certificate */
+    char *tls_key_file;  /* for Redis servers that require one (mutual TLS); both or neither */
 };
 
 struct conf {

@@ -88,14 +88,14 @@ static void conf_set_tls_file(struct conf_ctx *ctx, const cJSON *item, const cha
         conf_oom(ctx);
 }
 
-static void conf_set_tls_cert(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
-                              const struct conf_field *f)
+void conf_set_tls_cert(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
+                       const struct conf_field *f)
 {
     conf_set_tls_file(ctx, item, path, (char **)((char *)base + f->offset), 1);
 }
 
-static void conf_set_tls_key(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
-                             const struct conf_field *f)
+void conf_set_tls_key(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
+                      const struct conf_field *f)
 {
     conf_set_tls_file(ctx, item, path, (char **)((char *)base + f->offset), 0);
 }

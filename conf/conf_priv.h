@@ -170,6 +170,13 @@ void conf_set_ca_file(struct conf_ctx *ctx, const cJSON *item, const char *path,
                       const struct conf_field *f);
 void conf_set_strings(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
                       const struct conf_field *f);
+/* A file the proxy loads when it starts, into the char * at f->offset: it must exist, be a
+ * regular file and open; conf_set_tls_cert also wants a PEM certificate in it (a key file is
+ * opened, never read, by the check). */
+void conf_set_tls_cert(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
+                       const struct conf_field *f);
+void conf_set_tls_key(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
+                      const struct conf_field *f);
 /* true or false into an int. */
 void conf_set_bool(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
                    const struct conf_field *f);

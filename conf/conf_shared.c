@@ -19,7 +19,6 @@ struct shared_in {
     struct conf_shared sh;
     const char *redis;        /* borrowed from the JSON tree */
     const char *password_env; /* borrowed */
-    int tls_given;
 };
 
 static const char *check_prefix(const char *s)
@@ -33,18 +32,47 @@ static const char *check_prefix(const char *s)
     return "expected at most 64 printable ASCII characters without spaces";
 }
 
-/* "tls": hiredis 0.14, the version Debian 12 ships and this build links, has no TLS. A Redis
- * that needs TLS is reached through a local TLS tunnel (docs/deployment.md); the key is
- * refused, not ignored, so that nobody believes the connection is encrypted. */
+static const struct conf_field shared_tls_fields[] = {
+    {.name = "ca_file",
+     .set = conf_set_ca_file,
+     .offset = offsetof(struct shared_in, sh.tls_ca_file)},
+    {.name = "server_name",
+     .set = conf_set_string,
+     .offset = offsetof(struct shared_in, sh.tls_server_name),
+     .check = conf_check_route_host,
+     .lower = 1},
+    {.name = "cert_file",
+     .set = conf_set_tls_cert,
+     .offset = offsetof(struct shared_in, sh.tls_cert_file)},
+    {.name = "key_file",
+     .set = conf_set_tls_key,
+     .offset = offsetof(struct shared_in, sh.tls_key_file)},
+};
+
+/* "tls": true (the system's trust store, the host's name), or an object that names the CA
+ * file, the name the certificate must carry, and a client certificate. false is the same as
+ * leaving the key out. */
 static void set_tls(struct conf_ctx *ctx, const cJSON *item, const char *path, void *base,
                     const struct conf_field *f)
 {
     struct shared_in *in = base;
-    in->tls_given = 1;
-    conf_msgs_add(ctx->errs, path,
-                  "TLS to Redis is not supported by the hiredis this proxy is built with (0.14); "
-                  "reach a TLS-only Redis through a local TLS tunnel on loopback or a unix "
-                  "socket (see docs/deployment.md)");
+    (void)f;
+    if (cJSON_IsBool(item)) {
+        in->sh.tls = cJSON_IsTrue(item);
+        return;
+    }
+    if (!cJSON_IsObject(item)) {
+        conf_msgs_add(ctx->errs, path, "expected true, false or an object such as {\"ca_file\": "
+                                       "\"/etc/redis/ca.pem\"}");
+        return;
+    }
+    in->sh.tls = 1;
+    conf_object_apply(ctx, item, path, shared_tls_fields,
+                      sizeof shared_tls_fields / sizeof shared_tls_fields[0], in);
+    if ((cJSON_GetObjectItemCaseSensitive(item, "cert_file") == NULL) !=
+        (cJSON_GetObjectItemCaseSensitive(item, "key_file") == NULL))
+        conf_msgs_add(ctx->errs, path, "cert_file and key_file go together (a client "
+                                       "certificate and its private key)");
 }
 
 static const struct conf_field shared_fields[] = {
@@ -97,6 +125,11 @@ static void parse_redis(struct conf_ctx *ctx, struct shared_in *in, const char *
         in->sh.unix_path = strdup(p);
         if (in->sh.unix_path == NULL)
             conf_oom(ctx);
+        if (in->sh.tls) {
+            conf_path_key(sub, sizeof sub, path, "tls");
+            conf_msgs_add(ctx->errs, sub, "not with a unix socket: Redis serves TLS on a TCP "
+                                          "port only");
+        }
         return;
     }
     struct conf_addr a;
@@ -161,5 +194,9 @@ void conf_shared_deinit(struct conf_shared *sh)
     free(sh->unix_path);
     free(sh->password_env);
     free(sh->key_prefix);
+    free(sh->tls_ca_file);
+    free(sh->tls_server_name);
+    free(sh->tls_cert_file);
+    free(sh->tls_key_file);
     memset(sh, 0, sizeof *sh);
 }

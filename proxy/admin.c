@@ -70,7 +70,8 @@ static void shared_check(struct server *s, cJSON *checks)
     shared_stats_read(s->shared, &st);
     if (st.up == st.connections) {
         state = "redis";
-        snprintf(detail, sizeof(detail), "using Redis at %s", st.target);
+        snprintf(detail, sizeof(detail), "using Redis at %s%s", st.target,
+                 st.tls ? " over TLS" : "");
     } else if (st.up > 0) {
         state = "partly local";
         snprintf(detail, sizeof(detail), "Redis at %s used by %d of %d workers; the others "

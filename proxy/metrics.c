@@ -436,9 +436,15 @@ static void render_shared(struct evbuffer *out, const struct shared *sh, const s
         "they were made (local: Redis not in use, limits divided by replicas).\n"
         "# TYPE apple_auth_proxy_shared_rate_decisions_total counter\n"
         "apple_auth_proxy_shared_rate_decisions_total{where=\"redis\"} %llu\n"
-        "apple_auth_proxy_shared_rate_decisions_total{where=\"local\"} %llu\n",
+        "apple_auth_proxy_shared_rate_decisions_total{where=\"local\"} %llu\n"
+        "# HELP apple_auth_proxy_shared_state_tls_failures_total TLS connections to Redis that "
+        "ended before Redis answered (a certificate refused by either side, a server that does "
+        "not speak TLS, no handshake in time).\n"
+        "# TYPE apple_auth_proxy_shared_state_tls_failures_total counter\n"
+        "apple_auth_proxy_shared_state_tls_failures_total %llu\n",
         st.up > 0, (unsigned long long)st.fallbacks, (unsigned long long)st.timeouts,
-        (unsigned long long)st.remote_decisions, (unsigned long long)st.local_decisions);
+        (unsigned long long)st.remote_decisions, (unsigned long long)st.local_decisions,
+        (unsigned long long)st.tls_failures);
     evbuffer_add_printf(out, "# HELP apple_auth_proxy_shared_token_mints Tokens signed by all "
                              "replicas together, by credential, as last read from Redis.\n"
                              "# TYPE apple_auth_proxy_shared_token_mints gauge\n");

@@ -16,6 +16,7 @@
 #include <openssl/x509.h>
 
 #include "proxy/intercept.h"
+#include "proxy/shared.h"
 #include "proxy/tls_tickets.h"
 
 #define LISTEN_BACKLOG 1024
@@ -290,6 +291,31 @@ static void check_listener(const struct conf *conf, size_t i, int bind_it,
     SSL_CTX_free(ctx);
 }
 
+/* shared_state.tls: serve loads the CA file (or the system's store), the client certificate
+ * and its key into one context when it starts; a key that is not the certificate's, or a file
+ * OpenSSL cannot read, stops it. Redis itself is not contacted. */
+static void check_shared_tls(const struct conf *conf, preflight_report_fn report, void *arg,
+                             size_t *failures)
+{
+    char msg[PREFLIGHT_MSG_MAX];
+    struct shared *sh;
+    if (conf->shared.redis == NULL || !conf->shared.tls)
+        return;
+    sh = shared_new(&conf->shared, 0, msg, sizeof(msg));
+    if (sh == NULL) {
+        report(arg, PREFLIGHT_FAIL, "shared_state.tls", msg);
+        (*failures)++;
+        return;
+    }
+    snprintf(msg, sizeof(msg), "%s: trusted certificates%s loaded", conf->shared.redis,
+             conf->shared.tls_cert_file ? ", client certificate and key" : "");
+    report(arg, PREFLIGHT_OK, "shared_state.tls", msg);
+    if (conf->shared.tls_cert_file)
+        check_expiry(preflight_file_expiry(conf->shared.tls_cert_file), "cert_file",
+                     conf->shared.tls_cert_file, "shared_state.tls", report, arg);
+    shared_free(sh);
+}
+
 /* serve opens the access log with O_APPEND | O_CREAT: an existing file must open for writing
  * (opened without O_CREAT and closed: no side effect), a missing one needs a directory it can
  * create files in. */
@@ -425,5 +451,6 @@ size_t preflight_run(const struct conf *conf, unsigned flags, preflight_report_f
         check_address(&conf->admin_listen, "admin_listen", bind_it, report, arg, &failures);
     check_access_log(conf->access_log, report, arg, &failures);
     check_intercept(conf, report, arg, &failures);
+    check_shared_tls(conf, report, arg, &failures);
     return failures;
 }

@@ -381,10 +381,9 @@ int server_run(struct conf *conf, const char *config_path)
     ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     s->nworkers = s->rt->conf->workers > 0 ? s->rt->conf->workers : (int)(ncpu > 0 ? ncpu : 1);
     {
-        int oom;
-        s->shared = shared_new(&s->rt->conf->shared, s->nworkers, &oom);
-        if (oom) {
-            log_msg(LOG_ERROR, "out of memory");
+        s->shared = shared_new(&s->rt->conf->shared, s->nworkers, err, sizeof(err));
+        if (s->shared == NULL && err[0] != '\0') {
+            log_msg(LOG_ERROR, "%s", err);
             runtime_unref(s->rt);
             live_free(s->live);
             return 1;

@@ -7,28 +7,45 @@
  *    +--------- closed, error, a reply slower than `timeout` ----------+
  *   (retried in the background, 100 ms doubling to 2 s)
  *
- * Replies come in the order commands were sent, so the send times of the commands in flight
- * are a ring: the oldest unanswered one tells whether Redis is too slow. A timer checks it;
- * dropping the connection answers every command in flight with no reply, and rate decisions
- * waiting for one are then made locally. */
+ * The connection is the proxy's own stream (proxy/stream.h), plain or TLS, on the worker's
+ * loop; hiredis only formats the commands and reads the replies (its redisReader). One
+ * transport for both, rather than hiredis' async context for plain TCP and a second one for
+ * TLS: the hiredis Debian 12 ships (0.14) has no TLS, and one path means one behaviour for
+ * timeouts, limits and failures whichever the configuration.
+ *
+ * Commands made while the connection is being opened (AUTH, PING) wait in conn->out and go
+ * out when it is connected (TLS: after the handshake, so nothing is ever sent in clear).
+ * Replies come in the order commands were sent, so the commands in flight are a ring (their
+ * callbacks and send times): the oldest unanswered one tells whether Redis is too slow. A
+ * timer checks it; dropping the connection answers every command in flight with no reply,
+ * and rate decisions waiting for one are then made locally. */
 #include "proxy/shared.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
-#include <hiredis/async.h>
+#include <event2/buffer.h>
 #include <hiredis/hiredis.h>
-#include <hiredis/adapters/libevent.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "proxy/log.h"
 #include "proxy/runtime.h"
+#include "proxy/stream.h"
 
 #define SHARED_MAX_INFLIGHT   4096   /* commands in flight per connection; past it: local */
 #define SHARED_CONNECT_MIN_MS 1000   /* a connection gets at least this long to become ready */
@@ -80,24 +97,41 @@ static const char sync_script[] =
 
 struct shared {
     struct conf_shared cfg; /* copied strings; the password is wiped on free */
+    SSL_CTX *tls;           /* with "tls": every worker's connections use it; NULL: plain */
     int conns, up;          /* atomic */
     int logged;             /* atomic: what was last logged: -1 nothing, 0 local, 1 Redis */
-    uint64_t fallbacks, timeouts, local, remote; /* atomic */
+    uint64_t fallbacks, timeouts, local, remote, tls_failures; /* atomic */
+};
+
+/* What to do with a command's reply. reply is NULL when the connection went away first (then
+ * conn's state is not to be touched: it is being dropped or freed). */
+typedef void (*reply_fn)(struct shared_conn *conn, redisReply *reply, void *priv);
+
+struct inflight {
+    reply_fn fn;
+    void *priv;
+    uint64_t sent_us;
 };
 
 struct shared_conn {
     struct shared *sh;
-    struct event_base *base;
+    struct stream_ctx *sctx;
     struct evdns_base *dns;
     struct evdns_getaddrinfo_request *resolving;
-    redisAsyncContext *ac;       /* NULL while DOWN */
     enum shared_state state;
+    int fd;                      /* the socket until it is connected (then the stream's); -1 */
+    struct event *connecting;    /* watches fd until it is connected; NULL otherwise */
+    struct stream s;             /* valid while has_stream */
+    int has_stream;
+    redisReader *reader;         /* with the stream */
+    struct evbuffer *out;        /* commands not yet handed to the stream */
+    unsigned gen;                /* changes whenever the connection is dropped */
     struct event *tick;
     uint64_t retry_at_us, sync_at_us;
     unsigned retry_ms;
     int sync;
     const struct runtime *rt;
-    uint64_t sent[SHARED_MAX_INFLIGHT]; /* send times of the commands in flight, oldest first */
+    struct inflight sent[SHARED_MAX_INFLIGHT]; /* the commands in flight, oldest first */
     size_t sent_head, nsent;
 };
 
@@ -260,27 +294,73 @@ static char *dup_or_null(const char *s, int *oom)
     return d;
 }
 
-struct shared *shared_new(const struct conf_shared *cfg, int nworkers, int *oom)
+/* The TLS client context for Redis: TLS 1.2 or later, the server's certificate verified
+ * against the CA file (else the system's store), and the client certificate when one is
+ * configured. NULL with err set on failure. */
+static SSL_CTX *tls_ctx_new(const struct conf_shared *cfg, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    const char *what = "cannot create the TLS context for Redis";
+    unsigned long e;
+    if (ctx == NULL || !SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION))
+        goto fail;
+    /* Verification is always on: there is deliberately no setting that turns it off. */
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    what = cfg->tls_ca_file ? "cannot load shared_state.tls.ca_file"
+                            : "cannot load the system's trusted certificates";
+    if (cfg->tls_ca_file ? !SSL_CTX_load_verify_locations(ctx, cfg->tls_ca_file, NULL)
+                         : !SSL_CTX_set_default_verify_paths(ctx))
+        goto fail;
+    if (cfg->tls_cert_file) {
+        what = "cannot load shared_state.tls.cert_file";
+        if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert_file) != 1)
+            goto fail;
+        /* OpenSSL refuses a key that is not the certificate's here ("key values mismatch"). */
+        what = "cannot load shared_state.tls.key_file";
+        if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key_file, SSL_FILETYPE_PEM) != 1)
+            goto fail;
+    }
+    SSL_CTX_set_read_ahead(ctx, 1);
+    return ctx;
+fail:
+    e = ERR_peek_last_error();
+    snprintf(err, errlen, "%s: %s", what, e ? ERR_reason_error_string(e) : "out of memory");
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+struct shared *shared_new(const struct conf_shared *cfg, int nworkers, char *err, size_t errlen)
 {
     struct shared *sh;
-    *oom = 0;
+    int oom = 0;
+    err[0] = '\0';
     if (cfg->redis == NULL)
         return NULL;
     sh = calloc(1, sizeof(*sh));
     if (sh == NULL) {
-        *oom = 1;
+        snprintf(err, errlen, "out of memory");
         return NULL;
     }
     sh->cfg = *cfg;
-    sh->cfg.redis = dup_or_null(cfg->redis, oom);
-    sh->cfg.host = dup_or_null(cfg->host, oom);
-    sh->cfg.unix_path = dup_or_null(cfg->unix_path, oom);
-    sh->cfg.password_env = dup_or_null(cfg->password_env, oom);
-    sh->cfg.password = dup_or_null(cfg->password, oom);
-    sh->cfg.key_prefix = dup_or_null(cfg->key_prefix, oom);
+    sh->cfg.redis = dup_or_null(cfg->redis, &oom);
+    sh->cfg.host = dup_or_null(cfg->host, &oom);
+    sh->cfg.unix_path = dup_or_null(cfg->unix_path, &oom);
+    sh->cfg.password_env = dup_or_null(cfg->password_env, &oom);
+    sh->cfg.password = dup_or_null(cfg->password, &oom);
+    sh->cfg.key_prefix = dup_or_null(cfg->key_prefix, &oom);
+    sh->cfg.tls_ca_file = dup_or_null(cfg->tls_ca_file, &oom);
+    sh->cfg.tls_server_name = dup_or_null(cfg->tls_server_name, &oom);
+    sh->cfg.tls_cert_file = dup_or_null(cfg->tls_cert_file, &oom);
+    sh->cfg.tls_key_file = dup_or_null(cfg->tls_key_file, &oom);
     sh->logged = -1;
     (void)nworkers;
-    if (*oom) {
+    if (oom) {
+        snprintf(err, errlen, "out of memory");
+        shared_free(sh);
+        return NULL;
+    }
+    if (cfg->tls && (sh->tls = tls_ctx_new(cfg, err, errlen)) == NULL) {
         shared_free(sh);
         return NULL;
     }
@@ -293,12 +373,17 @@ void shared_free(struct shared *sh)
         return;
     if (sh->cfg.password)
         OPENSSL_cleanse(sh->cfg.password, strlen(sh->cfg.password));
+    SSL_CTX_free(sh->tls);
     free(sh->cfg.redis);
     free(sh->cfg.host);
     free(sh->cfg.unix_path);
     free(sh->cfg.password_env);
     free(sh->cfg.password);
     free(sh->cfg.key_prefix);
+    free(sh->cfg.tls_ca_file);
+    free(sh->cfg.tls_server_name);
+    free(sh->cfg.tls_cert_file);
+    free(sh->cfg.tls_key_file);
     free(sh);
 }
 
@@ -311,13 +396,18 @@ int shared_same(const struct conf_shared *a, const struct conf_shared *b)
 {
     return str_same(a->redis, b->redis) && str_same(a->password, b->password) &&
            str_same(a->key_prefix, b->key_prefix) && a->timeout_ms == b->timeout_ms &&
-           a->replicas == b->replicas;
+           a->replicas == b->replicas && a->tls == b->tls &&
+           str_same(a->tls_ca_file, b->tls_ca_file) &&
+           str_same(a->tls_server_name, b->tls_server_name) &&
+           str_same(a->tls_cert_file, b->tls_cert_file) &&
+           str_same(a->tls_key_file, b->tls_key_file);
 }
 
 void shared_stats_read(const struct shared *sh, struct shared_stats *st)
 {
     memset(st, 0, sizeof(*st));
     st->target = sh->cfg.redis;
+    st->tls = sh->tls != NULL;
     st->replicas = sh->cfg.replicas;
     st->connections = __atomic_load_n(&sh->conns, __ATOMIC_RELAXED);
     st->up = __atomic_load_n(&sh->up, __ATOMIC_RELAXED);
@@ -325,6 +415,7 @@ void shared_stats_read(const struct shared *sh, struct shared_stats *st)
     st->timeouts = get64(&sh->timeouts);
     st->local_decisions = get64(&sh->local);
     st->remote_decisions = get64(&sh->remote);
+    st->tls_failures = get64(&sh->tls_failures);
 }
 
 /* Logs when the process as a whole starts or stops using Redis (some connection up, or none):
@@ -336,7 +427,8 @@ static void log_change(struct shared *sh, const char *why)
     if (before == now_up)
         return;
     if (now_up)
-        log_msg(LOG_INFO, "shared state: using Redis at %s", sh->cfg.redis);
+        log_msg(LOG_INFO, "shared state: using Redis at %s%s", sh->cfg.redis,
+                sh->tls ? " (TLS)" : "");
     else
         log_msg(LOG_WARN, "shared state: Redis at %s is not usable (%s); rate limits are local, "
                 "divided by %d replica%s, until it is back", sh->cfg.redis, why,
@@ -364,76 +456,109 @@ static void set_state(struct shared_conn *conn, enum shared_event ev, const char
         log_change(conn->sh, why);
 }
 
-/* Leaves the connection: every command in flight is answered with no reply (rate decisions
- * then go local). free_ac: 0 when hiredis frees the context itself (its connect and
- * disconnect callbacks). */
-static void conn_drop(struct shared_conn *conn, enum shared_event ev, const char *why, int free_ac)
+/* Closes the socket, the stream and the reader; commands not yet sent are discarded. */
+static void conn_close(struct shared_conn *conn)
 {
-    redisAsyncContext *ac = conn->ac;
-    conn->ac = NULL;
-    conn->nsent = 0;
+    conn->gen++;
+    if (conn->connecting) {
+        event_free(conn->connecting);
+        conn->connecting = NULL;
+    }
+    if (conn->fd >= 0) {
+        close(conn->fd);
+        conn->fd = -1;
+    }
+    if (conn->has_stream) {
+        stream_close(&conn->s);
+        conn->has_stream = 0;
+    }
+    redisReaderFree(conn->reader);
+    conn->reader = NULL;
+    evbuffer_drain(conn->out, evbuffer_get_length(conn->out));
+}
+
+/* Every command in flight is answered with no reply (rate decisions then go local), oldest
+ * first. A callback cannot add one: nothing is sent while the connection is closed. */
+static void conn_answer_all(struct shared_conn *conn)
+{
+    while (conn->nsent > 0) {
+        struct inflight e = conn->sent[conn->sent_head];
+        conn->sent_head = (conn->sent_head + 1) % SHARED_MAX_INFLIGHT;
+        conn->nsent--;
+        e.fn(conn, NULL, e.priv);
+    }
     conn->sent_head = 0;
+}
+
+/* Leaves the connection: closed, the state changed (logged, counted), then every command in
+ * flight answered with no reply. */
+static void conn_drop(struct shared_conn *conn, enum shared_event ev, const char *why)
+{
+    conn_close(conn);
     conn->retry_at_us = mono_us() + (uint64_t)conn->retry_ms * 1000u;
     conn->retry_ms = conn->retry_ms * 2 > SHARED_RETRY_MAX_MS ? SHARED_RETRY_MAX_MS
                                                               : conn->retry_ms * 2;
     log_msg(LOG_DEBUG, "shared state: connection to %s dropped: %s", conn->sh->cfg.redis, why);
     set_state(conn, ev, why);
-    if (ac) {
-        ac->data = NULL;
-        if (free_ac)
-            redisAsyncFree(ac);
-    }
+    conn_answer_all(conn);
 }
 
-/* A reply for conn's current context (else a context being torn down: nothing to count). */
-static struct shared_conn *reply_conn(redisAsyncContext *ac, void *reply)
+/* Hands what conn->out holds to the stream once there is one. A failure here (no memory)
+ * leaves the commands unanswered: the timer then drops the connection, from the loop. */
+static void conn_flush(struct shared_conn *conn)
 {
-    struct shared_conn *conn = ac->data;
-    if (reply == NULL || conn == NULL || conn->ac != ac)
-        return NULL;
-    if (conn->nsent > 0) {
-        conn->sent_head = (conn->sent_head + 1) % SHARED_MAX_INFLIGHT;
-        conn->nsent--;
-    }
-    return conn;
+    struct evbuffer *o;
+    if (!conn->has_stream || evbuffer_get_length(conn->out) == 0)
+        return;
+    o = stream_output(&conn->s);
+    if (o == NULL || evbuffer_add_buffer(o, conn->out) < 0)
+        return;
+    stream_settle(&conn->s);
 }
 
-/* Sends a command; its send time joins the ring. Returns 0, or -1 (not sent: the ring is
- * full or hiredis refused, the context being torn down). */
-static int conn_send(struct shared_conn *conn, redisCallbackFn *fn, void *priv, const char *fmt,
-                     ...)
+/* Sends a command (fn is called with its reply later, never from here); its send time joins
+ * the ring. Returns 0, or -1 (not sent: no connection, the ring is full, or no memory). */
+static int conn_send(struct shared_conn *conn, reply_fn fn, void *priv, const char *fmt, ...)
 {
     va_list ap;
-    int r;
-    if (conn->ac == NULL || conn->nsent == SHARED_MAX_INFLIGHT)
+    char *cmd = NULL;
+    int len, r;
+    struct inflight *e;
+    if (conn->state == SHARED_DOWN || conn->nsent == SHARED_MAX_INFLIGHT)
         return -1;
     va_start(ap, fmt);
-    r = redisvAsyncCommand(conn->ac, fn, priv, fmt, ap);
+    len = redisvFormatCommand(&cmd, fmt, ap);
     va_end(ap);
-    if (r != REDIS_OK)
+    if (len < 0)
         return -1;
-    conn->sent[(conn->sent_head + conn->nsent) % SHARED_MAX_INFLIGHT] = mono_us();
+    r = evbuffer_add(conn->out, cmd, (size_t)len);
+    redisFreeCommand(cmd);
+    if (r < 0)
+        return -1;
+    e = &conn->sent[(conn->sent_head + conn->nsent) % SHARED_MAX_INFLIGHT];
+    e->fn = fn;
+    e->priv = priv;
+    e->sent_us = mono_us();
     conn->nsent++;
+    conn_flush(conn);
     return 0;
 }
 
-static void auth_reply(redisAsyncContext *ac, void *reply, void *priv)
+static void auth_reply(struct shared_conn *conn, redisReply *r, void *priv)
 {
-    struct shared_conn *conn = reply_conn(ac, reply);
-    const redisReply *r = reply;
     char why[160];
-    if (conn == NULL || r->type != REDIS_REPLY_ERROR)
+    (void)priv;
+    if (r == NULL || r->type != REDIS_REPLY_ERROR)
         return;
     snprintf(why, sizeof(why), "AUTH refused: %.100s", r->str ? r->str : "");
-    conn_drop(conn, SHARED_EV_FAILED, why, 1);
+    conn_drop(conn, SHARED_EV_FAILED, why);
 }
 
-static void ping_reply(redisAsyncContext *ac, void *reply, void *priv)
+static void ping_reply(struct shared_conn *conn, redisReply *r, void *priv)
 {
-    struct shared_conn *conn = reply_conn(ac, reply);
-    const redisReply *r = reply;
     char why[160];
-    if (conn == NULL)
+    (void)priv;
+    if (r == NULL)
         return;
     if (r->type == REDIS_REPLY_STATUS && r->str && strcmp(r->str, "PONG") == 0) {
         set_state(conn, SHARED_EV_READY, "ready");
@@ -441,66 +566,196 @@ static void ping_reply(redisAsyncContext *ac, void *reply, void *priv)
     }
     snprintf(why, sizeof(why), "PING answered with %.100s",
              r->type == REDIS_REPLY_ERROR && r->str ? r->str : "something else");
-    conn_drop(conn, SHARED_EV_FAILED, why, 1);
+    conn_drop(conn, SHARED_EV_FAILED, why);
 }
 
-static void connect_cb(const redisAsyncContext *ac, int status)
+/* Feeds what arrived to the reader and answers the commands in flight, oldest first. Returns
+ * 0, or -1 when the connection was dropped (by this or by a reply's callback). */
+static int conn_read(struct shared_conn *conn)
 {
-    struct shared_conn *conn = ac->data;
-    char why[160];
-    if (status == REDIS_OK || conn == NULL || conn->ac != ac)
-        return;
-    snprintf(why, sizeof(why), "cannot connect: %.100s", ac->errstr);
-    conn_drop(conn, SHARED_EV_FAILED, why, 0);
+    struct evbuffer *in = stream_input(&conn->s);
+    unsigned gen = conn->gen;
+    struct evbuffer_iovec v;
+    const char *bad = NULL;
+    char why[200];
+    void *reply;
+    while (in && evbuffer_peek(in, -1, NULL, &v, 1) == 1 && v.iov_len > 0) {
+        if (redisReaderFeed(conn->reader, v.iov_base, v.iov_len) != REDIS_OK) {
+            bad = "out of memory";
+            goto fail;
+        }
+        evbuffer_drain(in, v.iov_len);
+    }
+    if (conn->reader->len > SHARED_MAX_READ_BUFFER) {
+        /* A reply larger than any of ours (a bulk string of gigabytes announced): not Redis
+         * as the proxy uses it. */
+        bad = "a reply larger than 1 MiB";
+        goto fail;
+    }
+    for (;;) {
+        struct inflight e;
+        if (redisReaderGetReply(conn->reader, &reply) != REDIS_OK) {
+            snprintf(why, sizeof(why), "not a Redis reply: %.120s", conn->reader->errstr);
+            bad = why;
+            goto fail;
+        }
+        if (reply == NULL)
+            return 0;
+        if (conn->nsent == 0) {
+            freeReplyObject(reply);
+            bad = "a reply to no command";
+            goto fail;
+        }
+        e = conn->sent[conn->sent_head];
+        conn->sent_head = (conn->sent_head + 1) % SHARED_MAX_INFLIGHT;
+        conn->nsent--;
+        e.fn(conn, reply, e.priv);
+        freeReplyObject(reply);
+        if (conn->gen != gen)
+            return -1;
+    }
+fail:
+    conn_drop(conn, SHARED_EV_FAILED, bad);
+    return -1;
 }
 
-static void disconnect_cb(const redisAsyncContext *ac, int status)
+/* Why the connection ended: a refused certificate is said as such. */
+static void conn_end_reason(struct shared_conn *conn, char *why, size_t len)
 {
-    struct shared_conn *conn = ac->data;
-    char why[160];
-    if (conn == NULL || conn->ac != ac)
-        return;
-    snprintf(why, sizeof(why), "connection lost: %.100s",
-             status == REDIS_OK ? "closed" : ac->errstr);
-    conn_drop(conn, SHARED_EV_FAILED, why, 0);
+    struct stream *s = &conn->s;
+    char e[160];
+    long vr = s->ssl ? SSL_get_verify_result(s->ssl) : X509_V_OK;
+    if (vr != X509_V_OK) {
+        snprintf(why, len, "TLS: certificate verification failed: %s",
+                 X509_verify_cert_error_string(vr));
+    } else if (s->handshaking) {
+        stream_error_string(s, e, sizeof(e));
+        snprintf(why, len, "TLS handshake failed: %s", e);
+    } else if (s->ssl && conn->state == SHARED_CONNECTING) {
+        /* TLS 1.3: the server judges the client's certificate after the client has finished
+         * its handshake, and refuses it by closing. */
+        stream_error_string(s, e, sizeof(e));
+        snprintf(why, len, "TLS: closed by Redis right after the handshake (a client "
+                 "certificate it requires, or refuses?): %s", e);
+    } else if (s->failed) {
+        stream_error_string(s, e, sizeof(e));
+        snprintf(why, len, "connection lost: %s", e);
+    } else {
+        snprintf(why, len, "connection lost: closed");
+    }
 }
 
-/* Opens the connection to a numeric address (or the socket path): AUTH, then PING. */
-static void conn_open(struct shared_conn *conn, const char *ip)
+static void conn_stream_cb(struct stream *s, unsigned ev, void *arg)
+{
+    struct shared_conn *conn = arg;
+    char why[256];
+    (void)s;
+    if ((ev & STREAM_READ) && conn_read(conn) < 0)
+        return;
+    if (ev & (STREAM_ERROR | STREAM_EOF)) {
+        if (conn->s.ssl && conn->state == SHARED_CONNECTING)
+            add64(&conn->sh->tls_failures);
+        conn_end_reason(conn, why, sizeof(why));
+        conn_drop(conn, SHARED_EV_FAILED, why);
+    }
+}
+
+/* The socket is connected: the stream takes it over (TLS: the handshake starts, verifying the
+ * certificate against the configured name) and the commands waiting go out. */
+static void conn_connected(struct shared_conn *conn)
 {
     const struct conf_shared *cfg = &conn->sh->cfg;
-    redisAsyncContext *ac = ip ? redisAsyncConnect(ip, cfg->port)
-                               : redisAsyncConnectUnix(cfg->unix_path);
+    const char *name = cfg->tls_server_name ? cfg->tls_server_name : cfg->host;
+    unsigned char ipbuf[16];
+    SSL *ssl = NULL;
+    if (conn->connecting) {
+        event_free(conn->connecting);
+        conn->connecting = NULL;
+    }
+    conn->reader = redisReaderCreate();
+    if (conn->reader == NULL || shared_reader_limit(conn->reader) < 0)
+        goto fail;
+    if (conn->sh->tls) {
+        int is_ip = inet_pton(AF_INET, name, ipbuf) == 1 || inet_pton(AF_INET6, name, ipbuf) == 1;
+        ssl = SSL_new(conn->sh->tls);
+        if (ssl == NULL)
+            goto fail;
+        /* RFC 6125: the configured name in the certificate's subjectAltName, never its CN;
+         * SNI (RFC 6066 3) carries host names only, never an address. */
+        SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
+                                   X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
+        if (!SSL_set1_host(ssl, name) || (!is_ip && !SSL_set_tlsext_host_name(ssl, name)))
+            goto fail;
+    }
+    if (stream_init(&conn->s, conn->sctx, conn->fd, ssl,
+                    ssl ? STREAM_TLS_CONNECT : STREAM_PLAIN, conn_stream_cb, conn) < 0)
+        goto fail;
+    conn->has_stream = 1;
+    conn->fd = -1; /* the stream's now */
+    conn_flush(conn);
+    return;
+fail:
+    SSL_free(ssl);
+    ERR_clear_error();
+    conn_drop(conn, SHARED_EV_FAILED, "out of memory");
+}
+
+static void connect_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct shared_conn *conn = arg;
+    int soerr = 0;
+    socklen_t len = sizeof(soerr);
     char why[160];
+    (void)what;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0)
+        soerr = errno;
+    if (soerr != 0) {
+        snprintf(why, sizeof(why), "cannot connect: %s", strerror(soerr));
+        conn_drop(conn, SHARED_EV_FAILED, why);
+        return;
+    }
+    conn_connected(conn);
+}
+
+/* Opens the connection to an address: AUTH and PING are queued first, and sent once it is
+ * connected. The connection's time limit is the PING's (tick_cb). */
+static void conn_open(struct shared_conn *conn, const struct sockaddr *sa, socklen_t salen)
+{
+    const struct conf_shared *cfg = &conn->sh->cfg;
+    char why[160];
+    int one = 1;
     set_state(conn, SHARED_EV_CONNECT, "connecting");
-    if (ac == NULL || ac->err) {
-        snprintf(why, sizeof(why), "cannot connect: %.100s", ac ? ac->errstr : "out of memory");
-        if (ac)
-            redisAsyncFree(ac);
-        conn_drop(conn, SHARED_EV_FAILED, why, 0);
-        return;
-    }
-    ac->data = conn;
-    conn->ac = ac;
-    if (shared_reader_limit(ac->c.reader) < 0) {
-        conn_drop(conn, SHARED_EV_FAILED, "out of memory", 1);
-        return;
-    }
-    if (redisLibeventAttach(ac, conn->base) != REDIS_OK) {
-        conn_drop(conn, SHARED_EV_FAILED, "cannot watch the connection", 1);
-        return;
-    }
-    redisAsyncSetConnectCallback(ac, connect_cb);
-    redisAsyncSetDisconnectCallback(ac, disconnect_cb);
     if ((cfg->password && conn_send(conn, auth_reply, NULL, "AUTH %s", cfg->password) < 0) ||
-        conn_send(conn, ping_reply, NULL, "PING") < 0)
-        conn_drop(conn, SHARED_EV_FAILED, "cannot send PING", 1);
+        conn_send(conn, ping_reply, NULL, "PING") < 0) {
+        conn_drop(conn, SHARED_EV_FAILED, "out of memory");
+        return;
+    }
+    conn->fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (conn->fd < 0) {
+        snprintf(why, sizeof(why), "cannot create a socket: %s", strerror(errno));
+        conn_drop(conn, SHARED_EV_FAILED, why);
+        return;
+    }
+    if (sa->sa_family != AF_UNIX)
+        setsockopt(conn->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(conn->fd, sa, salen) == 0) {
+        conn_connected(conn);
+        return;
+    }
+    if (errno != EINPROGRESS) {
+        snprintf(why, sizeof(why), "cannot connect: %s", strerror(errno));
+        conn_drop(conn, SHARED_EV_FAILED, why);
+        return;
+    }
+    conn->connecting = event_new(conn->sctx->base, conn->fd, EV_WRITE, connect_cb, conn);
+    if (conn->connecting == NULL || event_add(conn->connecting, NULL) < 0)
+        conn_drop(conn, SHARED_EV_FAILED, "cannot watch the connection");
 }
 
 static void resolved(int err, struct evutil_addrinfo *res, void *arg)
 {
     struct shared_conn *conn = arg;
-    char ip[INET6_ADDRSTRLEN], why[160];
+    char why[160];
     /* Cancelled: the connection is being freed (libevent may call this after it is gone),
      * so conn is not touched. */
     if (err == EVUTIL_EAI_CANCEL) {
@@ -512,44 +767,59 @@ static void resolved(int err, struct evutil_addrinfo *res, void *arg)
     if (err != 0 || res == NULL) {
         snprintf(why, sizeof(why), "cannot resolve %.80s: %s", conn->sh->cfg.host,
                  evutil_gai_strerror(err));
-        conn_drop(conn, SHARED_EV_FAILED, why, 0);
+        conn_drop(conn, SHARED_EV_FAILED, why);
     } else {
-        const void *a = res->ai_family == AF_INET
-                            ? (const void *)&((struct sockaddr_in *)res->ai_addr)->sin_addr
-                            : (const void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr;
-        inet_ntop(res->ai_family, a, ip, sizeof(ip));
-        conn_open(conn, ip);
+        conn_open(conn, res->ai_addr, (socklen_t)res->ai_addrlen);
     }
     if (res)
         evutil_freeaddrinfo(res);
 }
 
-/* hiredis resolves names with a blocking getaddrinfo: names go through the worker's evdns
- * first, so that hiredis only ever sees a numeric address. */
+/* A socket path or a numeric address is connected to at once; a name goes through the
+ * worker's evdns first, so that nothing blocks on a resolver. */
 static void conn_start(struct shared_conn *conn)
 {
+    const struct conf_shared *cfg = &conn->sh->cfg;
     struct evutil_addrinfo hints;
-    const char *host = conn->sh->cfg.host;
-    unsigned char buf[16];
-    if (host == NULL) {
-        conn_open(conn, NULL);
+    union {
+        struct sockaddr sa;
+        struct sockaddr_un un;
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+    } a;
+    memset(&a, 0, sizeof(a));
+    if (cfg->host == NULL) {
+        a.un.sun_family = AF_UNIX;
+        snprintf(a.un.sun_path, sizeof(a.un.sun_path), "%s", cfg->unix_path);
+        conn_open(conn, &a.sa, sizeof(a.un));
         return;
     }
-    if (inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1) {
-        conn_open(conn, host);
+    if (inet_pton(AF_INET, cfg->host, &a.in.sin_addr) == 1) {
+        a.in.sin_family = AF_INET;
+        a.in.sin_port = htons((uint16_t)cfg->port);
+        conn_open(conn, &a.sa, sizeof(a.in));
+        return;
+    }
+    if (inet_pton(AF_INET6, cfg->host, &a.in6.sin6_addr) == 1) {
+        a.in6.sin6_family = AF_INET6;
+        a.in6.sin6_port = htons((uint16_t)cfg->port);
+        conn_open(conn, &a.sa, sizeof(a.in6));
         return;
     }
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    conn->resolving = evdns_getaddrinfo(conn->dns, host, NULL, &hints, resolved, conn);
+    char port[8];
+    snprintf(port, sizeof(port), "%d", cfg->port);
+    conn->resolving = evdns_getaddrinfo(conn->dns, cfg->host, port, &hints, resolved, conn);
 }
 
-static void sync_reply(redisAsyncContext *ac, void *reply, void *priv)
+static void sync_reply(struct shared_conn *conn, redisReply *reply, void *priv)
 {
     struct shared_sync *s = priv;
     struct live_quota q;
-    if (reply_conn(ac, reply) != NULL && shared_parse_figures(reply, &q) == 0)
+    (void)conn;
+    if (reply != NULL && shared_parse_figures(reply, &q) == 0)
         live_shared_merge(s->cred, &q);
     live_cred_put(s->cred);
     free(s);
@@ -594,18 +864,16 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         uint64_t limit = (uint64_t)conn->sh->cfg.timeout_ms * 1000u;
         if (conn->state == SHARED_CONNECTING && limit < SHARED_CONNECT_MIN_MS * 1000u)
             limit = SHARED_CONNECT_MIN_MS * 1000u;
-        if (now - conn->sent[conn->sent_head] > limit) {
-            conn_drop(conn, SHARED_EV_TIMEOUT, conn->state == SHARED_UP
-                                                   ? "a reply took longer than the timeout"
-                                                   : "no answer to PING in time", 1);
+        if (now - conn->sent[conn->sent_head].sent_us > limit) {
+            if (conn->state == SHARED_CONNECTING && conn->has_stream && conn->s.ssl)
+                add64(&conn->sh->tls_failures);
+            conn_drop(conn, SHARED_EV_TIMEOUT,
+                      conn->state == SHARED_UP ? "a reply took longer than the timeout"
+                      : conn->has_stream && conn->s.handshaking
+                          ? "no TLS handshake in time"
+                          : "no answer to PING in time");
             return;
         }
-    }
-    if (conn->ac && conn->ac->c.reader && conn->ac->c.reader->len > SHARED_MAX_READ_BUFFER) {
-        /* A reply larger than any of ours (a bulk string of gigabytes announced): not Redis
-         * as the proxy uses it. */
-        conn_drop(conn, SHARED_EV_FAILED, "a reply larger than 1 MiB", 1);
-        return;
     }
     if (conn->state == SHARED_DOWN && conn->resolving == NULL && now >= conn->retry_at_us)
         conn_start(conn);
@@ -615,7 +883,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-struct shared_conn *shared_conn_new(struct shared *sh, struct event_base *base,
+struct shared_conn *shared_conn_new(struct shared *sh, struct stream_ctx *sctx,
                                     struct evdns_base *dns, int sync)
 {
     struct shared_conn *conn = calloc(1, sizeof(*conn));
@@ -624,9 +892,10 @@ struct shared_conn *shared_conn_new(struct shared *sh, struct event_base *base,
     if (conn == NULL)
         return NULL;
     conn->sh = sh;
-    conn->base = base;
+    conn->sctx = sctx;
     conn->dns = dns;
     conn->sync = sync;
+    conn->fd = -1;
     conn->state = SHARED_DOWN;
     conn->retry_ms = SHARED_RETRY_MIN_MS;
     /* A quarter of the timeout: a slow reply is noticed within 1.25 timeouts. */
@@ -636,10 +905,13 @@ struct shared_conn *shared_conn_new(struct shared *sh, struct event_base *base,
         period = 100;
     tv.tv_sec = 0;
     tv.tv_usec = (suseconds_t)period * 1000;
-    conn->tick = event_new(base, -1, EV_PERSIST, tick_cb, conn);
-    if (conn->tick == NULL || event_add(conn->tick, &tv) < 0) {
+    conn->out = evbuffer_new();
+    conn->tick = event_new(sctx->base, -1, EV_PERSIST, tick_cb, conn);
+    if (conn->out == NULL || conn->tick == NULL || event_add(conn->tick, &tv) < 0) {
         if (conn->tick)
             event_free(conn->tick);
+        if (conn->out)
+            evbuffer_free(conn->out);
         free(conn);
         return NULL;
     }
@@ -650,7 +922,6 @@ struct shared_conn *shared_conn_new(struct shared *sh, struct event_base *base,
 
 void shared_conn_free(struct shared_conn *conn)
 {
-    redisAsyncContext *ac;
     if (conn == NULL)
         return;
     event_free(conn->tick);
@@ -659,12 +930,10 @@ void shared_conn_free(struct shared_conn *conn)
     if (conn->state == SHARED_UP)
         __atomic_sub_fetch(&conn->sh->up, 1, __ATOMIC_RELAXED);
     __atomic_sub_fetch(&conn->sh->conns, 1, __ATOMIC_RELAXED);
-    ac = conn->ac;
-    conn->ac = NULL;
-    if (ac) {
-        ac->data = NULL;
-        redisAsyncFree(ac); /* answers what is in flight with no reply */
-    }
+    conn->state = SHARED_DOWN;
+    conn_close(conn);
+    conn_answer_all(conn);
+    evbuffer_free(conn->out);
     free(conn);
 }
 
@@ -681,12 +950,12 @@ int shared_up(const struct shared_conn *conn)
     return conn != NULL && conn->state == SHARED_UP;
 }
 
-static void rate_reply(redisAsyncContext *ac, void *reply, void *priv)
+static void rate_reply(struct shared_conn *conn, redisReply *reply, void *priv)
 {
     struct shared_wait *w = priv;
     int allowed = -1;
     double wait = 0;
-    reply_conn(ac, reply);
+    (void)conn;
     if (reply == NULL || shared_parse_rate(reply, &allowed, &wait) < 0)
         allowed = -1;
     else
@@ -737,11 +1006,11 @@ int shared_local_divisor(struct shared_conn *conn)
     return conn->sh->cfg.replicas > 0 ? conn->sh->cfg.replicas : 1;
 }
 
-static void note_reply(redisAsyncContext *ac, void *reply, void *priv)
+static void note_reply(struct shared_conn *conn, redisReply *r, void *priv)
 {
-    const redisReply *r = reply;
+    (void)conn;
     (void)priv;
-    if (reply_conn(ac, reply) != NULL && r->type == REDIS_REPLY_ERROR)
+    if (r != NULL && r->type == REDIS_REPLY_ERROR)
         log_msg(LOG_DEBUG, "shared state: a figure was not stored: %.200s", r->str ? r->str : "");
 }
 

@@ -1,7 +1,7 @@
 /* shared: the live state (proxy/live.h) that replicas share through Redis ("shared_state").
  *
- * Each worker keeps one hiredis connection on its own event loop; nothing here blocks. What
- * goes through Redis:
+ * Each worker keeps one connection to Redis (plain TCP, a unix socket, or TLS with the server's
+ * certificate verified) on its own event loop; nothing here blocks. What goes through Redis:
  *   - a client's rate decision: one atomic script (GCRA on Redis' clock), one round trip, the
  *     request waiting for it (shared_rate_take);
  *   - Apple's X-Rate-Limit figures and Retry-After per credential: written without waiting
@@ -24,22 +24,26 @@
 #include "proxy/live.h"
 
 struct runtime;
+struct stream_ctx;
 struct shared;      /* the process's: the configuration and the counters */
 struct shared_conn; /* a worker's connection */
 struct shared_wait; /* a rate decision in flight */
 
-/* NULL when cfg->redis is NULL (nothing shared) or out of memory (*oom set). cfg is copied:
- * a reload does not change the Redis in use. nworkers: connections that will be made. */
-struct shared *shared_new(const struct conf_shared *cfg, int nworkers, int *oom);
+/* NULL when cfg->redis is NULL (nothing shared: err is then ""), or on failure with err set
+ * (out of memory; with "tls", a CA file, client certificate or key that OpenSSL cannot load).
+ * cfg is copied: a reload does not change the Redis in use. nworkers: connections that will
+ * be made. */
+struct shared *shared_new(const struct conf_shared *cfg, int nworkers, char *err, size_t errlen);
 void shared_free(struct shared *sh); /* after every connection is freed; NULL: no-op */
 /* 1 when two configurations' "shared_state" are the same (a reload cannot change it). */
 int shared_same(const struct conf_shared *a, const struct conf_shared *b);
 
-/* The worker's connection, on its loop (dns resolves a host name without blocking). sync: this
+/* The worker's connection, on its loop: sctx (the worker's streams' base and buffers, borrowed)
+ * carries it, dns resolves a host name without blocking. sync: this
  * connection also runs the once-a-second sync of credential figures (one worker per process).
  * Connects in the background; NULL when out of memory. Free on the worker's thread, after its
  * clients: pending rate decisions are cancelled first. */
-struct shared_conn *shared_conn_new(struct shared *sh, struct event_base *base,
+struct shared_conn *shared_conn_new(struct shared *sh, struct stream_ctx *sctx,
                                     struct evdns_base *dns, int sync);
 void shared_conn_free(struct shared_conn *conn);
 
@@ -72,12 +76,16 @@ void shared_note_block(struct shared_conn *conn, const char *cred, double until)
 /* For /metrics and /readyz (any thread). */
 struct shared_stats {
     const char *target;         /* "HOST:PORT" or "unix:/path" as configured */
+    int tls;                    /* 1 with "tls" */
     int replicas;
     int connections, up;        /* worker connections, and how many use Redis now */
     uint64_t fallbacks;         /* a connection stopped using Redis (error, timeout, refusal) */
     uint64_t timeouts;          /* of those: replies slower than `timeout` */
     uint64_t local_decisions;   /* rate decisions made locally while Redis was not in use */
     uint64_t remote_decisions;  /* rate decisions made by Redis */
+    uint64_t tls_failures;      /* TLS connections that ended before Redis answered PING (a
+                                   certificate refused by either side, a server that does not
+                                   speak TLS, no handshake in time) */
 };
 void shared_stats_read(const struct shared *sh, struct shared_stats *st);
 

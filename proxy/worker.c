@@ -359,7 +359,7 @@ int worker_init(struct worker *w, int id, struct server *server, struct runtime 
     }
     if (server && server->shared) {
         /* One worker reads the credentials' figures back for the whole process. */
-        w->shared = shared_conn_new(server->shared, w->base, w->dns, id == 0);
+        w->shared = shared_conn_new(server->shared, &w->sctx, w->dns, id == 0);
         if (w->shared == NULL) {
             snprintf(err, errlen, "out of memory");
             goto fail;

@@ -11,7 +11,9 @@ Covered, each by its own test:
   Redis stopped (SIGSTOP, a Redis that no longer answers): requests are decided locally after
     the timeout instead of stalling, and Redis is used again once it answers;
   a client that leaves while its rate decision is pending, and pipelined requests each waiting
-    for one.
+    for one;
+  Redis named by a host name, on a unix socket, with a password (right and wrong).
+TLS to Redis: test_shared_state_tls.py.
 """
 import hashlib
 import json
@@ -20,6 +22,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -48,32 +51,61 @@ def client(secret, **extra):
 
 
 class Redis:
-    """redis-server on a free loopback port, no RDB or AOF files, in its own directory."""
+    """redis-server on a free loopback port, no RDB or AOF files, in its own directory.
+    tls: {"cert", "key", "ca"} serves TLS only (the port is a TLS port), with "auth_clients"
+    (a client certificate from "ca" required) and "client" ((cert, key) this harness shows)."""
 
-    def __init__(self, port=None, bind="127.0.0.1", password=None):
+    def __init__(self, port=None, bind="127.0.0.1", password=None, tls=None, unixsocket=None):
         self.port = port or h.unused_port()
+        self.unixsocket = unixsocket
         self.bind = bind
         self.password = password
+        self.tls = tls
         self.dir = h.new_dir("redis")
         self.proc = None
         self.start()
 
     def start(self):
-        self.proc = h._Process("redis-server", [
-            shutil.which("redis-server"), "--port", str(self.port), "--bind"] + self.bind.split() + [
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            ports = ["--port", "0", "--tls-port", str(self.port),
+                     "--tls-cert-file", self.tls["cert"], "--tls-key-file", self.tls["key"],
+                     "--tls-ca-cert-file", self.tls["ca"],
+                     "--tls-auth-clients", "yes" if self.tls.get("auth_clients") else "no"]
+        self.proc = h._Process("redis-server", [shutil.which("redis-server")] + ports + [
+            "--bind"] + self.bind.split() + [
             "--save", "", "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
             "--protected-mode", "yes", "--loglevel", "warning"] +
-            (["--requirepass", self.password] if self.password else []))
+            (["--requirepass", self.password] if self.password else []) +
+            (["--unixsocket", self.unixsocket] if self.unixsocket else []))
         pt.wait_until(self.answers, 10, 0.05, "redis-server answering PING")
 
     def answers(self):
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw:
+                s = raw
+                if self.tls:
+                    # whatever certificate it serves: some tests give it one the proxy refuses
+                    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                    if self.tls.get("client"):
+                        ctx.load_cert_chain(*self.tls["client"])
+                    s = ctx.wrap_socket(raw)
                 s.sendall(b"PING\r\n")
                 answer = s.recv(64)
                 return answer.startswith(b"+PONG") or answer.startswith(b"-NOAUTH")
         except OSError:
             return False
+
+    def cli_args(self):
+        """redis-cli's arguments to reach this server."""
+        args = ["-p", str(self.port)]
+        if self.tls:
+            args += ["--tls", "--insecure"]
+            if self.tls.get("client"):
+                args += ["--cert", self.tls["client"][0], "--key", self.tls["client"][1]]
+        return args
 
     def kill(self):
         self.proc.stop(signal.SIGKILL)
@@ -84,17 +116,17 @@ class Redis:
         self.proc.stop()
 
 
-@unittest.skipUnless(shutil.which("redis-server"), "redis-server is not installed")
-class SharedStateTest(unittest.TestCase):
+class ReplicaPair(unittest.TestCase):
+    """Two proxy processes sharing one Redis (self.redis, made by setUp in each test class)."""
+
     def setUp(self):
-        self.redis = Redis()
-        self.addCleanup(self.redis.stop)
         self.up = h.start_standin(rate_remaining=1000)
         self.addCleanup(self.up.stop)
         self.creds = {"asc": h.credential("app-store-connect", h.make_key())}
         self.routes = [h.route(self.up, "app-store-connect", "asc")]
 
-    def start_pair(self, quota_reserve=None, redis_host="127.0.0.1", password=None, wait=True):
+    def start_pair(self, quota_reserve=None, redis_host="127.0.0.1", password=None, wait=True,
+                   tls=None):
         creds = {"asc": dict(self.creds["asc"])}
         if quota_reserve is not None:
             creds["asc"]["quota_reserve"] = quota_reserve
@@ -106,6 +138,10 @@ class SharedStateTest(unittest.TestCase):
         }
         shared = {"redis": "%s:%d" % (redis_host, self.redis.port), "timeout": TIMEOUT, "replicas": 2,
                   "key_prefix": "test%d:" % os.getpid()}
+        if redis_host.startswith("unix:"):
+            shared["redis"] = redis_host
+        if tls is not None:
+            shared["tls"] = tls
         env = None
         if password is not None:
             shared["password_env"] = "TEST_REDIS_PASSWORD"
@@ -138,26 +174,8 @@ class SharedStateTest(unittest.TestCase):
         with h.HttpClient(px.port, timeout=timeout) as c:
             return c.request("GET", path, bearer(secret))
 
-    def test_two_replicas_share_one_burst_exactly(self):
-        self.start_pair()
-        statuses = [self.get(self.px[i % 2]).status for i in range(12)]
-        self.assertEqual(statuses.count(200), 6, statuses)
-        self.assertEqual(statuses[:6], [200] * 6, statuses)
-        self.assertEqual(set(statuses[6:]), {429}, statuses)
-        r = self.get(self.px[1])
-        self.assertEqual(pt.error_code(r), "PROXY_RATE_LIMITED")
-        self.assertGreaterEqual(int(r.header("Retry-After")), 50)
-        self.assertRedisHoldsNoSecrets()
-        for px in self.px:
-            m = pt.metrics(px)
-            self.assertGreater(m.value("apple_auth_proxy_shared_rate_decisions_total",
-                                       where="redis"), 0)
-            self.assertEqual(m.value("apple_auth_proxy_shared_rate_decisions_total",
-                                     where="local"), 0)
-            self.assertEqual(m.value("apple_auth_proxy_shared_state_up"), 1)
-
     def redis_cli(self, *args):
-        p = subprocess.run([shutil.which("redis-cli"), "-p", str(self.redis.port), "--raw"] +
+        p = subprocess.run([shutil.which("redis-cli")] + self.redis.cli_args() + ["--raw"] +
                            list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30,
                            text=True)
         self.assertEqual(p.returncode, 0, p.stderr)
@@ -175,6 +193,32 @@ class SharedStateTest(unittest.TestCase):
             self.assertRegex(value, r"^[A-Za-z_0-9.\s-]*$", (k, value))
             for secret in (LIMITED, FAST, PRIORITY, FALLBACK, "eyJ", "PRIVATE KEY"):
                 self.assertNotIn(secret, value)
+
+
+@unittest.skipUnless(shutil.which("redis-server"), "redis-server is not installed")
+class SharedStateTest(ReplicaPair):
+    def setUp(self):
+        super().setUp()
+        self.redis = Redis()
+        self.addCleanup(self.redis.stop)
+
+    def test_two_replicas_share_one_burst_exactly(self):
+        self.start_pair()
+        statuses = [self.get(self.px[i % 2]).status for i in range(12)]
+        self.assertEqual(statuses.count(200), 6, statuses)
+        self.assertEqual(statuses[:6], [200] * 6, statuses)
+        self.assertEqual(set(statuses[6:]), {429}, statuses)
+        r = self.get(self.px[1])
+        self.assertEqual(pt.error_code(r), "PROXY_RATE_LIMITED")
+        self.assertGreaterEqual(int(r.header("Retry-After")), 50)
+        self.assertRedisHoldsNoSecrets()
+        for px in self.px:
+            m = pt.metrics(px)
+            self.assertGreater(m.value("apple_auth_proxy_shared_rate_decisions_total",
+                                       where="redis"), 0)
+            self.assertEqual(m.value("apple_auth_proxy_shared_rate_decisions_total",
+                                     where="local"), 0)
+            self.assertEqual(m.value("apple_auth_proxy_shared_state_up"), 1)
 
     def test_shared_metrics_pass_promtool(self):
         promtool = shutil.which("promtool")
@@ -337,6 +381,15 @@ class SharedStateTest(unittest.TestCase):
         self.redis = Redis(port=self.redis.port, bind="127.0.0.1 ::1")
         self.addCleanup(self.redis.stop)
         self.start_pair(redis_host="localhost")
+        statuses = [self.get(self.px[i % 2]).status for i in range(7)]
+        self.assertEqual(statuses, [200] * 6 + [429])
+
+    def test_redis_on_a_unix_socket(self):
+        self.redis.stop()
+        path = os.path.join(h.new_dir("redissock"), "redis.sock")
+        self.redis = Redis(port=self.redis.port, unixsocket=path)
+        self.addCleanup(self.redis.stop)
+        self.start_pair(redis_host="unix:" + path)
         statuses = [self.get(self.px[i % 2]).status for i in range(7)]
         self.assertEqual(statuses, [200] * 6 + [429])
 

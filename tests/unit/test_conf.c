@@ -563,6 +563,27 @@ static void test_shared_state(void **state)
     assert_string_equal(conf->shared.key_prefix, "team-a:");
     assert_int_equal(conf->shared.timeout_ms, 50);
     assert_int_equal(conf->shared.replicas, 3);
+    assert_int_equal(conf->shared.tls, 0);
+    conf_free(conf);
+    /* TLS: the system's store and the host's name, or all four keys */
+    conf = load_ok("{" CREDS ", \"shared_state\": {\"redis\": \"redis.example:6380\", "
+                   "\"tls\": true}}");
+    assert_int_equal(conf->shared.tls, 1);
+    assert_null(conf->shared.tls_ca_file);
+    assert_null(conf->shared.tls_server_name);
+    assert_null(conf->shared.tls_cert_file);
+    conf_free(conf);
+    conf = load_ok("{" CREDS ", \"shared_state\": {\"redis\": \"10.0.0.7:6380\", \"tls\": "
+                   "{\"ca_file\": \"@CA@\", \"server_name\": \"Redis.Example\", "
+                   "\"cert_file\": \"@CA@\", \"key_file\": \"@KEY@\"}}}");
+    assert_int_equal(conf->shared.tls, 1);
+    assert_string_equal(conf->shared.tls_ca_file, capath);
+    assert_string_equal(conf->shared.tls_server_name, "redis.example");
+    assert_string_equal(conf->shared.tls_cert_file, capath);
+    assert_string_equal(conf->shared.tls_key_file, keypath);
+    conf_free(conf);
+    conf = load_ok("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"tls\": false}}");
+    assert_int_equal(conf->shared.tls, 0);
     conf_free(conf);
     expect_error("{" CREDS ", \"shared_state\": {}}", "shared_state.redis: required");
     expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"nohost\"}}",
@@ -585,8 +606,28 @@ static void test_shared_state(void **state)
                  "shared_state.password_env: environment variable AAP_TEST_UNSET_REDIS_PASSWORD "
                  "is not set");
     expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"tls\": "
-                 "{\"ca_file\": \"/ca.pem\"}}}",
-                 "shared_state.tls: TLS to Redis is not supported");
+                 "{\"ca_file\": \"/nonexistent/ca.pem\"}}}",
+                 "shared_state.tls.ca_file: /nonexistent/ca.pem: No such file or directory");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"tls\": "
+                 "{\"ca_file\": \"@KEY@\"}}}",
+                 "shared_state.tls.ca_file: ");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"tls\": "
+                 "{\"cert_file\": \"@CA@\"}}}",
+                 "shared_state.tls: cert_file and key_file go together");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"tls\": "
+                 "{\"key_file\": \"@KEY@\"}}}",
+                 "shared_state.tls: cert_file and key_file go together");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"tls\": "
+                 "{\"server_name\": \"a b\"}}}",
+                 "shared_state.tls.server_name: expected a host name");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"tls\": "
+                 "{\"verify\": false}}}",
+                 "shared_state.tls.verify: unknown key");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"tls\": \"yes\"}}",
+                 "shared_state.tls: expected true, false or an object");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"unix:/run/r.sock\", "
+                 "\"tls\": true}}",
+                 "shared_state.tls: not with a unix socket");
     expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"Redis\": 1}}",
                  "shared_state.Redis: unknown key");
     expect_error("{" CREDS ", \"shared_state\": \"h:1\"}", "shared_state: expected an object");

@@ -17,6 +17,7 @@
 #include <hiredis/hiredis.h>
 
 #include "proxy/shared.h"
+#include "proxy/stream.h"
 
 static redisReply int_reply(long long v)
 {
@@ -255,8 +256,9 @@ static void test_freed_while_resolving(void **state)
     struct evdns_base *dns;
     struct shared *sh;
     struct shared_conn *conn;
-    char ns[32];
-    int oom = 0, udp = socket(AF_INET, SOCK_DGRAM, 0);
+    struct stream_ctx sctx;
+    char ns[32], err[256];
+    int udp = socket(AF_INET, SOCK_DGRAM, 0);
     (void)state;
     assert_non_null(base);
     assert_true(udp >= 0);
@@ -276,9 +278,10 @@ static void test_freed_while_resolving(void **state)
     cfg.key_prefix = (char *)"apple-auth-proxy:";
     cfg.timeout_ms = 250;
     cfg.replicas = 1;
-    sh = shared_new(&cfg, 1, &oom);
+    sh = shared_new(&cfg, 1, err, sizeof(err));
     assert_non_null(sh);
-    conn = shared_conn_new(sh, base, dns, 0);
+    stream_ctx_init(&sctx, base);
+    conn = shared_conn_new(sh, &sctx, dns, 0);
     assert_non_null(conn);
     assert_int_equal(shared_up(conn), 0);
     shared_conn_free(conn);
@@ -286,6 +289,7 @@ static void test_freed_while_resolving(void **state)
     event_base_loop(base, EVLOOP_NONBLOCK);
     event_base_loop(base, EVLOOP_NONBLOCK);
     evdns_base_free(dns, 0);
+    stream_ctx_deinit(&sctx);
     event_base_free(base);
     shared_free(sh);
     close(udp);
