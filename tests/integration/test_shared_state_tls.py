@@ -13,7 +13,6 @@ Covered, each by its own test:
   Redis killed and restarted over TLS: fallback, then sharing resumes without a restart.
 """
 import os
-import shutil
 import sys
 import unittest
 
@@ -24,7 +23,6 @@ from test_gateway import make_client_certs  # noqa: E402
 from test_shared_state import FALLBACK, ReplicaPair, Redis  # noqa: E402
 
 
-@unittest.skipUnless(shutil.which("redis-server"), "redis-server is not installed")
 class SharedStateTlsTest(ReplicaPair):
     def setUp(self):
         super().setUp()
