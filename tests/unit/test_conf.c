@@ -585,6 +585,51 @@ static void test_shared_state(void **state)
     conf = load_ok("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"tls\": false}}");
     assert_int_equal(conf->shared.tls, 0);
     conf_free(conf);
+    /* the password is read from its variable, whose name is noted so that serve removes it */
+    assert_int_equal(setenv("AAP_TEST_CONF_REDIS_PASSWORD", "redis-pass-1", 1), 0);
+    conf = load_ok("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", "
+                   "\"password_env\": \"AAP_TEST_CONF_REDIS_PASSWORD\"}}");
+    assert_string_equal(conf->shared.password, "redis-pass-1");
+    assert_string_equal(conf->shared.password_env, "AAP_TEST_CONF_REDIS_PASSWORD");
+    assert_true(conf->nkey_env_names >= 1);
+    assert_string_equal(conf->key_env_names[conf->nkey_env_names - 1],
+                        "AAP_TEST_CONF_REDIS_PASSWORD");
+    conf_free(conf);
+    unsetenv("AAP_TEST_CONF_REDIS_PASSWORD");
+    /* the limits: a key_prefix of 64 bytes, a socket path of 107 (sun_path less its NUL) */
+    {
+        char prefix[66], sock[110], json[512];
+        memset(prefix, 'p', 65);
+        prefix[64] = '\0';
+        snprintf(json, sizeof json, "{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", "
+                 "\"key_prefix\": \"%s\"}}", prefix);
+        conf = load_ok(json);
+        assert_int_equal(strlen(conf->shared.key_prefix), 64);
+        conf_free(conf);
+        prefix[64] = 'p';
+        prefix[65] = '\0';
+        snprintf(json, sizeof json, "{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", "
+                 "\"key_prefix\": \"%s\"}}", prefix);
+        expect_error(json, "shared_state.key_prefix: expected at most 64 printable ASCII");
+        sock[0] = '/';
+        memset(sock + 1, 's', 108);
+        sock[107] = '\0';
+        snprintf(json, sizeof json, "{" CREDS ", \"shared_state\": {\"redis\": \"unix:%s\"}}",
+                 sock);
+        conf = load_ok(json);
+        assert_int_equal(strlen(conf->shared.unix_path), 107);
+        conf_free(conf);
+        sock[107] = 's';
+        sock[108] = '\0';
+        snprintf(json, sizeof json, "{" CREDS ", \"shared_state\": {\"redis\": \"unix:%s\"}}",
+                 sock);
+        expect_error(json, "shared_state.redis: expected \"unix:\" and an absolute socket path of "
+                           "at most 107 bytes");
+    }
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"key_prefix\": \"caf\u00e9:\"}}",
+                 "shared_state.key_prefix: expected at most 64 printable ASCII");
+    expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"h:1\", \"key_prefix\": \"\"}}",
+                 "shared_state.key_prefix:");
     expect_error("{" CREDS ", \"shared_state\": {}}", "shared_state.redis: required");
     expect_error("{" CREDS ", \"shared_state\": {\"redis\": \"nohost\"}}",
                  "shared_state.redis: expected \"HOST:PORT\" or \"unix:/path\"");
