@@ -3,7 +3,7 @@ processes on one configuration, and a real redis-server started here on a free l
 with no persistence.
 
 Covered, each by its own test:
-  two replicas admit exactly one client's burst between them;
+  two replicas admit exactly one client's burst between them, in turn and all at once;
   Apple's quota reserve, learnt through one replica, refuses on the other;
   Apple's Retry-After, received through one replica, holds on the other;
   Redis killed under load: no 5xx, each replica falls back to its share of the limit (logged
@@ -224,6 +224,33 @@ class SharedStateTest(ReplicaPair):
                                      where="local"), 0)
             self.assertEqual(m.value("apple_auth_proxy_shared_state_up"), 1)
 
+    def test_concurrent_burst_on_both_replicas_is_never_over_admitted(self):
+        # The rate script runs whole on Redis: 48 requests racing from 48 connections onto two
+        # replicas (two workers each) take exactly the burst of 6 between them, no more.
+        self.start_pair()
+        n = 48
+        barrier = threading.Barrier(n)
+        results = [None] * n
+
+        def one(i):
+            with h.HttpClient(self.px[i % 2].port, timeout=30) as c:
+                barrier.wait(30)
+                results[i] = c.request("GET", "/v1/apps", bearer(LIMITED)).status
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(sorted(results, key=str), [200] * 6 + [429] * (n - 6), results)
+        decided = 0
+        for px in self.px:
+            m = pt.metrics(px)
+            self.assertEqual(m.value("apple_auth_proxy_shared_rate_decisions_total",
+                                     where="local"), 0)
+            decided += m.value("apple_auth_proxy_shared_rate_decisions_total", where="redis")
+        self.assertEqual(decided, n)
+
     def test_shared_metrics_pass_promtool(self):
         promtool = shutil.which("promtool")
         self.assertIsNotNone(promtool, "promtool (Debian's prometheus package) is needed: make deps")
@@ -327,6 +354,11 @@ class SharedStateTest(ReplicaPair):
         # which the two replicas now share
         statuses = [self.get(self.px[i % 2]).status for i in range(9)]
         self.assertEqual(statuses, [200] * 6 + [429] * 3)
+        for px, mark in zip(self.px, marks):
+            # the return is logged once too, however many workers reconnect
+            self.assertEqual(len(re.findall(r"shared state: using Redis", px.stderr_text()[mark:])),
+                             1, px.stderr_text()[mark:])
+            self.assertEqual(pt.metrics(px).value("apple_auth_proxy_shared_state_up"), 1)
 
     def test_redis_that_stops_answering_times_out_without_stalling(self):
         self.start_pair()
@@ -406,6 +438,8 @@ class SharedStateTest(ReplicaPair):
         self.assertEqual(statuses, [200] * 6 + [429])
         for px in self.px:
             self.assertNotIn("s3cret-redis-pass", px.stderr_text())
+            # read once, then removed from the environment like private_key_env
+            self.assertNotIn(b"s3cret-redis-pass", pt.proc_bytes(px.pid, "environ"))
 
     def test_wrong_redis_password_falls_back(self):
         self.redis.stop()
