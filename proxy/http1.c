@@ -1,6 +1,7 @@
 /* http1: strict HTTP/1.1 message parsing on llhttp plus the proxy's own framing rules (RFC 9112). */
 #include "proxy/http1.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -140,10 +141,39 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+static int value_char_ok(unsigned char c)
+{
+    return !((c < 0x20 && c != '\t') || c == 0x7f);
+}
+
+/* Eight bytes at a time: a word with no byte below 0x20 and none equal to 0x7f (the exact
+ * tests of "Bit Twiddling Hacks", haszero and hasless) is let through whole; only a word that
+ * may hold one (a tab does) is looked at byte by byte. Every value of every message goes
+ * through here, the token line on its way upstream included, and byte by byte this was 6 % of
+ * the proxy's work per request. */
+int http1_value_chars_ok(const char *at, size_t len)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    size_t i = 0, j;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t v, del;
+        memcpy(&v, at + i, 8);
+        del = v ^ (ones * 0x7f);
+        if ((((v - ones * 0x20) & ~v) | ((del - ones) & ~del)) & highs) {
+            for (j = i; j < i + 8; j++)
+                if (!value_char_ok((unsigned char)at[j]))
+                    return 0;
+        }
+    }
+    for (; i < len; i++)
+        if (!value_char_ok((unsigned char)at[i]))
+            return 0;
+    return 1;
+}
+
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     struct http1_msg *m = msg_of(p);
-    size_t i;
     if (m->phase != 0)
         return 0;
     if (m->nheaders == 0)
@@ -152,11 +182,8 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
         /* A second value span for one field is a folded line (obs-fold, RFC 9112 5.2). */
         return fail(m, is_request(m) ? 400 : 502, "obsolete line folding in a header");
     }
-    for (i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)at[i];
-        if ((c < 0x20 && c != '\t') || c == 0x7f)
-            return fail(m, is_request(m) ? 400 : 502, "control character in a header value");
-    }
+    if (!http1_value_chars_ok(at, len))
+        return fail(m, is_request(m) ? 400 : 502, "control character in a header value");
     m->headers[m->nheaders - 1].value = at;
     m->headers[m->nheaders - 1].value_len = len;
     m->in_value = 1;

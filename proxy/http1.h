@@ -109,6 +109,11 @@ int http1_response_set(struct http1_msg *m, int status, const struct http1_heade
 /* Case-insensitive token comparison of a span with a NUL-terminated lower-case name. */
 int http1_name_is(const char *name, size_t len, const char *lower);
 
+/* 1 when a header value holds no control character other than HTAB (and no DEL). llhttp
+ * refuses those already; the parser checks again so that its guarantee does not rest on the
+ * library's version or settings. */
+int http1_value_chars_ok(const char *at, size_t len);
+
 /* Finds the first header with that (lower-case) name; NULL when absent. */
 const struct http1_header *http1_find(const struct http1_msg *m, const char *lower);
 

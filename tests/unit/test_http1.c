@@ -178,6 +178,29 @@ static void test_header_syntax(void **state)
     expect_reject("GET / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n", 417);
 }
 
+/* Header values are checked eight bytes at a time: every byte value at every position of
+ * values of 0 to 24 bytes (three words and every tail length), NUL included. Only controls
+ * other than HTAB, and DEL, are refused. */
+static void test_header_value_characters_everywhere(void **state)
+{
+    char value[24];
+    (void)state;
+    assert_int_equal(http1_value_chars_ok("", 0), 1);
+    for (size_t len = 1; len <= sizeof(value); len++) {
+        for (size_t pos = 0; pos < len; pos++) {
+            for (int c = 0; c < 256; c++) {
+                int want = !((c < 0x20 && c != '\t') || c == 0x7f);
+                memset(value, 'v', sizeof(value));
+                value[pos] = (char)c;
+                if (http1_value_chars_ok(value, len) != want)
+                    fail_msg("byte 0x%02x at %zu of %zu: got %d", c, pos, len, !want);
+            }
+        }
+    }
+    /* And through the parser: a DEL deep in a value is refused. */
+    expect_reject("GET / HTTP/1.1\r\nHost: a\r\nX: 0123456789abcdef\x7fz\r\n\r\n", 400);
+}
+
 static void test_limits(void **state)
 {
     char raw[2048];
@@ -446,6 +469,7 @@ int main(void)
         cmocka_unit_test(test_simple_get),       cmocka_unit_test(test_incomplete_then_complete),
         cmocka_unit_test(test_chunked_reframed), cmocka_unit_test(test_framing_smuggling),
         cmocka_unit_test(test_header_syntax),    cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_header_value_characters_everywhere),
         cmocka_unit_test(test_bad_chunks),       cmocka_unit_test(test_upgrade_is_plain),
         cmocka_unit_test(test_connect_has_no_body),
         cmocka_unit_test(test_http10_keepalive), cmocka_unit_test(test_responses),
