@@ -78,7 +78,6 @@
 #include "proxy/log.h"
 #include "proxy/request.h"
 #include "proxy/response.h"
-#include "proxy/server.h"
 #include "proxy/shared.h"
 #include "proxy/stream.h"
 #include "proxy/token_exchange.h"
@@ -887,7 +886,7 @@ static int wait_for_token(struct client *c)
     if (token_wait_failed(c))
         return 1;
     arm_timer(c, limits(c)->token_wait_timeout_ms);
-    token_exchanger_want(c->w->server->exchanger);
+    token_exchanger_want(c->w->exchanger);
     return 0;
 }
 

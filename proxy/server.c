@@ -490,6 +490,8 @@ int server_run(struct conf *conf, const char *config_path)
         log_msg(LOG_ERROR, "token exchanger: %s", err);
         goto out;
     }
+    for (i = 0; i < s->nworkers; i++)
+        s->workers[i].exchanger = s->exchanger;
     {
         int disabled;
         s->admin = admin_new(s, &disabled, err, sizeof(err));

@@ -21,6 +21,7 @@ struct client;
 struct exchange;
 struct upool;
 struct shared_conn;
+struct token_exchanger;
 
 /* Upstream protocols, the index of the per-protocol counters below. */
 enum up_proto { UP_PROTO_HTTP1, UP_PROTO_H2, UP_PROTO_COUNT };
@@ -109,6 +110,9 @@ struct worker {
      * look at the requests waiting for an access token, the token exchanger starts exchanges. */
     void (*wake_cb)(struct worker *w);
     void *wake_arg;
+    /* Client workers ask it for access tokens (token_exchange.h); set by the server before
+     * the thread starts, NULL in the exchanger's own worker. Borrowed. */
+    struct token_exchanger *exchanger;
     int want_wake;             /* atomic */
     pthread_mutex_t pending_lock;
     struct runtime *pending_rt; /* a reference handed over by the main thread */
