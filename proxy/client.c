@@ -9,9 +9,9 @@
  *    ^ |  (bad head: 4xx; header timeout:       |  waits, body unread, for:                  |
  *    | |   408; browser rule, gateway,          |  - the client's rate decision on Redis     |
  *    | |   rate: 4xx/503)                       |    (rate_ask -> rate_decided)              |
- *    | |                                        |  - an access token (wait_for_token ->      |
- *    | | CONNECT to an intercepted upstream:    |    client_tokens_ready, token_wait_timeout |
- *    | | 200, TLS inside, back to HEAD          |    503, a failed exchange 502)             |
+ *    | |                                        |  - an access token, as TOKEN_WAIT          |
+ *    | | CONNECT to an intercepted upstream:    |    (wait_for_token -> client_tokens_ready; |
+ *    | | 200, TLS inside, back to HEAD          |    token_wait_timeout 503, failure 502)    |
  *    | +-----+                                  |  - an upstream stream: a pooled or new     |
  *    |       |                                  |    connection, or an HTTP/2 stream         |
  *    |       |                                  |    (acquire_upstream -> up_ready)          |
@@ -89,7 +89,10 @@
 #define OUT_LOW (64 * 1024)
 #define LINGER_MS 2000
 
-enum client_state { C_IDLE, C_HEAD, C_CONNECTING, C_EXCHANGE, C_CLOSING };
+/* C_TOKEN_WAIT: like C_CONNECTING (the head is planned and drained, the body waits unread),
+ * waiting for an access token from the exchanger (wait_for_token), with the alarm armed at
+ * token_wait_timeout. */
+enum client_state { C_IDLE, C_HEAD, C_CONNECTING, C_TOKEN_WAIT, C_EXCHANGE, C_CLOSING };
 
 /* The request's progress towards the upstream.
  *   HEAD    not sent yet: being read, checked, or waiting for a token or a connection
@@ -135,8 +138,6 @@ struct exchange {
     unsigned idempotent : 1;
     unsigned http10 : 1;
     unsigned keep_alive : 1;
-    unsigned in_exchange : 1;   /* a request head was parsed and its record is not written */
-    unsigned token_wait : 1;    /* CONNECTING: waiting for an access token (wait_for_token) */
     /* The exchange's record, for the access log and the metrics. */
     int status;                 /* sent to the client */
     int label;                  /* metrics route label (0: none) */
@@ -286,15 +287,24 @@ static void exchange_count(struct worker *w, const struct exchange *x)
                             x->t_first_us - x->t_start_us);
 }
 
+/* Whether the exchange's record is open: a request head was parsed (exchange_begin moves the
+ * connection to CONNECTING) and the connection has not left CONNECTING, TOKEN_WAIT or EXCHANGE
+ * since. Every path out of them writes the record first (end_exchange_objects) or frees the
+ * client (client_free writes it). */
+static int record_open(const struct client *c)
+{
+    return c->x != NULL &&
+           (c->state == C_CONNECTING || c->state == C_TOKEN_WAIT || c->state == C_EXCHANGE);
+}
+
 /* Writes the exchange's record (once): metrics always, the access log when it is on. */
 static void exchange_end(struct client *c, const char *outcome)
 {
     struct worker *w = c->w;
     struct exchange *x = c->x;
     uint64_t dur;
-    if (x == NULL || !x->in_exchange)
+    if (!record_open(c))
         return;
-    x->in_exchange = 0;
     dur = mono_us() - x->t_start_us;
     metrics_count_request(&w->metrics, x->label, x->method, x->method_len, x->status, dur);
     exchange_count(w, x);
@@ -474,9 +484,9 @@ static void start_closing(struct client *c)
 {
     if (c->state == C_CLOSING)
         return;
-    c->state = C_CLOSING;
     up_release(c);
-    end_exchange_objects(c);
+    end_exchange_objects(c); /* before leaving the state that keeps the record open */
+    c->state = C_CLOSING;
     stream_set_watermarks(&c->s, 0, 0);
     /* A client that never reads its reply must not keep the connection forever. */
     stream_set_timeouts(&c->s, 0, (uint32_t)limits(c)->send_timeout_ms);
@@ -864,7 +874,6 @@ static int token_wait_failed(struct client *c)
     if (!runtime_exchange_failing(rt, ci, reason, sizeof(reason), &code, &retry_at) ||
         retry_at <= now)
         return 0;
-    c->x->token_wait = 0;
     stream_set_alarm(&c->s, 0);
     snprintf(detail, sizeof(detail), "credential %s: the access-token exchange failed: %s",
              rt->conf->credentials[ci].name, reason);
@@ -881,8 +890,7 @@ static int token_wait_failed(struct client *c)
  * caller then looks for a pipelined request unless process() is already doing that. */
 static int wait_for_token(struct client *c)
 {
-    c->state = C_CONNECTING;
-    c->x->token_wait = 1;
+    c->state = C_TOKEN_WAIT;
     if (token_wait_failed(c))
         return 1;
     arm_timer(c, limits(c)->token_wait_timeout_ms);
@@ -904,7 +912,6 @@ static void token_wait_retry(struct client *c)
         token_cache_adopt(rt->tokens, cred, cur->tokens, &cur->conf->credentials[j]);
     c->x->tok = token_cache_get(rt->tokens, cred, c->x->scope, c->x->nscope, NULL, 0);
     if (c->x->tok != NULL) {
-        c->x->token_wait = 0;
         stream_set_alarm(&c->s, 0);
         acquire_upstream(c);
         return;
@@ -917,7 +924,6 @@ static void token_wait_expired(struct client *c)
 {
     const struct runtime *rt = c->gen->rt;
     char detail[300];
-    c->x->token_wait = 0;
     snprintf(detail, sizeof(detail),
              "credential %s: no access token from Apple within token_wait_timeout (the exchange "
              "is still in progress)",
@@ -933,7 +939,7 @@ void client_tokens_ready(struct worker *w)
     for (wc = TAILQ_FIRST(&w->clients); wc; wc = next) {
         struct client *c = client_of(wc);
         next = TAILQ_NEXT(wc, link);
-        if (c->state != C_CONNECTING || c->x == NULL || !c->x->token_wait)
+        if (c->state != C_TOKEN_WAIT)
             continue;
         token_wait_retry(c);
         settle(c); /* may free c, never another client */
@@ -1511,13 +1517,13 @@ static void intercept_start(struct client *c, struct runtime *rt, const struct c
     c->x->status = 200;
     c->x->bytes_out = 39;
     end_exchange_objects(c);
+    /* The handshake and the first request head must arrive within the header timeout. */
+    c->state = C_HEAD;
     if (stream_start_tls(&c->s, ssl) < 0) {
         c->dead = 1;
         return;
     }
     c->tls = 1;
-    /* The handshake and the first request head must arrive within the header timeout. */
-    c->state = C_HEAD;
     arm_timer(c, limits(c)->client_header_timeout_ms);
 }
 
@@ -1643,7 +1649,7 @@ static int check_browser(struct client *c, const struct runtime *rt, const struc
 /* A request head was parsed: the exchange's record and both directions' states start over. */
 static void exchange_begin(struct client *c, const struct http1_msg *m)
 {
-    c->x->in_exchange = 1;
+    c->state = C_CONNECTING; /* the head is checked and planned; the record is open */
     WSTAT_ADD(c->w, requests_in_flight, 1);
     c->x->t_start_us = mono_us();
     c->x->t_sent_us = c->x->t_head_us = c->x->t_first_us = 0;
@@ -1859,6 +1865,7 @@ static void process(struct client *c)
             feed_body(c);
             return;
         case C_CONNECTING:
+        case C_TOKEN_WAIT:
             return; /* the body waits until the upstream is ready */
         case C_CLOSING:
             evbuffer_drain(in, evbuffer_get_length(in));
@@ -1897,7 +1904,7 @@ static void on_client_eof(struct client *c)
 {
     struct exchange *x = c->x;
     c->client_eof = 1;
-    if (x && x->in_exchange && !x->outcome)
+    if (record_open(c) && !x->outcome)
         x->outcome = "client_abort"; /* unless the response still completes */
     if (c->state == C_CLOSING || c->state == C_IDLE ||
         (c->state == C_HEAD && stream_input_length(&c->s) == 0)) {
@@ -1935,7 +1942,7 @@ static void client_cb(struct stream *s, unsigned ev, void *arg)
     if ((ev & STREAM_EOF) && !c->dead)
         on_client_eof(c);
     if ((ev & STREAM_ERROR) && !c->dead) {
-        if (c->x && c->x->in_exchange && !c->x->outcome)
+        if (record_open(c) && !c->x->outcome)
             c->x->outcome = "client_abort";
         c->dead = 1;
     }
@@ -1943,7 +1950,7 @@ static void client_cb(struct stream *s, unsigned ev, void *arg)
         if ((ev & STREAM_RTIMEOUT) && c->state == C_EXCHANGE && c->x->req_state != REQ_DONE) {
             reply_error(c, proxy_err_request_timeout, "the request body stalled", 0);
         } else if (ev & STREAM_WTIMEOUT) {
-            if (c->x && c->x->in_exchange && !c->x->outcome)
+            if (record_open(c) && !c->x->outcome)
                 c->x->outcome = "client_abort"; /* it stopped reading its response */
             c->dead = 1;
         }
@@ -1965,9 +1972,8 @@ static void client_cb(struct stream *s, unsigned ev, void *arg)
         case C_CLOSING:
             c->dead = 1;
             break;
-        case C_CONNECTING:
-            if (c->x->token_wait)
-                token_wait_expired(c);
+        case C_TOKEN_WAIT:
+            token_wait_expired(c);
             break;
         default:
             break;
