@@ -115,7 +115,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct http1_msg *m = msg_of(p);
     size_t i;
-    if (m->phase != 0)
+    if (m->phase != HTTP1_PHASE_HEAD)
         return 0; /* trailers: parsed, never forwarded */
     if (m->nheaders >= m->limits->max_headers)
         return fail(m, is_request(m) ? 431 : 502, "too many header fields");
@@ -174,7 +174,7 @@ int http1_value_chars_ok(const char *at, size_t len)
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     struct http1_msg *m = msg_of(p);
-    if (m->phase != 0)
+    if (m->phase != HTTP1_PHASE_HEAD)
         return 0;
     if (m->nheaders == 0)
         return fail(m, is_request(m) ? 400 : 502, "header value without a name");
@@ -398,7 +398,7 @@ static int check_agreement(struct http1_msg *m)
 static int on_headers_complete(llhttp_t *p)
 {
     struct http1_msg *m = msg_of(p);
-    if (m->phase != 0)
+    if (m->phase != HTTP1_PHASE_HEAD)
         return 0;
     m->version_major = p->http_major;
     m->version_minor = p->http_minor;
@@ -423,7 +423,7 @@ static int on_headers_complete(llhttp_t *p)
     }
     if (check_agreement(m) < 0)
         return -1;
-    m->phase = 1;
+    m->phase = HTTP1_PHASE_BODY;
     if (m->body == HTTP1_BODY_NONE)
         /* message_complete pauses right after. A response the proxy decided has no body (HEAD,
          * 1xx, 204, 304) must not have one read by llhttp either: 1 says so. */
@@ -459,7 +459,7 @@ static int on_chunk_complete(llhttp_t *p)
 static int on_message_complete(llhttp_t *p)
 {
     struct http1_msg *m = msg_of(p);
-    m->phase = 2;
+    m->phase = HTTP1_PHASE_DONE;
     return HPE_PAUSED;
 }
 
@@ -519,7 +519,7 @@ int http1_parse_head(struct http1_msg *m, const char *buf, size_t len)
     http1_msg_init(m, type, m->limits);
     err = llhttp_execute(&m->parser, buf, len);
     if (err == HPE_OK || err == HPE_PAUSED) {
-        if (m->phase >= 1) {
+        if (m->phase != HTTP1_PHASE_HEAD) {
             m->head_len = (size_t)(llhttp_get_error_pos(&m->parser) - buf);
             if (err == HPE_OK) /* no pause: cannot happen, the callbacks always pause */
                 m->head_len = len;
@@ -540,7 +540,7 @@ int http1_parse_body(struct http1_msg *m, const char *buf, size_t len, size_t *u
 {
     llhttp_errno_t err;
     *used = 0;
-    if (m->phase == 2)
+    if (m->phase == HTTP1_PHASE_DONE)
         return 1;
     if (llhttp_get_errno(&m->parser) == HPE_PAUSED)
         llhttp_resume(&m->parser);
@@ -551,7 +551,7 @@ int http1_parse_body(struct http1_msg *m, const char *buf, size_t len, size_t *u
         *used = len;
         return 0;
     }
-    if (err == HPE_PAUSED && m->phase == 2) {
+    if (err == HPE_PAUSED && m->phase == HTTP1_PHASE_DONE) {
         *used = (size_t)(llhttp_get_error_pos(&m->parser) - buf);
         return 1;
     }
@@ -561,25 +561,30 @@ int http1_parse_body(struct http1_msg *m, const char *buf, size_t len, size_t *u
 int http1_parse_eof(struct http1_msg *m)
 {
     llhttp_errno_t err;
-    if (m->phase == 2)
+    if (m->phase == HTTP1_PHASE_DONE)
         return 1;
     if (m->body != HTTP1_BODY_EOF)
         return -1;
     if (llhttp_get_errno(&m->parser) == HPE_PAUSED)
         llhttp_resume(&m->parser);
     err = llhttp_finish(&m->parser);
-    if ((err == HPE_OK || err == HPE_PAUSED) && m->phase == 2)
+    if ((err == HPE_OK || err == HPE_PAUSED) && m->phase == HTTP1_PHASE_DONE)
         return 1;
     if (err == HPE_OK) {
-        m->phase = 2;
+        m->phase = HTTP1_PHASE_DONE;
         return 1;
     }
     return -1;
 }
 
+int http1_msg_head_complete(const struct http1_msg *m)
+{
+    return m->phase != HTTP1_PHASE_HEAD;
+}
+
 int http1_msg_complete(const struct http1_msg *m)
 {
-    return m->phase == 2;
+    return m->phase == HTTP1_PHASE_DONE;
 }
 
 int http1_response_set(struct http1_msg *m, int status, const struct http1_header *fields,
@@ -619,6 +624,6 @@ int http1_response_set(struct http1_msg *m, int status, const struct http1_heade
     /* A framed stream ends by itself, never with a connection. */
     if (m->body == HTTP1_BODY_EOF)
         m->body = HTTP1_BODY_CHUNKED;
-    m->phase = m->body == HTTP1_BODY_NONE ? 2 : 1;
+    m->phase = m->body == HTTP1_BODY_NONE ? HTTP1_PHASE_DONE : HTTP1_PHASE_BODY;
     return 0;
 }

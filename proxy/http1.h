@@ -21,6 +21,10 @@ enum http1_body {
     HTTP1_BODY_EOF      /* responses only: until the connection closes */
 };
 
+/* Where the parser is in a message: reading the head, its body, or done (the end may come
+ * with the head). */
+enum http1_phase { HTTP1_PHASE_HEAD, HTTP1_PHASE_BODY, HTTP1_PHASE_DONE };
+
 struct http1_limits {
     size_t max_line;    /* request line (requests) -> 414 */
     size_t max_head;    /* whole head -> 431 (requests), 502 (responses) */
@@ -62,8 +66,8 @@ struct http1_msg {
     const char *host;     /* requests: the Host header value */
     size_t host_len;
 
-    /* Parse state. */
-    int phase;            /* 0 head, 1 body, 2 complete */
+    /* Parse state, private to http1.c: ask http1_msg_head_complete and http1_msg_complete. */
+    enum http1_phase phase;
     int in_value;         /* last span was a header value (obs-fold detection) */
     uint64_t body_seen;
 
@@ -92,6 +96,8 @@ int http1_parse_body(struct http1_msg *m, const char *buf, size_t len, size_t *u
 /* The peer closed: returns 1 when that completes the message (close-delimited response), -1 when
  * the message is truncated. */
 int http1_parse_eof(struct http1_msg *m);
+/* Whether the head has been parsed (the body, if any, is next). */
+int http1_msg_head_complete(const struct http1_msg *m);
 /* Whether the whole message has been parsed (its end may come with its head). */
 int http1_msg_complete(const struct http1_msg *m);
 

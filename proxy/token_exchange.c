@@ -193,7 +193,7 @@ static void answer_bad(struct tx_run *run, const char *what)
 static int answer_read(struct tx_run *run)
 {
     struct evbuffer *in = stream_input(&run->up->s);
-    while (run->answer.phase == 0) {
+    while (!http1_msg_head_complete(&run->answer)) {
         size_t len = evbuffer_get_length(in);
         size_t n = len < answer_limits.max_head + 1 ? len : answer_limits.max_head + 1;
         if (n == 0)
@@ -214,7 +214,7 @@ static int answer_read(struct tx_run *run)
             continue;
         }
     }
-    while (run->answer.phase == 1 && evbuffer_get_length(in) > 0) {
+    while (!http1_msg_complete(&run->answer) && evbuffer_get_length(in) > 0) {
         struct evbuffer_iovec v;
         size_t used = 0;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
@@ -226,7 +226,7 @@ static int answer_read(struct tx_run *run)
             return 1;
         }
     }
-    if (run->answer.phase == 2) {
+    if (http1_msg_complete(&run->answer)) {
         answer_complete(run);
         return 1;
     }
@@ -243,8 +243,8 @@ static void run_io_cb(struct stream *s, unsigned ev, void *arg)
     if ((ev & STREAM_READ) && answer_read(run))
         return;
     if (ev & (STREAM_EOF | STREAM_ERROR)) {
-        if (run->answer.phase == 0 && stream_input_length(s) == 0 && run->up->reused &&
-            !run->retried) {
+        if (!http1_msg_head_complete(&run->answer) && stream_input_length(s) == 0 &&
+            run->up->reused && !run->retried) {
             /* A pooled connection Apple closed while idle: nothing was processed. */
             upstream_abort(run->up);
             run->up = NULL;
@@ -252,9 +252,9 @@ static void run_io_cb(struct stream *s, unsigned ev, void *arg)
             run_connect(run);
             return;
         }
-        if (!(ev & STREAM_ERROR) && run->answer.phase == 1 &&
-            run->answer.body == HTTP1_BODY_EOF && stream_clean_eof(s) &&
-            http1_parse_eof(&run->answer) == 1) {
+        if (!(ev & STREAM_ERROR) && http1_msg_head_complete(&run->answer) &&
+            !http1_msg_complete(&run->answer) && run->answer.body == HTTP1_BODY_EOF &&
+            stream_clean_eof(s) && http1_parse_eof(&run->answer) == 1) {
             answer_complete(run);
             return;
         }
@@ -262,7 +262,8 @@ static void run_io_cb(struct stream *s, unsigned ev, void *arg)
         if (ev & STREAM_ERROR)
             stream_error_string(s, why, sizeof(why));
         snprintf(reason, sizeof(reason), "%s closed the connection %s the answer%s%s", t->name,
-                 run->answer.phase == 0 ? "before" : "in the middle of", why[0] ? ": " : "", why);
+                 !http1_msg_head_complete(&run->answer) ? "before" : "in the middle of",
+                 why[0] ? ": " : "", why);
         run_end(run, EXCHANGE_UNREACHABLE, reason, NULL, 0);
         return;
     }
