@@ -12,6 +12,9 @@ Covered, each by its own test:
     the timeout instead of stalling, and Redis is used again once it answers;
   a client that leaves while its rate decision is pending, and pipelined requests each waiting
     for one;
+  Redis absent when the replicas start: local limits at once, shared once it comes;
+  a reload that changes clients' limits keeps sharing them (the password read at start is kept),
+    one that changes shared_state keeps the Redis in use until the next restart;
   Redis named by a host name, on a unix socket, with a password (right and wrong).
 TLS to Redis: test_shared_state_tls.py.
 """
@@ -106,6 +109,8 @@ class Redis:
     def cli_args(self):
         """redis-cli's arguments to reach this server."""
         args = ["-p", str(self.port)]
+        if self.password:
+            args += ["-a", self.password, "--no-auth-warning"]
         if self.tls:
             args += ["--tls", "--insecure"]
             if self.tls.get("client"):
@@ -359,6 +364,79 @@ class SharedStateTest(ReplicaPair):
             self.assertEqual(len(re.findall(r"shared state: using Redis", px.stderr_text()[mark:])),
                              1, px.stderr_text()[mark:])
             self.assertEqual(pt.metrics(px).value("apple_auth_proxy_shared_state_up"), 1)
+
+    def test_redis_absent_at_start_is_used_once_it_comes(self):
+        # replicas that start before their Redis (pods scheduled before it) serve at once on
+        # local limits, then share without a restart
+        self.redis.stop()
+        self.start_pair(wait=False)
+        for px in self.px:
+            pt.wait_stderr(px, r"shared state: Redis at 127\.0\.0\.1:%d is not usable \(.*\); "
+                           r"rate limits are local, divided by 2 replicas" % self.redis.port,
+                           timeout=15)
+            status, body = self.readyz(px)
+            self.assertEqual(status, 200, body)
+            self.assertEqual(self.shared_check(px)["state"], "local", body)
+        self.assertEqual([self.get(self.px[0], secret=FALLBACK).status for _ in range(3)],
+                         [200, 200, 429])
+        marks = [len(px.stderr_text()) for px in self.px]
+        self.redis.start()
+        for px, mark in zip(self.px, marks):
+            self.wait_using_redis(px)
+            pt.wait_stderr(px, r"shared state: using Redis at 127\.0\.0\.1:%d" % self.redis.port,
+                           since=mark)
+        statuses = [self.get(self.px[i % 2]).status for i in range(7)]
+        self.assertEqual(statuses, [200] * 6 + [429])
+
+    def rewrite_config(self, px, change):
+        """Rewrites px's configuration file with change(cfg) applied, and reloads it (SIGHUP)."""
+        with open(px.config_path) as f:
+            cfg = json.load(f)
+        change(cfg)
+        tmp = px.config_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(cfg, f)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, px.config_path)
+        return self.reload(px)
+
+    def reload(self, px):
+        """SIGHUP; returns where px's log stood before it."""
+        mark = len(px.stderr_text())
+        px.proc.send_signal(signal.SIGHUP)
+        pt.wait_stderr(px, r"reloaded", since=mark)
+        return mark
+
+    def test_reload_keeps_sharing_and_the_redis_in_use(self):
+        self.redis.stop()
+        self.redis = Redis(port=self.redis.port, password="reload-redis-pass")
+        self.addCleanup(self.redis.stop)
+        self.start_pair(password="reload-redis-pass")
+
+        def bigger_burst(cfg):
+            cfg["clients"]["limited"]["rate"]["burst"] = 8
+
+        # both replicas share one file: the first rewrite serves both reloads
+        marks = [self.rewrite_config(self.px[0], bigger_burst), self.reload(self.px[1])]
+        for px, mark in zip(self.px, marks):
+            self.assertNotIn("shared_state changed", px.stderr_text()[mark:])
+        # the password came from the variable removed at start, kept for reloads; the new
+        # burst is the one the shared bucket applies
+        statuses = [self.get(self.px[i % 2]).status for i in range(10)]
+        self.assertEqual(statuses, [200] * 8 + [429] * 2)
+        for px in self.px:
+            self.assertEqual(self.shared_check(px)["state"], "redis")
+
+        def other_prefix(cfg):
+            cfg["shared_state"]["key_prefix"] = "elsewhere:"
+
+        mark = self.rewrite_config(self.px[0], other_prefix)
+        pt.wait_stderr(self.px[0], r"reload: shared_state changed; it takes effect at the next "
+                       r"restart", since=mark)
+        # still the Redis and the keys of the start: the bucket stays spent, nothing is
+        # written under the new prefix
+        self.assertEqual(self.get(self.px[0]).status, 429)
+        self.assertEqual(self.redis_cli("KEYS", "elsewhere:*").strip(), "")
 
     def test_redis_that_stops_answering_times_out_without_stalling(self):
         self.start_pair()
