@@ -274,6 +274,46 @@ static void test_rate_take(void **state)
     live_free(l);
 }
 
+/* While Redis is not usable, each of N replicas enforces 1/N of the client's rate and burst,
+ * the burst at least 1 so that a client with a small burst is never refused outright. */
+static void test_rate_take_share(void **state)
+{
+    struct live *l = live_new();
+    const struct conf_client *w = client_named("weather"); /* 1 per second, burst 2 */
+    struct gateway_verdict v;
+    struct live_client *b = live_client_get(l, "weather");
+    (void)state;
+    /* two replicas: a burst of 1 at 0.5 per second */
+    gateway_rate_take_share(b, w, 2, 100.0, &v);
+    assert_null(v.code);
+    gateway_rate_take_share(b, w, 2, 100.0, &v);
+    assert_ptr_equal(v.code, proxy_err_rate_limited);
+    assert_int_equal(v.retry_after, 2);
+    gateway_rate_take_share(b, w, 2, 101.0, &v);
+    assert_ptr_equal(v.code, proxy_err_rate_limited);
+    gateway_rate_take_share(b, w, 2, 102.0, &v);
+    assert_null(v.code);
+    live_client_put(b);
+    /* three replicas: 2/3 is raised to a burst of 1 */
+    b = live_client_get(l, "weather-3");
+    gateway_rate_take_share(b, w, 3, 100.0, &v);
+    assert_null(v.code);
+    gateway_rate_take_share(b, w, 3, 100.0, &v);
+    assert_ptr_equal(v.code, proxy_err_rate_limited);
+    assert_int_equal(v.retry_after, 3);
+    live_client_put(b);
+    /* one replica: the whole limit, as gateway_rate_take */
+    b = live_client_get(l, "weather-1");
+    for (int i = 0; i < 2; i++) {
+        gateway_rate_take_share(b, w, 1, 100.0, &v);
+        assert_null(v.code);
+    }
+    gateway_rate_take_share(b, w, 1, 100.0, &v);
+    assert_ptr_equal(v.code, proxy_err_rate_limited);
+    live_client_put(b);
+    live_free(l);
+}
+
 struct retry_after_case {
     const char *value;
     double want; /* -1: unreadable */
@@ -308,6 +348,7 @@ int main(void)
         cmocka_unit_test(test_authorize),
         cmocka_unit_test(test_quota_check),
         cmocka_unit_test(test_rate_take),
+        cmocka_unit_test(test_rate_take_share),
         cmocka_unit_test(test_parse_retry_after),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
