@@ -7,7 +7,10 @@
  * Includes h2up.c to reach its static functions (h2o's unit-test style), with a worker, a
  * pool and a connection built by hand and no socket: what nghttp2 wants to send is dropped.
  * The exchange's side is the upstream transport interface (upstream_transport.h), driven as
- * client.c drives it. abort() when an invariant breaks: the exchange is told at most one head,
+ * client.c drives it. The request is a push with an APNs team credential (a key made at
+ * start-up) and its current token, and the token is 25 minutes old when the answer comes (the
+ * clock is the harness's): a 403 ExpiredProviderToken is held, read whole and retried once
+ * with a new token on the next stream, as with APNs. abort() when an invariant breaks: the exchange is told at most one head,
  * before any body, and nothing after the end or a failure; the head it is told is one the
  * HTTP/1.1 path would have accepted (written out as HTTP/1.1 text, the proxy's own response
  * parser with the limits h1up.c uses takes it and frames its body the same way); a
@@ -20,6 +23,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#include "auth/key.h"
 
 #define CHECK(cond, ...)                                                                           \
     do {                                                                                           \
@@ -150,6 +158,36 @@ static void fz_settle(void *arg)
     CHECK(!((struct fz_seen *)arg)->released, "told after the release");
 }
 
+static struct credential fz_cred; /* APNs, its key made at start-up; process lifetime */
+static time_t fz_now;             /* the token cache's clock */
+
+static time_t fz_clock(void)
+{
+    return fz_now;
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    BIO *b = BIO_new(BIO_s_mem());
+    char *pem, err[256];
+    long n;
+    (void)argc;
+    (void)argv;
+    if (k == NULL || b == NULL || !PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL))
+        abort();
+    n = BIO_get_mem_data(b, &pem);
+    if (key_load_pem(pem, (size_t)n, &fz_cred.key, err, sizeof(err)) != 0)
+        abort();
+    BIO_free(b);
+    EVP_PKEY_free(k);
+    fz_cred.name = "apns";
+    fz_cred.profile = PROFILE_APNS;
+    fz_cred.key_id = "ABCDEFGHIJ";
+    fz_cred.team_id = "TEAM123456";
+    return 0;
+}
+
 static const struct upstream_events fz_events = {fz_head, fz_body, fz_body_buffer, fz_end,
                                                  fz_fault, fz_drained, fz_settle};
 
@@ -176,15 +214,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const char request[] = "POST /3/device/abc HTTP/1.1\r\nHost: api.push.apple.com\r\n"
                                   "Content-Length: 2\r\n";
-    static const char line[] = "Authorization: Bearer x.y.z\r\n";
     struct event_base *base = event_base_new();
+    token_teams *teams;
+    char err[256];
     struct worker w;
     struct conf conf;
     struct runtime rt;
     struct wgen gen;
     struct target target;
     struct upool pool;
-    struct token tok;
+    struct token *tok;
     struct http1_header field;
     struct upstream_request rq;
     struct fz_seen seen;
@@ -203,7 +242,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(&rt, 0, sizeof(rt));
     memset(&gen, 0, sizeof(gen));
     memset(&target, 0, sizeof(target));
-    memset(&tok, 0, sizeof(tok));
     memset(&rq, 0, sizeof(rq));
     memset(&seen, 0, sizeof(seen));
     w.base = base;
@@ -217,10 +255,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     target.host_header_len = strlen(target.host_header);
     target.h2 = 1;
     upool_init(&pool, &gen, &target);
-    tok.line = line;
-    tok.line_len = sizeof(line) - 1;
-    tok.jwt = line + 22;
-    tok.jwt_len = 5;
+    /* A fresh team store per input: what one input did to the team's token (refused, counted)
+     * does not change how the next one runs. */
+    fz_now = 1700000000;
+    teams = token_teams_new(fz_clock);
+    rt.tokens = token_cache_new(600, fz_clock);
+    CHECK(teams != NULL && rt.tokens != NULL, "out of memory");
+    token_cache_share_teams(rt.tokens, teams);
+    tok = token_cache_get(rt.tokens, &fz_cred, NULL, 0, err, sizeof(err));
+    CHECK(tok != NULL, "no token: %s", err);
     field.name = strstr(request, "Content-Length");
     field.name_len = 14;
     field.value = field.name + 16;
@@ -233,7 +276,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     rq.target_len = 13;
     rq.fields = &field;
     rq.nfields = 1;
-    rq.tok = &tok;
+    rq.tok = tok;
     rq.body = HTTP1_BODY_LENGTH;
     rq.content_length = 2;
 
@@ -245,7 +288,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         split = size;
 
     hc = calloc(1, sizeof(*hc));
-    st = h2s_new(&pool, NULL);
+    st = h2s_new(&pool, &fz_cred);
     CHECK(hc != NULL && st != NULL && pool_h2(&pool) != NULL, "out of memory");
     hc->pool = &pool;
     hc->goaway_last = INT32_MAX;
@@ -263,6 +306,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* No retry on another connection: there is no network here to open one on. */
     st->attempts = H2UP_ATTEMPTS;
     drain_send(hc);
+    /* The answer comes when the token may be replaced (APNS_TOKEN_MIN_AGE) but is not due. */
+    fz_now += 25 * 60;
 
     if (feed(hc, data, split) == 0) {
         event_base_loop(base, EVLOOP_NONBLOCK); /* the exchange is told from the loop */
@@ -284,6 +329,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         st->us.ops->release(&st->us);
     }
     h2up_pool_free(&pool);
+    token_put(tok);
+    token_cache_free(rt.tokens);
+    token_teams_free(teams);
     event_base_loop(base, EVLOOP_NONBLOCK);
     stream_ctx_deinit(&w.sctx);
     event_base_free(base);
