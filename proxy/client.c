@@ -396,7 +396,8 @@ static void exchange_put(struct worker *w, struct exchange *x)
     free(x);
 }
 
-void client_worker_cleanup(struct worker *w)
+/* Frees the worker's spare per-request state (after every client is freed). */
+static void client_worker_cleanup(struct worker *w)
 {
     struct exchange *x;
     while ((x = w->spare_exchanges) != NULL) {
@@ -894,7 +895,7 @@ static int wait_for_token(struct client *c)
     if (token_wait_failed(c))
         return 1;
     arm_timer(c, limits(c)->token_wait_timeout_ms);
-    token_exchanger_want(c->w->exchanger);
+    token_exchanger_want(c->w->env->exchanger);
     return 0;
 }
 
@@ -1982,8 +1983,10 @@ static void client_cb(struct stream *s, unsigned ev, void *arg)
     settle(c);
 }
 
-int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen,
-               SSL_CTX *tls, size_t listener)
+/* Takes the accepted socket (closed on failure). tls: the listener's server context for HTTPS
+ * listeners, NULL for plain HTTP. listener: its index in the configuration's listen list. */
+static int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen,
+                      SSL_CTX *tls, size_t listener)
 {
     const struct conf_limits *lim = &w->gen->rt->conf->limits;
     struct client *c = calloc(1, sizeof(*c));
@@ -2027,14 +2030,19 @@ int client_new(struct worker *w, int fd, const struct sockaddr *addr, socklen_t 
     return 0;
 }
 
-void client_drain(struct wclient *wc)
+/* Draining: the connection closes now if it is idle, else after its current exchange. */
+static void client_drain(struct wclient *wc)
 {
     struct client *c = client_of(wc);
     if ((c->state == C_IDLE || c->state == C_HEAD) && stream_input_length(&c->s) == 0)
         client_free(c);
 }
 
-void client_free_now(struct wclient *wc)
+/* Frees a client of a stopped worker (its upstream stream is released). */
+static void client_free_now(struct wclient *wc)
 {
     client_free(client_of(wc));
 }
+
+const struct worker_conn_ops client_conn_ops = {client_new, client_drain, client_free_now,
+                                                client_worker_cleanup};

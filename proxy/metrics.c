@@ -851,7 +851,7 @@ void metrics_render(struct evbuffer *out, struct server *s)
                         "# HELP apple_auth_proxy_client_connections Open client connections.\n"
                         "# TYPE apple_auth_proxy_client_connections gauge\n"
                         "apple_auth_proxy_client_connections %llu\n",
-                        (unsigned long long)__atomic_load_n(&s->nclients, __ATOMIC_RELAXED));
+                        (unsigned long long)__atomic_load_n(&s->env.nclients, __ATOMIC_RELAXED));
     evbuffer_add_printf(out,
                         "# HELP apple_auth_proxy_client_connections_refused_total Connections "
                         "refused at max_client_connections.\n"

@@ -28,21 +28,6 @@
 
 #define DESCRIPTOR_MARGIN 64 /* listeners, logs, the admin server, DNS, eventfds */
 
-int server_client_enter(struct server *s, size_t max)
-{
-    size_t n = __atomic_add_fetch(&s->nclients, 1, __ATOMIC_RELAXED);
-    if (max && n > max) {
-        __atomic_sub_fetch(&s->nclients, 1, __ATOMIC_RELAXED);
-        return 0;
-    }
-    return 1;
-}
-
-void server_client_leave(struct server *s)
-{
-    __atomic_sub_fetch(&s->nclients, 1, __ATOMIC_RELAXED);
-}
-
 /* Opens one listening socket per worker on addr (SO_REUSEPORT: the kernel spreads connections
  * across the workers). With port 0 the first bind picks the port and the others reuse it. */
 static int open_listeners(const struct conf_addr *addr, int nworkers, int *fds, int *bound_port,
@@ -389,6 +374,8 @@ int server_run(struct conf *conf, const char *config_path)
             return 1;
         }
     }
+    s->env.conn = &client_conn_ops;
+    s->env.shared = s->shared;
     raise_descriptor_limit(s->rt->conf, s->nworkers, s->rt->ntargets);
     s->base = event_base_new();
     s->workers = calloc((size_t)s->nworkers, sizeof(*s->workers));
@@ -479,19 +466,18 @@ int server_run(struct conf *conf, const char *config_path)
             wfds[n++] = fds[l][i];
             fds[l][i] = -1;
         }
-        if (worker_init(&s->workers[i], i, s, s->rt, wfds, wtls, n, err, sizeof(err)) < 0) {
+        if (worker_init(&s->workers[i], i, &s->env, s->rt, wfds, wtls, n, err, sizeof(err)) < 0) {
             log_msg(LOG_ERROR, "worker %d: %s", i, err);
             goto out;
         }
         s->workers[i].wake_cb = client_tokens_ready;
     }
-    s->exchanger = token_exchanger_new(s, err, sizeof(err));
+    s->exchanger = token_exchanger_new(s->rt, s->workers, s->nworkers, err, sizeof(err));
     if (s->exchanger == NULL) {
         log_msg(LOG_ERROR, "token exchanger: %s", err);
         goto out;
     }
-    for (i = 0; i < s->nworkers; i++)
-        s->workers[i].exchanger = s->exchanger;
+    s->env.exchanger = s->exchanger;
     {
         int disabled;
         s->admin = admin_new(s, &disabled, err, sizeof(err));

@@ -16,7 +16,8 @@ struct server {
     struct shared *shared;        /* owned: Redis for shared state (proxy/shared.h), or NULL */
     struct worker *workers;
     int nworkers;
-    size_t nclients;              /* client connections across workers (atomic) */
+    struct worker_env env;        /* what the workers are given: the connection layer, the
+                                     client count across them, shared, the exchanger */
     int stopping;                 /* SIGTERM/SIGINT received (atomic) */
     struct event *sig_term, *sig_int, *sig_hup, *sig_usr1, *refresh_timer, *drain_timer,
         *stop_check;
@@ -42,9 +43,5 @@ int server_run(struct conf *conf, const char *config_path);
 /* SIGHUP: re-reads the configuration and keys; a valid one takes over for new requests, an
  * invalid one is logged and the current one keeps serving. Returns 0 when applied. */
 int server_reload(struct server *s);
-
-/* Counts a new client connection; 0 when it is over the limit (and not counted). */
-int server_client_enter(struct server *s, size_t max);
-void server_client_leave(struct server *s);
 
 #endif

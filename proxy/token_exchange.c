@@ -12,12 +12,10 @@
 #include <openssl/crypto.h>
 
 #include "auth/access_token.h"
-#include "proxy/client.h"
 #include "proxy/evbuf.h"
 #include "proxy/http1.h"
 #include "proxy/http_error.h"
 #include "proxy/log.h"
-#include "proxy/server.h"
 #include "proxy/upstream.h"
 #include "proxy/worker.h"
 
@@ -50,7 +48,8 @@ struct tx_run {
 struct token_exchanger {
     struct worker w;             /* no listeners: the loop, resolver and pools of exchanges */
     int w_init;
-    struct server *server;
+    struct worker *workers; /* borrowed: the client workers, woken when an exchange ends */
+    int nworkers;
     struct event *tick;          /* once a second: refresh ahead of expiry, retry after backoff */
     struct tx_run *runs;         /* in flight, on any runtime */
 };
@@ -424,8 +423,8 @@ static void exchanger_done(struct tx_run *run, enum exchange_result result, cons
                            "in %ld s", c->name, exchange_result_name(result), reason, backoff);
     }
     /* Requests waiting for this credential go on, or get the failure. */
-    for (int i = 0; i < x->server->nworkers; i++)
-        worker_wake(&x->server->workers[i]);
+    for (int i = 0; i < x->nworkers; i++)
+        worker_wake(&x->workers[i]);
 }
 
 /* Whether an exchange begun on an earlier configuration, for the same credential, is still
@@ -485,7 +484,8 @@ static void exchanger_tick_cb(evutil_socket_t fd, short what, void *arg)
     exchanger_scan(arg);
 }
 
-struct token_exchanger *token_exchanger_new(struct server *s, char *err, size_t errlen)
+struct token_exchanger *token_exchanger_new(struct runtime *rt, struct worker *workers,
+                                            int nworkers, char *err, size_t errlen)
 {
     struct token_exchanger *x = calloc(1, sizeof(*x));
     struct timeval one = {1, 0};
@@ -493,10 +493,11 @@ struct token_exchanger *token_exchanger_new(struct server *s, char *err, size_t 
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    x->server = s;
-    /* No server for the worker itself: it accepts nothing and takes no part in the shared
-     * state; x->server is what it wakes. */
-    if (worker_init(&x->w, -1, NULL, s->rt, NULL, NULL, 0, err, errlen) < 0) {
+    x->workers = workers;
+    x->nworkers = nworkers;
+    /* No environment for the worker itself: it accepts nothing and takes no part in the
+     * shared state. */
+    if (worker_init(&x->w, -1, NULL, rt, NULL, NULL, 0, err, errlen) < 0) {
         free(x);
         return NULL;
     }

@@ -16,16 +16,17 @@
 #include <stddef.h>
 #include "proxy/runtime.h"
 
-struct server;
 struct token_exchanger;
+struct worker;
 
 /* Backoff after consecutive failed exchanges of one credential: 1, 2, 4... seconds, at most
  * this many. */
 #define TOKEN_EXCHANGE_MAX_BACKOFF 60
 
-/* Creates the exchanger for s->rt (its own event loop, resolver and upstream pools). It wakes
- * s->workers when an exchange ends. Returns NULL with err. */
-struct token_exchanger *token_exchanger_new(struct server *s, char *err, size_t errlen);
+/* Creates the exchanger for rt (its own event loop, resolver and upstream pools). It wakes the
+ * nworkers client workers (borrowed, outlive it) when an exchange ends. Returns NULL with err. */
+struct token_exchanger *token_exchanger_new(struct runtime *rt, struct worker *workers,
+                                            int nworkers, char *err, size_t errlen);
 /* Starts its thread and the first exchanges. Returns 0 or -1. */
 int token_exchanger_start(struct token_exchanger *x);
 /* A new configuration (a reference is taken); exchanges in flight finish on the old one. */

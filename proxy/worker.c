@@ -16,10 +16,8 @@
 #include <event2/thread.h>
 
 #include "proxy/accesslog.h"
-#include "proxy/client.h"
 #include "proxy/http_error.h"
 #include "proxy/log.h"
-#include "proxy/server.h"
 #include "proxy/shared.h"
 #include "proxy/upstream.h"
 
@@ -76,6 +74,23 @@ void wgen_unref(struct wgen *g)
     free(g);
 }
 
+/* Counts a new client connection across the workers; 0 when it is over max (and not counted,
+ * max 0: no limit). */
+static int env_client_enter(struct worker_env *env, size_t max)
+{
+    size_t n = __atomic_add_fetch(&env->nclients, 1, __ATOMIC_RELAXED);
+    if (max && n > max) {
+        __atomic_sub_fetch(&env->nclients, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    return 1;
+}
+
+static void env_client_leave(struct worker_env *env)
+{
+    __atomic_sub_fetch(&env->nclients, 1, __ATOMIC_RELAXED);
+}
+
 /* Past max_client_connections: answer 503 at once and close, without disturbing the
  * connections already open. */
 static void refuse(int fd)
@@ -99,15 +114,15 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
         close(fd);
         return;
     }
-    if (!server_client_enter(w->server, w->gen->rt->conf->limits.max_client_connections)) {
+    if (!env_client_enter(w->env, w->gen->rt->conf->limits.max_client_connections)) {
         WSTAT_ADD(w, connections_refused, 1);
         metrics_count_error(&w->metrics, proxy_err_overloaded);
         refuse(fd);
         return;
     }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (client_new(w, fd, addr, (socklen_t)len, wl->tls, (size_t)(wl - w->listeners)) < 0)
-        server_client_leave(w->server);
+    if (w->env->conn->accept(w, fd, addr, (socklen_t)len, wl->tls, (size_t)(wl - w->listeners)) < 0)
+        env_client_leave(w->env);
 }
 
 static void resume_accepting(evutil_socket_t fd, short what, void *arg)
@@ -269,7 +284,7 @@ void worker_client_remove(struct worker *w, struct wclient *wc)
 {
     TAILQ_REMOVE(&w->clients, wc, link);
     w->nclients--;
-    server_client_leave(w->server);
+    env_client_leave(w->env);
     if (w->draining && w->nclients == 0)
         event_base_loopexit(w->base, NULL);
 }
@@ -288,7 +303,7 @@ static void start_draining(struct worker *w)
     /* Idle connections close now, busy ones after their current exchange. */
     for (wc = TAILQ_FIRST(&w->clients); wc; wc = next) {
         next = TAILQ_NEXT(wc, link);
-        client_drain(wc);
+        w->env->conn->drain(wc);
     }
     if (w->nclients == 0)
         event_base_loopexit(w->base, NULL);
@@ -296,13 +311,13 @@ static void start_draining(struct worker *w)
 
 static void notify_cb(evutil_socket_t fd, short what, void *arg);
 
-int worker_init(struct worker *w, int id, struct server *server, struct runtime *rt,
+int worker_init(struct worker *w, int id, struct worker_env *env, struct runtime *rt,
                 const int *fds, SSL_CTX *const *tls, size_t nfds, char *err, size_t errlen)
 {
     size_t i;
     memset(w, 0, sizeof(*w));
     w->id = id;
-    w->server = server;
+    w->env = env;
     TAILQ_INIT(&w->clients);
     w->notify_fd = -1;
     {
@@ -357,9 +372,9 @@ int worker_init(struct worker *w, int id, struct server *server, struct runtime 
             goto fail;
         }
     }
-    if (server && server->shared) {
+    if (env && env->shared) {
         /* One worker reads the credentials' figures back for the whole process. */
-        w->shared = shared_conn_new(server->shared, &w->sctx, w->dns, id == 0);
+        w->shared = shared_conn_new(env->shared, &w->sctx, w->dns, id == 0);
         if (w->shared == NULL) {
             snprintf(err, errlen, "out of memory");
             goto fail;
@@ -443,9 +458,11 @@ void worker_deinit(struct worker *w)
 {
     struct wclient *wc;
     size_t i;
+    /* Only a worker with an environment ever has clients. */
     while ((wc = TAILQ_FIRST(&w->clients)) != NULL)
-        client_free_now(wc);
-    client_worker_cleanup(w);
+        w->env->conn->free_now(wc);
+    if (w->env)
+        w->env->conn->cleanup(w);
     shared_conn_free(w->shared); /* after the clients: their rate decisions are cancelled */
     w->shared = NULL;
     if (w->alog) {

@@ -16,12 +16,14 @@
 #include "proxy/runtime.h"
 #include "proxy/stream.h"
 
-struct server;
 struct client;
 struct exchange;
 struct upool;
+struct shared;
 struct shared_conn;
 struct token_exchanger;
+struct worker;
+struct wclient;
 
 /* Upstream protocols, the index of the per-protocol counters below. */
 enum up_proto { UP_PROTO_HTTP1, UP_PROTO_H2, UP_PROTO_COUNT };
@@ -73,11 +75,35 @@ struct wgen {
 };
 
 /* A client connection as its worker knows it (embedded in client.c's struct client): the
- * worker keeps the list, the count and the server-wide connection count. */
+ * worker keeps the list, the count and the process-wide connection count. */
 struct wclient {
     TAILQ_ENTRY(wclient) link;
 };
 TAILQ_HEAD(client_list, wclient);
+
+/* The connection layer a worker serves (client.h's client_conn_ops): the worker owns the list,
+ * the counts and the drain, and calls up into that layer only through these. */
+struct worker_conn_ops {
+    /* Takes the accepted socket (closed on failure). Returns 0, or -1 (not added). */
+    int (*accept)(struct worker *w, int fd, const struct sockaddr *addr, socklen_t addrlen,
+                  SSL_CTX *tls, size_t listener);
+    /* Draining: the connection closes now if it is idle, else after its current exchange. */
+    void (*drain)(struct wclient *wc);
+    /* The worker stopped: the connection is freed now. */
+    void (*free_now)(struct wclient *wc);
+    /* Every connection is freed: what the layer keeps in the worker goes too. */
+    void (*cleanup)(struct worker *w);
+};
+
+/* What the process gives the workers that serve clients: owned by the process, outlives them.
+ * A worker that accepts no connections (the token exchanger's) has none. */
+struct worker_env {
+    const struct worker_conn_ops *conn;
+    size_t nclients;                   /* client connections across the workers (atomic) */
+    struct shared *shared;             /* Redis for shared state (proxy/shared.h), or NULL */
+    struct token_exchanger *exchanger; /* access tokens (token_exchange.h), set before the
+                                          workers start */
+};
 
 /* A listening socket of a worker, with the TLS context of HTTPS listeners. */
 struct wlistener {
@@ -89,7 +115,7 @@ struct wlistener {
 
 struct worker {
     int id;
-    struct server *server;
+    struct worker_env *env; /* borrowed; NULL in a worker that accepts no connections */
     struct event_base *base;
     struct stream_ctx sctx;   /* the base, and spare buffers for the worker's streams */
     struct exchange *spare_exchanges; /* client.c's per-request state, kept for reuse */
@@ -110,9 +136,6 @@ struct worker {
      * look at the requests waiting for an access token, the token exchanger starts exchanges. */
     void (*wake_cb)(struct worker *w);
     void *wake_arg;
-    /* Client workers ask it for access tokens (token_exchange.h); set by the server before
-     * the thread starts, NULL in the exchanger's own worker. Borrowed. */
-    struct token_exchanger *exchanger;
     int want_wake;             /* atomic */
     pthread_mutex_t pending_lock;
     struct runtime *pending_rt; /* a reference handed over by the main thread */
@@ -133,8 +156,9 @@ struct worker {
 };
 
 /* Creates the worker's event base and DNS resolver and wraps the given listening sockets
- * (ownership of the descriptors passes to the worker). Returns 0 or -1 with err. */
-int worker_init(struct worker *w, int id, struct server *server, struct runtime *rt,
+ * (ownership of the descriptors passes to the worker). env: borrowed, NULL for a worker that
+ * accepts no connections. Returns 0 or -1 with err. */
+int worker_init(struct worker *w, int id, struct worker_env *env, struct runtime *rt,
                 const int *fds, SSL_CTX *const *tls, size_t nfds, char *err, size_t errlen);
 /* Starts the worker's thread. */
 int worker_start(struct worker *w);
@@ -159,7 +183,7 @@ void wgen_unref(struct wgen *g);
 /* A new client connection joins the worker (counted as accepted). */
 void worker_client_add(struct worker *w, struct wclient *wc);
 
-/* A client connection is leaving (its memory is freed next): it leaves the server's count, and
+/* A client connection is leaving (its memory is freed next): it leaves the process's count, and
  * a draining worker whose last connection this was stops its loop. */
 void worker_client_remove(struct worker *w, struct wclient *wc);
 
