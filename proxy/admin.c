@@ -144,7 +144,7 @@ static int readiness(struct server *s, char **body)
         }
     }
     for (size_t t = 0; t < rt->ntargets; t++) {
-        int r = metrics_upstream_reachable(s, rt->targets[t].metrics_label);
+        int r = metrics_upstream_reachable(s->workers, s->nworkers, rt->targets[t].metrics_label);
         snprintf(name, sizeof(name), "upstream %s", rt->targets[t].host_header);
         add_check(checks, name, r < 0 ? "unknown" : r ? "reachable" : "unreachable", -1,
                   r < 0 ? "no connection attempted yet" : "the latest connection attempt");
@@ -189,7 +189,19 @@ static void handle(struct evhttp_request *req, void *arg)
         else
             reply(req, 503, "Service Unavailable", "application/json", body);
     } else if (plen == 8 && strncmp(uri, "/metrics", 8) == 0) {
-        metrics_render(body, a->server);
+        struct server *s = a->server;
+        struct metrics_view v = {.workers = s->workers,
+                                 .nworkers = s->nworkers,
+                                 .rt = s->rt,
+                                 .shared = s->shared,
+                                 .started = s->started,
+                                 .reloads = s->reloads,
+                                 .reload_failures = s->reload_failures,
+                                 .last_reload_ok = s->last_reload_ok,
+                                 .nlisten = s->nlisten,
+                                 .listen_cert_expiry = s->listen_cert_expiry,
+                                 .listen_ca_expiry = s->listen_ca_expiry};
+        metrics_render(body, &v);
         reply(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body);
     } else if (plen == 7 && strncmp(uri, "/ca.pem", 7) == 0 && a->server->rt->intercept) {
         /* The interception CA's certificate (public): what clients beside a container or in

@@ -15,9 +15,9 @@
 #include <openssl/crypto.h>
 
 #include "proxy/http_error.h"
-#include "proxy/server.h"
 #include "proxy/shared.h"
 #include "proxy/upstream.h"
+#include "proxy/worker.h"
 
 static const double bucket_bounds[METRICS_NBUCKETS - 1] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                                            0.5,   1,    2.5,   5,    10,  30, 60};
@@ -216,14 +216,14 @@ void metrics_upstream_failed(struct metrics_shard *m, int up, enum metrics_up_fa
     __atomic_store_n(&m->up_last_fail_ms[up], now_ms(), __ATOMIC_RELAXED);
 }
 
-int metrics_upstream_reachable(struct server *s, int up)
+int metrics_upstream_reachable(const struct worker *workers, int nworkers, int up)
 {
     uint64_t ok = 0, fail = 0;
     if (up <= 0 || up >= METRICS_MAX_UPSTREAMS)
         return -1;
-    for (int w = 0; w < s->nworkers; w++) {
-        uint64_t a = load(&s->workers[w].metrics.up_last_ok_ms[up]);
-        uint64_t b = load(&s->workers[w].metrics.up_last_fail_ms[up]);
+    for (int w = 0; w < nworkers; w++) {
+        uint64_t a = load(&workers[w].metrics.up_last_ok_ms[up]);
+        uint64_t b = load(&workers[w].metrics.up_last_fail_ms[up]);
         ok = a > ok ? a : ok;
         fail = b > fail ? b : fail;
     }
@@ -253,7 +253,7 @@ static void label_escaped(struct evbuffer *out, const char *s)
     }
 }
 
-static uint64_t sum_stat(struct server *s, size_t offset)
+static uint64_t sum_stat(const struct metrics_view *s, size_t offset)
 {
     uint64_t v = 0;
     for (int i = 0; i < s->nworkers; i++)
@@ -264,7 +264,7 @@ static uint64_t sum_stat(struct server *s, size_t offset)
 #define STAT(s, field) sum_stat((s), offsetof(struct worker_stats, field))
 
 /* Upstream requests, failures, connections and streams by protocol. */
-static void render_protocols(struct evbuffer *out, struct server *s)
+static void render_protocols(struct evbuffer *out, const struct metrics_view *s)
 {
     static const char *const names[UP_PROTO_COUNT] = {"http/1.1", "h2"};
     static const struct {
@@ -295,7 +295,7 @@ static void render_protocols(struct evbuffer *out, struct server *s)
 }
 
 /* HTTP/2 upstreams (h2up.c) and APNs' token answers. */
-static void render_http2(struct evbuffer *out, struct server *s)
+static void render_http2(struct evbuffer *out, const struct metrics_view *s)
 {
     evbuffer_add_printf(out,
                         "# HELP apple_auth_proxy_http2_connections HTTP/2 upstream connections "
@@ -330,7 +330,7 @@ static void render_http2(struct evbuffer *out, struct server *s)
                         (unsigned long long)STAT(s, apns_too_many));
 }
 
-static void render_requests(struct evbuffer *out, struct server *s)
+static void render_requests(struct evbuffer *out, const struct metrics_view *s)
 {
     /* Merge every worker's series (small: at most METRICS_REQ_SLOTS per worker). */
     size_t cap = (size_t)s->nworkers * METRICS_REQ_SLOTS, n = 0, i, j;
@@ -375,7 +375,7 @@ static void render_requests(struct evbuffer *out, struct server *s)
     free(all);
 }
 
-static void render_durations(struct evbuffer *out, struct server *s)
+static void render_durations(struct evbuffer *out, const struct metrics_view *s)
 {
     evbuffer_add_printf(out,
                         "# HELP apple_auth_proxy_request_duration_seconds Time from the request "
@@ -497,7 +497,7 @@ static void render_exchanges(struct evbuffer *out, struct runtime *rt)
 
 /* Apple's answers by route and status class: one histogram family (which: 0 the round trip,
  * 1 the time to the first byte). Only series that have seen a request are written. */
-static void render_class_histogram(struct evbuffer *out, struct server *s, int which,
+static void render_class_histogram(struct evbuffer *out, const struct metrics_view *s, int which,
                                    const char *name, const char *help)
 {
     evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
@@ -538,7 +538,7 @@ static void render_class_histogram(struct evbuffer *out, struct server *s, int w
     pthread_mutex_unlock(&labels_lock);
 }
 
-static uint64_t sum_up(struct server *s, size_t offset)
+static uint64_t sum_up(const struct metrics_view *s, size_t offset)
 {
     uint64_t v = 0;
     for (int w = 0; w < s->nworkers; w++)
@@ -549,7 +549,7 @@ static uint64_t sum_up(struct server *s, size_t offset)
 #define UPSUM(s, field) sum_up((s), offsetof(struct metrics_shard, field))
 
 /* Per upstream: connections by state, handshakes and failed attempts. */
-static void render_upstreams(struct evbuffer *out, struct server *s)
+static void render_upstreams(struct evbuffer *out, const struct metrics_view *s)
 {
     static const char *const states[] = {"idle", "busy", "connecting"};
     int n;
@@ -593,7 +593,7 @@ static void render_upstreams(struct evbuffer *out, struct server *s)
         }
 }
 
-static void render_clients(struct evbuffer *out, struct server *s)
+static void render_clients(struct evbuffer *out, const struct metrics_view *s)
 {
     static const char *const classes[6] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
     int n;
@@ -616,7 +616,7 @@ static void render_clients(struct evbuffer *out, struct server *s)
 }
 
 /* The standard process_* families (what Prometheus client libraries export), from /proc. */
-static void render_process(struct evbuffer *out, struct server *s)
+static void render_process(struct evbuffer *out, const struct metrics_view *s)
 {
     struct rusage ru;
     struct rlimit rl;
@@ -675,7 +675,7 @@ static void render_process(struct evbuffer *out, struct server *s)
 }
 
 /* Reloads, and each listener's certificate and client CA expiry. */
-static void render_server(struct evbuffer *out, struct server *s)
+static void render_server(struct evbuffer *out, const struct metrics_view *s)
 {
     const struct conf *conf = s->rt->conf;
     evbuffer_add_printf(out,
@@ -755,7 +755,7 @@ static long long cred_quota_limit(const struct runtime *rt, size_t i)
     return q.limit;
 }
 
-void metrics_render(struct evbuffer *out, struct server *s)
+void metrics_render(struct evbuffer *out, const struct metrics_view *s)
 {
     struct runtime *rt = s->rt;
     time_t now = time(NULL);
@@ -851,7 +851,7 @@ void metrics_render(struct evbuffer *out, struct server *s)
                         "# HELP apple_auth_proxy_client_connections Open client connections.\n"
                         "# TYPE apple_auth_proxy_client_connections gauge\n"
                         "apple_auth_proxy_client_connections %llu\n",
-                        (unsigned long long)__atomic_load_n(&s->env.nclients, __ATOMIC_RELAXED));
+                        (unsigned long long)STAT(s, connections_open));
     evbuffer_add_printf(out,
                         "# HELP apple_auth_proxy_client_connections_refused_total Connections "
                         "refused at max_client_connections.\n"

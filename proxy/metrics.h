@@ -85,17 +85,34 @@ void metrics_count_client(struct metrics_shard *m, int client, int status);
 void metrics_upstream_gauge(struct metrics_shard *m, int up, enum metrics_up_gauge g, int delta);
 void metrics_upstream_opened(struct metrics_shard *m, int up);
 void metrics_upstream_failed(struct metrics_shard *m, int up, enum metrics_up_failure why);
+struct worker;
+struct runtime;
+struct shared;
+
+/* What a scrape reads, borrowed for the call: the workers, whose shards and counters hold every
+ * count; the current runtime; and what only the process knows (start, reloads, listeners). */
+struct metrics_view {
+    const struct worker *workers;
+    int nworkers;
+    struct runtime *rt;
+    struct shared *shared; /* Redis for shared state, or NULL */
+    double started;        /* process start (Unix time) */
+    unsigned long reloads, reload_failures;
+    double last_reload_ok;            /* when the running configuration was loaded */
+    size_t nlisten;                   /* listen addresses in use */
+    const time_t *listen_cert_expiry; /* per listen address: certificate notAfter (0: none) */
+    const time_t *listen_ca_expiry;   /* per listen address: client CAs' first notAfter */
+};
+
 /* Whether the latest attempt to open a connection to upstream label up succeeded: 1 yes,
- * 0 no, -1 none was made yet. Sums the workers' shards. */
-struct server;
-int metrics_upstream_reachable(struct server *s, int up);
+ * 0 no, -1 none was made yet. Sums the nworkers workers' shards. */
+int metrics_upstream_reachable(const struct worker *workers, int nworkers, int up);
 const char *metrics_upstream_name(int id);
 
 /* A response the proxy made itself, by its error code constant (http_error.h). */
 void metrics_count_error(struct metrics_shard *m, const char *code);
 
-struct worker;
-/* Appends the whole exposition (text format 0.0.4) for the server's workers and runtime. */
-void metrics_render(struct evbuffer *out, struct server *s);
+/* Appends the whole exposition (text format 0.0.4) for the view's workers and runtime. */
+void metrics_render(struct evbuffer *out, const struct metrics_view *s);
 
 #endif

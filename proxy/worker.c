@@ -278,12 +278,14 @@ void worker_client_add(struct worker *w, struct wclient *wc)
     TAILQ_INSERT_TAIL(&w->clients, wc, link);
     w->nclients++;
     WSTAT_ADD(w, connections_accepted, 1);
+    WSTAT_ADD(w, connections_open, 1);
 }
 
 void worker_client_remove(struct worker *w, struct wclient *wc)
 {
     TAILQ_REMOVE(&w->clients, wc, link);
     w->nclients--;
+    WSTAT_ADD(w, connections_open, -1);
     env_client_leave(w->env);
     if (w->draining && w->nclients == 0)
         event_base_loopexit(w->base, NULL);

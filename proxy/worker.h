@@ -51,6 +51,7 @@ struct worker_stats {
     uint64_t apns_token_retries;   /* pushes sent again after APNs refused the token */
     uint64_t apns_too_many;        /* APNs' 429 TooManyProviderTokenUpdates answers */
     uint64_t requests_in_flight;   /* gauge: a request head was read, its answer not ended */
+    uint64_t connections_open;     /* gauge: client connections of the worker */
     /* By upstream protocol (enum up_proto). */
     uint64_t proto_requests[UP_PROTO_COUNT]; /* requests sent upstream (a resend counts again) */
     uint64_t proto_failures[UP_PROTO_COUNT]; /* exchanges the upstream failed (502/504) */
