@@ -13,8 +13,15 @@
  * TLS: the hiredis Debian 12 ships (0.14) has no TLS, and one path means one behaviour for
  * timeouts, limits and failures whichever the configuration.
  *
- * Commands made while the connection is being opened (AUTH, PING) wait in conn->out and go
- * out when it is connected (TLS: after the handshake, so nothing is ever sent in clear).
+ * Commands made while the connection is being opened (AUTH, PING, the probe) wait in conn->out
+ * and go out when it is connected (TLS: after the handshake, so nothing is ever sent in clear).
+ * The connection is ready once the rate script has run on a key of its own (the probe): a
+ * Redis that answers PING but cannot run the scripts (a read-only replica after a failover, a
+ * full Redis that refuses writes, an ACL without EVAL) is never used, rather than used and
+ * found wanting at every request. An error reply to any script later drops the connection
+ * likewise, and the probe runs again once a second on every connection in use, so that a
+ * worker without traffic finds out too (and the process says so once, not when its busiest
+ * worker happens to).
  * Replies come in the order commands were sent, so the commands in flight are a ring (their
  * callbacks and send times): the oldest unanswered one tells whether Redis is too slow. A
  * timer checks it; dropping the connection answers every command in flight with no reply,
@@ -52,7 +59,11 @@
 #define SHARED_RETRY_MIN_MS   100
 #define SHARED_RETRY_MAX_MS   2000
 #define SHARED_SYNC_MS        1000   /* credential figures are read back this often */
+#define SHARED_PROBE_MS       1000   /* a connection in use runs the probe this often */
 #define SHARED_KEY_MAX        256
+/* The probe's rate and burst: a million a second, so that the probe key's bucket (its own,
+ * "PREFIXprobe") is never the reason a probe is refused, and it expires within about 1 s. */
+#define SHARED_PROBE_RATE     1000000
 #define SHARED_MAX_READ_BUFFER (1024 * 1024) /* unparsed reply bytes: more ends the connection */
 /* The latest time a figure read back may name, in Unix milliseconds: above every time a proxy
  * writes (the furthest, a Retry-After of 15 digits of epoch milliseconds, is below 10^15), and
@@ -127,7 +138,7 @@ struct shared_conn {
     struct evbuffer *out;        /* commands not yet handed to the stream */
     unsigned gen;                /* changes whenever the connection is dropped */
     struct event *tick;
-    uint64_t retry_at_us, sync_at_us;
+    uint64_t retry_at_us, sync_at_us, probe_at_us;
     unsigned retry_ms;
     int sync;
     const struct runtime *rt;
@@ -144,6 +155,7 @@ struct shared_wait {
 /* A credential's figures being read back: the entry is held until the reply. */
 struct shared_sync {
     struct live_cred *cred;
+    unsigned long delta; /* this process's mints the script adds */
 };
 
 static uint64_t mono_us(void)
@@ -445,6 +457,7 @@ static void set_state(struct shared_conn *conn, enum shared_event ev, const char
     if (conn->state == SHARED_UP && before != SHARED_UP) {
         __atomic_add_fetch(&conn->sh->up, 1, __ATOMIC_RELAXED);
         conn->retry_ms = SHARED_RETRY_MIN_MS;
+        conn->probe_at_us = mono_us() + SHARED_PROBE_MS * 1000u;
     }
     if (fallback) {
         __atomic_sub_fetch(&conn->sh->up, 1, __ATOMIC_RELAXED);
@@ -560,13 +573,57 @@ static void ping_reply(struct shared_conn *conn, redisReply *r, void *priv)
     (void)priv;
     if (r == NULL)
         return;
-    if (r->type == REDIS_REPLY_STATUS && r->str && strcmp(r->str, "PONG") == 0) {
-        set_state(conn, SHARED_EV_READY, "ready");
-        return;
-    }
+    if (r->type == REDIS_REPLY_STATUS && r->str && strcmp(r->str, "PONG") == 0)
+        return; /* ready once the probe has run too */
     snprintf(why, sizeof(why), "PING answered with %.100s",
              r->type == REDIS_REPLY_ERROR && r->str ? r->str : "something else");
     conn_drop(conn, SHARED_EV_FAILED, why);
+}
+
+/* "PREFIXkind:name", or "PREFIXkind" when name is NULL. */
+static void key_for(const struct shared *sh, const char *kind, const char *name, char *out,
+                    size_t len)
+{
+    snprintf(out, len, "%s%s%s%s", sh->cfg.key_prefix, kind, name ? ":" : "", name ? name : "");
+}
+
+/* An error reply to one of the scripts: Redis cannot do what the proxy needs of it, so the
+ * connection is dropped (the replica decides locally, logs why, counts it) and a new one is
+ * used only once its probe runs. Returns 1 when dropped, 0 for any other reply. */
+static int conn_refused(struct shared_conn *conn, const redisReply *r, const char *what)
+{
+    char why[200];
+    if (r == NULL || r->type != REDIS_REPLY_ERROR || conn->state == SHARED_DOWN)
+        return 0;
+    snprintf(why, sizeof(why), "Redis refused the %s script: %.120s", what, r->str ? r->str : "");
+    conn_drop(conn, SHARED_EV_FAILED, why);
+    return 1;
+}
+
+/* The probe (the rate script on a key of its own) answered: the connection is ready, or not
+ * usable at all. */
+static void probe_reply(struct shared_conn *conn, redisReply *r, void *priv)
+{
+    int allowed;
+    double wait;
+    (void)priv;
+    if (r == NULL || conn_refused(conn, r, "rate"))
+        return;
+    if (shared_parse_rate(r, &allowed, &wait) < 0) {
+        conn_drop(conn, SHARED_EV_FAILED, "the rate script answered with something else");
+        return;
+    }
+    if (conn->state == SHARED_CONNECTING)
+        set_state(conn, SHARED_EV_READY, "ready");
+}
+
+/* Sends the probe: the rate script on the key PREFIXprobe. Returns 0, or -1 (not sent). */
+static int conn_probe(struct shared_conn *conn)
+{
+    char key[SHARED_KEY_MAX];
+    key_for(conn->sh, "probe", NULL, key, sizeof(key));
+    return conn_send(conn, probe_reply, NULL, "EVAL %s 1 %s %d %d", rate_script, key,
+                     SHARED_PROBE_RATE, SHARED_PROBE_RATE);
 }
 
 /* Feeds what arrived to the reader and answers the commands in flight, oldest first. Returns
@@ -717,8 +774,8 @@ static void connect_cb(evutil_socket_t fd, short what, void *arg)
     conn_connected(conn);
 }
 
-/* Opens the connection to an address: AUTH and PING are queued first, and sent once it is
- * connected. The connection's time limit is the PING's (tick_cb). */
+/* Opens the connection to an address: AUTH, PING and the probe are queued first, and sent once
+ * it is connected. The connection's time limit is the PING's (tick_cb). */
 static void conn_open(struct shared_conn *conn, const struct sockaddr *sa, socklen_t salen)
 {
     const struct conf_shared *cfg = &conn->sh->cfg;
@@ -726,7 +783,7 @@ static void conn_open(struct shared_conn *conn, const struct sockaddr *sa, sockl
     int one = 1;
     set_state(conn, SHARED_EV_CONNECT, "connecting");
     if ((cfg->password && conn_send(conn, auth_reply, NULL, "AUTH %s", cfg->password) < 0) ||
-        conn_send(conn, ping_reply, NULL, "PING") < 0) {
+        conn_send(conn, ping_reply, NULL, "PING") < 0 || conn_probe(conn) < 0) {
         conn_drop(conn, SHARED_EV_FAILED, "out of memory");
         return;
     }
@@ -818,17 +875,13 @@ static void sync_reply(struct shared_conn *conn, redisReply *reply, void *priv)
 {
     struct shared_sync *s = priv;
     struct live_quota q;
-    (void)conn;
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR)
+        live_mints_unshare(s->cred, s->delta); /* not added: the next sync sends them again */
     if (reply != NULL && shared_parse_figures(reply, &q) == 0)
         live_shared_merge(s->cred, &q);
+    conn_refused(conn, reply, "sync");
     live_cred_put(s->cred);
     free(s);
-}
-
-static void key_for(const struct shared *sh, const char *kind, const char *name, char *out,
-                    size_t len)
-{
-    snprintf(out, len, "%s%s:%s", sh->cfg.key_prefix, kind, name);
 }
 
 /* Once a second on one worker: this process's new mints out, every replica's figures in. */
@@ -843,10 +896,10 @@ static void conn_sync(struct shared_conn *conn)
         if (s == NULL)
             return;
         s->cred = live_cred_hold(rt->live_creds[i]);
-        unsigned long delta = live_mints_unshared(s->cred);
+        s->delta = live_mints_unshared(s->cred);
         key_for(conn->sh, "cred", rt->conf->credentials[i].name, key, sizeof(key));
-        if (conn_send(conn, sync_reply, s, "EVAL %s 1 %s %lu", sync_script, key, delta) < 0) {
-            live_mints_unshare(s->cred, delta);
+        if (conn_send(conn, sync_reply, s, "EVAL %s 1 %s %lu", sync_script, key, s->delta) < 0) {
+            live_mints_unshare(s->cred, s->delta);
             live_cred_put(s->cred);
             free(s);
             return;
@@ -871,7 +924,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
                       conn->state == SHARED_UP ? "a reply took longer than the timeout"
                       : conn->has_stream && conn->s.handshaking
                           ? "no TLS handshake in time"
-                          : "no answer to PING in time");
+                          : "no answer to PING and the probe in time");
             return;
         }
     }
@@ -880,6 +933,10 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     if (conn->sync && conn->state == SHARED_UP && now >= conn->sync_at_us) {
         conn->sync_at_us = now + SHARED_SYNC_MS * 1000u;
         conn_sync(conn);
+    }
+    if (conn->state == SHARED_UP && now >= conn->probe_at_us) {
+        conn->probe_at_us = now + SHARED_PROBE_MS * 1000u;
+        conn_probe(conn); /* not sent (the ring full): traffic is checking the connection */
     }
 }
 
@@ -955,11 +1012,15 @@ static void rate_reply(struct shared_conn *conn, redisReply *reply, void *priv)
     struct shared_wait *w = priv;
     int allowed = -1;
     double wait = 0;
-    (void)conn;
-    if (reply == NULL || shared_parse_rate(reply, &allowed, &wait) < 0)
+    /* dropped first, so that the local decision below already sees Redis as not in use */
+    if (reply == NULL || conn_refused(conn, reply, "rate")) {
         allowed = -1;
-    else
+    } else if (shared_parse_rate(reply, &allowed, &wait) < 0) {
+        allowed = -1;
+        conn_drop(conn, SHARED_EV_FAILED, "the rate script answered with something else");
+    } else {
         add64(&w->sh->remote);
+    }
     if (w->cb) {
         shared_rate_fn cb = w->cb;
         void *arg = w->arg;
@@ -1008,10 +1069,8 @@ int shared_local_divisor(struct shared_conn *conn)
 
 static void note_reply(struct shared_conn *conn, redisReply *r, void *priv)
 {
-    (void)conn;
     (void)priv;
-    if (r != NULL && r->type == REDIS_REPLY_ERROR)
-        log_msg(LOG_DEBUG, "shared state: a figure was not stored: %.200s", r->str ? r->str : "");
+    conn_refused(conn, r, "figures");
 }
 
 void shared_note_quota(struct shared_conn *conn, const char *cred, long limit, long remaining,

@@ -1,10 +1,10 @@
 """A hostile Redis behind TLS (docs/testing.md, "Shared state: a hostile Redis behind TLS"):
 a server with a good certificate that completes the handshake and answers PING like Redis,
 then answers a rate decision with garbage, with a bulk string announced at a gigabyte (and
-bytes streamed after it), with an array of a hundred thousand elements, or with replies to no
-command. Each time the connection is dropped (the replica decides locally: logged, counted),
-the request is still served, the proxy's memory stays bounded, and Redis is used again once
-it behaves. The reader itself is fuzzed by tests/fuzz/fuzz_redis_reply.c.
+bytes streamed after it), with an array of a hundred thousand elements, with replies to no
+command, with an error (a read-only replica's) or with a reply of another shape. Each time
+the connection is dropped (the replica decides locally: logged, counted), the request is
+still served, the proxy's memory stays bounded, and Redis is used again once it behaves. The reader itself is fuzzed by tests/fuzz/fuzz_redis_reply.c.
 """
 import hashlib
 import json
@@ -99,6 +99,10 @@ class FakeRedis:
             return b"*100000\r\n" + b":1\r\n" * 1000
         if self.mode == "unasked":
             return b"*2\r\n:1\r\n:0\r\n" + b"+OK\r\n" * 20
+        if self.mode == "refuse":  # a replica after a failover
+            return b"-READONLY You can't write against a read only replica.\r\n"
+        if self.mode == "shape":  # a well-formed reply that no GCRA script gives
+            return b":1\r\n"
         if self.mode == "huge":
             s.sendall(b"$1000000000\r\n")
             chunk = b"x" * 65536
@@ -174,6 +178,12 @@ class HostileRedisTlsTest(unittest.TestCase):
 
     def test_replies_to_no_command(self):
         self.hostile("unasked", r"a reply to no command")
+
+    def test_script_refused(self):
+        self.hostile("refuse", r"Redis refused the rate script: READONLY ")
+
+    def test_reply_of_another_shape(self):
+        self.hostile("shape", r"the rate script answered with something else")
 
     def test_huge_reply_is_cut_off_at_1_mib(self):
         rss = self.fx.rss_kib()

@@ -12,6 +12,8 @@ Covered, each by its own test:
     the timeout instead of stalling, and Redis is used again once it answers;
   a client that leaves while its rate decision is pending, and pipelined requests each waiting
     for one;
+  Redis turned read-only (a failover): not used while it refuses the scripts, used again once
+    writable;
   Redis absent when the replicas start: local limits at once, shared once it comes;
   a reload that changes clients' limits keeps sharing them (the password read at start is kept),
     one that changes shared_state keeps the Redis in use until the next restart;
@@ -197,7 +199,7 @@ class ReplicaPair(unittest.TestCase):
         keys = sorted(self.redis_cli("--scan").split())
         self.assertTrue(keys)
         for k in keys:
-            self.assertRegex(k, r"^%s(rate:[a-z]+|cred:asc)$" % re.escape(prefix))
+            self.assertRegex(k, r"^%s(rate:[a-z]+|cred:asc|probe)$" % re.escape(prefix))
             kind = self.redis_cli("TYPE", k).strip()
             value = self.redis_cli("HGETALL" if kind == "hash" else "GET", k)
             self.assertRegex(value, r"^[A-Za-z_0-9.\s-]*$", (k, value))
@@ -437,6 +439,43 @@ class SharedStateTest(ReplicaPair):
         # written under the new prefix
         self.assertEqual(self.get(self.px[0]).status, 429)
         self.assertEqual(self.redis_cli("KEYS", "elsewhere:*").strip(), "")
+
+    def test_redis_turned_read_only_is_not_used_until_writable(self):
+        # a failover demotes the Redis the replicas use: it still answers PING, but refuses
+        # every script's writes. The replicas stop using it (logged once, counted, /readyz),
+        # serve on local limits, and use it again once it is writable, without a restart.
+        self.start_pair()
+        marks = [len(px.stderr_text()) for px in self.px]
+        self.redis_cli("REPLICAOF", "127.0.0.1", str(h.unused_port()))
+        self.addCleanup(lambda: self.redis.proc.alive() and self.redis_cli("REPLICAOF", "NO", "ONE"))
+        self.assertEqual(self.get(self.px[0], secret=FAST).status, 200)
+        for px, mark in zip(self.px, marks):
+            # px[1] finds out through its once-a-second sync, without a request
+            pt.wait_stderr(px, r"shared state: Redis at 127\.0\.0\.1:%d is not usable \(Redis "
+                           r"refused the [a-z]+ script: READONLY " % self.redis.port, since=mark,
+                           timeout=15)
+            status, body = self.readyz(px)
+            self.assertEqual(status, 200, body)
+            self.assertEqual(self.shared_check(px)["state"], "local", body)
+            m = pt.metrics(px)
+            self.assertGreaterEqual(m.value("apple_auth_proxy_shared_state_fallbacks_total"), 1)
+            self.assertEqual(m.value("apple_auth_proxy_shared_state_up"), 0)
+        # reconnections keep being refused by the probe: not used, and not logged again
+        time.sleep(3)
+        for px, mark in zip(self.px, marks):
+            self.assertEqual(self.shared_check(px)["state"], "local")
+            self.assertEqual(len(re.findall(r"is not usable|using Redis",
+                                            px.stderr_text()[mark:])), 1,
+                             px.stderr_text()[mark:])
+        statuses = [self.get(self.px[0], secret=FALLBACK).status for _ in range(3)]
+        self.assertEqual(statuses, [200, 200, 429])
+        marks = [len(px.stderr_text()) for px in self.px]
+        self.redis_cli("REPLICAOF", "NO", "ONE")
+        for px, mark in zip(self.px, marks):
+            self.wait_using_redis(px)
+            pt.wait_stderr(px, r"shared state: using Redis", since=mark)
+        statuses = [self.get(self.px[i % 2]).status for i in range(7)]
+        self.assertEqual(statuses, [200] * 6 + [429])
 
     def test_redis_that_stops_answering_times_out_without_stalling(self):
         self.start_pair()
