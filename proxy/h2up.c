@@ -754,17 +754,12 @@ static void h2s_end(struct h2s *st)
     h2s_finish(st);
 }
 
-/* What llhttp would refuse in a field of an HTTP/1.1 head; nghttp2 lets some of it through. */
+/* What the HTTP/1.1 parser would refuse in a field of a head (the name one or more tchar, the
+ * value no control but HTAB); nghttp2 lets some of it through. */
 static int field_ok(const uint8_t *name, size_t namelen, const uint8_t *value, size_t valuelen)
 {
-    size_t i;
-    for (i = 0; i < namelen; i++)
-        if (name[i] <= 0x20 || name[i] >= 0x7f || strchr("\"(),/:;<=>?@[\\]{}", name[i]))
-            return 0;
-    for (i = 0; i < valuelen; i++)
-        if ((value[i] < 0x20 && value[i] != '\t') || value[i] == 0x7f)
-            return 0;
-    return namelen > 0;
+    return http1_name_chars_ok((const char *)name, namelen) &&
+           http1_value_chars_ok((const char *)value, valuelen);
 }
 
 static int on_header(nghttp2_session *sess, const nghttp2_frame *frame, const uint8_t *name,

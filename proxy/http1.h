@@ -120,6 +120,10 @@ int http1_name_is(const char *name, size_t len, const char *lower);
  * library's version or settings. */
 int http1_value_chars_ok(const char *at, size_t len);
 
+/* 1 when a field name is one or more tchar (RFC 9110 5.6.2), as HTTP/1.1 requires and the
+ * HTTP/2 path checks too (names it cannot pass on to an HTTP/1.1 client are refused). */
+int http1_name_chars_ok(const char *at, size_t len);
+
 /* Finds the first header with that (lower-case) name; NULL when absent. */
 const struct http1_header *http1_find(const struct http1_msg *m, const char *lower);
 
