@@ -185,12 +185,12 @@ class Bench:
             cfg["access_log"] = {"path": "off"}
         return port, admin, self.write_private(name + ".json", json.dumps(cfg, indent=2))
 
-    def start_aap(self, name, shipped):
+    def start_aap(self, name, shipped, binary=None):
         port, admin, path = self.aap_config(name, shipped)
         self.ports[name] = port
         self.admin = getattr(self, "admin", {})
         self.admin[name] = admin
-        wait_port(port, self.spawn(name, [self.binary, "serve", "--config", path]))
+        wait_port(port, self.spawn(name, [binary or self.binary, "serve", "--config", path]))
 
     def token(self):
         _, _, path = self.aap_config("token", False)
@@ -252,19 +252,24 @@ class Bench:
                 p.wait(5)
 
 
-def run(binary, seconds=5, rounds=5, clients=100, log=print):
+def run(binary, seconds=5, rounds=5, clients=100, log=print, baseline=None):
     """Runs the benchmark; returns the results (the medians per variant, each round's figures,
-    the ratios). Variants whose tool is missing (HAProxy) are left out."""
+    the ratios). Variants whose tool is missing (HAProxy) are left out. baseline: another build
+    of the proxy, measured as the variant aap-baseline (log off) in the same rounds, so that a
+    change is compared with what it changes under the same load."""
     d = tempfile.mkdtemp(prefix="aap-apns-bench-")
     b = Bench(binary, d, log)
     try:
         b.start_upstream()
         variants = [v for v in VARIANTS if shutil.which("haproxy") or
                     not v.startswith("haproxy")]
+        if baseline:
+            variants.insert(1, "aap-baseline")
         token = b.token()
         for v in variants:
             if v.startswith("aap"):
-                b.start_aap(v, v == "aap-shipped")
+                b.start_aap(v, v == "aap-shipped",
+                            os.path.abspath(baseline) if v == "aap-baseline" else None)
             else:
                 b.start_haproxy(v, v == "haproxy-logged", token)
         lua = os.path.join(d, "post.lua")
@@ -290,7 +295,7 @@ def run(binary, seconds=5, rounds=5, clients=100, log=print):
             med["upstream_connections_max"] = max(x["upstream_connections"] or 0 for x in per[v])
             med["rounds"] = per[v]
             out[v] = med
-        for v in ("aap", "aap-shipped"):
+        for v in (v for v in variants if v.startswith("aap")):
             # The proxy's own count, beside the sockets: the HTTP/2 connections it holds.
             try:
                 text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % b.admin[v],
@@ -299,7 +304,7 @@ def run(binary, seconds=5, rounds=5, clients=100, log=print):
                 out[v]["http2_connections_metric"] = int(m.group(1)) if m else None
             except OSError:
                 out[v]["http2_connections_metric"] = None
-        for a, h in PAIRS:
+        for a, h in PAIRS + ((("aap-baseline", "haproxy"),) if baseline else ()):
             if h in out:
                 out["ratio_" + a] = out[a]["pushes_per_s"] / out[h]["pushes_per_s"]
         return out
@@ -312,7 +317,7 @@ def run(binary, seconds=5, rounds=5, clients=100, log=print):
 
 
 def report(out, write=print):
-    for a, h in PAIRS:
+    for a, h in PAIRS + ((("aap-baseline", "haproxy"),) if "aap-baseline" in out else ()):
         for v in (a, h):
             if v in out:
                 write("median  %-15s %9.0f pushes/s  CPU %5.1f us/push  p99 %6.2f ms  "
@@ -327,6 +332,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--binary", default=os.path.join(SOURCE_DIR, "build", "apple-auth-proxy"))
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--baseline", metavar="BINARY",
+                    help="another build of the proxy, measured beside --binary in every round "
+                         "(variant aap-baseline, log off), to compare a change")
     args = ap.parse_args(argv)
     missing = missing_tools()
     if missing:
@@ -335,7 +343,7 @@ def main(argv=None):
     out = run(args.binary, int(os.environ.get("BENCH_SECONDS", "5")),
               int(os.environ.get("BENCH_ROUNDS", "5")),
               int(os.environ.get("BENCH_CLIENTS", "100")),
-              log=lambda s: print(s, flush=True))
+              log=lambda s: print(s, flush=True), baseline=args.baseline)
     report(out)
     if args.json:
         with open(args.json, "w") as f:
