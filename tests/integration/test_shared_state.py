@@ -10,6 +10,7 @@ Covered, each by its own test:
     once, counted, said in /readyz while ready); restarted: sharing resumes without a restart;
   Redis stopped (SIGSTOP, a Redis that no longer answers): requests are decided locally after
     the timeout instead of stalling, and Redis is used again once it answers;
+  a request waiting for its decision blocks no other on its worker;
   a client that leaves while its rate decision is pending, and pipelined requests each waiting
     for one;
   Redis turned read-only (a failover): not used while it refuses the scripts, used again once
@@ -17,6 +18,7 @@ Covered, each by its own test:
   Redis absent when the replicas start: local limits at once, shared once it comes;
   a reload that changes clients' limits keeps sharing them (the password read at start is kept),
     one that changes shared_state keeps the Redis in use until the next restart;
+  two gateways with their own key_prefix on one Redis share nothing;
   Redis named by a host name, on a unix socket, with a password (right and wrong).
 TLS to Redis: test_shared_state_tls.py.
 """
@@ -138,7 +140,7 @@ class ReplicaPair(unittest.TestCase):
         self.routes = [h.route(self.up, "app-store-connect", "asc")]
 
     def start_pair(self, quota_reserve=None, redis_host="127.0.0.1", password=None, wait=True,
-                   tls=None):
+                   tls=None, workers=2, timeout=TIMEOUT):
         creds = {"asc": dict(self.creds["asc"])}
         if quota_reserve is not None:
             creds["asc"]["quota_reserve"] = quota_reserve
@@ -148,7 +150,7 @@ class ReplicaPair(unittest.TestCase):
             "fast": client(FAST, rate={"per_second": 1000, "burst": 1000}),
             "boss": client(PRIORITY, priority=True),
         }
-        shared = {"redis": "%s:%d" % (redis_host, self.redis.port), "timeout": TIMEOUT, "replicas": 2,
+        shared = {"redis": "%s:%d" % (redis_host, self.redis.port), "timeout": timeout, "replicas": 2,
                   "key_prefix": "test%d:" % os.getpid()}
         if redis_host.startswith("unix:"):
             shared["redis"] = redis_host
@@ -158,7 +160,7 @@ class ReplicaPair(unittest.TestCase):
         if password is not None:
             shared["password_env"] = "TEST_REDIS_PASSWORD"
             env = h.clean_env({"TEST_REDIS_PASSWORD": password})
-        config = h.write_config(creds, self.routes, workers=2, clients=clients,
+        config = h.write_config(creds, self.routes, workers=workers, clients=clients,
                                 admin_listen="127.0.0.1:0", shared_state=shared)
         self.px = []
         for _ in range(2):
@@ -502,6 +504,32 @@ class SharedStateTest(ReplicaPair):
         statuses = [self.get(self.px[i % 2]).status for i in range(8)]
         self.assertEqual(statuses, [200] * 6 + [429] * 2)
 
+    def test_a_decision_pending_on_redis_blocks_nothing_else(self):
+        # one worker; Redis stopped and a long timeout: while a rate-limited request waits for
+        # its decision, the worker serves a client without a rate at once
+        self.start_pair(workers=1, timeout=5)
+        self.redis.proc.proc.send_signal(signal.SIGSTOP)
+        self.addCleanup(lambda: self.redis.proc.proc.send_signal(signal.SIGCONT))
+        pending = {}
+
+        def wait_for_redis():
+            t0 = time.monotonic()
+            pending["status"] = self.get(self.px[0], secret=FAST, timeout=30).status
+            pending["took"] = time.monotonic() - t0
+
+        t = threading.Thread(target=wait_for_redis)
+        t.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        r = self.get(self.px[0], secret=PRIORITY)
+        took = time.monotonic() - t0
+        self.assertEqual(r.status, 200, r.body[:300])
+        t.join(30)
+        # the rate-limited request was still waiting when the other was served
+        self.assertEqual(pending.get("status"), 200)
+        self.assertGreater(pending["took"], 0.5 + took, (pending, took))
+        self.assertLess(took, 3.0)  # well inside the 5 s the other waits at most
+
     def raw_request(self, secret, path="/v1/apps"):
         return ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nProxy-Authorization: Bearer %s\r\n\r\n"
                 % (path, secret)).encode()
@@ -526,6 +554,26 @@ class SharedStateTest(ReplicaPair):
         self.wait_using_redis(px)
         self.assertTrue(px.alive())
         self.assertEqual(self.get(px, secret=FAST).status, 200)
+
+    def test_gateways_with_their_own_key_prefix_do_not_share(self):
+        # two gateways on one Redis, each with its own key_prefix: a client's burst spent on
+        # one is whole on the other
+        self.start_pair()
+        self.assertEqual([self.get(self.px[0]).status for _ in range(7)], [200] * 6 + [429])
+        with open(self.px[0].config_path) as f:
+            cfg = json.load(f)
+        cfg["shared_state"]["key_prefix"] = "other%d:" % os.getpid()
+        path = os.path.join(h.new_dir("other-gateway"), "config.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        os.chmod(path, 0o600)
+        other = h.start_proxy(path)
+        self.addCleanup(other.stop)
+        self.wait_using_redis(other)
+        self.assertEqual([self.get(other).status for _ in range(7)], [200] * 6 + [429])
+        self.assertEqual(self.get(self.px[1]).status, 429)
+        keys = self.redis_cli("--scan", "--pattern", "other%d:rate:*" % os.getpid()).split()
+        self.assertEqual(keys, ["other%d:rate:limited" % os.getpid()])
 
     def test_redis_named_by_host_name(self):
         # the name goes through the worker's own resolver (hiredis would block on it); the
