@@ -17,6 +17,7 @@
  *    |       |                                  |    (acquire_upstream -> up_ready)          |
  *    |       |      retries: a stale pooled connection (up_fault UNANSWERED, once), a 401   |
  *    |       |      to a cached token (up_end after DISCARD, once): EXCHANGE -> CONNECTING
+ *    |       |      (TOKEN_WAIT when the access token is to be exchanged again)              |
  *    |       v                                  v                                            |
  *    |    CLOSING <--- error, no keep-alive --- (any) <--- upstream error / cut short -------+
  *    |  (flush, half-close, linger, free)                                                    |
@@ -220,6 +221,24 @@ static void resp_set(struct exchange *x, enum resp_state to)
            (from == RESP_DISCARD && to == RESP_HEAD) ||
            (from == RESP_BODY && (to == RESP_DONE || to == RESP_FAILED)));
     x->resp_state = (unsigned char)to;
+}
+
+/* The one way c->state changes; asserts the edge is one the diagram above draws. Entering
+ * CONNECTING again covers the rate decision before the upstream is asked for, and the retries
+ * (EXCHANGE -> CONNECTING); TOKEN_WAIT is entered from CONNECTING, or from EXCHANGE when a 401
+ * dropped the token the exchange used. */
+static void client_set_state(struct client *c, enum client_state to)
+{
+    enum client_state from = c->state;
+    (void)from;
+    assert((to == C_HEAD && (from == C_IDLE || from == C_CONNECTING)) ||
+           (to == C_CONNECTING && (from == C_HEAD || from == C_CONNECTING || from == C_TOKEN_WAIT ||
+                                   from == C_EXCHANGE)) ||
+           (to == C_TOKEN_WAIT && (from == C_CONNECTING || from == C_EXCHANGE)) ||
+           (to == C_EXCHANGE && from == C_CONNECTING) ||
+           (to == C_IDLE && (from == C_CONNECTING || from == C_TOKEN_WAIT || from == C_EXCHANGE)) ||
+           (to == C_CLOSING && from != C_CLOSING));
+    c->state = to;
 }
 
 /* A new request head was parsed: both directions start over. */
@@ -487,7 +506,7 @@ static void start_closing(struct client *c)
         return;
     up_release(c);
     end_exchange_objects(c); /* before leaving the state that keeps the record open */
-    c->state = C_CLOSING;
+    client_set_state(c, C_CLOSING);
     stream_set_watermarks(&c->s, 0, 0);
     /* A client that never reads its reply must not keep the connection forever. */
     stream_set_timeouts(&c->s, 0, (uint32_t)limits(c)->send_timeout_ms);
@@ -556,7 +575,7 @@ static void reply_error_ex(struct client *c, const char *code, const char *detai
     /* The request was consumed whole: go back to idle for the next one. */
     up_release(c);
     end_exchange_objects(c);
-    c->state = C_IDLE;
+    client_set_state(c, C_IDLE);
     arm_timer(c, limits(c)->idle_timeout_ms);
 }
 
@@ -847,7 +866,7 @@ static void finish_exchange(struct client *c)
         start_closing(c);
         return;
     }
-    c->state = C_IDLE;
+    client_set_state(c, C_IDLE);
     arm_timer(c, limits(c)->idle_timeout_ms);
     if (c->read_paused) {
         c->read_paused = 0;
@@ -891,7 +910,7 @@ static int token_wait_failed(struct client *c)
  * caller then looks for a pipelined request unless process() is already doing that. */
 static int wait_for_token(struct client *c)
 {
-    c->state = C_TOKEN_WAIT;
+    client_set_state(c, C_TOKEN_WAIT);
     if (token_wait_failed(c))
         return 1;
     arm_timer(c, limits(c)->token_wait_timeout_ms);
@@ -1218,7 +1237,7 @@ static void attach_upstream(struct client *c)
     c->up_paused = 0;
     x->up_reused = c->up->reused;
     x->req_remaining = x->req.content_length;
-    c->state = C_EXCHANGE;
+    client_set_state(c, C_EXCHANGE);
     assert(x->resp_state == RESP_HEAD);
     if (x->req_state != REQ_HEAD) {
         /* A retry: the same head went again, the request's progress stays where it was
@@ -1267,7 +1286,7 @@ static void acquire_upstream(struct client *c)
     struct upool *pool = &c->gen->pools[c->gen->rt->route_target[c->x->route]];
     const struct conf *conf = c->gen->rt->conf;
     struct upstream_stream *us = NULL;
-    c->state = C_CONNECTING;
+    client_set_state(c, C_CONNECTING);
     /* Keyed by credential: an HTTP/2 connection carries one credential's tokens only. */
     int r = upstream_stream_get(pool,
                                 &conf->credentials[conf->routes[c->x->route].credential_index],
@@ -1519,7 +1538,7 @@ static void intercept_start(struct client *c, struct runtime *rt, const struct c
     c->x->bytes_out = 39;
     end_exchange_objects(c);
     /* The handshake and the first request head must arrive within the header timeout. */
-    c->state = C_HEAD;
+    client_set_state(c, C_HEAD);
     if (stream_start_tls(&c->s, ssl) < 0) {
         c->dead = 1;
         return;
@@ -1592,7 +1611,7 @@ static void rate_decided(void *arg, int result, double wait)
  * on with others. Redis' timeout bounds the wait: past it the decision is made locally. */
 static void rate_ask(struct client *c, const struct conf_client *cl, int keep)
 {
-    c->state = C_CONNECTING;
+    client_set_state(c, C_CONNECTING);
     c->x->rate_client = cl;
     c->x->rate_keep = keep != 0;
     c->x->rate_wait = shared_rate_take(c->w->shared, cl->name, cl->rate_per_second,
@@ -1650,7 +1669,7 @@ static int check_browser(struct client *c, const struct runtime *rt, const struc
 /* A request head was parsed: the exchange's record and both directions' states start over. */
 static void exchange_begin(struct client *c, const struct http1_msg *m)
 {
-    c->state = C_CONNECTING; /* the head is checked and planned; the record is open */
+    client_set_state(c, C_CONNECTING); /* the head is checked and planned; the record is open */
     WSTAT_ADD(c->w, requests_in_flight, 1);
     c->x->t_start_us = mono_us();
     c->x->t_sent_us = c->x->t_head_us = c->x->t_first_us = 0;
@@ -1839,7 +1858,7 @@ static void process(struct client *c)
                     c->dead = 1; /* out of memory */
                     return;
                 }
-                c->state = C_HEAD;
+                client_set_state(c, C_HEAD);
                 arm_timer(c, limits(c)->client_header_timeout_ms);
             }
             if (stream_output(&c->s) == NULL) {
@@ -2025,7 +2044,7 @@ static int client_new(struct worker *w, int fd, const struct sockaddr *addr, soc
                           OUT_LOW);
     stream_set_timeouts(&c->s, 0, (uint32_t)lim->send_timeout_ms);
     /* The first request's head must arrive within the header timeout from the accept. */
-    c->state = C_HEAD;
+    c->state = C_HEAD; /* the first state: accept is the edge into it */
     arm_timer(c, lim->client_header_timeout_ms);
     return 0;
 }
