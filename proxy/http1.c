@@ -605,7 +605,7 @@ int http1_msg_complete(const struct http1_msg *m)
 int http1_response_set(struct http1_msg *m, int status, const struct http1_header *fields,
                        size_t n)
 {
-    size_t i, k;
+    size_t i;
     if (n > m->limits->max_headers)
         return fail(m, 502, "too many header fields");
     if (n > m->cap_headers) {
@@ -619,14 +619,10 @@ int http1_response_set(struct http1_msg *m, int status, const struct http1_heade
         const struct http1_header *f = &fields[i];
         if (f->name_len == 0)
             return fail(m, 502, "empty header name");
-        for (k = 0; k < f->name_len; k++)
-            if (!is_tchar((unsigned char)f->name[k]))
-                return fail(m, 502, "invalid character in a header name");
-        for (k = 0; k < f->value_len; k++) {
-            unsigned char c = (unsigned char)f->value[k];
-            if ((c < 0x20 && c != '\t') || c == 0x7f)
-                return fail(m, 502, "control character in a header value");
-        }
+        if (!http1_name_chars_ok(f->name, f->name_len))
+            return fail(m, 502, "invalid character in a header name");
+        if (!http1_value_chars_ok(f->value, f->value_len))
+            return fail(m, 502, "control character in a header value");
         m->headers[i] = *f;
     }
     m->nheaders = n;
