@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <cjson/cJSON.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -85,6 +86,43 @@ static void test_escaping(void **state)
     accesslog_close();
 }
 
+/* Strings are copied in runs between the bytes that need an escape: every byte value 1-255,
+ * each between two plain ones, comes out as the line's JSON escapes it (quote and backslash
+ * with a backslash, controls and bytes past 0x7e as \u00XX), the plain ones around it intact. */
+static void test_escaping_every_byte(void **state)
+{
+    char err[128], client[3 * 255 + 1], want[64 + 3 * 255 * 6];
+    size_t o = 0, w = 0;
+    assert_int_equal(accesslog_open("-", ACCESSLOG_JSON, err, sizeof(err)), 0);
+    w += (size_t)snprintf(want, sizeof(want), "\"client\":\"");
+    for (int c = 1; c < 256; c++) {
+        client[o++] = 'a';
+        client[o++] = (char)c;
+        client[o++] = 'z';
+        want[w++] = 'a';
+        if (c == '"' || c == '\\') {
+            want[w++] = '\\';
+            want[w++] = (char)c;
+        } else if (c < 0x20 || c >= 0x7f) {
+            w += (size_t)snprintf(want + w, sizeof(want) - w, "\\u%04x", c);
+        } else {
+            want[w++] = (char)c;
+        }
+        want[w++] = 'z';
+    }
+    client[o] = '\0';
+    want[w++] = '"';
+    want[w] = '\0';
+    struct access_entry e = {.time = 1, .method = "GET", .method_len = 3, .target = "/",
+                             .target_len = 1, .status = 200, .outcome = "ok",
+                             .upstream_reused = -1, .quota_remaining = -1, .client = client};
+    size_t len;
+    char *s = line_of(&e, &len);
+    assert_non_null(strstr(s, want));
+    free(s);
+    accesslog_close();
+}
+
 static void test_text_format(void **state)
 {
     char err[128];
@@ -143,6 +181,7 @@ int main(void)
         cmocka_unit_test(test_regression_no_nul_bytes),
         cmocka_unit_test(test_masking),
         cmocka_unit_test(test_escaping),
+        cmocka_unit_test(test_escaping_every_byte),
         cmocka_unit_test(test_text_format),
         cmocka_unit_test(test_apns_id),
     };
