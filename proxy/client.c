@@ -1075,9 +1075,17 @@ static int up_head(void *arg, const struct http1_msg *r)
     if (r->status == 429) {
         /* Apple's Retry-After is respected for everyone using the credential. */
         const struct http1_header *ra = http1_find(r, "retry-after");
-        double until = ra ? gateway_parse_retry_after(ra->value, ra->value_len, now_real())
+        int capped = 0;
+        double until = ra ? gateway_parse_retry_after(ra->value, ra->value_len, now_real(),
+                                                      &capped)
                           : -1;
         size_t ci = c->gen->rt->conf->routes[c->x->route].credential_index;
+        if (capped)
+            log_msg(LOG_WARN, "credential %s: Apple's Retry-After (%.*s) is more than %d s "
+                    "away; it rests %d s, then one request asks again",
+                    c->gen->rt->conf->credentials[ci].name, (int)(ra->value_len > 64 ? 64 :
+                    ra->value_len), ra->value, GATEWAY_RETRY_AFTER_MAX_SECONDS,
+                    GATEWAY_RETRY_AFTER_MAX_SECONDS);
         if (until > 0) {
             live_block_until(c->gen->rt->live_creds[ci], until);
             shared_note_block(c->w->shared, c->gen->rt->conf->credentials[ci].name, until);

@@ -290,10 +290,13 @@ void gateway_quota_check(const struct conf *conf, const struct live_cred *quota,
     }
 }
 
-double gateway_parse_retry_after(const char *value, size_t len, double now)
+double gateway_parse_retry_after(const char *value, size_t len, double now, int *capped)
 {
     char buf[64];
     size_t i;
+    double until;
+    if (capped != NULL)
+        *capped = 0;
     while (len && (*value == ' ' || *value == '\t')) {
         value++;
         len--;
@@ -311,16 +314,21 @@ double gateway_parse_retry_after(const char *value, size_t len, double now)
             return -1;
         double v = strtod(buf, NULL);
         /* The App Store Server API sends epoch milliseconds; everyone else delta seconds. */
-        if (v > 1e11)
-            return v / 1000.0;
-        return now + v;
+        until = v > 1e11 ? v / 1000.0 : now + v;
+    } else {
+        struct tm tm;
+        memset(&tm, 0, sizeof(tm));
+        const char *end = strptime(buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        if (end == NULL || *end != '\0')
+            return -1;
+        until = (double)timegm(&tm);
     }
-    struct tm tm;
-    memset(&tm, 0, sizeof(tm));
-    const char *end = strptime(buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-    if (end == NULL || *end != '\0')
-        return -1;
-    return (double)timegm(&tm);
+    if (until > now + GATEWAY_RETRY_AFTER_MAX_SECONDS) {
+        until = now + GATEWAY_RETRY_AFTER_MAX_SECONDS;
+        if (capped != NULL)
+            *capped = 1;
+    }
+    return until;
 }
 
 char **gateway_client_scope(const struct conf *conf, size_t client, size_t route, size_t *n)

@@ -51,9 +51,17 @@ void gateway_quota_check(const struct conf *conf, const struct live_cred *quota,
                          const struct conf_client *client, size_t route, double now,
                          struct gateway_verdict *v);
 
+/* The longest rest an Apple Retry-After gets at once. App Store Connect's quota is counted per
+ * rolling hour, so no genuine answer asks for longer; a longer or garbled one (a delta of days, a
+ * far-future date) would otherwise take the credential out of service for every client until
+ * then. After this rest one request goes out, and a new 429 starts a new rest. */
+#define GATEWAY_RETRY_AFTER_MAX_SECONDS 3600
+
 /* Parses Retry-After as Apple sends it: delta seconds, an HTTP-date, or (App Store Server API)
- * epoch milliseconds. Returns the absolute Unix time it names, or -1 when it is unreadable. */
-double gateway_parse_retry_after(const char *value, size_t len, double now);
+ * epoch milliseconds. Returns the absolute Unix time it names, at most
+ * GATEWAY_RETRY_AFTER_MAX_SECONDS after now (*capped, when not NULL, says whether it was cut
+ * to that), or -1 when it is unreadable. */
+double gateway_parse_retry_after(const char *value, size_t len, double now, int *capped);
 
 /* The SHA-256 of secret as lower-case hex (65 bytes with the NUL): for `client-key`. */
 void gateway_hash_hex(const char *secret, size_t len, char out[65]);

@@ -1095,6 +1095,39 @@ class AppleRetryAfterTest(unittest.TestCase):
         self.rests_then_resumes(r, "/inApps/v1/history/1000000000000001", SK_SANDBOX, 2)
 
 
+class AppleRetryAfterBoundTest(unittest.TestCase):
+    """A Retry-After far in the future (a delta of days, a date centuries ahead) rests the
+    credential for an hour at most, and says so in the log: one garbled answer must not take the
+    credential away from every client for longer (regression: it rested for the whole time)."""
+
+    def test_long_retry_after_rests_an_hour_at_most(self):
+        up = shared_standin()
+        creds = {"asc": h.credential("app-store-connect", h.make_key()),
+                 "storekit": h.credential("app-store-server", h.make_key())}
+        routes = [h.route(up, "app-store-server", "storekit", path_prefix="/inApps/", host=SK),
+                  h.route(up, "app-store-connect", "asc")]
+        secret = new_secret()
+        px = h.start_proxy(h.write_config(creds, routes,
+                                          clients={"a": {"key_sha256": sha256_hex(secret)}}))
+        try:
+            for path, host, name in (("/v1/__rate_limit?after=864000", None, "asc"),
+                                     ("/inApps/v1/__rate_limit?after=864000000&form=date", SK,
+                                      "storekit")):
+                r = send(px.port, "GET", path, bearer(secret), host=host)
+                self.assertEqual(r.status, 429, r.body)
+                probe = "/v1/apps" if host is None else "/inApps/v1/history/1000000000000001"
+                mark = up.mark()
+                r = send(px.port, "GET", probe, bearer(secret), host=host)
+                self.assertEqual(pt.error_code(r), "PROXY_APPLE_RETRY_AFTER", r.body)
+                self.assertTrue(3500 <= int(r.header("Retry-After")) <= 3600,
+                                r.header("Retry-After"))
+                self.assertEqual(up.requests(mark), [], "nothing reaches Apple while it rests")
+                pt.wait_until(lambda: "credential %s: Apple's Retry-After" % name
+                              in px.stderr_text(), 10, 0.1, "the warning for " + name)
+        finally:
+            px.stop()
+
+
 # ------------------------------------------------------------------------------------------------
 # The audit log
 

@@ -317,28 +317,47 @@ static void test_rate_take_share(void **state)
 struct retry_after_case {
     const char *value;
     double want; /* -1: unreadable */
+    int capped;
 };
+
+#define RA_NOW 1700000000.0
+#define RA_MAX (RA_NOW + GATEWAY_RETRY_AFTER_MAX_SECONDS)
 
 static void test_parse_retry_after(void **state)
 {
     static const struct retry_after_case cases[] = {
-        {"2", 1000002},
-        {"  30 ", 1000030},
-        {"0", 1000000},
-        {"1700000123456", 1700000123.456}, /* the App Store Server API's epoch milliseconds */
-        {"Sun, 06 Nov 1994 08:49:37 GMT", 784111777},
-        {"Sunday, 06-Nov-94 08:49:37 GMT", -1},
-        {"-5", -1},
-        {"2.5", -1},
-        {"", -1},
-        {"1234567890123456", -1},
-        {"Sun, 06 Nov 1994 08:49:37 GMT x", -1},
+        {"2", RA_NOW + 2, 0},
+        {"  30 ", RA_NOW + 30, 0},
+        {"0", RA_NOW, 0},
+        {"1700000123456", 1700000123.456, 0}, /* the App Store Server API's epoch milliseconds */
+        {"Sun, 06 Nov 1994 08:49:37 GMT", 784111777, 0},
+        {"Sunday, 06-Nov-94 08:49:37 GMT", -1, 0},
+        {"-5", -1, 0},
+        {"2.5", -1, 0},
+        {"", -1, 0},
+        {"1234567890123456", -1, 0},
+        {"Sun, 06 Nov 1994 08:49:37 GMT x", -1, 0},
+        /* The rest is bounded: an hour is the longest any of these buys. */
+        {"3600", RA_MAX, 0},
+        {"3601", RA_MAX, 1},
+        {"99999999999", RA_MAX, 1},          /* a delta of three thousand years */
+        {"999999999999999", RA_MAX, 1},      /* epoch milliseconds in the year 33658 */
+        {"1700003600000", RA_MAX, 0},        /* epoch milliseconds exactly an hour ahead */
+        {"1700003600001", RA_MAX, 1},
+        {"Fri, 31 Dec 9999 23:59:59 GMT", RA_MAX, 1},
     };
+    (void)state;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        double got = gateway_parse_retry_after(cases[i].value, strlen(cases[i].value), 1000000);
+        int capped = -1;
+        double got = gateway_parse_retry_after(cases[i].value, strlen(cases[i].value), RA_NOW,
+                                               &capped);
         if (got < cases[i].want - 1e-3 || got > cases[i].want + 1e-3)
             fail_msg("row %zu (%s): %f, want %f", i, cases[i].value, got, cases[i].want);
+        if (capped != cases[i].capped)
+            fail_msg("row %zu (%s): capped %d, want %d", i, cases[i].value, capped,
+                     cases[i].capped);
     }
+    assert_true(gateway_parse_retry_after("99999", 5, RA_NOW, NULL) == RA_MAX);
 }
 
 int main(void)
