@@ -264,19 +264,9 @@ static const struct conf_limits *limits(const struct client *c)
     return &c->w->gen->rt->conf->limits;
 }
 
-static uint64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static double now_real(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+/* The loop's clocks (stream.h): one reading per wake-up. */
+#define mono_us stream_now_us
+#define now_real stream_wall_now
 
 /* "ip:port" or "[v6]:port" of the client, for logs (formatted only when something is said). */
 static const char *peer(const struct client *c)

@@ -22,11 +22,55 @@
 /* TLS: small leading pieces are joined up to this much so that one record carries them. */
 #define TLS_COALESCE 16384
 
-uint64_t stream_now_ms(void)
+/* Each thread's batch: its depth, and the readings taken in it (0: none yet). */
+static __thread struct {
+    unsigned depth;
+    uint64_t mono_us;
+    double wall;
+} batch;
+
+void stream_batch_begin(void)
+{
+    batch.depth++;
+}
+
+void stream_batch_end(void)
+{
+    if (batch.depth > 0 && --batch.depth == 0) {
+        batch.mono_us = 0;
+        batch.wall = 0;
+    }
+}
+
+uint64_t stream_now_us(void)
 {
     struct timespec ts;
+    uint64_t us;
+    if (batch.mono_us)
+        return batch.mono_us;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    if (batch.depth)
+        batch.mono_us = us;
+    return us;
+}
+
+uint64_t stream_now_ms(void)
+{
+    return stream_now_us() / 1000u;
+}
+
+double stream_wall_now(void)
+{
+    struct timespec ts;
+    double t;
+    if (batch.wall != 0)
+        return batch.wall;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    t = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    if (batch.depth)
+        batch.wall = t;
+    return t;
 }
 
 void stream_ctx_init(struct stream_ctx *ctx, struct event_base *base)
@@ -350,7 +394,13 @@ static unsigned read_in(struct stream *s)
                     got += v[i].iov_len;
                 }
             }
-            n = readv(event_get_fd(&s->io), iov, nv);
+            /* recv(2), not read(2)/readv(2): a socket call skips the file layer. */
+            if (nv == 1)
+                n = recv(event_get_fd(&s->io), iov[0].iov_base, iov[0].iov_len, 0);
+            else
+                n = recvmsg(event_get_fd(&s->io), &(struct msghdr){.msg_iov = iov,
+                                                                  .msg_iovlen = (size_t)nv},
+                            0);
             if (n > 0) {
                 if (!small) {
                     commit(in, v, nv, (size_t)n);
@@ -397,6 +447,42 @@ static unsigned read_in(struct stream *s)
     return ev;
 }
 
+/* Sends what out holds from its start, up to STREAM_SEND_IOV pieces at once: send(2) for one
+ * piece, sendmsg(2) for more (socket calls: no file layer, and no SIGPIPE). Drains what went;
+ * returns it, or -1 with errno. */
+#define STREAM_SEND_IOV 16
+static ssize_t send_some(struct evbuffer *out, int fd, int *full)
+{
+    struct evbuffer_iovec v[STREAM_SEND_IOV];
+    struct iovec iov[STREAM_SEND_IOV];
+    int nv = evbuffer_peek(out, -1, NULL, v, STREAM_SEND_IOV), i;
+    size_t offered = 0;
+    ssize_t n;
+    *full = 0;
+    if (nv <= 0)
+        return 0;
+    if (nv > STREAM_SEND_IOV)
+        nv = STREAM_SEND_IOV;
+    if (nv == 1) {
+        offered = v[0].iov_len;
+        n = send(fd, v[0].iov_base, v[0].iov_len, MSG_NOSIGNAL);
+    } else {
+        for (i = 0; i < nv; i++) {
+            iov[i].iov_base = v[i].iov_base;
+            iov[i].iov_len = v[i].iov_len;
+            offered += v[i].iov_len;
+        }
+        n = sendmsg(fd, &(struct msghdr){.msg_iov = iov, .msg_iovlen = (size_t)nv},
+                    MSG_NOSIGNAL);
+    }
+    if (n > 0)
+        evbuffer_drain(out, (size_t)n);
+    /* Less than was offered: the socket's buffer is full, and EPOLLOUT will say when not.
+     * All of it, with more in out (past the pieces offered): the caller sends on. */
+    *full = n >= 0 && ((size_t)n < offered || n == 0);
+    return n;
+}
+
 static unsigned write_out(struct stream *s)
 {
     struct evbuffer *out = s->out;
@@ -407,7 +493,8 @@ static unsigned write_out(struct stream *s)
         goto waiting;
     while (len > 0) {
         if (s->ssl == NULL) {
-            int n = evbuffer_write(out, event_get_fd(&s->io));
+            int full;
+            ssize_t n = send_some(out, event_get_fd(&s->io), &full);
             if (n < 0) {
                 if (errno == EINTR)
                     continue;
@@ -419,7 +506,7 @@ static unsigned write_out(struct stream *s)
             }
             wrote += (size_t)n;
             len -= (size_t)n;
-            if (len) {
+            if (full) {
                 s->writable = 0; /* a partial write: the socket is full, EPOLLOUT follows */
                 break;
             }
@@ -469,11 +556,19 @@ waiting:
     return 0;
 }
 
+static void io_run(struct stream *s, short what);
+
 static void io_cb(evutil_socket_t fd, short what, void *arg)
 {
-    struct stream *s = arg;
-    unsigned ev = 0;
     (void)fd;
+    stream_batch_begin();
+    io_run(arg, what);
+    stream_batch_end();
+}
+
+static void io_run(struct stream *s, short what)
+{
+    unsigned ev = 0;
     if (what & EV_READ)
         s->readable = 1;
     if (what & EV_WRITE)
@@ -514,13 +609,21 @@ static void io_cb(evutil_socket_t fd, short what, void *arg)
         s->cb(s, ev, s->arg);
 }
 
+static void timer_run(struct stream *s);
+
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
-    struct stream *s = arg;
-    uint64_t now = stream_now_ms();
-    unsigned ev = 0;
     (void)fd;
     (void)what;
+    stream_batch_begin();
+    timer_run(arg);
+    stream_batch_end();
+}
+
+static void timer_run(struct stream *s)
+{
+    uint64_t now = stream_now_ms();
+    unsigned ev = 0;
     s->armed = 0;
     if (s->reading && s->rd_deadline && s->rd_deadline <= now) {
         s->rd_deadline = 0;

@@ -138,7 +138,17 @@ int stream_clean_eof(const struct stream *s);
 /* A human-readable reason for STREAM_ERROR (TLS error string, or strerror). */
 void stream_error_string(const struct stream *s, char *buf, size_t len);
 
-/* Milliseconds on the monotonic clock. */
+/* The clocks, read once per event callback. Between stream_batch_begin() and
+ * stream_batch_end() (every stream callback runs inside one; they nest) the first reading of
+ * each clock is kept and every later call returns it, as an event loop keeps its time for one
+ * pass: the work of one wake-up shares one time, and a burst of answers costs one clock read,
+ * not several per answer. Outside a batch every call reads the clock. */
+void stream_batch_begin(void);
+void stream_batch_end(void);
+/* Microseconds and milliseconds on the monotonic clock. */
+uint64_t stream_now_us(void);
 uint64_t stream_now_ms(void);
+/* Seconds since the epoch (CLOCK_REALTIME). */
+double stream_wall_now(void);
 
 #endif
