@@ -2,7 +2,6 @@
  * the proxy re-serialises. No sockets and no event loop, so it is unit-tested and fuzzed. */
 #include "proxy/request.h"
 
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -205,8 +204,18 @@ static int build_head(struct request_plan *p, const struct http1_msg *m, const c
         note_field(p, fields, o.p, 17, 7);
         OUT_LITERAL(&o, "Transfer-Encoding: chunked\r\n");
     } else if (m->body == HTTP1_BODY_LENGTH || had_cl) {
-        char digits[24];
-        int n = snprintf(digits, sizeof(digits), "%" PRIu64, m->content_length);
+        char digits[20];
+        uint64_t v = m->content_length;
+        int n = 0, k;
+        do { /* the digits, last first */
+            digits[n++] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        for (k = 0; k < n / 2; k++) {
+            char t = digits[k];
+            digits[k] = digits[n - 1 - k];
+            digits[n - 1 - k] = t;
+        }
         note_field(p, fields, o.p, 14, (size_t)n);
         OUT_LITERAL(&o, "Content-Length: ");
         out_put(&o, digits, (size_t)n);
