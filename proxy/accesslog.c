@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,90 +123,203 @@ size_t accesslog_mask_target(const char *target, size_t len, char *out, size_t o
     return o;
 }
 
-/* Runs of bytes that need no escape go into the buffer in one call: a line holds a dozen
- * strings, and a call per byte was most of the cost of writing it. */
-static void json_str(struct evbuffer *b, const char *s, size_t n)
+/* The JSON line is written straight into the buffer's free space, reserved once for the
+ * longest the line could be: no format string is parsed and no call is made per field. */
+
+/* A string at most this many times longer once escaped ("\u00XX" for one byte). */
+#define JSON_GROWTH 6
+
+static size_t json_bound(const char *s, size_t n)
 {
-    size_t i, run = 0;
-    ADD_LITERAL(b, "\"");
-    for (i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\')
-            continue;
-        evbuffer_add(b, s + run, i - run);
-        if (c == '"' || c == '\\') {
-            char esc[2] = {'\\', (char)c};
-            evbuffer_add(b, esc, sizeof(esc));
-        } else {
-            evbuffer_add_printf(b, "\\u%04x", c);
-        }
-        run = i + 1;
-    }
-    evbuffer_add(b, s + run, n - run);
-    ADD_LITERAL(b, "\"");
+    return (s ? n : 4) * JSON_GROWTH + 2;
 }
 
-static void json_opt(struct evbuffer *b, const char *s)
+static char *put(char *p, const char *s, size_t n)
 {
-    if (s)
-        json_str(b, s, strlen(s));
-    else
-        ADD_LITERAL(b, "null");
+    memcpy(p, s, n);
+    return p + n;
+}
+
+#define PUT_LIT(p, lit) put((p), (lit), sizeof(lit) - 1)
+
+static char *put_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    int i = 0;
+    do {
+        tmp[i++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (i)
+        *p++ = tmp[--i];
+    return p;
+}
+
+static char *put_i64(char *p, long long v)
+{
+    if (v < 0) {
+        *p++ = '-';
+        return put_u64(p, (uint64_t)(-(v + 1)) + 1);
+    }
+    return put_u64(p, (uint64_t)v);
+}
+
+/* A JSON string: '"' and '\' escaped, control bytes and bytes past ASCII as \u00XX (the line
+ * stays ASCII whatever a client sent). */
+static char *put_json(char *p, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t i;
+    *p++ = '"';
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+            *p++ = (char)c;
+        } else if (c == '"' || c == '\\') {
+            *p++ = '\\';
+            *p++ = (char)c;
+        } else {
+            p = PUT_LIT(p, "\\u00");
+            *p++ = hex[c >> 4];
+            *p++ = hex[c & 15];
+        }
+    }
+    *p++ = '"';
+    return p;
+}
+
+static char *put_opt(char *p, const char *s)
+{
+    return s ? put_json(p, s, strlen(s)) : PUT_LIT(p, "null");
+}
+
+/* "YYYY-MM-DDTHH:MM:SS.mmmZ" (24 bytes) for Unix time t. The part to the second is kept per
+ * thread: a second's lines share it. */
+static char *put_time(char *p, double t)
+{
+    static __thread time_t cached = (time_t)-1;
+    static __thread char text[20];
+    time_t secs = (time_t)t;
+    int ms = (int)((t - (double)secs) * 1000);
+    if (secs != cached) {
+        struct tm tm;
+        gmtime_r(&secs, &tm);
+        if (strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%S", &tm) != 19)
+            memcpy(text, "1970-01-01T00:00:00", 19);
+        cached = secs;
+    }
+    p = put(p, text, 19);
+    if (ms < 0)
+        ms = 0;
+    if (ms > 999)
+        ms = 999;
+    *p++ = '.';
+    *p++ = (char)('0' + ms / 100);
+    *p++ = (char)('0' + ms / 10 % 10);
+    *p++ = (char)('0' + ms % 10);
+    *p++ = 'Z';
+    return p;
+}
+
+/* Seconds with six decimals, rounded to the microsecond. */
+static char *put_seconds(char *p, double d)
+{
+    uint64_t us = d > 0 ? (uint64_t)(d * 1e6 + 0.5) : 0;
+    uint64_t frac = us % 1000000;
+    int i;
+    p = put_u64(p, us / 1000000);
+    *p++ = '.';
+    for (i = 5; i >= 0; i--) {
+        p[i] = (char)('0' + frac % 10);
+        frac /= 10;
+    }
+    return p + 6;
+}
+
+static void append_text(struct evbuffer *b, const struct access_entry *e, const char *masked)
+{
+    char ts[32];
+    *put_time(ts, e->time) = '\0';
+    evbuffer_add_printf(b, "%s %s %s %.*s %s %d %llu %llu %.3f %s route=%s credential=%s%s%s%s%s\n",
+                        ts, e->remote ? e->remote : "-", e->client ? e->client : "-",
+                        (int)e->method_len, e->method ? e->method : "-", masked, e->status,
+                        (unsigned long long)e->bytes_in, (unsigned long long)e->bytes_out,
+                        e->duration, e->outcome, e->route ? e->route : "-",
+                        e->credential ? e->credential : "-", e->error ? " error=" : "",
+                        e->error ? e->error : "", e->apns_id ? " apns_id=" : "",
+                        e->apns_id ? e->apns_id : "");
 }
 
 void accesslog_append(struct evbuffer *b, const struct access_entry *e)
 {
-    char masked[2048], ts[64];
+    char masked[2048];
     size_t mlen = accesslog_mask_target(e->target ? e->target : "", e->target ? e->target_len : 0,
                                         masked, sizeof(masked));
-    time_t secs = (time_t)e->time;
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    size_t tl = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(ts + tl, sizeof(ts) - tl, ".%03dZ", (int)((e->time - (double)secs) * 1000));
+    const char *method = e->method ? e->method : "";
+    size_t method_len = e->method ? e->method_len : 0, bound;
+    struct evbuffer_iovec v;
+    char *p;
     if (log_format == ACCESSLOG_TEXT) {
-        evbuffer_add_printf(b, "%s %s %s %.*s %s %d %llu %llu %.3f %s route=%s credential=%s%s%s%s%s\n",
-                            ts, e->remote ? e->remote : "-", e->client ? e->client : "-",
-                            (int)e->method_len, e->method ? e->method : "-", masked, e->status,
-                            (unsigned long long)e->bytes_in, (unsigned long long)e->bytes_out,
-                            e->duration, e->outcome, e->route ? e->route : "-",
-                            e->credential ? e->credential : "-", e->error ? " error=" : "",
-                            e->error ? e->error : "", e->apns_id ? " apns_id=" : "",
-                            e->apns_id ? e->apns_id : "");
+        append_text(b, e, masked);
         return;
     }
-    evbuffer_add_printf(b, "{\"time\":\"%s\",\"client\":", ts);
-    json_opt(b, e->client);
-    ADD_LITERAL(b, ",\"remote\":");
-    json_opt(b, e->remote);
-    ADD_LITERAL(b, ",\"method\":");
-    json_str(b, e->method ? e->method : "", e->method ? e->method_len : 0);
-    ADD_LITERAL(b, ",\"path\":");
-    json_str(b, masked, mlen);
-    ADD_LITERAL(b, ",\"route\":");
-    json_opt(b, e->route);
-    ADD_LITERAL(b, ",\"credential\":");
-    json_opt(b, e->credential);
-    evbuffer_add_printf(b, ",\"status\":%d,\"error\":", e->status);
-    json_opt(b, e->error);
-    ADD_LITERAL(b, ",\"outcome\":");
-    json_opt(b, e->outcome);
-    evbuffer_add_printf(b, ",\"bytes_in\":%llu,\"bytes_out\":%llu,\"duration\":%.6f,",
-                        (unsigned long long)e->bytes_in, (unsigned long long)e->bytes_out,
-                        e->duration);
+#define OPT_LEN(s) ((s) ? strlen(s) : 0)
+    /* Every literal and number of the line fits in 512 bytes; each string at its worst. */
+    bound = 512 + json_bound(e->client, OPT_LEN(e->client)) +
+            json_bound(e->remote, OPT_LEN(e->remote)) + json_bound(method, method_len) +
+            json_bound(masked, mlen) + json_bound(e->route, OPT_LEN(e->route)) +
+            json_bound(e->credential, OPT_LEN(e->credential)) +
+            json_bound(e->error, OPT_LEN(e->error)) + json_bound(e->outcome, OPT_LEN(e->outcome)) +
+            json_bound(e->apns_id, OPT_LEN(e->apns_id));
+#undef OPT_LEN
+    if (evbuffer_reserve_space(b, (ev_ssize_t)bound, &v, 1) < 1 || v.iov_len < bound)
+        return; /* out of memory: the line is lost, the request is not */
+    p = v.iov_base;
+    p = PUT_LIT(p, "{\"time\":\"");
+    p = put_time(p, e->time);
+    p = PUT_LIT(p, "\",\"client\":");
+    p = put_opt(p, e->client);
+    p = PUT_LIT(p, ",\"remote\":");
+    p = put_opt(p, e->remote);
+    p = PUT_LIT(p, ",\"method\":");
+    p = put_json(p, method, method_len);
+    p = PUT_LIT(p, ",\"path\":");
+    p = put_json(p, masked, mlen);
+    p = PUT_LIT(p, ",\"route\":");
+    p = put_opt(p, e->route);
+    p = PUT_LIT(p, ",\"credential\":");
+    p = put_opt(p, e->credential);
+    p = PUT_LIT(p, ",\"status\":");
+    p = put_i64(p, e->status);
+    p = PUT_LIT(p, ",\"error\":");
+    p = put_opt(p, e->error);
+    p = PUT_LIT(p, ",\"outcome\":");
+    p = put_opt(p, e->outcome);
+    p = PUT_LIT(p, ",\"bytes_in\":");
+    p = put_u64(p, e->bytes_in);
+    p = PUT_LIT(p, ",\"bytes_out\":");
+    p = put_u64(p, e->bytes_out);
+    p = PUT_LIT(p, ",\"duration\":");
+    p = put_seconds(p, e->duration);
     if (e->upstream_reused < 0)
-        ADD_LITERAL(b, "\"upstream_reused\":null,");
+        p = PUT_LIT(p, ",\"upstream_reused\":null,");
+    else if (e->upstream_reused)
+        p = PUT_LIT(p, ",\"upstream_reused\":true,");
     else
-        evbuffer_add_printf(b, "\"upstream_reused\":%s,", e->upstream_reused ? "true" : "false");
+        p = PUT_LIT(p, ",\"upstream_reused\":false,");
     if (e->apns_id != NULL) {
-        ADD_LITERAL(b, "\"apns_id\":");
-        json_opt(b, e->apns_id);
-        ADD_LITERAL(b, ",");
+        p = PUT_LIT(p, "\"apns_id\":");
+        p = put_opt(p, e->apns_id);
+        *p++ = ',';
     }
+    p = PUT_LIT(p, "\"apple_quota_remaining\":");
     if (e->quota_remaining < 0)
-        ADD_LITERAL(b, "\"apple_quota_remaining\":null}\n");
+        p = PUT_LIT(p, "null");
     else
-        evbuffer_add_printf(b, "\"apple_quota_remaining\":%ld}\n", e->quota_remaining);
+        p = put_i64(p, e->quota_remaining);
+    p = PUT_LIT(p, "}\n");
+    v.iov_len = (size_t)(p - (char *)v.iov_base);
+    evbuffer_commit_space(b, &v, 1);
 }
 
 void accesslog_flush(struct evbuffer *buf)

@@ -175,10 +175,53 @@ static void test_apns_id(void **state)
     accesslog_close();
 }
 
+/* The JSON line, byte for byte: each field, its escapes, the largest counter, the three values
+ * of upstream_reused and both of the quota, the duration rounded to the microsecond, and a
+ * timestamp whose second part is reused from the line before. */
+static void test_exact_json_line(void **state)
+{
+    char err[128];
+    static const char *const want[] = {
+        "{\"time\":\"2026-11-29T01:14:32.250Z\",\"client\":\"ci\\\"bot\\\\\",\"remote\":\"127.0.0.1:5\",\"method\":\"POST\",\"path\":\"/3/device/ab?token=***&x=\\u0001\\u00c3\\u00a9\",\"route\":\"push\",\"credential\":\"apns\",\"status\":403,\"error\":\"PROXY_X\",\"outcome\":\"ok\",\"bytes_in\":12,\"bytes_out\":18446744073709551615,\"duration\":0.012346,\"upstream_reused\":true,\"apns_id\":\"ID\\u007f\\u0009\",\"apple_quota_remaining\":3600}\n",
+        "{\"time\":\"2026-11-29T01:14:33.999Z\",\"client\":null,\"remote\":\"127.0.0.1:5\",\"method\":\"POST\",\"path\":\"/3/device/ab?token=***&x=\\u0001\\u00c3\\u00a9\",\"route\":\"push\",\"credential\":\"apns\",\"status\":403,\"error\":null,\"outcome\":\"ok\",\"bytes_in\":12,\"bytes_out\":18446744073709551615,\"duration\":2.500000,\"upstream_reused\":null,\"apple_quota_remaining\":null}\n",
+        "{\"time\":\"2026-11-29T01:14:33.999Z\",\"client\":null,\"remote\":\"127.0.0.1:5\",\"method\":\"POST\",\"path\":\"/3/device/ab?token=***&x=\\u0001\\u00c3\\u00a9\",\"route\":\"push\",\"credential\":\"apns\",\"status\":403,\"error\":null,\"outcome\":\"ok\",\"bytes_in\":12,\"bytes_out\":18446744073709551615,\"duration\":0.000000,\"upstream_reused\":false,\"apple_quota_remaining\":null}\n"};
+    struct access_entry e = {.time = 1795914872.25, .client = "ci\"bot\\", .remote = "127.0.0.1:5",
+                             .method = "POST", .method_len = 4,
+                             .target = "/3/device/ab?token=s3cret&x=\x01\xc3\xa9", .target_len = 31,
+                             .route = "push", .credential = "apns", .status = 403,
+                             .error = "PROXY_X", .outcome = "ok", .bytes_in = 12,
+                             .bytes_out = UINT64_MAX, .duration = 0.0123456, .upstream_reused = 1,
+                             .quota_remaining = 3600, .apns_id = "ID\x7f\t"};
+    size_t len;
+    char *s;
+    (void)state;
+    assert_int_equal(accesslog_open("-", ACCESSLOG_JSON, err, sizeof(err)), 0);
+    s = line_of(&e, &len);
+    assert_string_equal(s, want[0]);
+    free(s);
+    e.upstream_reused = -1;
+    e.quota_remaining = -1;
+    e.apns_id = NULL;
+    e.client = NULL;
+    e.error = NULL;
+    e.duration = 2.5;
+    e.time = 1795914873.999;
+    s = line_of(&e, &len);
+    assert_string_equal(s, want[1]);
+    free(s);
+    e.upstream_reused = 0;
+    e.duration = 0;
+    s = line_of(&e, &len);
+    assert_string_equal(s, want[2]);
+    free(s);
+    accesslog_close();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_regression_no_nul_bytes),
+        cmocka_unit_test(test_exact_json_line),
         cmocka_unit_test(test_masking),
         cmocka_unit_test(test_escaping),
         cmocka_unit_test(test_escaping_every_byte),
