@@ -68,10 +68,14 @@ struct h2s {
     void *xarg;
     int32_t id;             /* -1: not submitted */
     int attempts;
-    /* The request: the exchange's head as fields, names lower-cased in an own copy. */
+    struct worker *w;       /* keeps the spare streams (outlives every pool) */
+    /* The request: the exchange's head as fields, names lower-cased in an own copy. nghttp2
+     * is given these bytes without copying them (NGHTTP2_NV_FLAG_NO_COPY_*): they live until
+     * the stream is freed, and a stream is never freed while nghttp2 may still read them. */
     char *head;             /* owned: the names, values and the authorization value */
+    size_t head_cap;
     nghttp2_nv *nv;         /* owned, names and values into head or auth */
-    size_t nnv;
+    size_t nnv, nv_cap;
     char *auth;             /* a replaced authorization value (token retry), owned */
     int auth_index;         /* the authorization entry of nv, -1 if none */
     int started, req_end, has_body, deferred;
@@ -84,6 +88,7 @@ struct h2s {
     size_t nfields, cap_fields;
     struct http1_msg resp;  /* the head the exchange is given */
     struct http1_header *resp_fields; /* resp's spans, into fbuf */
+    size_t resp_cap;
     int status, has_cl, head_done, resp_end, holding, token_retried, too_large;
     int bad_status;         /* the upstream's :status was outside 100-599: stream reset */
     int bad_field;          /* a field an HTTP/1.1 head could not carry: stream reset */
@@ -114,6 +119,7 @@ struct h2conn {
     struct h2s_list streams; /* bound: waiting for the session or submitted */
     size_t nstreams;
     int going_away;         /* no new streams: GOAWAY received, or a failure */
+    int settings_seen;      /* the peer's SETTINGS have arrived */
     int32_t goaway_last;    /* the peer's last-stream-id (INT32_MAX before any GOAWAY) */
     unsigned last_rx, ping_at;
     int ping_out;
@@ -128,7 +134,15 @@ TAILQ_HEAD(h2conn_list, h2conn);
 
 struct h2pool {
     struct h2conn_list conns;
+    /* The peer's SETTINGS_MAX_CONCURRENT_STREAMS as its last SETTINGS said (0: none yet): a
+     * connection still opening is assumed to take that many, so that a burst spreads over
+     * new connections instead of piling onto one whose limit is not known yet. */
+    uint32_t peer_streams;
 };
+
+/* Streams kept for reuse per worker, with their buffers: one push's state costs no
+ * allocation once a worker is warm. */
+#define H2S_SPARE 64
 
 static const struct upstream_ops h2s_ops;
 static int conn_flush(struct h2conn *hc);
@@ -177,11 +191,8 @@ static int h2s_live(const struct h2s *st)
 
 /* ---- streams ---- */
 
-static void h2s_free(struct h2s *st)
+static void h2s_destroy(struct h2s *st)
 {
-    event_del(&st->deliver);
-    event_del(&st->timer);
-    http1_msg_deinit(&st->resp);
     free(st->head);
     free(st->nv);
     free(st->auth);
@@ -199,6 +210,58 @@ static void h2s_free(struct h2s *st)
     free(st);
 }
 
+static void h2s_free(struct h2s *st)
+{
+    struct worker *w = st->w;
+    event_del(&st->deliver);
+    event_del(&st->timer);
+    http1_msg_deinit(&st->resp);
+    if (w->nspare_h2s >= H2S_SPARE || w->spare_h2s_closed || st->sent == NULL) {
+        h2s_destroy(st);
+        return;
+    }
+    /* Kept: the buffers stay with their capacities, everything else starts from zero. */
+    {
+        struct h2s keep = *st;
+        free(st->auth);
+        if (st->held)
+            evbuffer_free(st->held);
+        evbuffer_drain(st->body, evbuffer_get_length(st->body));
+        evbuffer_drain(st->sent, evbuffer_get_length(st->sent));
+        evbuffer_drain(st->in, evbuffer_get_length(st->in));
+        memset(st, 0, sizeof(*st));
+        st->head = keep.head;
+        st->head_cap = keep.head_cap;
+        st->nv = keep.nv;
+        st->nv_cap = keep.nv_cap;
+        st->fbuf = keep.fbuf;
+        st->fcap = keep.fcap;
+        st->fields = keep.fields;
+        st->cap_fields = keep.cap_fields;
+        st->resp_fields = keep.resp_fields;
+        st->resp_cap = keep.resp_cap;
+        st->body = keep.body;
+        st->sent = keep.sent;
+        st->in = keep.in;
+        st->w = w;
+    }
+    *(struct h2s **)(void *)st = w->spare_h2s; /* the list runs through the first bytes */
+    w->spare_h2s = st;
+    w->nspare_h2s++;
+}
+
+void h2up_worker_cleanup(struct worker *w)
+{
+    struct h2s *st;
+    while ((st = w->spare_h2s) != NULL) {
+        w->spare_h2s = *(struct h2s **)(void *)st;
+        *(struct h2s **)(void *)st = NULL;
+        h2s_destroy(st);
+    }
+    w->nspare_h2s = 0;
+    w->spare_h2s_closed = 1; /* streams freed from now on go at once */
+}
+
 /* Response heads: Apple's are small; a huge one is an attack (the HTTP/1.1 path's limits). */
 static const struct http1_limits resp_limits = {.max_line = 0, .max_head = H2UP_HEAD_MAX,
                                                 .max_headers = H2UP_HEADERS_MAX};
@@ -208,10 +271,19 @@ static void h2s_timer_cb(evutil_socket_t fd, short what, void *arg);
 
 static struct h2s *h2s_new(struct upool *pool, const struct credential *cred)
 {
-    struct h2s *st = calloc(1, sizeof(*st));
-    struct event_base *base = worker_of(pool)->base;
-    if (st == NULL)
-        return NULL;
+    struct worker *w = worker_of(pool);
+    struct event_base *base = w->base;
+    struct h2s *st = w->spare_h2s;
+    if (st != NULL) {
+        w->spare_h2s = *(struct h2s **)(void *)st;
+        w->nspare_h2s--;
+        memset(st, 0, sizeof(void *));
+    } else {
+        st = calloc(1, sizeof(*st));
+        if (st == NULL)
+            return NULL;
+        st->w = w;
+    }
     st->us.ops = &h2s_ops;
     st->pool = pool;
     st->id = -1;
@@ -220,11 +292,14 @@ static struct h2s *h2s_new(struct upool *pool, const struct credential *cred)
     st->reading = 1;
     event_assign(&st->deliver, base, -1, 0, h2s_deliver_cb, st);
     evtimer_assign(&st->timer, base, h2s_timer_cb, st);
-    st->body = evbuffer_new();
-    st->sent = evbuffer_new();
-    st->in = evbuffer_new();
+    if (st->body == NULL)
+        st->body = evbuffer_new();
+    if (st->sent == NULL)
+        st->sent = evbuffer_new();
+    if (st->in == NULL)
+        st->in = evbuffer_new();
     if (st->body == NULL || st->sent == NULL || st->in == NULL) {
-        h2s_free(st);
+        h2s_destroy(st);
         return NULL;
     }
     return st;
@@ -378,7 +453,7 @@ static void nv_set(nghttp2_nv *nv, const char *name, size_t nlen, const char *va
     nv->namelen = nlen;
     nv->value = (uint8_t *)(uintptr_t)value;
     nv->valuelen = vlen;
-    nv->flags = NGHTTP2_NV_FLAG_NONE;
+    nv->flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
 }
 
 /* Builds the header list from the request's parts: pseudo-headers from the method, the target
@@ -389,16 +464,29 @@ static int h2s_build_nv(struct h2s *st, const struct upstream_request *rq)
 {
     /* "Authorization: Bearer <jwt>\r\n": the value is what follows ": ", without the CRLF. */
     const char *auth = rq->tok->line + 15;
-    size_t auth_len = rq->tok->line_len - 17, i, n = 0;
-    char *copy = malloc(rq->head_len + auth_len);
-    st->nv = calloc(rq->nfields + 5, sizeof(*st->nv));
-    if (copy == NULL || st->nv == NULL) {
-        free(copy);
-        return -1;
+    size_t auth_len = rq->tok->line_len - 17, i, n = 0, need = rq->head_len + auth_len;
+    char *copy;
+    if (need > st->head_cap) {
+        free(st->head);
+        st->head_cap = need < 1024 ? 1024 : need;
+        st->head = malloc(st->head_cap);
+        if (st->head == NULL) {
+            st->head_cap = 0;
+            return -1;
+        }
     }
+    if (rq->nfields + 5 > st->nv_cap) {
+        free(st->nv);
+        st->nv_cap = rq->nfields + 5 < 32 ? 32 : rq->nfields + 5;
+        st->nv = malloc(st->nv_cap * sizeof(*st->nv));
+        if (st->nv == NULL) {
+            st->nv_cap = 0;
+            return -1;
+        }
+    }
+    copy = st->head;
     memcpy(copy, rq->head, rq->head_len);
     memcpy(copy + rq->head_len, auth, auth_len);
-    st->head = copy;
 #define IN_COPY(p) (copy + ((p) - rq->head))
     nv_set(&st->nv[n++], ":method", 7, IN_COPY(rq->method), rq->method_len);
     nv_set(&st->nv[n++], ":scheme", 7, "https", 5);
@@ -552,19 +640,26 @@ static void h2s_deliver_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (!h2s_live(st))
         return;
+    stream_batch_begin();
     h2s_deliver(st);
     xev->settle(xarg);
+    stream_batch_end();
 }
 
 /* The head is complete and may go to the exchange: resp is built from the fields. */
 static void h2s_head_ready(struct h2s *st)
 {
     size_t i;
-    free(st->resp_fields);
-    st->resp_fields = calloc(st->nfields ? st->nfields : 1, sizeof(*st->resp_fields));
-    if (st->resp_fields == NULL) {
-        h2s_fail(st, UPSTREAM_FAULT_INTERNAL, "out of memory for the response head");
-        return;
+    if (st->nfields > st->resp_cap || st->resp_fields == NULL) {
+        size_t cap = st->nfields < 16 ? 16 : st->nfields;
+        free(st->resp_fields);
+        st->resp_cap = 0;
+        st->resp_fields = malloc(cap * sizeof(*st->resp_fields));
+        if (st->resp_fields == NULL) {
+            h2s_fail(st, UPSTREAM_FAULT_INTERNAL, "out of memory for the response head");
+            return;
+        }
+        st->resp_cap = cap;
     }
     for (i = 0; i < st->nfields; i++) {
         st->resp_fields[i].name = st->fbuf + st->fields[i].name;
@@ -846,6 +941,14 @@ static int on_frame_recv(nghttp2_session *sess, const nghttp2_frame *frame, void
         if (frame->hd.flags & NGHTTP2_FLAG_ACK)
             hc->ping_out = 0;
         return 0;
+    case NGHTTP2_SETTINGS:
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) {
+            hc->settings_seen = 1;
+            if (hc->pool->h2 != NULL)
+                hc->pool->h2->peer_streams = nghttp2_session_get_remote_settings(
+                    sess, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+        }
+        return 0;
     case NGHTTP2_HEADERS:
     case NGHTTP2_DATA:
         break;
@@ -971,8 +1074,10 @@ out:
 
 static uint32_t conn_capacity(const struct h2conn *hc)
 {
-    if (hc->sess == NULL)
-        return H2UP_DEFAULT_STREAMS;
+    if (hc->sess == NULL || !hc->settings_seen) {
+        uint32_t known = hc->pool->h2 != NULL ? hc->pool->h2->peer_streams : 0;
+        return known ? known : H2UP_DEFAULT_STREAMS;
+    }
     return nghttp2_session_get_remote_settings(hc->sess, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
 }
 
@@ -1354,6 +1459,12 @@ static void h2s_release(struct upstream_stream *us)
     struct h2conn *hc = st->conn;
     int open = hc != NULL && hc->sess != NULL && st->id >= 0 &&
                nghttp2_session_find_stream(hc->sess, st->id) != NULL;
+    /* Submitted, bound, and not open: its HEADERS still wait in nghttp2's queue (a stream
+     * opens only when they go out, and a closed one is unbound). The reset cancels them
+     * there; nghttp2 then closes the stream, and on_stream_close frees it. Freed now, the
+     * HEADERS would go out anyway and the body callback would read freed memory. */
+    int queued = !open && hc != NULL && hc->sess != NULL && st->id >= 0;
+    int keep = open; /* until on_stream_close */
     st->released = 1;
     st->xev = NULL;
     st->xarg = NULL;
@@ -1361,7 +1472,10 @@ static void h2s_release(struct upstream_stream *us)
     event_del(&st->timer);
     if (open && !st->resp_end)
         nghttp2_submit_rst_stream(hc->sess, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
-    if (!open) {
+    else if (queued && nghttp2_submit_rst_stream(hc->sess, NGHTTP2_FLAG_NONE, st->id,
+                                                 NGHTTP2_CANCEL) == 0)
+        keep = 1;
+    if (!keep) {
         h2s_unbind(st);
         h2s_free(st);
     } else {

@@ -51,5 +51,8 @@ void h2up_tick(struct upool *pool, unsigned tick);
 
 /* Closes every connection of the pool (their exchanges have ended). */
 void h2up_pool_free(struct upool *pool);
+/* Frees the streams the worker keeps for reuse; from then on freed streams go at once. Called
+ * once the worker's pools are gone. */
+void h2up_worker_cleanup(struct worker *w);
 
 #endif

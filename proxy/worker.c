@@ -17,6 +17,7 @@
 
 #include "proxy/accesslog.h"
 #include "proxy/http_error.h"
+#include "proxy/h2up.h"
 #include "proxy/log.h"
 #include "proxy/shared.h"
 #include "proxy/upstream.h"
@@ -501,6 +502,7 @@ void worker_deinit(struct worker *w)
     if (w->gen)
         wgen_unref(w->gen);
     w->gen = NULL;
+    h2up_worker_cleanup(w); /* after the pools: their streams are kept for reuse */
     stream_ctx_deinit(&w->sctx); /* after the pools: their connections return buffers */
     if (w->notify_ev)
         event_free(w->notify_ev);

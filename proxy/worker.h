@@ -114,6 +114,8 @@ struct wlistener {
     struct event *pause_ev; /* re-enables accepting after running out of descriptors */
 };
 
+struct h2s;
+
 struct worker {
     int id;
     struct worker_env *env; /* borrowed; NULL in a worker that accepts no connections */
@@ -121,6 +123,9 @@ struct worker {
     struct stream_ctx sctx;   /* the base, and spare buffers for the worker's streams */
     struct exchange *spare_exchanges; /* client.c's per-request state, kept for reuse */
     size_t nspare_exchanges;
+    struct h2s *spare_h2s;    /* h2up.c's per-stream state, kept for reuse */
+    size_t nspare_h2s;
+    int spare_h2s_closed;     /* h2up_worker_cleanup ran: nothing more is kept */
     struct evdns_base *dns;
     struct wlistener *listeners;
     size_t nlisteners;

@@ -333,6 +333,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     token_cache_free(rt.tokens);
     token_teams_free(teams);
     event_base_loop(base, EVLOOP_NONBLOCK);
+    h2up_worker_cleanup(&w);
     stream_ctx_deinit(&w.sctx);
     event_base_free(base);
     return 0;

@@ -222,6 +222,133 @@ class ApnsPushTest(unittest.TestCase):
             self.assertEqual(r.status, 200)
 
 
+    def test_client_reset_right_after_its_push_leaves_no_stray_stream(self):
+        # A client that sends a whole push and resets its connection at once: its stream is
+        # submitted and then released before nghttp2 has sent the HEADERS (they wait for the
+        # connection's next flush). The stream must be cancelled there, not freed under
+        # nghttp2, whose body callback would read it (under ASan: a use after free; without:
+        # another push's body taken, or a push sent with no body).
+        import struct
+        mark = self.up.mark()
+        reset_ids, good = [], {}
+        lock = threading.Lock()
+
+        def reset_one(apns_id):
+            body = json.dumps({"aps": {"alert": "reset"}, "n": apns_id}).encode()
+            head = ("POST /3/device/%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                    "apns-topic: com.example.app\r\napns-push-type: alert\r\n"
+                    "apns-id: %s\r\nContent-Type: application/json\r\n"
+                    "Content-Length: %d\r\n\r\n" % (DEVICE, self.proxy.port, apns_id,
+                                                        len(body))).encode()
+            s = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=10)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.sendall(head + body)
+            s.close()  # RST: the request and the reset arrive together
+
+        def good_one(apns_id):
+            body = json.dumps({"aps": {"alert": "kept"}, "n": apns_id}).encode()
+            status, headers, _ = self.push(body=body, **{"apns-id": apns_id})
+            with lock:
+                good[apns_id] = status
+
+        with concurrent.futures.ThreadPoolExecutor(20) as ex:
+            futs = []
+            for i in range(200):
+                apns_id = str(uuid.uuid4()).upper()
+                if i % 2:
+                    reset_ids.append(apns_id)
+                    futs.append(ex.submit(reset_one, apns_id))
+                else:
+                    futs.append(ex.submit(good_one, apns_id))
+            for f in futs:
+                f.result()
+        self.assertEqual(sorted(good.values()), [200] * 100)
+        # Every push the stand-in saw carried its own body: none crossed, none went empty.
+        time.sleep(0.5)
+        seen = {}
+        for e in self.up.events("push", since=mark):
+            self.assertIsInstance(e["payload"], dict, e)
+            self.assertEqual(e["payload"].get("n"), e["apns_id"], e)
+            seen[e["apns_id"]] = seen.get(e["apns_id"], 0) + 1
+        for apns_id in good:
+            self.assertEqual(seen.get(apns_id), 1, apns_id)
+        for apns_id in reset_ids:
+            self.assertLessEqual(seen.get(apns_id, 0), 1, apns_id)
+        self.assertEqual([e for e in self.up.events("answer", since=mark)
+                          if e["status"] != 200], [])
+        self.assertEqual(self.push()[0], 200)
+
+
+class QueuedStreamTest(unittest.TestCase):
+    """A stream that waits in nghttp2's queue (every connection at the peer's
+    SETTINGS_MAX_CONCURRENT_STREAMS, the connection count at its cap) when its client goes:
+    it is cancelled there, never freed while nghttp2 still holds it."""
+
+    def test_client_gone_while_its_stream_is_queued(self):
+        import struct
+        key = h.make_key()
+        team = h.random_team_id()
+        up = h.Standin(script=h.STANDIN_APNS, args=["--max-streams", "1"])
+        cred = h.credential("apns", key, team_id=team)
+        route = h.route(up, "https://api.push.apple.com", "push", path_prefix="/3/device/")
+        cfg = h.write_config({"push": cred}, [route], workers=1, admin_listen="127.0.0.1:0",
+                             limits={"upstream_response_timeout": 20})
+        proxy = h.start_proxy(cfg)
+        try:
+            def push(apns_id, action=None):
+                body = json.dumps({"aps": {"alert": "hi"}, "n": apns_id}).encode()
+                extra = {"apns-id": apns_id}
+                if action:
+                    extra["x-standin-action"] = action
+                return h.request(proxy.port, "POST", "/3/device/" + DEVICE,
+                                 push_headers(**extra), body, timeout=30)
+
+            # Once the peer's SETTINGS are known, 16 connections (the cap per credential and
+            # target) with one slow push on each.
+            first = str(uuid.uuid4()).upper()
+            self.assertEqual(push(first)[0], 200)
+            slow = [str(uuid.uuid4()).upper() for _ in range(16)]
+            ex = concurrent.futures.ThreadPoolExecutor(16)
+            futs = [ex.submit(push, i, "delay=4") for i in slow]
+            wait_until(lambda: len(up.events("handshake")) >= 16, timeout=15)
+            time.sleep(0.5)  # each has its slow push in flight
+            # Pushes now queue in nghttp2. These clients send theirs and reset at once.
+            gone = [str(uuid.uuid4()).upper() for _ in range(8)]
+            for apns_id in gone:
+                body = json.dumps({"aps": {"alert": "gone"}, "n": apns_id}).encode()
+                head = ("POST /3/device/%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                        "apns-topic: com.example.app\r\napns-id: %s\r\n"
+                        "Content-Length: %d\r\n\r\n" % (DEVICE, proxy.port, apns_id,
+                                                            len(body))).encode()
+                s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+                s.sendall(head + body)
+                time.sleep(0.1)  # read and queued before the reset arrives
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+            # And these wait in the queue with their clients: each gets its own answer.
+            kept = [str(uuid.uuid4()).upper() for _ in range(4)]
+            kf = [ex.submit(push, i) for i in kept]
+            for f in futs + kf:
+                self.assertEqual(f.result()[0], 200)
+            ex.shutdown()
+            for f, apns_id in zip(kf, kept):
+                hd = dict((k.lower(), v) for k, v in f.result()[1])
+                self.assertEqual(hd["apns-id"], apns_id)
+            time.sleep(0.5)
+            pushed = up.events("push")
+            for e in pushed:
+                self.assertEqual(e["payload"].get("n"), e["apns_id"], e)
+            ids = [e["apns_id"] for e in pushed]
+            # The cancelled ones never went out; every other push went exactly once.
+            self.assertEqual([i for i in ids if i in gone], [])
+            self.assertEqual(sorted(ids), sorted([first] + slow + kept))
+            self.assertEqual([e for e in up.events("answer") if e["status"] != 200], [])
+            self.assertEqual(push(str(uuid.uuid4()).upper())[0], 200)
+        finally:
+            proxy.stop()
+            up.stop()
+
+
 class IdleConnectionTest(unittest.TestCase):
     """An idle HTTP/2 connection stays open (Apple asks providers to keep them): after 30 s
     without traffic the proxy PINGs it, and the next push goes over the same connection."""

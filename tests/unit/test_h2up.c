@@ -313,6 +313,7 @@ static void fixture_free(struct fixture *f)
     token_cache_free(f->rt.tokens);
     key_free(f->key);
     event_base_loop(f->base, EVLOOP_NONBLOCK);
+    h2up_worker_cleanup(&f->w);
     stream_ctx_deinit(&f->w.sctx);
     event_base_free(f->base);
     free(f);
