@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -257,8 +258,7 @@ void accesslog_append(struct evbuffer *b, const struct access_entry *e)
                                         masked, sizeof(masked));
     const char *method = e->method ? e->method : "";
     size_t method_len = e->method ? e->method_len : 0, bound;
-    struct evbuffer_iovec v;
-    char *p;
+    char small[4096], *line, *p;
     if (log_format == ACCESSLOG_TEXT) {
         append_text(b, e, masked);
         return;
@@ -272,9 +272,12 @@ void accesslog_append(struct evbuffer *b, const struct access_entry *e)
             json_bound(e->error, OPT_LEN(e->error)) + json_bound(e->outcome, OPT_LEN(e->outcome)) +
             json_bound(e->apns_id, OPT_LEN(e->apns_id));
 #undef OPT_LEN
-    if (evbuffer_reserve_space(b, (ev_ssize_t)bound, &v, 1) < 1 || v.iov_len < bound)
+    /* A usual line is written on the stack and added in one copy (reserving its worst case
+     * in the buffer would start a new chunk every few lines); a huge one gets its own. */
+    line = bound <= sizeof(small) ? small : malloc(bound);
+    if (line == NULL)
         return; /* out of memory: the line is lost, the request is not */
-    p = v.iov_base;
+    p = line;
     p = PUT_LIT(p, "{\"time\":\"");
     p = put_time(p, e->time);
     p = PUT_LIT(p, "\",\"client\":");
@@ -318,9 +321,12 @@ void accesslog_append(struct evbuffer *b, const struct access_entry *e)
     else
         p = put_i64(p, e->quota_remaining);
     p = PUT_LIT(p, "}\n");
-    v.iov_len = (size_t)(p - (char *)v.iov_base);
-    evbuffer_commit_space(b, &v, 1);
+    evbuffer_add(b, line, (size_t)(p - line));
+    if (line != small)
+        free(line);
 }
+
+#define FLUSH_IOV 64
 
 void accesslog_flush(struct evbuffer *buf)
 {
@@ -331,18 +337,26 @@ void accesslog_flush(struct evbuffer *buf)
         evbuffer_drain(buf, n);
         return;
     }
-    const char *p = (const char *)evbuffer_pullup(buf, (ev_ssize_t)n);
+    /* The buffer's chunks as they are, a writev(2) at a time: no copy into one piece. */
     pthread_mutex_lock(&lock);
-    size_t off = 0;
-    while (off < n) {
-        ssize_t w = write(log_fd, p + off, n - off);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            break; /* a full disk must not stop the proxy */
+    while (evbuffer_get_length(buf) > 0) {
+        struct evbuffer_iovec v[FLUSH_IOV];
+        struct iovec iov[FLUSH_IOV];
+        int nv = evbuffer_peek(buf, -1, NULL, v, FLUSH_IOV), i;
+        ssize_t w;
+        if (nv > FLUSH_IOV)
+            nv = FLUSH_IOV;
+        for (i = 0; i < nv; i++) {
+            iov[i].iov_base = v[i].iov_base;
+            iov[i].iov_len = v[i].iov_len;
         }
-        off += (size_t)w;
+        w = writev(log_fd, iov, nv);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break; /* a full disk must not stop the proxy */
+        evbuffer_drain(buf, (size_t)w);
     }
     pthread_mutex_unlock(&lock);
-    evbuffer_drain(buf, n);
+    evbuffer_drain(buf, evbuffer_get_length(buf));
 }

@@ -37,7 +37,7 @@ int accesslog_reopen(char *err, size_t errlen);
 int accesslog_enabled(void);
 /* Appends one line to a worker's buffer (flushed by accesslog_flush). */
 void accesslog_append(struct evbuffer *buf, const struct access_entry *e);
-/* Writes the buffer's whole lines out (one write per flush, under a lock) and empties it. */
+/* Writes the buffer's whole lines out (writev of its chunks, under a lock) and empties it. */
 void accesslog_flush(struct evbuffer *buf);
 void accesslog_close(void);
 
