@@ -140,9 +140,9 @@ struct h2pool {
     uint32_t peer_streams;
 };
 
-/* Streams kept for reuse per worker, with their buffers: one push's state costs no
- * allocation once a worker is warm. */
-#define H2S_SPARE 64
+/* Streams kept for reuse per worker, with their buffers (a few kilobytes each): one push's
+ * state costs no allocation once a worker is warm, up to this many pushes in flight. */
+#define H2S_SPARE 256
 
 static const struct upstream_ops h2s_ops;
 static int conn_flush(struct h2conn *hc);
@@ -193,6 +193,7 @@ static int h2s_live(const struct h2s *st)
 
 static void h2s_destroy(struct h2s *st)
 {
+    http1_msg_deinit(&st->resp);
     free(st->head);
     free(st->nv);
     free(st->auth);
@@ -215,7 +216,6 @@ static void h2s_free(struct h2s *st)
     struct worker *w = st->w;
     event_del(&st->deliver);
     event_del(&st->timer);
-    http1_msg_deinit(&st->resp);
     if (w->nspare_h2s >= H2S_SPARE || w->spare_h2s_closed || st->sent == NULL) {
         h2s_destroy(st);
         return;
@@ -240,6 +240,8 @@ static void h2s_free(struct h2s *st)
         st->cap_fields = keep.cap_fields;
         st->resp_fields = keep.resp_fields;
         st->resp_cap = keep.resp_cap;
+        st->resp.headers = keep.resp.headers; /* http1_msg_init keeps them */
+        st->resp.cap_headers = keep.resp.cap_headers;
         st->body = keep.body;
         st->sent = keep.sent;
         st->in = keep.in;
