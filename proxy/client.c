@@ -346,8 +346,10 @@ static void exchange_end(struct client *c, const char *outcome)
             e.quota_remaining = q.remaining;
         }
         accesslog_append(w->alog, &e);
-        if (evbuffer_get_length(w->alog) >= 64 * 1024)
+        if (evbuffer_get_length(w->alog) >= 64 * 1024) {
             accesslog_flush(w->alog);
+            stream_clock_forget(); /* the write may have waited for the lock or the disk */
+        }
     }
     free(x->log_line);
     x->log_line = NULL;

@@ -143,6 +143,10 @@ struct h2pool {
 /* Streams kept for reuse per worker, with their buffers (a few kilobytes each): one push's
  * state costs no allocation once a worker is warm, up to this many pushes in flight. */
 #define H2S_SPARE 256
+/* A stream whose request or response head needed more than this is not kept: a rare huge
+ * head does not pin its buffers in the spare list. */
+#define H2S_KEEP_BYTES 8192
+#define H2S_KEEP_FIELDS 64
 
 static const struct upstream_ops h2s_ops;
 static int conn_flush(struct h2conn *hc);
@@ -216,7 +220,9 @@ static void h2s_free(struct h2s *st)
     struct worker *w = st->w;
     event_del(&st->deliver);
     event_del(&st->timer);
-    if (w->nspare_h2s >= H2S_SPARE || w->spare_h2s_closed || st->sent == NULL) {
+    if (w->nspare_h2s >= H2S_SPARE || w->spare_h2s_closed || st->sent == NULL ||
+        st->head_cap > H2S_KEEP_BYTES || st->fcap > H2S_KEEP_BYTES ||
+        st->cap_fields > H2S_KEEP_FIELDS || st->nv_cap > H2S_KEEP_FIELDS) {
         h2s_destroy(st);
         return;
     }
@@ -1187,7 +1193,16 @@ static void conn_close(struct h2conn *hc, const char *why)
                 target_name(hc->pool), why);
     TAILQ_REMOVE(&pool_h2(hc->pool)->conns, hc, link);
     while ((st = TAILQ_FIRST(&hc->streams)) != NULL) {
-        int unsent = st->id < 0 || st->id > hc->goaway_last;
+        /* Never sent: not submitted yet, above a GOAWAY's last stream, or still in nghttp2's
+         * queue (bound and submitted but not open: a request's stream opens only when its
+         * HEADERS go out). */
+        int queued = st->id >= 0 && hc->sess != NULL &&
+                     nghttp2_session_find_stream(hc->sess, st->id) == NULL;
+        int unsent = st->id < 0 || st->id > hc->goaway_last || queued;
+        /* A try whose HEADERS never left does not count: a burst queued behind connections
+         * that die one after another goes on until one takes it (or its response timeout). */
+        if (queued && st->attempts > 0)
+            st->attempts--;
         if (st->released) {
             h2s_unbind(st);
             h2s_free(st);

@@ -34,12 +34,16 @@ void stream_batch_begin(void)
     batch.depth++;
 }
 
+void stream_clock_forget(void)
+{
+    batch.mono_us = 0;
+    batch.wall = 0;
+}
+
 void stream_batch_end(void)
 {
-    if (batch.depth > 0 && --batch.depth == 0) {
-        batch.mono_us = 0;
-        batch.wall = 0;
-    }
+    if (batch.depth > 0 && --batch.depth == 0)
+        stream_clock_forget();
 }
 
 uint64_t stream_now_us(void)

@@ -145,6 +145,9 @@ void stream_error_string(const struct stream *s, char *buf, size_t len);
  * not several per answer. Outside a batch every call reads the clock. */
 void stream_batch_begin(void);
 void stream_batch_end(void);
+/* Drops the readings kept in the current batch (after something that may have blocked): the
+ * next call reads the clock again. */
+void stream_clock_forget(void);
 /* Microseconds and milliseconds on the monotonic clock. */
 uint64_t stream_now_us(void);
 uint64_t stream_now_ms(void);

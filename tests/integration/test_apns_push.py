@@ -8,6 +8,7 @@ import concurrent.futures
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -228,7 +229,6 @@ class ApnsPushTest(unittest.TestCase):
         # connection's next flush). The stream must be cancelled there, not freed under
         # nghttp2, whose body callback would read it (under ASan: a use after free; without:
         # another push's body taken, or a push sent with no body).
-        import struct
         mark = self.up.mark()
         reset_ids, good = [], {}
         lock = threading.Lock()
@@ -280,73 +280,98 @@ class ApnsPushTest(unittest.TestCase):
 
 
 class QueuedStreamTest(unittest.TestCase):
-    """A stream that waits in nghttp2's queue (every connection at the peer's
-    SETTINGS_MAX_CONCURRENT_STREAMS, the connection count at its cap) when its client goes:
-    it is cancelled there, never freed while nghttp2 still holds it."""
+    """Streams that wait in nghttp2's queue (every connection at the peer's
+    SETTINGS_MAX_CONCURRENT_STREAMS, the connection count at its cap): one whose client goes
+    is cancelled there, never freed while nghttp2 still holds it; those on a connection that
+    dies were never sent and go again."""
+
+    def setUp(self):
+        # The stand-in takes one stream per connection: a burst fills the 16 connections the
+        # proxy opens per credential and target, and what comes next queues in nghttp2.
+        self.up = h.Standin(script=h.STANDIN_APNS, args=["--max-streams", "1"])
+        self.addCleanup(self.up.stop)
+        route = h.route(self.up, "https://api.push.apple.com", "push", path_prefix="/3/device/")
+        cfg = h.write_config({"push": h.credential("apns", h.make_key(),
+                                                   team_id=h.random_team_id())},
+                             [route], workers=1, admin_listen="127.0.0.1:0",
+                             limits={"upstream_response_timeout": 20})
+        self.proxy = h.start_proxy(cfg)
+        self.addCleanup(self.proxy.stop)
+
+    def push(self, apns_id, action=None):
+        """A push whose payload names its apns-id (so a crossed body shows)."""
+        body = json.dumps({"aps": {"alert": "hi"}, "n": apns_id}).encode()
+        extra = {"apns-id": apns_id}
+        if action:
+            extra["x-standin-action"] = action
+        return h.request(self.proxy.port, "POST", "/3/device/" + DEVICE, push_headers(**extra),
+                         body, timeout=30)
 
     def test_client_gone_while_its_stream_is_queued(self):
-        import struct
-        key = h.make_key()
-        team = h.random_team_id()
-        up = h.Standin(script=h.STANDIN_APNS, args=["--max-streams", "1"])
-        cred = h.credential("apns", key, team_id=team)
-        route = h.route(up, "https://api.push.apple.com", "push", path_prefix="/3/device/")
-        cfg = h.write_config({"push": cred}, [route], workers=1, admin_listen="127.0.0.1:0",
-                             limits={"upstream_response_timeout": 20})
-        proxy = h.start_proxy(cfg)
-        try:
-            def push(apns_id, action=None):
-                body = json.dumps({"aps": {"alert": "hi"}, "n": apns_id}).encode()
-                extra = {"apns-id": apns_id}
-                if action:
-                    extra["x-standin-action"] = action
-                return h.request(proxy.port, "POST", "/3/device/" + DEVICE,
-                                 push_headers(**extra), body, timeout=30)
+        # Once the peer's SETTINGS are known, 16 connections (the cap per credential and
+        # target) with one slow push on each.
+        first = str(uuid.uuid4()).upper()
+        self.assertEqual(self.push(first)[0], 200)
+        slow = [str(uuid.uuid4()).upper() for _ in range(16)]
+        ex = concurrent.futures.ThreadPoolExecutor(16)
+        futs = [ex.submit(self.push, i, "delay=4") for i in slow]
+        wait_until(lambda: len(self.up.events("handshake")) >= 16, timeout=15)
+        time.sleep(0.5)  # each has its slow push in flight
+        # Pushes now queue in nghttp2. These clients send theirs and reset at once.
+        gone = [str(uuid.uuid4()).upper() for _ in range(8)]
+        for apns_id in gone:
+            body = json.dumps({"aps": {"alert": "gone"}, "n": apns_id}).encode()
+            head = ("POST /3/device/%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                    "apns-topic: com.example.app\r\napns-id: %s\r\n"
+                    "Content-Length: %d\r\n\r\n" % (DEVICE, self.proxy.port, apns_id,
+                                                        len(body))).encode()
+            s = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=10)
+            s.sendall(head + body)
+            time.sleep(0.1)  # read and queued before the reset arrives
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        # And these wait in the queue with their clients: each gets its own answer.
+        kept = [str(uuid.uuid4()).upper() for _ in range(4)]
+        kf = [ex.submit(self.push, i) for i in kept]
+        for f in futs + kf:
+            self.assertEqual(f.result()[0], 200)
+        ex.shutdown()
+        for f, apns_id in zip(kf, kept):
+            hd = dict((k.lower(), v) for k, v in f.result()[1])
+            self.assertEqual(hd["apns-id"], apns_id)
+        time.sleep(0.5)
+        pushed = self.up.events("push")
+        for e in pushed:
+            self.assertEqual(e["payload"].get("n"), e["apns_id"], e)
+        ids = [e["apns_id"] for e in pushed]
+        # The cancelled ones never went out; every other push went exactly once.
+        self.assertEqual([i for i in ids if i in gone], [])
+        self.assertEqual(sorted(ids), sorted([first] + slow + kept))
+        self.assertEqual([e for e in self.up.events("answer") if e["status"] != 200], [])
+        self.assertEqual(self.push(str(uuid.uuid4()).upper())[0], 200)
 
-            # Once the peer's SETTINGS are known, 16 connections (the cap per credential and
-            # target) with one slow push on each.
-            first = str(uuid.uuid4()).upper()
-            self.assertEqual(push(first)[0], 200)
-            slow = [str(uuid.uuid4()).upper() for _ in range(16)]
-            ex = concurrent.futures.ThreadPoolExecutor(16)
-            futs = [ex.submit(push, i, "delay=4") for i in slow]
-            wait_until(lambda: len(up.events("handshake")) >= 16, timeout=15)
-            time.sleep(0.5)  # each has its slow push in flight
-            # Pushes now queue in nghttp2. These clients send theirs and reset at once.
-            gone = [str(uuid.uuid4()).upper() for _ in range(8)]
-            for apns_id in gone:
-                body = json.dumps({"aps": {"alert": "gone"}, "n": apns_id}).encode()
-                head = ("POST /3/device/%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
-                        "apns-topic: com.example.app\r\napns-id: %s\r\n"
-                        "Content-Length: %d\r\n\r\n" % (DEVICE, proxy.port, apns_id,
-                                                            len(body))).encode()
-                s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-                s.sendall(head + body)
-                time.sleep(0.1)  # read and queued before the reset arrives
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                s.close()
-            # And these wait in the queue with their clients: each gets its own answer.
-            kept = [str(uuid.uuid4()).upper() for _ in range(4)]
-            kf = [ex.submit(push, i) for i in kept]
-            for f in futs + kf:
-                self.assertEqual(f.result()[0], 200)
-            ex.shutdown()
-            for f, apns_id in zip(kf, kept):
-                hd = dict((k.lower(), v) for k, v in f.result()[1])
-                self.assertEqual(hd["apns-id"], apns_id)
-            time.sleep(0.5)
-            pushed = up.events("push")
-            for e in pushed:
-                self.assertEqual(e["payload"].get("n"), e["apns_id"], e)
-            ids = [e["apns_id"] for e in pushed]
-            # The cancelled ones never went out; every other push went exactly once.
-            self.assertEqual([i for i in ids if i in gone], [])
-            self.assertEqual(sorted(ids), sorted([first] + slow + kept))
-            self.assertEqual([e for e in up.events("answer") if e["status"] != 200], [])
-            self.assertEqual(push(str(uuid.uuid4()).upper())[0], 200)
-        finally:
-            proxy.stop()
-            up.stop()
+    def test_streams_queued_on_a_lost_connection_go_again(self):
+        # Connections at the peer's limit, the pushes behind them queued in nghttp2; then every
+        # connection dies without GOAWAY. The queued pushes were never sent: they go again on
+        # a new connection and are answered. The ones in flight are lost (502).
+        self.assertEqual(self.push(str(uuid.uuid4()).upper())[0], 200)
+        ex = concurrent.futures.ThreadPoolExecutor(24)
+        dropped = [ex.submit(self.push, str(uuid.uuid4()).upper(), "drop=2") for _ in range(16)]
+        wait_until(lambda: len(self.up.events("handshake")) >= 16, timeout=15)
+        time.sleep(0.3)
+        queued_ids = [str(uuid.uuid4()).upper() for _ in range(4)]
+        queued = [ex.submit(self.push, i) for i in queued_ids]
+        for f in dropped:
+            self.assertEqual(f.result()[0], 502)
+        for f, apns_id in zip(queued, queued_ids):
+            status, headers, body = f.result()
+            self.assertEqual(status, 200, body)
+            self.assertEqual(dict((k.lower(), v) for k, v in headers)["apns-id"], apns_id)
+        ex.shutdown()
+        pushed = [e["apns_id"] for e in self.up.events("push")]
+        for apns_id in queued_ids:
+            self.assertEqual(pushed.count(apns_id), 1)
+        self.assertGreaterEqual(len(self.up.events("drop")), 16)
 
 
 class IdleConnectionTest(unittest.TestCase):

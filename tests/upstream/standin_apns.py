@@ -35,6 +35,8 @@ Commands (tests drive misbehaviour with a request header; the stream carrying it
                                   answers that cannot be provoked in a test's time, such as
                                   429 TooManyProviderTokenUpdates from another sender's token)
   x-standin-action: headers=N     answer 200 with N extra header fields (a huge head)
+  x-standin-action: drop=S        leave this stream unanswered and, S seconds later, close the
+                                  TCP connection without GOAWAY (a peer that died)
   x-standin-action: freeze-after  answer this stream, then read nothing more on the connection
                                   (a dead peer behind a live socket: PINGs go unanswered)
   x-standin-clock: N              this connection's clock runs N seconds ahead from now on (the
@@ -345,6 +347,9 @@ class Connection:
             except h2.exceptions.H2Error as e:
                 self.log("answer_error", conn=self.cid, stream=sid, error=str(e))
             return
+        if action.startswith("drop="):
+            threading.Timer(float(action.split("=", 1)[1]), self.drop).start()
+            return
         if action.startswith("delay="):
             delay = float(action.split("=", 1)[1])
             threading.Timer(delay, self.delayed, args=(sid, hd, bytes(st["body"]))).start()
@@ -366,6 +371,17 @@ class Connection:
         frame.error_code = h2.errors.ErrorCodes.NO_ERROR
         self.tls.sendall(frame.serialize())
         self.log("goaway", conn=self.cid, last_stream_id=last)
+
+    def drop(self):
+        with self.lock:
+            if self.closed:
+                return
+            self.log("drop", conn=self.cid)
+            self.closed = True
+            try:
+                self.tls.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def delayed(self, sid, hd, body):
         with self.lock:
