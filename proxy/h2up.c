@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
 #include <nghttp2/nghttp2.h>
+#include <openssl/crypto.h>
 
 #include "auth/token_cache.h"
 #include "proxy/http1.h"
@@ -195,12 +196,25 @@ static int h2s_live(const struct h2s *st)
 
 /* ---- streams ---- */
 
+/* A replaced authorization value (the token retry): wiped and freed. */
+static void free_auth(struct h2s *st)
+{
+    if (st->auth != NULL) {
+        OPENSSL_cleanse(st->auth, strlen(st->auth));
+        free(st->auth);
+        st->auth = NULL;
+    }
+}
+
 static void h2s_destroy(struct h2s *st)
 {
     http1_msg_deinit(&st->resp);
+    /* The request's copy holds the bearer token: wiped, as libevent's blocks are. */
+    if (st->head != NULL)
+        OPENSSL_cleanse(st->head, st->head_cap);
+    free_auth(st);
     free(st->head);
     free(st->nv);
-    free(st->auth);
     free(st->fbuf);
     free(st->fields);
     free(st->resp_fields);
@@ -229,7 +243,7 @@ static void h2s_free(struct h2s *st)
     /* Kept: the buffers stay with their capacities, everything else starts from zero. */
     {
         struct h2s keep = *st;
-        free(st->auth);
+        free_auth(st);
         if (st->held)
             evbuffer_free(st->held);
         evbuffer_drain(st->body, evbuffer_get_length(st->body));
@@ -807,7 +821,7 @@ static int h2s_apns_decide(struct h2s *st)
             char *v = malloc(n);
             if (v != NULL) {
                 snprintf(v, n, "Bearer %.*s", (int)fresh->jwt_len, fresh->jwt);
-                free(st->auth);
+                free_auth(st);
                 st->auth = v;
                 nv_set(&st->nv[st->auth_index], (const char *)st->nv[st->auth_index].name,
                        st->nv[st->auth_index].namelen, v, n - 1);
