@@ -80,8 +80,11 @@ struct h2s {
     char *auth;             /* a replaced authorization value (token retry), owned */
     int auth_index;         /* the authorization entry of nv, -1 if none */
     int started, req_end, has_body, deferred;
-    struct evbuffer *body;  /* request body not yet sent */
-    struct evbuffer *sent;  /* request body sent, kept for a retry; NULL: not replayable */
+    /* The request body: its first body_sent bytes went out and are kept for a retry (at most
+     * H2UP_REPLAY_MAX; past that they are dropped and replay_gone is set), the rest waits. */
+    struct evbuffer *body;
+    size_t body_sent;
+    int replay_gone;
     /* The response head as it arrives: names and values in fbuf, at the offsets in fields. */
     char *fbuf;
     size_t flen, fcap;
@@ -196,6 +199,12 @@ static int h2s_live(const struct h2s *st)
 
 /* ---- streams ---- */
 
+/* Request body bytes not sent yet. */
+static size_t h2s_unsent(const struct h2s *st)
+{
+    return evbuffer_get_length(st->body) - st->body_sent;
+}
+
 /* A replaced authorization value (the token retry): wiped and freed. */
 static void free_auth(struct h2s *st)
 {
@@ -220,8 +229,6 @@ static void h2s_destroy(struct h2s *st)
     free(st->resp_fields);
     if (st->body)
         evbuffer_free(st->body);
-    if (st->sent)
-        evbuffer_free(st->sent);
     if (st->held)
         evbuffer_free(st->held);
     if (st->in)
@@ -234,7 +241,7 @@ static void h2s_free(struct h2s *st)
     struct worker *w = st->w;
     event_del(&st->deliver);
     event_del(&st->timer);
-    if (w->nspare_h2s >= H2S_SPARE || w->spare_h2s_closed || st->sent == NULL ||
+    if (w->nspare_h2s >= H2S_SPARE || w->spare_h2s_closed ||
         st->head_cap > H2S_KEEP_BYTES || st->fcap > H2S_KEEP_BYTES ||
         st->cap_fields > H2S_KEEP_FIELDS || st->nv_cap > H2S_KEEP_FIELDS) {
         h2s_destroy(st);
@@ -247,7 +254,6 @@ static void h2s_free(struct h2s *st)
         if (st->held)
             evbuffer_free(st->held);
         evbuffer_drain(st->body, evbuffer_get_length(st->body));
-        evbuffer_drain(st->sent, evbuffer_get_length(st->sent));
         evbuffer_drain(st->in, evbuffer_get_length(st->in));
         memset(st, 0, sizeof(*st));
         st->head = keep.head;
@@ -263,7 +269,6 @@ static void h2s_free(struct h2s *st)
         st->resp.headers = keep.resp.headers; /* http1_msg_init keeps them */
         st->resp.cap_headers = keep.resp.cap_headers;
         st->body = keep.body;
-        st->sent = keep.sent;
         st->in = keep.in;
         st->w = w;
     }
@@ -316,11 +321,9 @@ static struct h2s *h2s_new(struct upool *pool, const struct credential *cred)
     evtimer_assign(&st->timer, base, h2s_timer_cb, st);
     if (st->body == NULL)
         st->body = evbuffer_new();
-    if (st->sent == NULL)
-        st->sent = evbuffer_new();
     if (st->in == NULL)
         st->in = evbuffer_new();
-    if (st->body == NULL || st->sent == NULL || st->in == NULL) {
+    if (st->body == NULL || st->in == NULL) {
         h2s_destroy(st);
         return NULL;
     }
@@ -399,7 +402,7 @@ static void h2s_resp_progress(struct h2s *st)
 /* The request's body moved (or more of it waits): its deadline restarts while some waits. */
 static void h2s_send_progress(struct h2s *st)
 {
-    st->send_deadline = st->send_ms && evbuffer_get_length(st->body) > 0
+    st->send_deadline = st->send_ms && h2s_unsent(st) > 0
                             ? stream_now_ms() + st->send_ms : 0;
     h2s_arm(st);
 }
@@ -441,11 +444,11 @@ static void h2s_consume(struct h2s *st)
  * on another connection; 1 when it does. */
 static int h2s_retry(struct h2s *st)
 {
-    if (st->head_done || st->sent == NULL || st->attempts >= H2UP_ATTEMPTS || st->released)
+    if (st->head_done || st->replay_gone || st->attempts >= H2UP_ATTEMPTS || st->released)
         return 0;
     h2s_unbind(st);
     /* The body goes again from its start. */
-    evbuffer_prepend_buffer(st->body, st->sent);
+    st->body_sent = 0;
     st->deferred = 0;
     WSTAT_ADD(worker_of(st->pool), h2_retries, 1);
     h2s_bind(st);
@@ -542,7 +545,7 @@ static ssize_t h2s_read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, si
     (void)ud;
     if (st == NULL || st->released)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    before = n = evbuffer_get_length(st->body);
+    before = n = h2s_unsent(st);
     if (n == 0 && !st->req_end) {
         st->deferred = 1;
         return NGHTTP2_ERR_DEFERRED;
@@ -550,15 +553,16 @@ static ssize_t h2s_read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, si
     if (n > len)
         n = len;
     if (n > 0) {
-        if (evbuffer_remove(st->body, buf, n) != (int)n)
+        struct evbuffer_ptr at;
+        if (evbuffer_ptr_set(st->body, &at, st->body_sent, EVBUFFER_PTR_SET) < 0 ||
+            evbuffer_copyout_from(st->body, &at, buf, n) != (ev_ssize_t)n)
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        if (st->sent != NULL) {
-            if (evbuffer_get_length(st->sent) + n > H2UP_REPLAY_MAX) {
-                evbuffer_free(st->sent);
-                st->sent = NULL;
-            } else {
-                evbuffer_add(st->sent, buf, n);
-            }
+        st->body_sent += n;
+        if (st->replay_gone || st->body_sent > H2UP_REPLAY_MAX) {
+            /* Too long to keep for a retry: what went out is let go. */
+            evbuffer_drain(st->body, st->body_sent);
+            st->body_sent = 0;
+            st->replay_gone = 1;
         }
         h2s_send_progress(st);
         /* Room for more of the body: once it is down to the low mark the exchange reads from
@@ -566,7 +570,7 @@ static ssize_t h2s_read_body(nghttp2_session *sess, int32_t id, uint8_t *buf, si
         if (before > UPSTREAM_SEND_LOW && before - n <= UPSTREAM_SEND_LOW)
             h2s_tell(st, H2S_TELL_DRAINED);
     }
-    if (st->req_end && evbuffer_get_length(st->body) == 0)
+    if (st->req_end && h2s_unsent(st) == 0)
         *flags |= NGHTTP2_DATA_FLAG_EOF;
     return (ssize_t)n;
 }
@@ -805,7 +809,7 @@ static int h2s_apns_decide(struct h2s *st)
                 "for this team; keeping the current token", st->cred->team_id, n);
         return 0;
     }
-    if (st->status != 403 || st->token_retried || st->sent == NULL || st->auth_index < 0 ||
+    if (st->status != 403 || st->token_retried || st->replay_gone || st->auth_index < 0 ||
         (strcmp(reason, "ExpiredProviderToken") != 0 && strcmp(reason, "InvalidProviderToken") != 0))
         return 0;
     cur = token_cache_get(rt->tokens, st->cred, NULL, 0, err, sizeof(err));
@@ -858,7 +862,7 @@ static void h2s_end(struct h2s *st)
             st->head_done = 0;
             h2s_clear_head(st);
             st->status = 0;
-            evbuffer_prepend_buffer(st->body, st->sent);
+            st->body_sent = 0; /* the body goes again from its start */
             h2s_unbind(st);
             st->conn = hc;
             TAILQ_INSERT_TAIL(&hc->streams, st, link);
@@ -1441,7 +1445,7 @@ static void h2s_send_end(struct upstream_stream *us)
 
 static size_t h2s_send_queued(struct upstream_stream *us)
 {
-    return evbuffer_get_length(h2s_of(us)->body);
+    return h2s_unsent(h2s_of(us));
 }
 
 /* Reading back on: what arrived meanwhile goes to the exchange now, and the window reopens. */

@@ -34,6 +34,7 @@ struct server {
     char auth[4][1024];   /* the authorization of request i */
     int nrequests;
     size_t big_left;      /* status 200 with a body of this many bytes (0: none) */
+    struct evbuffer *body[4]; /* the body of request i, as received */
 };
 
 /* What the exchange was told (upstream_events). */
@@ -75,6 +76,18 @@ static int srv_header(nghttp2_session *sess, const nghttp2_frame *frame, const u
         memcmp(name, "authorization", 13) == 0 && srv->nrequests < 4)
         snprintf(srv->auth[srv->nrequests], sizeof(srv->auth[0]), "%.*s", (int)valuelen,
                  (const char *)value);
+    return 0;
+}
+
+static int srv_data(nghttp2_session *sess, uint8_t flags, int32_t id, const uint8_t *data,
+                    size_t len, void *ud)
+{
+    struct server *srv = ud;
+    (void)sess;
+    (void)flags;
+    (void)id;
+    if (srv->nrequests < 4) /* requests are answered one at a time here */
+        evbuffer_add(srv->body[srv->nrequests], data, len);
     return 0;
 }
 
@@ -261,6 +274,11 @@ static struct fixture *fixture_new(void)
     assert_int_equal(nghttp2_session_callbacks_new(&cbs), 0);
     nghttp2_session_callbacks_set_on_header_callback(cbs, srv_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, srv_frame);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, srv_data);
+    for (int i = 0; i < 4; i++) {
+        f->srv.body[i] = evbuffer_new();
+        assert_non_null(f->srv.body[i]);
+    }
     assert_int_equal(nghttp2_session_server_new(&f->srv.sess, cbs, &f->srv), 0);
     nghttp2_session_callbacks_del(cbs);
     assert_int_equal(nghttp2_submit_settings(f->srv.sess, NGHTTP2_FLAG_NONE, NULL, 0), 0);
@@ -310,6 +328,8 @@ static void fixture_free(struct fixture *f)
     evbuffer_free(f->seen.body);
     h2up_pool_free(&f->pool);
     nghttp2_session_del(f->srv.sess);
+    for (int i = 0; i < 4; i++)
+        evbuffer_free(f->srv.body[i]);
     token_cache_free(f->rt.tokens);
     key_free(f->key);
     event_base_loop(f->base, EVLOOP_NONBLOCK);
@@ -355,6 +375,78 @@ static void test_refused_token_20_minutes_old_is_replaced_once(void **state)
     assert_int_equal(answer_status(f), 200);
     assert_int_equal(f->w.stats.apns_token_retries, 1);
     assert_int_equal(token_cache_mints(f->rt.tokens, &f->cred), 2);
+    fixture_free(f);
+}
+
+/* A push whose token is 20 minutes old when the peer refuses it (ExpiredProviderToken), the
+ * peer answering 200 to a second try. */
+static struct fixture *fixture_token_refused_at_20_minutes(void)
+{
+    struct fixture *f;
+    fake_now = T0;
+    f = fixture_new();
+    fake_now = T0 + APNS_TOKEN_MIN_AGE;
+    f->srv.status[0] = 403;
+    f->srv.reason[0] = "ExpiredProviderToken";
+    f->srv.status[1] = 200;
+    return f;
+}
+
+/* Sends a body of n bytes (a pattern) in pieces, the peer reading as it goes; returns it. */
+static char *send_long_body(struct fixture *f, size_t n)
+{
+    const struct upstream_ops *ops = f->st->us.ops;
+    char *b = malloc(n);
+    size_t i, off;
+    assert_non_null(b);
+    for (i = 0; i < n; i++)
+        b[i] = (char)('a' + (i * 7 + i / 251) % 26);
+    f->rq.nfields = 1; /* no Content-Length: the body is chunked in from the client */
+    f->rq.body = HTTP1_BODY_CHUNKED;
+    assert_int_equal(ops->start(&f->st->us, &f->rq, &test_events, &f->seen), 0);
+    for (off = 0; off < n; off += 3000) {
+        ops->send_body(&f->st->us, b + off, n - off < 3000 ? n - off : 3000);
+        pump(f);
+    }
+    ops->send_end(&f->st->us);
+    pump(f);
+    return b;
+}
+
+static void assert_body(struct evbuffer *got, const char *want, size_t n)
+{
+    assert_int_equal(evbuffer_get_length(got), n);
+    assert_memory_equal(evbuffer_pullup(got, -1), want, n);
+}
+
+/* A token refused after 20 minutes: the push goes again, its body from the start, whole. */
+static void test_refused_token_replays_the_body(void **state)
+{
+    struct fixture *f = fixture_token_refused_at_20_minutes();
+    char *b;
+    (void)state;
+    b = send_long_body(f, 40000);
+    assert_int_equal(f->srv.nrequests, 2);
+    assert_body(f->srv.body[0], b, 40000);
+    assert_body(f->srv.body[1], b, 40000);
+    assert_int_equal(answer_status(f), 200);
+    free(b);
+    fixture_free(f);
+}
+
+/* A body past the 64 KiB kept for a retry goes out whole, once, and the refusal is passed on:
+ * it cannot be sent again. */
+static void test_long_body_is_not_kept_for_a_retry(void **state)
+{
+    struct fixture *f = fixture_token_refused_at_20_minutes();
+    char *b;
+    (void)state;
+    b = send_long_body(f, 100000);
+    assert_int_equal(f->srv.nrequests, 1);
+    assert_body(f->srv.body[0], b, 100000);
+    assert_true(f->st->replay_gone);
+    assert_int_equal(answer_status(f), 403);
+    free(b);
     fixture_free(f);
 }
 
@@ -459,6 +551,8 @@ int main(void)
         cmocka_unit_test(test_second_refusal_is_passed_on),
         cmocka_unit_test(test_other_403_is_passed_on),
         cmocka_unit_test(test_window_follows_the_reader),
+        cmocka_unit_test(test_refused_token_replays_the_body),
+        cmocka_unit_test(test_long_body_is_not_kept_for_a_retry),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
