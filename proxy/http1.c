@@ -30,21 +30,6 @@ int http1_name_chars_ok(const char *at, size_t len)
     return len > 0;
 }
 
-int http1_name_is(const char *name, size_t len, const char *lower)
-{
-    size_t i;
-    for (i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)name[i];
-        if (lower[i] == '\0')
-            return 0;
-        if (c >= 'A' && c <= 'Z')
-            c = (unsigned char)(c - 'A' + 'a');
-        if (c != (unsigned char)lower[i])
-            return 0;
-    }
-    return lower[len] == '\0';
-}
-
 const struct http1_header *http1_find(const struct http1_msg *m, const char *lower)
 {
     size_t i, n = strlen(lower);

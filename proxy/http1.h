@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <llhttp.h>
 
 /* Spans point into the caller's buffer given to http1_parse_head: valid until it changes. */
@@ -113,7 +114,21 @@ int http1_response_set(struct http1_msg *m, int status, const struct http1_heade
                        size_t n);
 
 /* Case-insensitive token comparison of a span with a NUL-terminated lower-case name. */
-int http1_name_is(const char *name, size_t len, const char *lower);
+static inline int http1_name_is(const char *name, size_t len, const char *lower)
+{
+    /* Called with a literal, strlen is a constant: most names are told apart by length. */
+    size_t i, n = strlen(lower);
+    if (n != len)
+        return 0;
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (unsigned char)(c - 'A' + 'a');
+        if (c != (unsigned char)lower[i])
+            return 0;
+    }
+    return 1;
+}
 
 /* 1 when a header value holds no control character other than HTAB (and no DEL). llhttp
  * refuses those already; the parser checks again so that its guarantee does not rest on the
