@@ -14,9 +14,14 @@ and, for a fixed number of requests made with `h2load --h1 -c 50`:
              tls_connect.py makes new TLS connections with one request each (full handshakes,
              or resumed ones with --tls-resume): instructions per connection, by object. Not
              in the default modes.
+  apns       APNs pushes (bench test 8's setup: HTTP/1.1 in, HTTP/2 to nghttpd, access log
+             off): apple-auth-proxy under callgrind while wrk posts pushes from 20 clients for
+             --apns-seconds after a warm-up: instructions per push and the top functions. Not
+             in the default modes; needs nothing of test 1's setup.
 
-    profile.py [--binary build/apple-auth-proxy] [--modes strace,callgrind,perf,tls]
-               [--requests 20000] [--seconds 10] [--tls-seconds 15] [--tls-resume] [--out DIR]
+    profile.py [--binary build/apple-auth-proxy] [--modes strace,callgrind,perf,tls,apns]
+               [--requests 20000] [--seconds 10] [--tls-seconds 15] [--tls-resume]
+               [--apns-seconds 10] [--out DIR]
 
 Raw outputs go to --out (default BUILD/bench-profile/); summaries are printed. A measurement
 tool, not a test: nothing is asserted.
@@ -29,6 +34,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -296,6 +302,52 @@ class Profiler:
         print()
 
 
+def apns_callgrind(args):
+    """The apns mode: see the module's docstring. Prints instructions per push."""
+    import apns_bench as AB
+    tmp = tempfile.mkdtemp(prefix="aap-profile-apns-")
+    dump = os.path.join(args.out, "callgrind.out.apns")
+    b = AB.Bench(args.binary, tmp, B.log)
+    spawn = b.spawn
+
+    def under_callgrind(name, argv):
+        if name == "aap":
+            argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + dump,
+                    "--instr-atstart=no"] + argv
+        return spawn(name, argv)
+
+    b.spawn = under_callgrind
+    try:
+        b.start_upstream()
+        b.start_aap("aap", False)
+        lua = os.path.join(tmp, "post.lua")
+        with open(lua, "w") as f:
+            f.write(AB.LUA)
+        b.wrk("aap", 2, 20, lua)  # connections, token, allocator: not counted
+        pid = str(b.procs["aap"].pid)  # valgrind runs the proxy in its own process
+        subprocess.run(["callgrind_control", "-i", "on", pid], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=True)
+        pushes = b.wrk("aap", int(args.apns_seconds), 20, lua)["pushes"]
+        subprocess.run(["callgrind_control", "-i", "off", pid], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=True)
+    finally:
+        b.stop()  # the dump is written at exit
+        shutil.rmtree(tmp, ignore_errors=True)
+    text = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=99.5", dump],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True).stdout
+    with open(os.path.join(args.out, "callgrind-apns-self.txt"), "w") as f:
+        f.write(text)
+    m = re.search(r"^([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", text, re.M)
+    total = int(m.group(1).replace(",", "")) if m else 0
+    print("callgrind, apple-auth-proxy, APNs pushes (wrk -c20, %d pushes): %.0f instructions "
+          "per push; top functions by self cost:" % (pushes, total / pushes if pushes else 0))
+    for line in [l for l in text.splitlines() if re.match(r"^\s*[\d,]+ \(", l) and
+                 "PROGRAM TOTALS" not in l][:30]:
+        print("  " + line.strip()[:150])
+    print()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--binary", default=os.path.join(B.ROOT, "build", "apple-auth-proxy"))
@@ -307,22 +359,30 @@ def main():
                     help="tls: seconds of new connections under callgrind")
     ap.add_argument("--tls-resume", action="store_true",
                     help="tls: resumed handshakes instead of full ones")
+    ap.add_argument("--apns-seconds", type=float, default=10.0,
+                    help="apns: seconds of pushes under callgrind")
     ap.add_argument("--out")
     args = ap.parse_args()
     args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.binary)),
                                         "bench-profile")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
-        tool = {"strace": "strace", "callgrind": "valgrind", "perf": "perf", "tls": "valgrind"}[m]
+        tool = {"strace": "strace", "callgrind": "valgrind", "perf": "perf", "tls": "valgrind",
+                "apns": "valgrind"}[m]
         if not shutil.which(tool):
             sys.exit("profile: %s needs %s (apt-get install %s)" % (
                 m, tool, {"perf": "linux-perf"}.get(m, tool)))
-    pr = Profiler(args)
-    try:
-        for m in modes:
-            getattr(pr, m)()
-    finally:
-        pr.close()
+    os.makedirs(args.out, exist_ok=True)
+    if "apns" in modes:
+        apns_callgrind(args)
+        modes.remove("apns")
+    if modes:
+        pr = Profiler(args)
+        try:
+            for m in modes:
+                getattr(pr, m)()
+        finally:
+            pr.close()
     print("raw outputs in %s" % args.out)
     return 0
 
