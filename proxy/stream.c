@@ -463,8 +463,10 @@ static ssize_t send_some(struct evbuffer *out, int fd, int *full)
     size_t offered = 0;
     ssize_t n;
     *full = 0;
-    if (nv <= 0)
-        return 0;
+    if (nv <= 0) { /* nothing to peek while the length said otherwise: never loop on it */
+        errno = EIO;
+        return -1;
+    }
     if (nv > STREAM_SEND_IOV)
         nv = STREAM_SEND_IOV;
     if (nv == 1) {
